@@ -1,0 +1,1 @@
+"""Datasets: adapters from published formats to the prepared store, and the store itself."""

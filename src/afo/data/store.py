@@ -1,0 +1,368 @@
+"""The prepared store: one HDF5 file per dataset, holding what training reads fast.
+
+Layout (format version 1)::
+
+    /                       attrs: format_version, name, modality (fmri|eeg|meg), source, image_size
+    /images                 uint8 [n_images, image_size, image_size, 3]   stimuli at model resolution
+    /image_names            str   [n_images]                               file name / id of each stimulus
+    /subjects/<s>/responses       float32 [n_trials, n_voxels]  NaN = missing (masked in every loss and score)
+    /subjects/<s>/trial_image     int64   [n_trials]            row of /images shown on the trial
+    /subjects/<s>/trial_split     int8    [n_trials]            0 train, 1 val, 2 test (constant per image)
+    /subjects/<s>/coords          float32 [n_voxels, 3]         physical coordinates (mm) or any 3-D layout
+    /subjects/<s>/noise_ceiling   float32 [n_voxels]            percent (0-100); NaN where unknown
+    /subjects/<s>/bad_voxel       bool    [n_voxels]            True = never usable (all-NaN or constant)
+    /subjects/<s>/rois/<set>      str     [n_voxels]            ROI label per voxel ('' = none), one per ROI set
+    subject attrs: nc_source (given|repeats|none), n_bad_voxels, bad_voxel_reasons (json)
+
+Writers go through :class:`StoreWriter`, which writes into ``<path>.tmp`` and renames on
+:meth:`StoreWriter.close`, so a killed ``prepare`` never leaves a half-written store behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+from PIL import Image
+
+from afo.data.noise_ceiling import noise_ceiling_from_repeats
+
+FORMAT_VERSION = 1
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+SPLIT_CODE = {name: code for code, name in enumerate(SPLITS)}
+MODALITIES = ("fmri", "eeg", "meg")
+_STR = h5py.string_dtype("utf-8")
+
+
+class StoreError(ValueError):
+    """A prepared store, or the data offered to one, breaks the store's contract."""
+
+
+def resize_image(image: Image.Image | np.ndarray, size: int) -> np.ndarray:
+    """Resize a stimulus to ``size`` x ``size`` RGB uint8.
+
+    The whole stimulus is kept (no crop): a non-square image is squashed, because a
+    crop would drop the periphery that retinotopic voxels look at.
+    """
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8:
+            raise StoreError(f"image array must be uint8, got {image.dtype}")
+        image = Image.fromarray(image)
+    image = image.convert("RGB")
+    if image.size != (size, size):
+        image = image.resize((size, size), Image.BICUBIC)
+    return np.asarray(image, dtype=np.uint8)
+
+
+def _voxel_problems(responses: h5py.Dataset, chunk_rows: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+    """Return (all_nan, constant) masks per voxel, streaming over trials."""
+    n_trials, n_voxels = responses.shape
+    finite_count = np.zeros(n_voxels, dtype=np.int64)
+    vmin = np.full(n_voxels, np.inf)
+    vmax = np.full(n_voxels, -np.inf)
+    for start in range(0, n_trials, chunk_rows):
+        block = responses[start : start + chunk_rows]
+        finite = np.isfinite(block)
+        finite_count += finite.sum(0)
+        vmin = np.minimum(vmin, np.where(finite, block, np.inf).min(0))
+        vmax = np.maximum(vmax, np.where(finite, block, -np.inf).max(0))
+    all_nan = finite_count == 0
+    constant = ~all_nan & (vmax - vmin <= 0)
+    return all_nan, constant
+
+
+class SubjectWriter:
+    """Appends one subject's trials in chunks (bounded memory); finished by :meth:`finish`."""
+
+    def __init__(self, group: h5py.Group, n_voxels: int, n_images: int, chunk_rows: int):
+        self._group = group
+        self._n_voxels = n_voxels
+        self._n_images = n_images
+        self._n_trials = 0
+        group.create_dataset(
+            "responses",
+            shape=(0, n_voxels),
+            maxshape=(None, n_voxels),
+            dtype=np.float32,
+            chunks=(min(chunk_rows, 256), min(n_voxels, 4096)),
+        )
+        group.create_dataset("trial_image", shape=(0,), maxshape=(None,), dtype=np.int64, chunks=(4096,))
+        group.create_dataset("trial_split", shape=(0,), maxshape=(None,), dtype=np.int8, chunks=(4096,))
+
+    def append(self, responses: np.ndarray, trial_image: np.ndarray, trial_split: Sequence[str] | np.ndarray) -> None:
+        """Append trials: responses [n, n_voxels], trial_image [n] (row of /images), split [n] names or codes."""
+        responses = np.asarray(responses, dtype=np.float32)
+        trial_image = np.asarray(trial_image, dtype=np.int64)
+        split = np.asarray(trial_split)
+        if split.dtype.kind in "US" or split.dtype == object:
+            unknown = sorted(set(map(str, split)) - set(SPLITS))
+            if unknown:
+                raise StoreError(f"unknown split label(s) {unknown}; use one of {list(SPLITS)}")
+            split = np.array([SPLIT_CODE[str(s)] for s in split], dtype=np.int8)
+        split = split.astype(np.int8)
+        n = responses.shape[0]
+        if responses.ndim != 2 or responses.shape[1] != self._n_voxels:
+            raise StoreError(f"responses chunk has shape {responses.shape}, expected (n, {self._n_voxels})")
+        if trial_image.shape != (n,) or split.shape != (n,):
+            raise StoreError("trial_image and trial_split must have one entry per response row")
+        if n and (trial_image.min() < 0 or trial_image.max() >= self._n_images):
+            raise StoreError(f"trial_image out of range [0, {self._n_images})")
+        if n and (split.min() < 0 or split.max() >= len(SPLITS)):
+            raise StoreError(f"trial_split codes must be 0..{len(SPLITS) - 1}")
+        for name, block in (("responses", responses), ("trial_image", trial_image), ("trial_split", split)):
+            ds = self._group[name]
+            ds.resize(self._n_trials + n, axis=0)
+            ds[self._n_trials :] = block
+        self._n_trials += n
+
+    def finish(
+        self,
+        coords: np.ndarray,
+        rois: dict[str, Sequence[str]] | None = None,
+        noise_ceiling: np.ndarray | None = None,
+        attrs: dict | None = None,
+    ) -> dict:
+        """Write voxel-level arrays, mask bad voxels, compute the noise ceiling if not given.
+
+        Returns a small report: number of trials, voxels, bad voxels and where the noise ceiling came from.
+        """
+        g = self._group
+        coords = np.asarray(coords, dtype=np.float32)
+        if coords.shape != (self._n_voxels, 3):
+            raise StoreError(f"coords has shape {coords.shape}, expected ({self._n_voxels}, 3)")
+        if not np.isfinite(coords).all():
+            bad = np.flatnonzero(~np.isfinite(coords).all(1))[:5].tolist()
+            raise StoreError(f"coords has non-finite values (voxels {bad} ...)")
+        if self._n_trials == 0:
+            raise StoreError("subject has no trials")
+        trial_image = g["trial_image"][:]
+        trial_split = g["trial_split"][:]
+        _check_split_by_image(trial_image, trial_split)
+        g.create_dataset("coords", data=coords)
+        roi_group = g.create_group("rois")
+        for set_name, labels in (rois or {}).items():
+            labels = np.asarray([str(x) for x in labels], dtype=object)
+            if labels.shape != (self._n_voxels,):
+                raise StoreError(f"ROI set {set_name!r} has {labels.shape[0]} labels for {self._n_voxels} voxels")
+            roi_group.create_dataset(set_name, data=labels, dtype=_STR)
+
+        all_nan, constant = _voxel_problems(g["responses"])
+        bad = all_nan | constant
+        g.create_dataset("bad_voxel", data=bad)
+        g.attrs["n_bad_voxels"] = int(bad.sum())
+        g.attrs["bad_voxel_reasons"] = json.dumps(
+            {"all_nan": np.flatnonzero(all_nan).tolist(), "constant": np.flatnonzero(constant).tolist()}
+        )
+        if noise_ceiling is not None:
+            nc = np.asarray(noise_ceiling, dtype=np.float32)
+            if nc.shape != (self._n_voxels,):
+                raise StoreError(f"noise ceiling has shape {nc.shape}, expected ({self._n_voxels},)")
+            source = "given"
+        else:
+            nc = noise_ceiling_from_repeats(g["responses"], trial_image, trial_split)
+            source = "repeats" if np.isfinite(nc).any() else "none"
+        nc = nc.astype(np.float32)
+        nc[bad] = np.nan
+        g.create_dataset("noise_ceiling", data=nc)
+        g.attrs["nc_source"] = source
+        for key, value in (attrs or {}).items():
+            g.attrs[key] = value
+        return {
+            "n_trials": self._n_trials,
+            "n_voxels": self._n_voxels,
+            "n_bad_voxels": int(bad.sum()),
+            "all_nan_voxels": int(all_nan.sum()),
+            "constant_voxels": int(constant.sum()),
+            "nc_source": source,
+        }
+
+
+def _check_split_by_image(trial_image: np.ndarray, trial_split: np.ndarray) -> None:
+    """Splits are by image: every trial of one image must be in the same split (no leak)."""
+    first = np.full(trial_image.max() + 1, -1, dtype=np.int64)
+    order = np.argsort(trial_image, kind="stable")
+    img, spl = trial_image[order], trial_split[order]
+    first[img[::-1]] = spl[::-1]
+    mismatch = spl != first[img]
+    if mismatch.any():
+        bad_image = int(img[np.flatnonzero(mismatch)[0]])
+        raise StoreError(
+            f"image {bad_image} appears in more than one split; splits must be by image, never by trial"
+        )
+
+
+class StoreWriter:
+    """Writes a prepared store atomically (``<path>.tmp`` then rename on :meth:`close`).
+
+    Use as a context manager; an exception inside the block removes the temporary file.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, name: str, modality: str, source: str, image_size: int):
+        if modality not in MODALITIES:
+            raise StoreError(f"modality {modality!r} is not one of {MODALITIES}")
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = self.path.with_name(self.path.name + ".tmp")
+        self._file = h5py.File(self._tmp, "w")
+        self._file.attrs.update(
+            format_version=FORMAT_VERSION, name=name, modality=modality, source=source, image_size=image_size
+        )
+        self.image_size = image_size
+        self._n_images: int | None = None
+        self._file.create_group("subjects")
+
+    def write_images(self, images: Iterable[Image.Image | np.ndarray], names: Sequence[str]) -> None:
+        """Resize and store every stimulus, in the order of ``names`` (row i = names[i])."""
+        n = len(names)
+        s = self.image_size
+        ds = self._file.create_dataset(
+            "images", shape=(n, s, s, 3), dtype=np.uint8, chunks=(1, s, s, 3), compression="lzf"
+        )
+        count = 0
+        for i, image in enumerate(images):
+            if i >= n:
+                raise StoreError(f"more images than names ({n})")
+            ds[i] = resize_image(image, s)
+            count += 1
+        if count != n:
+            raise StoreError(f"{count} images for {n} names")
+        self._file.create_dataset("image_names", data=np.asarray(list(names), dtype=object), dtype=_STR)
+        self._n_images = n
+
+    def subject(self, name: str, n_voxels: int, chunk_rows: int = 256) -> SubjectWriter:
+        if self._n_images is None:
+            raise StoreError("write_images must come before any subject")
+        if name in self._file["subjects"]:
+            raise StoreError(f"subject {name!r} written twice")
+        return SubjectWriter(self._file["subjects"].create_group(name), n_voxels, self._n_images, chunk_rows)
+
+    def close(self) -> None:
+        if not len(self._file["subjects"]):
+            raise StoreError("a store needs at least one subject")
+        self._file.close()
+        os.replace(self._tmp, self.path)
+
+    def abort(self) -> None:
+        if self._file.id.valid:
+            self._file.close()
+        self._tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> StoreWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+@dataclass(frozen=True)
+class SubjectInfo:
+    name: str
+    n_trials: int
+    n_voxels: int
+    n_bad_voxels: int
+    nc_source: str
+    roi_sets: tuple[str, ...]
+
+
+class PreparedStore:
+    """Read access to a prepared store (opened read-only; safe to share between processes)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        if not self.path.exists():
+            raise StoreError(f"{self.path}: no prepared store here; run the workflow's prepare rule (or `afo prepare`)")
+        self._file = h5py.File(self.path, "r")
+        version = int(self._file.attrs.get("format_version", -1))
+        if version != FORMAT_VERSION:
+            raise StoreError(
+                f"{self.path}: store format version {version}, this afo reads {FORMAT_VERSION}; prepare it again"
+            )
+        self.name: str = str(self._file.attrs["name"])
+        self.modality: str = str(self._file.attrs["modality"])
+        self.source: str = str(self._file.attrs["source"])
+        self.image_size: int = int(self._file.attrs["image_size"])
+
+    @property
+    def subjects(self) -> list[str]:
+        return sorted(self._file["subjects"].keys())
+
+    @property
+    def n_images(self) -> int:
+        return int(self._file["images"].shape[0])
+
+    def images(self, index: slice | np.ndarray | None = None) -> np.ndarray:
+        """uint8 [n, H, W, 3]."""
+        ds = self._file["images"]
+        return ds[:] if index is None else ds[index]
+
+    def image_names(self) -> list[str]:
+        return [x.decode() if isinstance(x, bytes) else str(x) for x in self._file["image_names"][:]]
+
+    def info(self, subject: str) -> SubjectInfo:
+        g = self._group(subject)
+        return SubjectInfo(
+            name=subject,
+            n_trials=int(g["responses"].shape[0]),
+            n_voxels=int(g["responses"].shape[1]),
+            n_bad_voxels=int(g.attrs["n_bad_voxels"]),
+            nc_source=str(g.attrs["nc_source"]),
+            roi_sets=tuple(sorted(g["rois"].keys())),
+        )
+
+    def _group(self, subject: str) -> h5py.Group:
+        if subject not in self._file["subjects"]:
+            raise StoreError(f"{self.path}: no subject {subject!r}; subjects are {self.subjects}")
+        return self._file["subjects"][subject]
+
+    def responses(self, subject: str, rows: slice | np.ndarray | None = None) -> np.ndarray:
+        """float32 [n_trials, n_voxels] (or the chosen rows); rows given as an index array must be sorted."""
+        ds = self._group(subject)["responses"]
+        return ds[:] if rows is None else ds[rows]
+
+    def responses_dataset(self, subject: str) -> h5py.Dataset:
+        return self._group(subject)["responses"]
+
+    def trial_image(self, subject: str) -> np.ndarray:
+        return self._group(subject)["trial_image"][:]
+
+    def trial_split(self, subject: str) -> np.ndarray:
+        return self._group(subject)["trial_split"][:]
+
+    def coords(self, subject: str) -> np.ndarray:
+        return self._group(subject)["coords"][:]
+
+    def noise_ceiling(self, subject: str) -> np.ndarray:
+        return self._group(subject)["noise_ceiling"][:]
+
+    def bad_voxel(self, subject: str) -> np.ndarray:
+        return self._group(subject)["bad_voxel"][:]
+
+    def rois(self, subject: str, roi_set: str) -> np.ndarray:
+        g = self._group(subject)["rois"]
+        if roi_set not in g:
+            raise StoreError(f"{self.path}: subject {subject!r} has no ROI set {roi_set!r}; it has {sorted(g)}")
+        return np.asarray([x.decode() if isinstance(x, bytes) else str(x) for x in g[roi_set][:]], dtype=object)
+
+    def subject_attrs(self, subject: str) -> dict:
+        return dict(self._group(subject).attrs)
+
+    def image_split(self, subject: str) -> dict[int, int]:
+        """Split code of every image the subject saw."""
+        return dict(zip(self.trial_image(subject).tolist(), self.trial_split(subject).tolist()))
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> PreparedStore:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
