@@ -29,8 +29,10 @@ def ncsnr_from_repeats(data: np.ndarray, groups: np.ndarray) -> np.ndarray:
     Only groups with at least two finite trials count; NaN where a voxel has no such group.
     """
     data = np.asarray(data, dtype=np.float64)
-    mean = np.nanmean(data, axis=0)
-    sd = np.nanstd(data, axis=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN voxels give NaN, by design
+        mean = np.nanmean(data, axis=0)
+        sd = np.nanstd(data, axis=0)
     with np.errstate(invalid="ignore", divide="ignore"):
         z = (data - mean) / np.where(sd > 0, sd, np.nan)
     _, inverse = np.unique(groups, return_inverse=True)

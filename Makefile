@@ -1,0 +1,30 @@
+# Two entry points (README.md): `make demo` and `make test`. Both create or reuse the virtual environment.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(CURDIR)/$(VENV)/bin
+CORES ?= 2
+export PATH := $(BIN):$(PATH)
+
+.PHONY: setup demo test lint report clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+	$(BIN)/python -m pip install -e '.[test]'
+	touch $@
+
+# The whole pipeline on the embedded synthetic brain (config.yaml), then the HTML report.
+demo: setup
+	$(BIN)/snakemake --cores $(CORES) --resources gpu=0 --printshellcmds
+	$(BIN)/snakemake --cores $(CORES) --report results/report.html
+
+test: setup
+	$(BIN)/python -m pytest
+
+lint: setup
+	$(BIN)/snakemake --lint
+
+clean:
+	rm -rf results resources logs .snakemake

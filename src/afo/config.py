@@ -1,0 +1,104 @@
+"""Workflow configuration: validation against the JSON schema with defaults filled in, and clear errors."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import jsonschema
+import yaml
+
+SCHEMA_RELATIVE = Path("workflow") / "schemas" / "config.schema.yaml"
+
+
+class ConfigError(ValueError):
+    """The configuration breaks the schema; the message names the key and what is allowed."""
+
+
+def find_schema(start: Path | None = None) -> Path:
+    """The schema of the checkout this package runs from (or above ``start``)."""
+    candidates = [start] if start else []
+    candidates += [Path.cwd(), Path(__file__).resolve().parents[2]]
+    for base in candidates:
+        for folder in [base, *base.parents]:
+            path = folder / SCHEMA_RELATIVE
+            if path.is_file():
+                return path
+    raise FileNotFoundError(f"cannot find {SCHEMA_RELATIVE}; run from the afo checkout or pass the schema path")
+
+
+def _with_defaults(validator_class):
+    """A validator that fills `default` values of missing properties (before checking them)."""
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, sub in properties.items():
+                if "default" in sub and name not in instance:
+                    instance[name] = copy.deepcopy(sub["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    path = ".".join(str(p) for p in error.absolute_path) or "<top level>"
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        extra = sorted(set(error.instance) - set(allowed))
+        hint = f"; valid keys here: {allowed}" if allowed else ""
+        where = path if path != "<top level>" else "top level"
+        return f"config key(s) {[f'{path}.{k}' if path != '<top level>' else k for k in extra]} unknown at {where}{hint}"
+    if error.validator == "required":
+        return f"config section `{path}`: {error.message}"
+    if error.validator == "enum":
+        return f"config key `{path}`: {error.instance!r} is not one of {error.validator_value}"
+    if error.validator == "type":
+        return f"config key `{path}`: {error.instance!r} is not of type {error.validator_value}"
+    return f"config key `{path}`: {error.message}"
+
+
+def validate_config(config: dict, schema_path: str | Path | None = None) -> dict:
+    """Validate ``config`` in place (defaults filled in) and return it; raise ConfigError listing every problem."""
+    schema_path = Path(schema_path) if schema_path else find_schema()
+    schema = yaml.safe_load(schema_path.read_text())
+    validator = _with_defaults(jsonschema.Draft202012Validator)(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        lines = "\n  - ".join(_describe(e) for e in errors)
+        raise ConfigError(f"invalid configuration ({len(errors)} problem(s)):\n  - {lines}")
+    _check_semantics(config)
+    return config
+
+
+def _check_semantics(config: dict) -> None:
+    """Rules the schema cannot say."""
+    for name, ds in config["datasets"].items():
+        if ds["format"] == "synthetic" and "part" not in ds:
+            raise ConfigError(f"config key `datasets.{name}.part`: required for format synthetic (fmri or eeg)")
+        if ds["format"] != "synthetic" and "root" not in ds:
+            raise ConfigError(f"config key `datasets.{name}.root`: required for format {ds['format']} (the downloaded folder)")
+    if not any(ds["role"] == "train" for ds in config["datasets"].values()):
+        raise ConfigError("config key `datasets`: at least one dataset needs role: train")
+    veroi = config["afo"]["veroi"]
+    if (veroi["n_rois"] is None) == (veroi["threshold"] is None):
+        raise ConfigError("config keys `afo.veroi.n_rois` / `afo.veroi.threshold`: set exactly one of them (the other to null)")
+
+
+def load_config(path: str | Path, schema_path: str | Path | None = None) -> dict:
+    path = Path(path)
+    try:
+        config = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err})") from err
+    try:
+        return validate_config(config, schema_path)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+
+
+def train_params(config: dict, stage: str) -> dict:
+    """The training hyperparameters of one stage: `train` with `afo.stages.<stage>` on top."""
+    params = dict(config["train"])
+    params.update(config["afo"]["stages"].get(stage, {}))
+    return params

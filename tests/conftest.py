@@ -1,0 +1,60 @@
+"""Shared fixtures: tiny datasets written in the real formats."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+def write_folder_dataset(
+    root: Path,
+    n_images: int = 24,
+    n_voxels: int = 10,
+    subjects: tuple[str, ...] = ("subj01", "subj02"),
+    repeats: int = 3,
+    n_repeated: int = 4,
+    with_split: bool = True,
+    seed: int = 0,
+) -> Path:
+    """A small folder dataset (DESIGN.md contract) whose responses are a noisy linear read of image brightness."""
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "dataset.yaml").write_text("name: tiny\nmodality: fmri\n")
+    names = []
+    brightness = []
+    for i in range(n_images):
+        level = rng.uniform(20, 235)  # brightness varies across images: it is the signal voxels read
+        pixels = np.clip(level + rng.normal(0, 15, size=(20, 16, 3)), 0, 255).astype(np.uint8)
+        name = f"img_{i:03d}.png"
+        Image.fromarray(pixels).save(root / "images" / name)
+        names.append(name)
+        brightness.append(pixels.mean() / 255.0)
+    brightness = np.asarray(brightness)
+    for s in subjects:
+        d = root / s
+        d.mkdir()
+        # Images 0..n_repeated-1 are shown `repeats` times, the others once.
+        shown = [i for i in range(n_images) for _ in range(repeats if i < n_repeated else 1)]
+        shown = rng.permutation(shown)
+        weights = rng.normal(size=n_voxels)
+        responses = brightness[shown, None] * weights[None] + 0.05 * rng.normal(size=(len(shown), n_voxels))
+        np.save(d / "responses.npy", responses.astype(np.float32))
+        np.save(d / "coords.npy", rng.normal(size=(n_voxels, 3)).astype(np.float32) * 10)
+        rows = {"image": [names[i] for i in shown]}
+        if with_split:
+            rows["split"] = ["test" if i < n_repeated else ("val" if i < n_repeated + 2 else "train") for i in shown]
+        import pandas as pd
+
+        pd.DataFrame(rows).to_csv(d / "trials.csv", index=False)
+        pd.DataFrame({"voxel": np.arange(n_voxels), "roi": ["early" if v < n_voxels // 2 else "late" for v in range(n_voxels)]}).to_csv(
+            d / "rois.csv", index=False
+        )
+    return root
+
+
+@pytest.fixture
+def folder_dataset(tmp_path: Path) -> Path:
+    return write_folder_dataset(tmp_path / "tiny")

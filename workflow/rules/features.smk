@@ -1,0 +1,20 @@
+# Prepared store -> frozen-backbone features, cached once per dataset and shared by every training job.
+
+
+rule features:
+    input:
+        "results/prepared/{dataset}.h5",
+    output:
+        "results/features/{dataset}.h5",
+    params:
+        backbone=as_json(backbone_params()),
+        batch_size=config["backbone"]["batch_size"],
+        device=config["backbone"]["device"],
+    log:
+        "logs/features/{dataset}.log",
+    threads: 2
+    resources:
+        mem_mb=8000,
+    shell:
+        "afo features --store {input} --out {output} --backbone {params.backbone:q} "
+        "--batch-size {params.batch_size} --device {params.device} > {log} 2>&1"
