@@ -1,0 +1,325 @@
+"""GPU dispatch: every training job claims one free GPU for its lifetime, before CUDA starts.
+
+``snakemake --cores 8 --resources gpu=4`` caps how many GPU jobs run at once, but Snakemake does not say
+*which* GPU a job should use: without help, all four jobs would land on GPU 0. Each training job therefore
+wraps its work in :func:`claim_gpu`::
+
+    from afo.gpu import claim_gpu, gpu_env_summary
+
+    with claim_gpu(job_name=f"{snakemake.rule} {dict(snakemake.wildcards)}") as gpu:
+        log.info("GPU %s: %s", gpu, gpu_env_summary())
+        import torch  # CUDA may start from here on; it sees only the claimed GPU (as cuda:0)
+        ...
+
+How a slot is claimed: one lock file per GPU, ``<lock_dir>/gpu<i>.lock``, taken with a non-blocking
+exclusive ``flock``. The kernel releases such a lock when the last file descriptor to it closes, which
+happens when the holder process dies for any reason, SIGKILL and OOM kill included; no stale lock can
+outlive its job, so no clean-up step or pid bookkeeping is needed. The first free GPU wins; if all are busy
+the claimer polls until ``timeout``. The winner sets ``CUDA_VISIBLE_DEVICES`` to its GPU, which only works
+if CUDA has not yet been initialised in the process (hence "before CUDA starts", and hence GPUs are counted
+with ``nvidia-smi`` in a subprocess rather than with ``torch.cuda``, which would initialise CUDA here).
+
+When not to claim (``AFO_GPU_CLAIM=auto``, the default): under a SLURM allocation (``SLURM_JOB_ID`` set)
+SLURM already gave the job its GPUs, and if ``CUDA_VISIBLE_DEVICES`` is already set a user or a scheduler
+has chosen; in both cases the environment is left alone and ``None`` is yielded. Without GPUs, ``None`` is
+yielded too and the job runs on the CPU.
+
+Environment variables read (no other state):
+
+- ``AFO_GPU_LOCK_DIR``: the lock directory (default ``<tmp>/afo-gpu-locks-<uid>``, per user).
+- ``AFO_N_GPUS``: number of GPUs, overriding detection (e.g. for accelerators ``nvidia-smi`` cannot see).
+- ``AFO_GPU_CLAIM``: ``auto`` (above), ``never`` (claim nothing, yield ``None``), or ``always``: claim even
+  under SLURM or a preset ``CUDA_VISIBLE_DEVICES``, choosing among the devices it lists (for running a local
+  Snakemake with ``--resources gpu=N`` inside an interactive multi-GPU allocation).
+- ``AFO_JOB_NAME`` / ``SLURM_JOB_NAME``: the job name written into the lock file if none is passed.
+
+Limits: one claim per process (``CUDA_VISIBLE_DEVICES`` is process-wide; a nested claim in ``auto`` mode
+sees it set and is a no-op). Children forked while the lock is held (e.g. DataLoader workers) share it;
+children started with exec do not inherit it. POSIX only (``fcntl``). Locks on a local file system are
+safe; for a lock directory on NFS, rely on the NFS server's lock support.
+"""
+
+from __future__ import annotations
+
+import datetime
+import errno
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+#: Where the NVIDIA driver lists one entry per GPU; the fallback count when ``nvidia-smi`` is missing.
+PROC_NVIDIA_GPUS = "/proc/driver/nvidia/gpus"
+
+_CLAIM_MODES = ("auto", "always", "never")
+# Variables claim_gpu may change; restored on exit so that a claim leaves no trace in the process.
+_MANAGED_VARS = ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER")
+# Shown by gpu_env_summary: these two always ("<unset>" too), the rest only when set.
+_SUMMARY_ALWAYS = ("CUDA_VISIBLE_DEVICES", "SLURM_JOB_ID")
+_SUMMARY_IF_SET = (
+    "CUDA_DEVICE_ORDER",
+    "SLURM_JOB_GPUS",
+    "SLURM_STEP_GPUS",
+    "AFO_GPU_CLAIM",
+    "AFO_GPU_LOCK_DIR",
+    "AFO_N_GPUS",
+)
+
+
+class GpuClaimTimeout(TimeoutError):
+    """No GPU became free within the timeout."""
+
+
+def default_lock_dir() -> Path:
+    """``$AFO_GPU_LOCK_DIR``, else ``<tmp>/afo-gpu-locks-<uid>``.
+
+    Per user by default: a world-shared name in /tmp could be pre-created by another user. Point
+    ``AFO_GPU_LOCK_DIR`` at a common directory (with group write permission) to share GPUs between users.
+    """
+    env = os.environ.get("AFO_GPU_LOCK_DIR")
+    if env:
+        return Path(env)
+    uid = os.getuid() if hasattr(os, "getuid") else os.getlogin()
+    return Path(tempfile.gettempdir()) / f"afo-gpu-locks-{uid}"
+
+
+def detect_gpu_count() -> int:
+    """Number of NVIDIA GPUs on this machine, without initialising CUDA in this process.
+
+    ``$AFO_N_GPUS`` if set; else the ``GPU <i>:`` lines of ``nvidia-smi -L`` (run as a subprocess); else
+    the entries of ``/proc/driver/nvidia/gpus``; else 0. It counts physical GPUs and ignores
+    ``CUDA_VISIBLE_DEVICES``, which is why :func:`claim_gpu` only calls it when that variable is unset.
+    """
+    env = os.environ.get("AFO_N_GPUS")
+    if env is not None and env.strip():
+        try:
+            n = int(env)
+        except ValueError:
+            raise ValueError(f"AFO_N_GPUS must be a non-negative integer, got {env!r}") from None
+        if n < 0:
+            raise ValueError(f"AFO_N_GPUS must be a non-negative integer, got {env!r}")
+        return n
+    exe = shutil.which("nvidia-smi")
+    if exe is not None:
+        try:
+            out = subprocess.run([exe, "-L"], capture_output=True, text=True, timeout=60, check=False)
+        except (OSError, subprocess.SubprocessError):
+            out = None
+        if out is not None and out.returncode == 0:
+            # MIG instances are listed indented under their GPU ("  MIG 1g.5gb Device 0: ..."); only the
+            # GPU lines are indices that CUDA_VISIBLE_DEVICES=<i> accepts.
+            return sum(1 for line in out.stdout.splitlines() if re.match(r"GPU \d+:", line))
+    try:
+        return len(os.listdir(PROC_NVIDIA_GPUS))
+    except OSError:
+        return 0
+
+
+def _claim_mode() -> str:
+    mode = os.environ.get("AFO_GPU_CLAIM", "auto").strip().lower() or "auto"
+    if mode not in _CLAIM_MODES:
+        raise ValueError(f"AFO_GPU_CLAIM must be one of {_CLAIM_MODES}, got {mode!r}")
+    return mode
+
+
+def _candidates(n_gpus: int | None, mode: str) -> list[int] | None:
+    """GPU indices to try, or None when this job should claim nothing (the caller yields None)."""
+    if mode == "never":
+        return None
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if mode == "auto":
+        if os.environ.get("SLURM_JOB_ID") or visible is not None:
+            return None  # the scheduler or the user chose already; an empty value means "no GPU"
+    elif visible is not None:  # "always": share out the devices someone made visible
+        entries = [e.strip() for e in visible.split(",") if e.strip()]
+        if not all(e.isdigit() for e in entries):
+            raise ValueError(
+                "AFO_GPU_CLAIM=always needs CUDA_VISIBLE_DEVICES to list integer indices, got "
+                f"{visible!r} (GPU UUIDs are not supported)"
+            )
+        return [int(e) for e in entries] or None
+    n = detect_gpu_count() if n_gpus is None else int(n_gpus)
+    if n < 0:
+        raise ValueError(f"n_gpus must be >= 0, got {n_gpus!r}")
+    return list(range(n)) or None
+
+
+def _ensure_cuda_not_initialised() -> None:
+    """Refuse to claim if torch already initialised CUDA here: CUDA_VISIBLE_DEVICES would be ignored."""
+    torch = sys.modules.get("torch")  # never import torch just to check
+    is_init = getattr(getattr(torch, "cuda", None), "is_initialized", None)
+    if callable(is_init) and is_init():
+        raise RuntimeError(
+            "CUDA is already initialised in this process, so setting CUDA_VISIBLE_DEVICES has no effect; "
+            "enter claim_gpu() before anything touches torch.cuda"
+        )
+
+
+def _prepare_lock_dir(lock_dir: Path, is_default: bool) -> None:
+    lock_dir.mkdir(mode=0o700 if is_default else 0o777, parents=True, exist_ok=True)
+    if is_default and hasattr(os, "getuid"):
+        st = os.lstat(lock_dir)
+        # Another user could have created (or symlinked) our default name in the shared /tmp.
+        if st.st_uid != os.getuid() or not os.path.isdir(lock_dir) or os.path.islink(lock_dir):
+            raise RuntimeError(
+                f"GPU lock directory {lock_dir} is not a directory owned by this user; "
+                "set AFO_GPU_LOCK_DIR to a directory of your own"
+            )
+
+
+def _lock_path(lock_dir: Path, gpu: int) -> Path:
+    return lock_dir / f"gpu{gpu}.lock"
+
+
+def _try_lock(path: Path) -> int | None:
+    """An fd holding an exclusive flock on ``path``, or None if another process holds it."""
+    # No O_TRUNC: a claimer that fails must not wipe the holder's note. Python fds are close-on-exec, so
+    # programs the job execs do not inherit the lock.
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            return None
+        raise
+    return fd
+
+
+def _write_note(fd: int, text: str) -> None:
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, text.encode(), 0)
+
+
+def _release(fd: int) -> None:
+    # The lock file is never unlinked: a claimer may already have it open, and would then lock an inode
+    # that no longer has a name while a third process creates and locks a fresh file of the same name.
+    try:
+        _write_note(fd, "")
+        # Unlock explicitly rather than only closing: children forked meanwhile share this open file
+        # description and would otherwise keep the GPU locked while they live.
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def _describe_holders(lock_dir: Path, gpus: Sequence[int]) -> str:
+    parts = []
+    for gpu in gpus:
+        try:
+            note = _lock_path(lock_dir, gpu).read_text().strip().replace("\n", ", ")
+        except OSError:
+            note = ""
+        parts.append(f"gpu{gpu}: {note or 'holder unknown'}")
+    return "; ".join(parts)
+
+
+def _default_job_name() -> str:
+    name = os.environ.get("AFO_JOB_NAME") or os.environ.get("SLURM_JOB_NAME")
+    return name or " ".join([os.path.basename(sys.argv[0] if sys.argv else "python"), *sys.argv[1:]])[:200]
+
+
+@contextmanager
+def claim_gpu(
+    lock_dir: str | Path | None = None,
+    n_gpus: int | None = None,
+    timeout: float = 600.0,
+    poll: float = 0.5,
+    *,
+    job_name: str | None = None,
+) -> Iterator[int | None]:
+    """Hold one free GPU for the duration of the ``with`` block; yields its index, or None.
+
+    Yields None, changing nothing, under SLURM (``SLURM_JOB_ID`` set), when ``CUDA_VISIBLE_DEVICES`` is
+    already set, or when there is no GPU (see the module docstring, and ``AFO_GPU_CLAIM`` to change this).
+    Otherwise takes the first free ``<lock_dir>/gpu<i>.lock``, sets ``CUDA_VISIBLE_DEVICES=<i>`` (and
+    ``CUDA_DEVICE_ORDER=PCI_BUS_ID`` unless set, so that ``<i>`` is the GPU that ``nvidia-smi`` calls
+    ``<i>``), yields ``i``, and on exit restores both variables and releases the lock. The lock file holds
+    the holder's pid, host, job name and start time while it is held.
+
+    Args:
+        lock_dir: directory of the lock files (default: :func:`default_lock_dir`). All jobs sharing GPUs
+            must use the same directory.
+        n_gpus: number of GPUs; None detects it (:func:`detect_gpu_count`) without initialising CUDA.
+        timeout: seconds to wait for a free GPU before raising :class:`GpuClaimTimeout`.
+        poll: seconds between attempts while all GPUs are busy.
+        job_name: written into the lock file for debugging (default: ``$AFO_JOB_NAME``, ``$SLURM_JOB_NAME``
+            or the command line).
+
+    Raises:
+        GpuClaimTimeout: all GPUs stayed busy for ``timeout`` seconds (the message names their holders).
+        RuntimeError: CUDA is already initialised in this process, or the default lock directory is unsafe.
+    """
+    if fcntl is None:  # pragma: no cover - Windows
+        raise RuntimeError("claim_gpu needs POSIX file locks (fcntl); set AFO_GPU_CLAIM=never on this platform")
+    if poll <= 0:
+        raise ValueError(f"poll must be > 0 seconds, got {poll!r}")
+    candidates = _candidates(n_gpus, _claim_mode())
+    if candidates is None:
+        yield None
+        return
+    _ensure_cuda_not_initialised()
+    is_default = lock_dir is None
+    directory = default_lock_dir() if lock_dir is None else Path(lock_dir)
+    _prepare_lock_dir(directory, is_default)
+
+    note = (
+        f"pid={os.getpid()}\nhost={socket.gethostname()}\njob={job_name or _default_job_name()}\n"
+        f"since={datetime.datetime.now().astimezone().isoformat(timespec='seconds')}\n"
+    )
+    deadline = time.monotonic() + max(0.0, timeout)
+    fd: int | None = None
+    gpu = -1
+    while fd is None:
+        for gpu in candidates:
+            fd = _try_lock(_lock_path(directory, gpu))
+            if fd is not None:
+                break
+        else:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise GpuClaimTimeout(
+                    f"no free GPU after {timeout:g} s: all {len(candidates)} GPU slots in {directory} are "
+                    f"held ({_describe_holders(directory, candidates)}). Run fewer GPU jobs at once "
+                    "(snakemake --resources gpu=N with N <= the number of GPUs) or raise the timeout."
+                )
+            time.sleep(min(poll, remaining))
+
+    assert fd is not None
+    saved = {var: os.environ.get(var) for var in _MANAGED_VARS}
+    try:
+        _write_note(fd, note)
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
+        os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
+        yield gpu
+    finally:
+        for var, value in saved.items():
+            if value is None:
+                os.environ.pop(var, None)
+            else:
+                os.environ[var] = value
+        _release(fd)
+
+
+def gpu_env_summary() -> str:
+    """One line for logs: host, pid and the GPU-related environment (never initialises CUDA)."""
+    parts = [f"host={socket.gethostname()}", f"pid={os.getpid()}"]
+    parts += [f"{var}={os.environ.get(var, '<unset>')}" for var in _SUMMARY_ALWAYS]
+    parts += [f"{var}={os.environ[var]}" for var in _SUMMARY_IF_SET if var in os.environ]
+    torch = sys.modules.get("torch")
+    is_init = getattr(getattr(torch, "cuda", None), "is_initialized", None)
+    if callable(is_init):
+        parts.append(f"torch_cuda_initialized={bool(is_init())}")
+    return " ".join(parts)
