@@ -14,6 +14,10 @@ report: "workflow/report/workflow.rst"
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/features.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/rois.smk"
+include: "workflow/rules/afo.smk"
+include: "workflow/rules/evaluate.smk"
 
 
 rule all:

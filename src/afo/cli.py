@@ -92,6 +92,180 @@ def _features(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=run)
 
 
+def _named_paths(items: list[str] | None, flag: str) -> dict[str, str]:
+    """NAME=PATH pairs -> dict; a clear error for anything else."""
+    out = {}
+    for item in items or []:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise argparse.ArgumentTypeError(f"{flag} {item!r}: expected NAME=PATH (dataset name = file)")
+        out[name] = path
+    return out
+
+
+def _data_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--store", action="append", required=True, metavar="NAME=PATH", help="prepared store of dataset NAME (repeat per dataset)")
+    p.add_argument("--features", action="append", required=True, metavar="NAME=PATH", help="feature cache of dataset NAME (repeat per dataset)")
+
+
+@command("train", "train one encoding model (Lightning), keep its top-k checkpoints and write their greedy soup")
+def _train(p: argparse.ArgumentParser) -> None:
+    _data_arguments(p)
+    p.add_argument("--model-config", type=_json_arg, required=True, help="JSON: the config's `model` section")
+    p.add_argument("--train-config", type=_json_arg, required=True, help="JSON: the config's `train` section (with stage overrides)")
+    p.add_argument("--out", required=True, type=Path, help="output folder: model.pt, metrics.csv, work/ (resume state)")
+    p.add_argument("--rois", type=Path, help="ROI assignment table (dataset, subject, voxel, roi): model its voxels")
+    p.add_argument("--roi", help="model only this ROI's voxels (stage 1)")
+    p.add_argument("--own-roi", help="ground truth and checkpointing only on this ROI's voxels (stage 2)")
+    p.add_argument("--dark-knowledge", nargs="*", default=[], type=Path, help="prediction files used as dark knowledge")
+    p.add_argument("--target-mode", choices=["gt", "helpers", "gt+dk"], default="gt", help="gt; helpers = stage 2; gt+dk = stage 3")
+    p.add_argument("--neck-init", type=Path, help="model file whose RetinaMapper/LayerSelector MLPs initialise this model")
+    p.add_argument("--train-neck", action="store_true", help="keep --neck-init MLPs trainable (default: frozen, paper 4.6)")
+    p.add_argument("--claim-gpu", action="store_true", help="claim a free GPU with a lock file before CUDA starts (workstation dispatch)")
+
+    def run(args):
+        from afo.training.fit import TrainSpec, fit
+
+        if args.roi and args.own_roi:
+            raise ValueError("--roi and --own-roi exclude each other")
+        if (args.roi or args.own_roi) and not args.rois:
+            raise ValueError("--roi / --own-roi need --rois")
+        if args.target_mode != "gt" and not args.dark_knowledge:
+            raise ValueError(f"--target-mode {args.target_mode} needs --dark-knowledge files")
+        spec = TrainSpec(
+            stores=_named_paths(args.store, "--store"),
+            features=_named_paths(args.features, "--features"),
+            model=args.model_config,
+            train=args.train_config,
+            rois=str(args.rois) if args.rois else None,
+            roi=args.roi,
+            own_roi=args.own_roi,
+            dark_knowledge=[str(p) for p in args.dark_knowledge],
+            target_mode=args.target_mode,
+            neck_init=str(args.neck_init) if args.neck_init else None,
+            freeze_neck=not args.train_neck,
+        )
+        if args.claim_gpu:
+            from afo.gpu import claim_gpu
+
+            with claim_gpu() as gpu:
+                print(f"GPU slot: {gpu}", file=sys.stderr)
+                return fit(spec, args.out)
+        return fit(spec, args.out)
+
+    p.set_defaults(func=run)
+
+
+@command("predict", "predict responses per image with a model file (float16 HDF5)")
+def _predict(p: argparse.ArgumentParser) -> None:
+    _data_arguments(p)
+    p.add_argument("--model", required=True, type=Path, help="model file (model.pt)")
+    p.add_argument("--splits", default="train,val", help="comma-separated splits whose images are predicted (train, val, test)")
+    p.add_argument("--rois", type=Path, help="ROI assignment table; with --roi, predict only that ROI's voxels")
+    p.add_argument("--roi", help="ROI whose voxels are predicted (dark knowledge of a stage-1/2 model)")
+    p.add_argument("--out", required=True, type=Path, help="prediction file to write (.h5)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+
+    def run(args):
+        from afo.runtime import resolve_device
+        from afo.training.predict import predict_file
+
+        splits = [s.strip() for s in args.splits.split(",") if s.strip()]
+        return predict_file(
+            args.model, _named_paths(args.store, "--store"), _named_paths(args.features, "--features"), splits, args.out,
+            rois=args.rois, roi=args.roi, device=resolve_device(args.device),
+        )
+
+    p.set_defaults(func=run)
+
+
+@command("evaluate", "score a model (or per-ROI models assembled) per voxel: voxels.csv and summary.csv")
+def _evaluate(p: argparse.ArgumentParser) -> None:
+    _data_arguments(p)
+    p.add_argument("--model", action="append", required=True, metavar="[ROI=]PATH", help="model file; ROI=PATH assembles per-ROI models (needs --rois)")
+    p.add_argument("--rois", type=Path, help="ROI assignment table (dataset, subject, voxel, roi)")
+    p.add_argument("--dataset-roi-set", default="roi", help="ROI set of the store reported as dataset_roi")
+    p.add_argument("--out-dir", required=True, type=Path, help="folder for voxels.csv and summary.csv")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+
+    def run(args):
+        from afo.evaluate import voxel_table, write_tables
+        from afo.runtime import resolve_device
+
+        models = []
+        for item in args.model:
+            roi, sep, path = item.rpartition("=")
+            models.append((roi if sep else None, path))
+        if any(r is not None for r, _ in models) and not args.rois:
+            raise ValueError("--model ROI=PATH needs --rois")
+        table = voxel_table(models, _named_paths(args.store, "--store"), _named_paths(args.features, "--features"),
+                            rois=args.rois, dataset_roi_set=args.dataset_roi_set, device=resolve_device(args.device))
+        voxels, summary = write_tables(table, args.out_dir)
+        return {"voxels": str(voxels), "summary": str(summary), "mean_r_test": float(table["r_test"].mean())}
+
+    p.set_defaults(func=run)
+
+
+@command("rois", "write an ROI table: veROIs from stage-0 models, a dataset's own labels, or randROI")
+def _rois(p: argparse.ArgumentParser) -> None:
+    p.add_argument("source", choices=["veroi", "dataset", "random"], help="where the ROIs come from")
+    p.add_argument("--model", nargs="+", type=Path, help="veroi: stage-0 model files (head weights averaged)")
+    p.add_argument("--options", type=_json_arg, default={}, help="veroi: JSON with n_kmeans, n_rois, threshold")
+    p.add_argument("--clustering", type=Path, help="veroi: also write the clustering (linkage, cut, k-means) as .npz")
+    p.add_argument("--store", action="append", metavar="NAME=PATH", help="dataset: prepared stores")
+    p.add_argument("--roi-set", default="roi", help="dataset: ROI set of the stores")
+    p.add_argument("--like", type=Path, help="random: ROI table whose sizes are copied (per subject)")
+    p.add_argument("--seed", type=int, default=0, help="seed of k-means / of the random assignment")
+    p.add_argument("--out", required=True, type=Path, help="ROI table to write (.csv)")
+
+    def run(args):
+        import numpy as np
+        import pandas as pd
+
+        from afo import rois
+
+        if args.source == "veroi":
+            if not args.model:
+                raise ValueError("rois veroi needs --model")
+            o = {"n_kmeans": 1000, "n_rois": None, "threshold": None, **args.options}
+            table, result = rois.veroi_table(args.model, o["n_kmeans"], o["n_rois"], o["threshold"], args.seed)
+            if args.clustering:
+                args.clustering.parent.mkdir(parents=True, exist_ok=True)
+                np.savez(args.clustering, linkage=result.linkage, cut_height=result.cut_height, labels=result.labels,
+                         kmeans_labels=result.kmeans_labels, centroid_rois=result.centroid_rois)
+        elif args.source == "dataset":
+            if not args.store:
+                raise ValueError("rois dataset needs --store")
+            table = rois.dataset_roi_table(_named_paths(args.store, "--store"), args.roi_set)
+        else:
+            if not args.like:
+                raise ValueError("rois random needs --like")
+            table = rois.random_roi_table(pd.read_csv(args.like, dtype={"roi": str}), args.seed)
+        rois.write_table(table, args.out)
+        return {"voxels": len(table), "rois": table["roi"].value_counts().sort_index().to_dict()}
+
+    p.set_defaults(func=run)
+
+
+@command("compare", "mean test r per model, dataset and area from several voxels.csv (the recipe comparison)")
+def _compare(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--names", nargs="+", required=True, help="model names, in the order of --voxels")
+    p.add_argument("--voxels", nargs="+", required=True, type=Path, help="voxels.csv of each model")
+    p.add_argument("--out", required=True, type=Path, help="comparison table to write (.csv)")
+
+    def run(args):
+        from afo.compare import comparison_table
+
+        if len(args.names) != len(args.voxels):
+            raise ValueError("give one --names entry per --voxels file")
+        table = comparison_table(dict(zip(args.names, args.voxels)))
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        table.to_csv(args.out, index=False, float_format="%.4f")
+        return {"rows": len(table)}
+
+    p.set_defaults(func=run)
+
+
 @command("check-config", "validate a workflow config file against the schema (defaults filled in)")
 def _check_config(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", type=Path, help="config YAML")

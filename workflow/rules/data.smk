@@ -12,6 +12,8 @@ rule simulate:
     threads: 1
     resources:
         mem_mb=2000,
+    conda:
+        "../../envs/afo.yaml"
     shell:
         "afo simulate --out {output} --seed {params.seed} --options {params.options:q} > {log} 2>&1"
 
@@ -25,12 +27,14 @@ rule prepare:
         format=dataset_format,
         root=dataset_root,
         image_size=config["prepare"]["image_size"],
-        options=lambda wc: as_json(DATASETS[wc.dataset]["options"]),
+        options=dataset_options,
     log:
         "logs/prepare/{dataset}.log",
     threads: 1
     resources:
         mem_mb=8000,
+    conda:
+        "../../envs/afo.yaml"
     shell:
         "afo prepare {params.format} --root {params.root:q} --out {output} "
         "--image-size {params.image_size} --options {params.options:q} > {log} 2>&1"

@@ -15,6 +15,8 @@ rule features:
     threads: 2
     resources:
         mem_mb=8000,
+    conda:
+        "../../envs/afo.yaml"
     shell:
         "afo features --store {input} --out {output} --backbone {params.backbone:q} "
         "--batch-size {params.batch_size} --device {params.device} > {log} 2>&1"

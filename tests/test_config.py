@@ -1,0 +1,70 @@
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from afo.cli import main
+from afo.config import ConfigError, load_config, train_params, validate_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def config():
+    return yaml.safe_load((ROOT / "config.yaml").read_text())
+
+
+def test_default_config_is_valid_and_defaults_are_filled(config):
+    config["train"].pop("patience")
+    validated = validate_config(config)
+    assert validated["train"]["patience"] == 20  # schema default
+    assert validated["afo"]["stages"]["stage3"] == {}
+
+
+@pytest.mark.parametrize(
+    "path, value, message",
+    [
+        (("train", "lrr"), 0.1, r"\['train.lrr'\] unknown at train; valid keys here: \[.*'lr'"),
+        (("modle",), {}, r"\['modle'\] unknown at top level"),
+        (("model", "sigma"), "small", r"`model.sigma`: 'small' is not of type number"),
+        (("model", "retina_mapper"), "fixed", r"`model.retina_mapper`: 'fixed' is not one of"),
+        (("afo", "stages", "stage3", "learning_rate"), 1.0, r"afo.stages.stage3.learning_rate"),
+    ],
+)
+def test_bad_key_is_named(config, path, value, message):
+    node = config
+    for key in path[:-1]:
+        node = node.setdefault(key, {})
+    node[path[-1]] = value
+    with pytest.raises(ConfigError, match=message):
+        validate_config(config)
+
+
+def test_semantic_rules(config):
+    bad = copy.deepcopy(config)
+    bad["afo"]["veroi"]["threshold"] = 1.0
+    with pytest.raises(ConfigError, match="set exactly one"):
+        validate_config(bad)
+    bad = copy.deepcopy(config)
+    bad["datasets"]["mine"] = {"format": "nsd"}
+    with pytest.raises(ConfigError, match=r"datasets.mine.root"):
+        validate_config(bad)
+
+
+def test_stage_overrides(config):
+    config.setdefault("afo", {}).setdefault("stages", {})["stage3"] = {"lr": 0.001}
+    validate_config(config)
+    assert train_params(config, "stage3")["lr"] == 0.001
+    assert train_params(config, "stage1")["lr"] == config["train"]["lr"]
+
+
+def test_paper_config_is_valid():
+    load_config(ROOT / "config" / "paper.yaml")
+
+
+def test_check_config_cli(tmp_path, config, capsys):
+    config["train"]["bogus"] = 1
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    assert main(["check-config", str(tmp_path / "c.yaml")]) == 2
+    assert "train.bogus" in capsys.readouterr().err
