@@ -1,0 +1,286 @@
+"""BOLD5000 (Chang et al. 2019), release 2.0: 4 subjects, 3T fMRI, GLMsingle single-trial betas.
+
+Files read under ``root`` (anywhere below it; found by name)::
+
+    CSI{n}_GLMbetas-TYPED-FITHRF-GLMDENOISE-RR_ses-NN.nii.gz   4-D betas (X, Y, Z, trials); 15 sessions (CSI4: 9)
+    CSI{n}_imgnames.txt                                         one image file name per trial, sessions concatenated
+    CSI{n}_brainmask.nii.gz                                     optional; known to be misaligned with the betas
+    sub-CSI{n}/sub-CSI{n}_mask-{LH,RH}{EarlyVis,LOC,OPA,PPA,RSC}.nii.gz   optional ROI masks (OpenNeuro ds001499
+                                                                derivatives/spm); a few files are named LHLO / RHRRSC
+    BOLD5000_Stimuli/Scene_Stimuli/Presented_Stimuli/{COCO,ImageNet,Scene}/<image file>
+
+Voxels (option ``voxels``): ``rois`` = the union of the ROI masks (the visual voxels), ``never_nan`` = every
+voxel with a finite beta in every session, ``auto`` = ``rois`` when the ROI masks are there, else
+``never_nan``. The brain mask is not used to select voxels (it may be misaligned with the betas); voxels that are
+never NaN make a safe mask instead. A voxel that is NaN on some trials only keeps those trials as NaN (missing).
+
+Betas: percent signal change; int16 files are divided by 300 (NSD's convention), float files are used as they
+are, then z-scored per voxel within each session. Coordinates: the betas' NIfTI affine applied to voxel indices.
+Split by image: images shown more than once (112 x 4 and 1 x 3) are the test set, the rest is split
+train/val; the noise ceiling comes from those repeats.
+
+[unverified] the betas dtype (float32 or int16 x 300): handled either way by ``scale: auto``.
+[unverified] whether the ROI masks share the betas' grid: a mask on another grid is an error that suggests
+``voxels: never_nan``. [unverified] some presentation lists prefix repeated images with ``rep_``: a name not
+found as is is looked up again without that prefix.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+
+from afo.data._common import (
+    DatasetFileNotFoundError,
+    as_list,
+    check_choice,
+    format_error,
+    index_images,
+    lazy_images,
+    parse_subject_number,
+    progress,
+    read_lines,
+    reading,
+    resolve_options,
+    split_images,
+    volume_scale,
+    warn,
+    zscore_rows,
+)
+from afo.data.bigbrain import DirectTarget
+from afo.data.store import StoreWriter
+
+ADAPTER = "bold5000"
+ROI_NAMES = ("EarlyVis", "LOC", "OPA", "PPA", "RSC")
+ROI_ALIASES = {"LO": "LOC", "RRSC": "RSC"}  # inconsistent file names in the release
+CHUNK_TRIALS = 64
+
+DEFAULTS: dict[str, Any] = {
+    "name": "bold5000",
+    "subjects": None,
+    "sessions": None,
+    "voxels": "auto",
+    "roi_dir": None,
+    "stimuli_dir": None,
+    "zscore": True,
+    "scale": "auto",
+    "val_fraction": 0.06,
+    "seed": 0,
+}
+
+LAYOUT = (
+    "<root>/**/CSI{n}_GLMbetas-TYPED-FITHRF-GLMDENOISE-RR_ses-NN.nii.gz, <root>/**/CSI{n}_imgnames.txt, "
+    "<root>/BOLD5000_Stimuli/Scene_Stimuli/Presented_Stimuli/{COCO,ImageNet,Scene}/, optional ROI masks "
+    "<root>/**/sub-CSI{n}/sub-CSI{n}_mask-{LH,RH}<roi>.nii.gz"
+)
+BETAS_RE = re.compile(r"CSI(\d+)_GLMbetas-TYPED-FITHRF-GLMDENOISE-RR_ses-(\d+)\.nii(\.gz)?$")
+
+
+def find_betas(root: Path) -> dict[int, dict[int, Path]]:
+    """{subject: {session: path}} of every GLMsingle betas file below root."""
+    found: dict[int, dict[int, Path]] = {}
+    for path in sorted(root.rglob("CSI*_GLMbetas-TYPED-FITHRF-GLMDENOISE-RR_ses-*.nii*")):
+        m = BETAS_RE.search(path.name)
+        if m:
+            found.setdefault(int(m.group(1)), {})[int(m.group(2))] = path
+    return found
+
+
+def find_roi_masks(folder: Path, subject: int) -> dict[str, Path]:
+    """{'LHPPA': path, ...}, names normalised (LHLO -> LHLOC, RHRRSC -> RHRSC)."""
+    masks = {}
+    for path in sorted(folder.rglob(f"sub-CSI{subject}_mask-*.nii*")):
+        m = re.search(r"_mask-(LH|RH)(\w+?)\.nii", path.name)
+        if m:
+            roi = ROI_ALIASES.get(m.group(2), m.group(2))
+            masks[m.group(1) + roi] = path
+    return masks
+
+
+class Subject:
+    """One BOLD5000 subject: its session files, trial list and voxel selection."""
+
+    def __init__(self, root: Path, number: int, session_paths: dict[int, Path], opts: dict):
+        self.number, self.name, self.opts = number, f"CSI{number}", opts
+        self.all_sessions = session_paths
+        self.sessions = self._pick_sessions()
+        self.n_trials = {s: self._n_trials(p) for s, p in session_paths.items()}
+        ref = nib.load(session_paths[self.sessions[0]])
+        self.shape, self.affine = tuple(int(x) for x in ref.shape[:3]), ref.affine
+        self.image_names = self._trial_names(root)
+        self.roi_paths = find_roi_masks(Path(opts["roi_dir"]) if opts["roi_dir"] else root, number)
+        self.ijk, self.roi_labels = self._voxels()
+
+    def _pick_sessions(self) -> list[int]:
+        wanted = self.opts["sessions"]
+        available = sorted(self.all_sessions)
+        if wanted is None:
+            return available
+        sessions = list(range(1, wanted + 1)) if isinstance(wanted, int) else sorted(int(s) for s in wanted)
+        missing = [s for s in sessions if s not in self.all_sessions]
+        if missing:
+            raise DatasetFileNotFoundError(
+                f"bold5000 {self.name}: betas of sessions {missing} not found (found {available}). Expected: {LAYOUT}"
+            )
+        return sessions
+
+    @staticmethod
+    def _n_trials(path: Path) -> int:
+        with reading(path, "BOLD5000 betas header", "a 4-D NIfTI (X, Y, Z, trials)"):
+            img = nib.load(path)
+        if img.ndim != 4:
+            raise format_error(path, "shape", f"is {img.shape}", "4-D (X, Y, Z, trials)")
+        return int(img.shape[3])
+
+    def _trial_names(self, root: Path) -> dict[int, list[str]]:
+        """Image file name of every trial, per session (the list covers all sessions, concatenated)."""
+        paths = sorted(root.rglob(f"CSI{self.number}_imgnames.txt"))
+        if not paths:
+            raise DatasetFileNotFoundError(f"{root}: CSI{self.number}_imgnames.txt not found. Expected: {LAYOUT}")
+        names = read_lines(paths[0])
+        total = sum(self.n_trials.values())
+        if len(names) != total:
+            raise format_error(
+                paths[0], "lines", f"has {len(names)} image names but the {len(self.n_trials)} session files hold "
+                f"{total} trials", "one image name per trial of every session, sessions concatenated in order",
+            )
+        out, start = {}, 0
+        for s in sorted(self.n_trials):
+            out[s] = names[start : start + self.n_trials[s]]
+            start += self.n_trials[s]
+        return out
+
+    def _finite_everywhere(self) -> np.ndarray:
+        """Voxels with a finite beta on the first trial of every chosen session (GLMsingle leaves whole
+        voxels NaN where a session's brain mask ends, not single trials)."""
+        mask = np.ones(self.shape, dtype=bool)
+        for s in self.sessions:
+            path = self.all_sessions[s]
+            with reading(path, "BOLD5000 betas", "a 4-D NIfTI (X, Y, Z, trials)"):
+                img = nib.load(path)
+                if tuple(img.shape[:3]) != self.shape:
+                    raise format_error(path, "shape", f"is {img.shape}", f"{self.shape} like the other sessions")
+                first = np.asarray(img.dataobj[..., 0], dtype=np.float64)
+            mask &= np.isfinite(first)
+        return mask
+
+    def _voxels(self) -> tuple[np.ndarray, list[str] | None]:
+        mode = self.opts["voxels"]
+        if mode == "auto":
+            mode = "rois" if self.roi_paths else "never_nan"
+            if mode == "never_nan":
+                warn(f"bold5000 {self.name}: no ROI masks (sub-CSI{self.number}_mask-*.nii.gz) found; keeping "
+                     "every never-NaN voxel (set roi_dir to the ROI masks to keep only visual voxels)")
+        self.voxel_mode = mode
+        finite = self._finite_everywhere()
+        if mode == "never_nan":
+            return np.argwhere(finite), None
+        if not self.roi_paths:
+            raise DatasetFileNotFoundError(
+                f"bold5000 {self.name}: voxels: rois but no sub-CSI{self.number}_mask-*.nii.gz found "
+                f"(roi_dir={self.opts['roi_dir']}). Expected: {LAYOUT}"
+            )
+        labels = np.full(self.shape, "", dtype=object)
+        for roi, path in sorted(self.roi_paths.items()):
+            with reading(path, "BOLD5000 ROI mask", f"a 3-D NIfTI on the betas grid {self.shape}"):
+                data = np.asarray(nib.load(path).dataobj)
+            if data.shape[:3] != self.shape:
+                raise format_error(
+                    path, "shape", f"is {data.shape}",
+                    f"{self.shape}, the grid of the betas (use voxels: never_nan if the masks are on another grid)",
+                )
+            inside = (data.reshape(self.shape) > 0) & (labels == "")
+            labels[inside] = roi
+        keep = (labels != "") & finite
+        ijk = np.argwhere(keep)
+        return ijk, [str(x) for x in labels[tuple(ijk.T)]]
+
+    def read_session(self, session: int) -> np.ndarray:
+        """Betas [trials, n_voxels] in PSC, streamed in chunks of trials."""
+        path = self.all_sessions[session]
+        with reading(path, "BOLD5000 betas", "a 4-D NIfTI (X, Y, Z, trials)"):
+            img = nib.load(path, keep_file_open=True)  # chunks read forward through one gzip stream
+            scale = volume_scale(img.get_data_dtype(), self.opts["scale"], ADAPTER)
+            n = self.n_trials[session]
+            out = np.empty((n, len(self.ijk)), dtype=np.float32)
+            i, j, k = self.ijk.T
+            for t0 in range(0, n, CHUNK_TRIALS):
+                chunk = np.asarray(img.dataobj[..., t0 : t0 + CHUNK_TRIALS])
+                out[t0 : t0 + chunk.shape[3]] = chunk[i, j, k, :].T * scale
+        return out
+
+
+def resolve_image(name: str, index: dict[str, Path]) -> Path | None:
+    if name in index:
+        return index[name]
+    stripped = name[4:] if name.startswith("rep_") else name
+    return index.get(stripped) or index.get(Path(stripped).name)
+
+
+def prepare(root, out, *, image_size: int, options: dict) -> dict:
+    """Prepare BOLD5000 under ``root`` into the store ``out``."""
+    root = Path(root)
+    opts = resolve_options(ADAPTER, options, DEFAULTS)
+    check_choice(ADAPTER, "voxels", opts["voxels"], ["auto", "rois", "never_nan"])
+    betas = find_betas(root)
+    if not betas:
+        raise DatasetFileNotFoundError(f"{root}: no CSI*_GLMbetas-TYPED-FITHRF-GLMDENOISE-RR_ses-NN.nii.gz. "
+                                       f"Expected layout: {LAYOUT}")
+    numbers = sorted(betas) if opts["subjects"] is None else [
+        parse_subject_number(s, "CSI1 or 1", ADAPTER) for s in as_list(opts["subjects"])]
+    missing = [n for n in numbers if n not in betas]
+    if missing:
+        raise DatasetFileNotFoundError(f"{root}: no betas for CSI{missing} (found CSI{sorted(betas)}). "
+                                       f"Expected layout: {LAYOUT}")
+    subjects = [Subject(root, n, betas[n], opts) for n in progress(numbers, "bold5000 subjects")]
+
+    stim_dir = Path(opts["stimuli_dir"]) if opts["stimuli_dir"] else (
+        root / "BOLD5000_Stimuli" / "Scene_Stimuli" / "Presented_Stimuli")
+    if not stim_dir.is_dir():
+        raise DatasetFileNotFoundError(f"{stim_dir}: stimulus folder not found (option stimuli_dir). "
+                                       f"Expected layout: {LAYOUT}")
+    index = index_images(stim_dir)
+    trial_paths: dict[str, list[Path]] = {}
+    problems = []
+    for subj in subjects:
+        names = [n for s in subj.sessions for n in subj.image_names[s]]
+        paths = [resolve_image(n, index) for n in names]
+        problems += [n for n, p in zip(names, paths) if p is None]
+        trial_paths[subj.name] = paths
+    if problems:
+        raise DatasetFileNotFoundError(
+            f"{stim_dir}: {len(problems)} image(s) named in CSI*_imgnames.txt are missing, e.g. {problems[:5]}"
+        )
+    image_paths = sorted({p for ps in trial_paths.values() for p in ps}, key=lambda p: p.name)
+    row_of = {p: r for r, p in enumerate(image_paths)}
+    repeated = set()
+    for paths in trial_paths.values():
+        names, counts = np.unique([p.name for p in paths], return_counts=True)
+        repeated |= set(names[counts > 1].tolist())
+    split_of = split_images([p.name for p in image_paths], repeated, opts["val_fraction"], opts["seed"])
+
+    report: dict[str, Any] = {"dataset": ADAPTER, "n_images": len(image_paths), "subjects": {}}
+    with StoreWriter(out, name=opts["name"], modality="fmri", source=ADAPTER, image_size=image_size) as writer:
+        writer.write_images(lazy_images(image_paths, "bold5000 images"), [p.name for p in image_paths])
+        target = DirectTarget(writer)
+        for subj in subjects:
+            w = target.subject(subj.name, len(subj.ijk))
+            paths = iter(trial_paths[subj.name])
+            for s in progress(subj.sessions, f"bold5000 {subj.name} sessions", unit="session"):
+                block = subj.read_session(s)
+                if opts["zscore"]:
+                    block = zscore_rows(block)
+                chunk = [next(paths) for _ in range(len(block))]
+                w.append(block, [row_of[p] for p in chunk], [split_of[p.name] for p in chunk])
+            coords = nib.affines.apply_affine(subj.affine, subj.ijk)
+            rois = {"bold5000": subj.roi_labels} if subj.roi_labels is not None else {}
+            result = w.finish(coords, rois=rois, attrs={"sessions": np.asarray(subj.sessions),
+                                                        "zscored": bool(opts["zscore"]), "voxels": subj.voxel_mode})
+            result["sessions"] = subj.sessions
+            result["voxels"] = subj.voxel_mode
+            report["subjects"][subj.name] = result
+    return report

@@ -1,0 +1,607 @@
+"""HCP 7T movie watching (Van Essen et al. 2012): 184 subjects, 4 runs of movie clips, TR = 1 s.
+
+Files read under ``root`` (the ConnectomeDB layout)::
+
+    <subject>/MNINonLinear/Results/tfMRI_MOVIE{1..4}_7T_{AP,PA}/
+        tfMRI_MOVIE1_7T_AP_Atlas_1.6mm_MSMAll_hp2000_clean.dtseries.nii   CIFTI-2 (T, grayordinates); default
+        tfMRI_MOVIE1_7T_AP_hp2000_clean.nii.gz                            volumetric MNI alternative (space: volume)
+    <subject>/MNINonLinear/fsaverage_LR59k/<subject>.{L,R}.midthickness_MSMAll.59k_fs_LR.surf.gii
+                                   vertex positions of the CIFTI cortex (found by vertex count; option surfaces)
+    <stimulus_dir>/**/7T_MOVIE{1..4}_*.mp4        the movie of each run (whole run, rest blocks included)
+    <stimulus_dir>/**/HCP_7T_Movie_Clip_Timing.csv   start/stop of every clip and rest block, run-local seconds
+
+Protocol (paper section 4.1, after Khosla et al. 2021): one frame per TR (1 Hz) taken from the movie file, the
+frame on screen at k * TR + frame_offset_s (default 0.5 s: the middle of the TR); the response at TR t is paired
+with frame k = t - delay_s / TR (default 4 s: the haemodynamic delay). Rest blocks are kept. Every run ends
+with the same test-retest clip: its frames are one set of images shared by all runs (the k-th second of the
+clip is one image, shown once per run), which makes it the test set with 4 repeats and gives the noise
+ceiling. The other frames are split train/val by 20-s chunks of the movie (``chunk_s``), never by frame, so
+neighbouring TRs do not leak across splits. By default the subjects are averaged (``group_average``): each
+subject's run is z-scored per grayordinate over time (``zscore``) and the runs are averaged TR by TR over the
+subjects into one subject, "group"; with ``group_average: false`` every subject is written on its own.
+
+Grayordinates: CIFTI ``structures`` (default all) intersected with ``roi_file`` (a CIFTI dlabel/dscalar on the
+same grayordinates, or a NIfTI on the volume grid; voxels > 0, or whose label is in ``roi_labels``), e.g. the
+HCP-MMP1 visual areas: the paper keeps only visual voxels (29K). Coordinates: surface vertices at their
+midthickness position (mm), subcortical voxels by the CIFTI volume affine, volume voxels by the NIfTI affine.
+ROI sets: ``structure`` (CIFTI structure, CIFTI space) and ``roi`` (label of roi_file, when given).
+
+The clip-timing sheet: the official file is read as sections, one per movie (a line naming 7T_MOVIE<n>...),
+each with rows "block, start, stop[, duration]" where block "0" is rest and "<run>.<clip>" a clip; a plain
+table with columns run, block (or clip), start, stop (or end) is read too. ``test_clip: last`` takes each run's
+last clip as the test-retest clip; a list of block labels per run names them instead.
+
+[unverified] the clip-timing sheet's layout (taken from a public parser of it, not the file itself); that the
+movie file's time 0 is the run's first TR; the surface file names. Handled: both sheet layouts; any
+``surfaces`` mapping; a movie shorter than the run (trials past its end are dropped, reported in the report).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+
+from afo.data._common import (
+    DatasetFileNotFoundError,
+    DatasetFormatError,
+    as_list,
+    check_choice,
+    format_error,
+    progress,
+    reading,
+    require_file,
+    resolve_options,
+    video_duration,
+    video_frames_at,
+    warn,
+)
+from afo.data.bigbrain import DirectTarget
+from afo.data.store import SPLIT_CODE, StoreWriter
+
+ADAPTER = "hcp_movie"
+CHUNK_TRS = 128
+
+DEFAULTS: dict[str, Any] = {
+    "name": "hcp_movie",
+    "subjects": None,
+    "runs": [1, 2, 3, 4],
+    "space": "cifti",
+    "cifti_name": "{run}_Atlas_1.6mm_MSMAll_hp2000_clean.dtseries.nii",
+    "volume_name": "{run}_hp2000_clean.nii.gz",
+    "stimulus_dir": None,
+    "clip_timing": None,
+    "movie_files": None,
+    "delay_s": 4.0,
+    "frame_offset_s": 0.5,
+    "chunk_s": 20.0,
+    "test_clip": "last",
+    "structures": None,
+    "roi_file": None,
+    "roi_labels": None,
+    "surfaces": None,
+    "group_average": True,
+    "zscore": True,
+    "val_fraction": 0.06,
+    "seed": 0,
+}
+
+LAYOUT = (
+    "<root>/<subject>/MNINonLinear/Results/tfMRI_MOVIE<n>_7T_<AP|PA>/<run>_Atlas_1.6mm_MSMAll_hp2000_clean"
+    ".dtseries.nii, <stimulus_dir>/**/7T_MOVIE<n>_*.mp4, <stimulus_dir>/**/HCP_7T_Movie_Clip_Timing.csv"
+)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# clip timing
+
+
+@dataclass(frozen=True)
+class Block:
+    run: int
+    label: str
+    start: float
+    stop: float
+
+    @property
+    def is_rest(self) -> bool:
+        return self.label.strip().lower() in ("0", "rest", "0.0", "")
+
+
+def _number(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def parse_clip_timing(path: Path) -> dict[int, list[Block]]:
+    """{run: blocks sorted by start} from the official sectioned sheet or a tidy table."""
+    require_file(path, "clip timing sheet", LAYOUT)
+    text = path.read_text(errors="replace").replace("\r\n", "\n").replace("\r", "\n")
+    rows = [[c.strip() for c in row] for row in csv.reader(io.StringIO(text)) if any(c.strip() for c in row)]
+    if not rows:
+        raise format_error(path, "rows", "are empty", "clip and rest blocks with start and stop times")
+    header = [c.lower() for c in rows[0]]
+    tidy = any(h in ("run", "movie") for h in header) and "start" in header and ("stop" in header or "end" in header)
+    blocks = _parse_tidy(path, header, rows[1:]) if tidy else _parse_sections(path, rows)
+    out: dict[int, list[Block]] = {}
+    for b in blocks:
+        out.setdefault(b.run, []).append(b)
+    return {r: sorted(bs, key=lambda b: b.start) for r, bs in out.items()}
+
+
+def _run_of(text: str) -> int | None:
+    m = re.search(r"MOVIE\s*(\d)", text, flags=re.IGNORECASE)
+    if m:
+        return int(m.group(1))
+    return int(text) if text.isdigit() else None
+
+
+def _parse_tidy(path: Path, header: list[str], rows: list[list[str]]) -> list[Block]:
+    col = {h: i for i, h in enumerate(header)}
+    run_c = col.get("run", col.get("movie"))
+    label_c = next((col[h] for h in ("block", "clip", "label", "movie.block") if h in col), None)
+    stop_c = col.get("stop", col.get("end"))
+    blocks = []
+    for row in rows:
+        run = _run_of(row[run_c])
+        start, stop = _number(row[col["start"]]), _number(row[stop_c])
+        if run is None or start is None or stop is None:
+            raise format_error(path, "row", f"{row} has no run/start/stop", "run, block, start, stop per row")
+        blocks.append(Block(run, row[label_c] if label_c is not None else "clip", start, stop))
+    return blocks
+
+
+def _parse_sections(path: Path, rows: list[list[str]]) -> list[Block]:
+    blocks, run = [], None
+    for row in rows:
+        start, stop = (_number(row[1]), _number(row[2])) if len(row) >= 3 else (None, None)
+        if start is None or stop is None:
+            found = _run_of(row[0]) if re.search(r"MOVIE", row[0], flags=re.IGNORECASE) else None
+            if found is not None:
+                run = found  # a section header naming the movie
+            continue  # column headers such as "movie.block,start,stop,duration"
+        if run is None:
+            raise format_error(path, "section", f"row {row} comes before any 7T_MOVIE<n> line",
+                               "one section per movie, headed by a line naming 7T_MOVIE<n>")
+        blocks.append(Block(run, row[0], start, stop))
+    return blocks
+
+
+def test_windows(timing: dict[int, list[Block]], runs: list[int], test_clip: Any, path: Path) -> dict[int, Block]:
+    """The test-retest clip of each run."""
+    labels = as_list(test_clip) if test_clip != "last" else None
+    if labels is not None and len(labels) != len(runs):
+        raise ValueError(f"{ADAPTER}: test_clip lists {len(labels)} block labels for {len(runs)} runs")
+    out = {}
+    for i, run in enumerate(runs):
+        clips = [b for b in timing.get(run, []) if not b.is_rest]
+        if not clips:
+            raise format_error(path, f"run {run}", "has no clip block", "the clips of every run, e.g. '1.1, 20, 264'")
+        if labels is None:
+            out[run] = clips[-1]
+        else:
+            match = [b for b in clips if b.label == str(labels[i])]
+            if not match:
+                raise format_error(path, f"run {run}", f"has no block {labels[i]!r}",
+                                   f"one of {[b.label for b in clips]}")
+            out[run] = match[0]
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# files
+
+
+def _stimulus_files(folder: Path, pattern: str) -> list[Path]:
+    """Files matching ``pattern`` below ``folder``, skipping subject folders (all-digit names)."""
+    found = sorted(folder.glob(pattern))
+    for child in sorted(folder.iterdir()) if folder.is_dir() else []:
+        if child.is_dir() and not child.name.isdigit():
+            found += sorted(child.rglob(pattern))
+    return found
+
+
+def _stimulus_dir(root: Path, opts: dict) -> Path:
+    if opts["stimulus_dir"]:
+        return Path(opts["stimulus_dir"])
+    return root / "7T_movie_resources" if (root / "7T_movie_resources").is_dir() else root
+
+
+def _movie_files(stim_dir: Path, opts: dict, runs: list[int]) -> dict[int, Path]:
+    given = opts["movie_files"] or {}
+    out = {}
+    for run in runs:
+        if run in given or str(run) in given:
+            out[run] = require_file(given.get(run, given.get(str(run))), f"movie of run {run}", LAYOUT)
+            continue
+        found = _stimulus_files(stim_dir, f"7T_MOVIE{run}_*.mp4")
+        if not found:
+            raise DatasetFileNotFoundError(f"{stim_dir}: no 7T_MOVIE{run}_*.mp4 (option movie_files or "
+                                           f"stimulus_dir). Expected layout: {LAYOUT}")
+        out[run] = found[0]
+    return out
+
+
+def _run_dir(root: Path, subject: str, run: int) -> Path | None:
+    found = sorted((root / subject / "MNINonLinear" / "Results").glob(f"tfMRI_MOVIE{run}_7T_*"))
+    return found[0] if found else None
+
+
+def _run_file(root: Path, subject: str, run: int, opts: dict) -> Path | None:
+    d = _run_dir(root, subject, run)
+    if d is None:
+        return None
+    template = opts["cifti_name"] if opts["space"] == "cifti" else opts["volume_name"]
+    path = d / template.format(run=d.name)
+    return path if path.exists() else None
+
+
+def _subjects(root: Path, opts: dict) -> list[str]:
+    if opts["subjects"] is not None:
+        return [str(s) for s in as_list(opts["subjects"])]
+    found = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name.isdigit()
+                   and (p / "MNINonLinear" / "Results").is_dir())
+    if not found:
+        raise DatasetFileNotFoundError(f"{root}: no <subject>/MNINonLinear/Results folders. Expected: {LAYOUT}")
+    return found
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# grayordinates / voxels
+
+
+def _short(structure: str) -> str:
+    return structure.replace("CIFTI_STRUCTURE_", "")
+
+
+class CiftiSpace:
+    """Which grayordinates are kept, where they are, and how to read them from a dtseries."""
+
+    def __init__(self, first: Path, root: Path, subject: str, opts: dict):
+        self.opts = opts
+        with reading(first, "CIFTI dtseries", "a CIFTI-2 dense time series (.dtseries.nii)"):
+            img = nib.load(first)
+            if not isinstance(img, nib.Cifti2Image):
+                raise format_error(first, "format", "is not CIFTI-2", "a .dtseries.nii CIFTI-2 file")
+            self.axis = img.header.get_axis(1)
+        if not isinstance(self.axis, nib.cifti2.BrainModelAxis):
+            raise format_error(first, "axis 1", f"is a {type(self.axis).__name__}", "a BrainModelAxis (grayordinates)")
+        keep = np.ones(len(self.axis), dtype=bool)
+        if opts["structures"]:
+            wanted = {nib.cifti2.BrainModelAxis.to_cifti_brain_structure_name(s) for s in as_list(opts["structures"])}
+            keep &= np.isin(self.axis.name, list(wanted))
+        self.roi_labels = None
+        if opts["roi_file"]:
+            values, names = self._roi(Path(opts["roi_file"]))
+            keep &= values
+            self.roi_labels = names
+        self.columns = np.flatnonzero(keep)
+        if not self.columns.size:
+            raise ValueError(f"{ADAPTER}: structures/roi_file select no grayordinate")
+        self.first, self.root, self.subject = first, root, subject
+
+    def _roi(self, path: Path) -> tuple[np.ndarray, np.ndarray]:
+        with reading(path, "ROI file", "a CIFTI dlabel/dscalar on the data's grayordinates"):
+            img = nib.load(path)
+            if not isinstance(img, nib.Cifti2Image):
+                raise format_error(path, "format", "is not CIFTI-2", "a CIFTI dlabel or dscalar file")
+            values = np.asarray(img.dataobj)[0]
+            axis0, axis1 = img.header.get_axis(0), img.header.get_axis(1)
+        if len(axis1) != len(self.axis) or not np.array_equal(axis1.name, self.axis.name):
+            raise format_error(path, "grayordinates", f"are {len(axis1)}", f"the data's {len(self.axis)}")
+        if isinstance(axis0, nib.cifti2.LabelAxis):
+            table = axis0.label[0]
+            names = np.asarray([table[int(v)][0] if int(v) in table and int(v) != 0 else "" for v in values],
+                               dtype=object)
+        else:
+            names = np.asarray([str(int(v)) if v > 0 else "" for v in values], dtype=object)
+        wanted = as_list(self.opts["roi_labels"])
+        inside = np.isin(names, [str(w) for w in wanted]) if wanted else names != ""
+        return inside, names
+
+    def _surface(self, structure: str, n_vertices: int) -> np.ndarray:
+        given = self.opts["surfaces"] or {}
+        short = _short(structure)
+        side = "L" if "LEFT" in short else "R" if "RIGHT" in short else None
+        for key in (structure, short, {"L": "left", "R": "right"}.get(side or "", "")):
+            if key in given:
+                return _read_surface(Path(given[key]), n_vertices)
+        folder = self.root / self.subject / "MNINonLinear"
+        tried = []
+        if side:
+            for path in sorted(folder.glob(f"fsaverage_LR*k/*.{side}.midthickness*.surf.gii")) + sorted(
+                    folder.glob(f"*.{side}.midthickness*.surf.gii")):
+                tried.append(path)
+                xyz = _read_surface(path, None)
+                if len(xyz) == n_vertices:
+                    return xyz
+        raise DatasetFileNotFoundError(
+            f"{folder}: no midthickness surface with {n_vertices} vertices for {short} (tried "
+            f"{[p.name for p in tried]}); name one with option surfaces: {{{short}: path.surf.gii}}"
+        )
+
+    def coords(self) -> np.ndarray:
+        out = np.empty((len(self.axis), 3), dtype=np.float64)
+        out[:] = np.nan
+        for structure, sl, bm in self.axis.iter_structures():
+            rows = np.arange(len(self.axis))[sl]
+            if not np.isin(rows, self.columns).any():
+                continue
+            if bm.volume_mask.all():
+                out[rows] = nib.affines.apply_affine(self.axis.affine, bm.voxel)
+            else:
+                xyz = self._surface(structure, int(self.axis.nvertices[structure]))
+                out[rows] = xyz[bm.vertex]
+        return out[self.columns].astype(np.float32)
+
+    def rois(self) -> dict[str, list[str]]:
+        sets = {"structure": [_short(s) for s in self.axis.name[self.columns]]}
+        if self.roi_labels is not None:
+            sets["roi"] = [str(x) for x in self.roi_labels[self.columns]]
+        return sets
+
+    def read(self, path: Path, n_trs: int) -> np.ndarray:
+        """[n_trs, n_kept] float32, read in chunks of TRs (the TR axis is the slow one in the file)."""
+        with reading(path, "CIFTI dtseries", "a CIFTI-2 dense time series"):
+            img = nib.load(path)
+            axis = img.header.get_axis(1)
+            if len(axis) != len(self.axis) or not np.array_equal(axis.name, self.axis.name):
+                raise format_error(path, "grayordinates", f"are {len(axis)}", f"{len(self.axis)} like {self.first}")
+            out = np.empty((n_trs, self.columns.size), dtype=np.float32)
+            for t0 in range(0, n_trs, CHUNK_TRS):
+                out[t0 : t0 + CHUNK_TRS] = np.asarray(img.dataobj[t0 : min(t0 + CHUNK_TRS, n_trs)])[:, self.columns]
+        return out
+
+
+def _read_surface(path: Path, n_vertices: int | None) -> np.ndarray:
+    with reading(path, "GIFTI surface", "a .surf.gii with a pointset"):
+        img = nib.load(path)
+        arrays = [d for d in img.darrays if d.intent == nib.nifti1.intent_codes["NIFTI_INTENT_POINTSET"]]
+        arrays = arrays or [d for d in img.darrays if d.data.ndim == 2 and d.data.shape[1] == 3]
+        if not arrays:
+            raise format_error(path, "pointset", "is missing", "vertex coordinates (NIFTI_INTENT_POINTSET)")
+        xyz = np.asarray(arrays[0].data, dtype=np.float64)
+    if n_vertices is not None and len(xyz) != n_vertices:
+        raise format_error(path, "vertices", f"are {len(xyz)}", f"{n_vertices} as in the CIFTI file")
+    return xyz
+
+
+class VolumeSpace:
+    """Voxels of the volumetric MNI files."""
+
+    def __init__(self, first: Path, opts: dict):
+        self.opts, self.first = opts, first
+        with reading(first, "volumetric run", "a 4-D NIfTI (X, Y, Z, T)"):
+            img = nib.load(first)
+            if img.ndim != 4:
+                raise format_error(first, "shape", f"is {img.shape}", "4-D (X, Y, Z, T)")
+            self.shape, self.affine = img.shape[:3], img.affine
+            probe = np.asarray(img.dataobj[..., : min(20, img.shape[3])], dtype=np.float32)
+        self.labels = None
+        if opts["roi_file"]:
+            path = Path(opts["roi_file"])
+            with reading(path, "ROI file", f"a NIfTI on the {self.shape} grid"):
+                values = np.asarray(nib.load(path).dataobj).reshape(self.shape)
+            names = np.where(values > 0, values.astype(np.int64).astype(str), "")
+            wanted = as_list(opts["roi_labels"])
+            mask = np.isin(names, [str(w) for w in wanted]) if wanted else names != ""
+            self.labels = names
+        else:
+            # no ROI file: voxels that vary over the first TRs (the brain; zeros outside it)
+            mask = probe.std(axis=3) > 0
+            warn(f"{ADAPTER}: no roi_file; keeping the {int(mask.sum())} voxels that vary in {first.name}")
+        self.ijk = np.argwhere(mask)
+        if not len(self.ijk):
+            raise ValueError(f"{ADAPTER}: the voxel selection is empty")
+
+    def coords(self) -> np.ndarray:
+        return nib.affines.apply_affine(self.affine, self.ijk).astype(np.float32)
+
+    def rois(self) -> dict[str, list[str]]:
+        return {"roi": [str(x) for x in self.labels[tuple(self.ijk.T)]]} if self.labels is not None else {}
+
+    def read(self, path: Path, n_trs: int) -> np.ndarray:
+        with reading(path, "volumetric run", f"a 4-D NIfTI on the {self.shape} grid"):
+            img = nib.load(path, keep_file_open=True)  # chunks read forward through one gzip stream
+            if img.shape[:3] != self.shape:
+                raise format_error(path, "shape", f"is {img.shape}", f"{self.shape} x T like {self.first}")
+            out = np.empty((n_trs, len(self.ijk)), dtype=np.float32)
+            i, j, k = self.ijk.T
+            for t0 in range(0, n_trs, CHUNK_TRS):
+                chunk = np.asarray(img.dataobj[..., t0 : min(t0 + CHUNK_TRS, n_trs)])
+                out[t0 : t0 + chunk.shape[3]] = chunk[i, j, k, :].T
+        return out
+
+
+def _n_trs_and_tr(path: Path, space: str) -> tuple[int, float]:
+    with reading(path, "run header", "a CIFTI dtseries or 4-D NIfTI"):
+        img = nib.load(path)
+        if space == "cifti":
+            series = img.header.get_axis(0)
+            if not isinstance(series, nib.cifti2.SeriesAxis):
+                raise format_error(path, "axis 0", f"is a {type(series).__name__}", "a SeriesAxis (time)")
+            return int(series.size), float(series.step)
+        tr = float(img.header.get_zooms()[3]) if img.ndim == 4 else 0.0
+        return int(img.shape[3]), tr if tr > 0 else 1.0
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# frames and trials
+
+
+@dataclass
+class RunPlan:
+    run: int
+    n_trs: int
+    tr: float
+    shift: int  # TRs between a frame and the response paired with it
+    n_frames: int  # frames k = 0..n_frames-1 are used
+    image_of_frame: np.ndarray  # image row of frame k
+    split_of_frame: np.ndarray
+
+
+def plan_frames(runs: list[int], n_trs: dict[int, int], tr: float, durations: dict[int, float],
+                windows: dict[int, Block], opts: dict) -> tuple[list[RunPlan], list[tuple[str, int, float]]]:
+    """Images (name, run to decode from, time in s) and, per run, the image and split of every frame."""
+    shift = int(round(float(opts["delay_s"]) / tr))
+    offset = float(opts["frame_offset_s"])
+    n_retest = min(int(math.floor((w.stop - w.start) / tr)) for w in windows.values())
+    images: list[tuple[str, int, float]] = []
+    retest_rows: dict[int, int] = {}
+    plans, chunk_of = [], []
+    for run in runs:
+        n_frames = max(0, min(n_trs[run] - shift, int(math.floor((durations[run] - offset) / tr)) + 1))
+        image = np.empty(n_frames, dtype=np.int64)
+        split = np.full(n_frames, SPLIT_CODE["train"], dtype=np.int8)
+        chunks = np.full(n_frames, -1, dtype=np.int64)
+        w = windows[run]
+        for k in range(n_frames):
+            t = k * tr + offset
+            j = int(math.floor((t - w.start) / tr)) if w.start <= t < w.stop else -1
+            if 0 <= j < n_retest:
+                if j not in retest_rows:
+                    retest_rows[j] = len(images)
+                    images.append((f"retest_{j:03d}", run, t))
+                image[k], split[k] = retest_rows[j], SPLIT_CODE["test"]
+                continue
+            images.append((f"MOVIE{run}_{k:04d}", run, t))
+            image[k] = len(images) - 1
+            if j >= 0:
+                split[k] = SPLIT_CODE["test"]  # the clip's tail beyond its shortest copy: still test
+            else:
+                chunks[k] = int(math.floor(k * tr / float(opts["chunk_s"])))
+        plans.append(RunPlan(run, n_trs[run], tr, shift, n_frames, image, split))
+        chunk_of.append(chunks)
+    # val = a random set of whole chunks (by (run, chunk)), about val_fraction of them
+    keys = sorted({(p.run, c) for p, cs in zip(plans, chunk_of) for c in cs.tolist() if c >= 0})
+    n_val = int(round(float(opts["val_fraction"]) * len(keys)))
+    if float(opts["val_fraction"]) > 0 and len(keys) > 1:
+        n_val = max(n_val, 1)
+    order = np.random.default_rng(int(opts["seed"])).permutation(len(keys))
+    val = {keys[i] for i in order[:n_val]}
+    for plan, chunks in zip(plans, chunk_of):
+        for k in np.flatnonzero(chunks >= 0):
+            if (plan.run, int(chunks[k])) in val:
+                plan.split_of_frame[k] = SPLIT_CODE["val"]
+    return plans, images
+
+
+def _frames(images: list[tuple[str, int, float]], movies: dict[int, Path]) -> Iterator[np.ndarray]:
+    """Decode every image's frame, one movie at a time (frames of one run in time order)."""
+    by_run: dict[int, list[tuple[int, float]]] = {}
+    for row, (_, run, t) in enumerate(images):
+        by_run.setdefault(run, []).append((row, t))
+    decoded: dict[int, np.ndarray] = {}
+    next_row = 0
+    for run in progress(sorted(by_run, key=lambda r: by_run[r][0][0]), "hcp movie frames", unit="run"):
+        rows = by_run[run]
+        frames = video_frames_at(movies[run], [t for _, t in rows])
+        try:
+            for (row, _), frame in zip(rows, frames):
+                decoded[row] = frame
+                while next_row in decoded:  # a run's rows are contiguous and in time order: holds one frame
+                    yield decoded.pop(next_row)
+                    next_row += 1
+        finally:
+            frames.close()  # closes the video container now, not at garbage collection
+    if decoded:
+        raise DatasetFormatError("hcp_movie: internal frame order error")
+
+
+def _zscore_time(x: np.ndarray) -> np.ndarray:
+    mean, sd = x.mean(0), x.std(0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return ((x - mean) / np.where(sd > 0, sd, np.nan)).astype(np.float32)
+
+
+def _average_run(space, paths: list[Path | None], plan: RunPlan, zscore: bool) -> np.ndarray | None:
+    """Mean over subjects of one run [n_trs, n_kept] (each z-scored over time first); None if nobody has it.
+
+    One subject's run is in memory at a time, plus the float64 running sum.
+    """
+    total, count = None, 0
+    paths = [p for p in paths if p is not None]
+    for path in progress(paths, f"hcp run {plan.run}", unit="subject") if len(paths) > 1 else paths:
+        x = space.read(path, plan.n_trs)
+        x = _zscore_time(x) if zscore else x
+        total = x.astype(np.float64) if total is None else total + x
+        count += 1
+    return None if total is None else (total / count).astype(np.float32)
+
+
+def prepare(root, out, *, image_size: int, options: dict) -> dict:
+    """Prepare the HCP 7T movie runs under ``root`` into the store ``out``."""
+    root = Path(root)
+    opts = resolve_options(ADAPTER, options, DEFAULTS)
+    check_choice(ADAPTER, "space", opts["space"], ["cifti", "volume"])
+    runs = [int(r) for r in as_list(opts["runs"])]
+    subjects = _subjects(root, opts)
+    files = {s: {r: _run_file(root, s, r, opts) for r in runs} for s in subjects}
+    present = [s for s in subjects if any(files[s].values())]
+    if not present:
+        raise DatasetFileNotFoundError(f"{root}: no {opts['space']} run files for subjects {subjects[:5]}. "
+                                       f"Expected layout: {LAYOUT}")
+    missing = [(s, r) for s in present for r in runs if files[s][r] is None]
+    if missing:
+        warn(f"{ADAPTER}: {len(missing)} subject runs missing (e.g. {missing[:3]}); averaged over the others")
+    n_trs, tr = {}, None
+    for r in runs:
+        lengths = []
+        for s in present:
+            if files[s][r] is not None:
+                n, step = _n_trs_and_tr(files[s][r], opts["space"])
+                lengths.append(n)
+                if tr is not None and abs(step - tr) > 1e-6:
+                    raise format_error(files[s][r], "TR", f"is {step}", f"{tr} like the other runs")
+                tr = step
+        if not lengths:
+            raise DatasetFileNotFoundError(f"{root}: no subject has run {r}. Expected layout: {LAYOUT}")
+        if len(set(lengths)) > 1:
+            warn(f"{ADAPTER}: run {r} has {sorted(set(lengths))} TRs across subjects; using the first {min(lengths)}")
+        n_trs[r] = min(lengths)
+
+    stim_dir = _stimulus_dir(root, opts)
+    timing_path = Path(opts["clip_timing"]) if opts["clip_timing"] else next(
+        iter(_stimulus_files(stim_dir, "HCP_7T_Movie_Clip_Timing.csv")), stim_dir / "HCP_7T_Movie_Clip_Timing.csv")
+    windows = test_windows(parse_clip_timing(timing_path), runs, opts["test_clip"], timing_path)
+    movies = _movie_files(stim_dir, opts, runs)
+    durations = {r: video_duration(movies[r]) for r in runs}
+    plans, images = plan_frames(runs, n_trs, tr, durations, windows, opts)
+
+    first_subject = present[0]
+    first_file = next(files[first_subject][r] for r in runs if files[first_subject][r] is not None)
+    space = CiftiSpace(first_file, root, first_subject, opts) if opts["space"] == "cifti" else \
+        VolumeSpace(first_file, opts)
+    n_vox = space.columns.size if opts["space"] == "cifti" else len(space.ijk)
+    coords, rois = space.coords(), space.rois()
+
+    report: dict[str, Any] = {
+        "dataset": ADAPTER, "n_images": len(images), "runs": runs, "tr_s": tr, "subjects_averaged": len(present),
+        # the first `shift` TRs of a run have no frame 4 s earlier; TRs past the movie's end have none either
+        "trs_without_frame": {p.run: p.n_trs - p.n_frames for p in plans},
+    }
+    with StoreWriter(out, name=opts["name"], modality="fmri", source=ADAPTER, image_size=image_size) as writer:
+        writer.write_images(_frames(images, movies), [name for name, _, _ in images])
+        target = DirectTarget(writer)
+        groups = [("group", present)] if opts["group_average"] else [(s, [s]) for s in present]
+        for name, members in progress(groups, "hcp subjects", unit="subject"):
+            w = target.subject(name, n_vox)
+            for plan in plans:
+                mean = _average_run(space, [files[s][plan.run] for s in members], plan, bool(opts["zscore"]))
+                if mean is not None:
+                    trs = np.arange(plan.shift, plan.shift + plan.n_frames)  # TR t <-> frame t - shift
+                    w.append(mean[trs], plan.image_of_frame, plan.split_of_frame)
+            w.finish(coords, rois=rois, attrs={"members": len(members), "delay_s": float(opts["delay_s"]),
+                                               "tr_s": float(tr), "space": opts["space"]})
+        report["subjects"] = target.reports
+    return report

@@ -1,0 +1,83 @@
+"""BOLD5000 adapter on a tiny copy of the release-2 layout (GLMsingle NIfTI sessions, imgnames, ROI masks)."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from afo.data import bold5000
+from afo.data._common import DatasetFormatError
+from afo.data.store import PreparedStore
+from fixtures.formats import B5K_SHAPE, IMG, decode_id, write_bold5000
+
+
+@pytest.fixture(scope="module")
+def b5k(tmp_path_factory):
+    root = tmp_path_factory.mktemp("b5k")
+    truth = write_bold5000(root)
+    out = root.parent / "b5k.h5"
+    report = bold5000.prepare(root, out, image_size=IMG, options={})
+    return root, truth, out, report
+
+
+def test_trials_images_and_voxels(b5k):
+    root, truth, out, report = b5k
+    with PreparedStore(out) as store:
+        assert store.subjects == ["CSI1", "CSI2"]
+        names = store.image_names()
+        images = store.images()
+        for subj, t in truth["subjects"].items():
+            info = store.info(subj)
+            assert info.n_trials == len(t["names"]) == 60
+            rows = store.trial_image(subj)
+            assert [names[r] for r in rows] == t["names"]
+            assert [decode_id(images[r]) for r in rows] == [truth["pool"].index(n) + 1 for n in t["names"]]
+            # voxels: union of the ROI masks (LHLO read as LHLOC) minus the voxel NaN in a whole session
+            union = np.zeros(B5K_SHAPE, bool)
+            for m in t["masks"].values():
+                union |= m > 0
+            union[t["nan_voxel"]] = False
+            union[0, 0, 0] = False  # NaN in every session
+            ijk = np.argwhere(union)
+            assert info.n_voxels == len(ijk)
+            np.testing.assert_allclose(store.coords(subj), nib.affines.apply_affine(truth["affine"], ijk))
+            labels = store.rois(subj, "bold5000")
+            expected = np.full(B5K_SHAPE, "", dtype=object)
+            for roi, m in t["masks"].items():
+                expected[m > 0] = roi.replace("LHLO", "LHLOC")
+            assert list(labels) == list(expected[tuple(ijk.T)])
+            # float betas: no /300; z-scored within each session
+            resp = store.responses(subj)
+            raw = t["betas"][1][tuple(ijk.T)].T.astype(np.float64)
+            np.testing.assert_allclose(resp[30:], (raw - raw.mean(0)) / raw.std(0), atol=1e-4)
+
+
+def test_repeats_are_test_and_give_the_noise_ceiling(b5k):
+    _, truth, out, _ = b5k
+    with PreparedStore(out) as store:
+        for subj, t in truth["subjects"].items():
+            split = store.trial_split(subj)
+            repeated = np.isin(t["names"], truth["pool"][:5])
+            np.testing.assert_array_equal(split[repeated], 2)
+            assert set(np.unique(split[~repeated])) <= {0, 1}
+            assert store.subject_attrs(subj)["nc_source"] == "repeats"
+            assert np.isfinite(store.noise_ceiling(subj)).all()
+
+
+def test_never_nan_mode_and_malformed(b5k, tmp_path):
+    root, truth, _, _ = b5k
+    out = tmp_path / "nn.h5"
+    bold5000.prepare(root, out, image_size=IMG, options={"voxels": "never_nan", "subjects": ["CSI1"]})
+    with PreparedStore(out) as store:
+        assert store.info("CSI1").n_voxels == np.prod(B5K_SHAPE) - 2  # the two NaN voxels are out
+    names = root / "BOLD5000_GLMsingle" / "CSI2_imgnames.txt"
+    lines = names.read_text().splitlines()
+    names.write_text("\n".join(lines[:-3]) + "\n")
+    try:
+        with pytest.raises(DatasetFormatError, match=r"CSI2_imgnames\.txt.*57 image names.*60 trials"):
+            bold5000.prepare(root, tmp_path / "bad.h5", image_size=IMG, options={"subjects": [2]})
+    finally:
+        names.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match="unknown option"):
+        bold5000.prepare(root, tmp_path / "bad.h5", image_size=IMG, options={"roi": "x"})

@@ -1,0 +1,109 @@
+"""HCP 7T movie adapter on a tiny ConnectomeDB layout (CIFTI-2 dtseries, volumetric NIfTI, mp4 movies)."""
+
+from __future__ import annotations
+
+import math
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from afo.data import hcp_movie
+from afo.data._common import DatasetFormatError
+from afo.data.store import PreparedStore
+from fixtures.formats import HCP_RUNS, HCP_SUBJECTS, IMG, decode_id, write_hcp_movie
+
+OPTS = {"runs": [1, 2], "chunk_s": 8, "val_fraction": 0.2}
+
+
+@pytest.fixture(scope="module")
+def hcp(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hcp")
+    return root, write_hcp_movie(root)
+
+
+def _z(x):
+    return (x - x.mean(0)) / x.std(0)
+
+
+def _expected_names(run: int) -> list[str]:
+    _, _, n_trs, (start, stop) = HCP_RUNS[run]
+    names = []
+    for k in range(n_trs - 4):  # TR t is paired with frame k = t - 4
+        t = k + 0.5
+        names.append(f"retest_{int(math.floor(t - start)):03d}" if start <= t < stop else f"MOVIE{run}_{k:04d}")
+    return names
+
+
+def test_group_average_cifti(hcp, tmp_path):
+    root, truth = hcp
+    out = tmp_path / "hcp.h5"
+    opts = {**OPTS, "roi_file": str(root / "visual.dlabel.nii"), "roi_labels": ["V1", "MT"]}
+    report = hcp_movie.prepare(root, out, image_size=IMG, options=opts)
+    assert report["tr_s"] == 1.0
+    cols = np.flatnonzero(np.isin(truth["labels"], [1, 2]))
+    with PreparedStore(out) as store:
+        assert store.subjects == ["group"]
+        names, images = store.image_names(), store.images()
+        for name, image in zip(names, images):  # the frame at k + 0.5 s of the right movie
+            expected = 1000 + int(name[7:]) if name.startswith("retest") else int(name[5]) * 100 + int(name[7:])
+            assert decode_id(image) == expected
+        rows = store.trial_image("group")
+        assert [names[r] for r in rows] == _expected_names(1) + _expected_names(2)
+        resp = store.responses("group")
+        start = 0
+        for run, (_, _, n_trs, _) in HCP_RUNS.items():
+            mean = np.mean([_z(truth["data"][(s, run)]) for s in HCP_SUBJECTS], axis=0)
+            np.testing.assert_allclose(resp[start : start + n_trs - 4], mean[4:, cols], atol=1e-4)  # 4 s delay
+            start += n_trs - 4
+        split = store.trial_split("group")
+        is_retest = np.array([names[r].startswith("retest") for r in rows])
+        np.testing.assert_array_equal(split == 2, is_retest)
+        assert (split == 1).any() and (split == 0).any()
+        # whole 8-s chunks share a split
+        k = np.r_[np.arange(36), np.arange(32)]
+        run = np.r_[np.ones(36), 2 * np.ones(32)]
+        for key in {(r, c) for r, c in zip(run[~is_retest], k[~is_retest] // 8)}:
+            sel = (~is_retest) & (run == key[0]) & (k // 8 == key[1])
+            assert len(set(split[sel])) == 1
+        # coordinates: midthickness vertices and the CIFTI volume affine
+        bm = truth["bm"]
+        coords = store.coords("group")
+        for c, g in zip(coords, cols):
+            if bm.vertex[g] >= 0:
+                side = "L" if "LEFT" in bm.name[g] else "R"
+                np.testing.assert_allclose(c, truth["surf"][side][bm.vertex[g]], atol=1e-4)
+            else:
+                np.testing.assert_allclose(c, nib.affines.apply_affine(truth["vol_affine"], bm.voxel[g]), atol=1e-4)
+        assert set(store.rois("group", "roi")) == {"V1", "MT"}
+        assert set(store.rois("group", "structure")) <= {"CORTEX_LEFT", "CORTEX_RIGHT", "THALAMUS_LEFT"}
+        assert store.subject_attrs("group")["nc_source"] == "repeats"  # the retest clip seen in both runs
+        assert np.isfinite(store.noise_ceiling("group")).any()
+
+
+def test_volume_per_subject(hcp, tmp_path):
+    root, truth = hcp
+    out = tmp_path / "vol.h5"
+    opts = {**OPTS, "space": "volume", "group_average": False, "zscore": False,
+            "roi_file": str(root / "visual_mni.nii.gz"), "subjects": HCP_SUBJECTS[:2]}
+    hcp_movie.prepare(root, out, image_size=IMG, options=opts)
+    mask_ijk = [tuple(v) for v in np.argwhere(truth["vol_mask"])]
+    roi_ijk = np.argwhere(truth["vol_roi"] > 0)
+    cols = [mask_ijk.index(tuple(v)) for v in roi_ijk]
+    with PreparedStore(out) as store:
+        assert store.subjects == sorted(HCP_SUBJECTS[:2])
+        for s in HCP_SUBJECTS[:2]:
+            resp = store.responses(s)
+            np.testing.assert_allclose(resp[:36], truth["data"][(s, 1)][4:, cols], rtol=1e-5)
+            np.testing.assert_allclose(store.coords(s), nib.affines.apply_affine(truth["vol_affine"], roi_ijk))
+            assert set(store.rois(s, "roi")) == {"5", "6"}
+
+
+def test_malformed_timing(hcp, tmp_path):
+    root, _ = hcp
+    bad = tmp_path / "timing.csv"
+    bad.write_text("7T_MOVIE1_CC1_v2.mp4\rmovie.block,start,stop,duration\r0,0,4,4\r1.1,4,18,14\r")
+    with pytest.raises(DatasetFormatError, match=r"timing\.csv.*'run 2'.*no clip block"):
+        hcp_movie.prepare(root, tmp_path / "x.h5", image_size=IMG, options={**OPTS, "clip_timing": str(bad)})
+    with pytest.raises(ValueError, match="unknown option"):
+        hcp_movie.prepare(root, tmp_path / "x.h5", image_size=IMG, options={"delay": 4})

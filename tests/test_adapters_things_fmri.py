@@ -1,0 +1,58 @@
+"""THINGS-fMRI adapter on a tiny copy of the table release (pandas HDF ResponseData + metadata CSVs)."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from afo.data import things_fmri
+from afo.data._common import DatasetFormatError
+from afo.data.store import PreparedStore
+from fixtures.formats import IMG, decode_id, write_things_fmri
+
+
+def _zscore_by_session(x: np.ndarray, sessions: np.ndarray) -> np.ndarray:
+    out = np.empty_like(x)
+    for s in np.unique(sessions):
+        rows = sessions == s
+        out[rows] = (x[rows] - x[rows].mean(0)) / x[rows].std(0)
+    return out
+
+
+@pytest.mark.parametrize("table_format", ["fixed", "table"])
+def test_things_fmri(tmp_path, table_format):
+    truth = write_things_fmri(tmp_path / "root", table_format=table_format)
+    out = tmp_path / "things.h5"
+    things_fmri.prepare(tmp_path / "root", out, image_size=IMG, options={})
+    with PreparedStore(out) as store:
+        assert store.subjects == ["sub-01", "sub-02"]
+        names, images = store.image_names(), store.images()
+        for sub, t in truth["subjects"].items():
+            keep = np.flatnonzero(t["member"].any(1))  # visual voxels only
+            info = store.info(sub)
+            assert info.n_trials == len(t["stim"]) == 26 and info.n_voxels == keep.size
+            rows = store.trial_image(sub)
+            assert [names[r] for r in rows] == t["stim"]["stimulus"].tolist()
+            assert [decode_id(images[r]) for r in rows] == [truth["image_id"][s] for s in t["stim"]["stimulus"]]
+            expected = _zscore_by_session(t["values"][keep].T, t["stim"]["session"].to_numpy())
+            np.testing.assert_allclose(store.responses(sub), expected, atol=1e-5)
+            split = store.trial_split(sub)
+            np.testing.assert_array_equal(split == 2, t["stim"]["trial_type"].to_numpy() == "test")
+            np.testing.assert_allclose(store.noise_ceiling(sub), t["vox"]["nc_testset"].to_numpy()[keep], rtol=1e-6)
+            np.testing.assert_allclose(store.coords(sub), nib.affines.apply_affine(truth["affine"], t["xyz"][keep]),
+                                       atol=1e-5)
+            labels = store.rois(sub, "things")
+            assert labels[0] == "V2"  # voxel 0 is in V2 and lFFA: the first in visual_rois order wins
+            assert set(store.rois(sub, "glasser")) <= {"V1", "FFC"}
+
+
+def test_malformed(tmp_path):
+    root = tmp_path / "root"
+    truth = write_things_fmri(root, subjects=(1,))
+    with pytest.raises(ValueError, match="unknown option"):
+        things_fmri.prepare(root, tmp_path / "x.h5", image_size=IMG, options={"visual_roi": ["V1"]})
+    vox = truth["subjects"]["sub-01"]["vox"].drop(columns=["voxel_y"])
+    vox.to_csv(root / "betas_csv" / "sub-01_VoxelMetadata.csv", index=False)
+    with pytest.raises(DatasetFormatError, match=r"sub-01_VoxelMetadata\.csv.*'voxel_y'.*missing"):
+        things_fmri.prepare(root, tmp_path / "x.h5", image_size=IMG, options={})
