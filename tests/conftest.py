@@ -17,6 +17,7 @@ def write_folder_dataset(
     repeats: int = 3,
     n_repeated: int = 4,
     with_split: bool = True,
+    n_val: int = 2,
     seed: int = 0,
 ) -> Path:
     """A small folder dataset (DESIGN.md contract) whose responses are a noisy linear read of image brightness."""
@@ -45,7 +46,7 @@ def write_folder_dataset(
         np.save(d / "coords.npy", rng.normal(size=(n_voxels, 3)).astype(np.float32) * 10)
         rows = {"image": [names[i] for i in shown]}
         if with_split:
-            rows["split"] = ["test" if i < n_repeated else ("val" if i < n_repeated + 2 else "train") for i in shown]
+            rows["split"] = ["test" if i < n_repeated else ("val" if i < n_repeated + n_val else "train") for i in shown]
         import pandas as pd
 
         pd.DataFrame(rows).to_csv(d / "trials.csv", index=False)

@@ -1,0 +1,301 @@
+"""What a training job reads: responses, targets and features of the chosen subjects and voxels.
+
+A *subject key* is ``"<dataset>/<subject>"``, unique across datasets. Every job names the voxels it
+models per subject (all usable voxels, or one ROI's); the model's voxel i of a subject is ``voxels[i]``
+of the prepared store. Bad voxels (all-NaN, constant) are never modelled.
+
+Targets per image, not per trial: validation and test responses are averaged over the repeats of each
+image; dark knowledge is a prediction per image. Training uses single trials (noisy targets), as the paper.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+import torch
+
+from afo.data.store import SPLIT_CODE, PreparedStore
+from afo.features import FeatureCache
+
+
+def subject_key(dataset: str, subject: str) -> str:
+    return f"{dataset}/{subject}"
+
+
+@dataclass
+class SubjectData:
+    """One subject's data for one job. Shapes: n = modelled voxels, t = training trials, m = images."""
+
+    key: str
+    dataset: str
+    voxels: np.ndarray  # int [n] voxel indices into the prepared store
+    coords: np.ndarray  # float32 [n, 3]
+    train_images: np.ndarray  # int [t] image row (in the dataset's store) of each training trial
+    train_responses: torch.Tensor  # float32 [t, n], NaN = missing
+    split_images: dict[str, np.ndarray]  # split -> int [m] unique image rows
+    split_means: dict[str, torch.Tensor]  # split -> float32 [m, n] repeat-averaged responses
+    noise_ceiling: np.ndarray  # float32 [n] percent, NaN = unknown
+    own: np.ndarray  # bool [n]: ground-truth loss and checkpointing on these voxels (stage 2: the own ROI)
+    dk: torch.Tensor | None = None  # float32 [n_images_of_dataset, n] dark knowledge per image, NaN = none
+
+
+def _image_means(responses: np.ndarray, trial_image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Average trials per image, NaN-aware: (images [m], means [m, n])."""
+    images, inverse = np.unique(trial_image, return_inverse=True)
+    finite = np.isfinite(responses)
+    total = np.zeros((images.size, responses.shape[1]))
+    count = np.zeros_like(total)
+    np.add.at(total, inverse, np.where(finite, responses, 0.0))
+    np.add.at(count, inverse, finite)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return images, (total / count).astype(np.float32)
+
+
+def read_voxel_selection(path: str | Path, roi: str | None) -> dict[str, np.ndarray]:
+    """Voxels per subject key from an ROI assignment table (columns dataset, subject, voxel, roi).
+
+    ``roi`` None selects every listed voxel.
+    """
+    table = pd.read_csv(path, dtype={"roi": str})
+    missing = {"dataset", "subject", "voxel", "roi"} - set(table.columns)
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {sorted(missing)}; expected dataset, subject, voxel, roi")
+    if roi is not None:
+        table = table[table["roi"] == str(roi)]
+        if table.empty:
+            raise ValueError(f"{path}: no voxel has roi {roi!r}")
+    return {
+        subject_key(d, s): np.sort(g["voxel"].to_numpy(dtype=np.int64))
+        for (d, s), g in table.groupby(["dataset", "subject"], sort=True)
+    }
+
+
+def load_subjects(
+    stores: Mapping[str, str | Path],
+    selection: Mapping[str, np.ndarray] | None = None,
+    own: Mapping[str, np.ndarray] | None = None,
+) -> list[SubjectData]:
+    """Read every subject of every store (dataset name -> store path).
+
+    ``selection`` (subject key -> voxel indices) restricts the voxels; subjects absent from it are skipped.
+    ``own`` (subject key -> voxel indices, a subset of the selection) marks the ground-truth voxels; default all.
+    """
+    subjects = []
+    for dataset, path in sorted(stores.items()):
+        with PreparedStore(path) as store:
+            for name in store.subjects:
+                key = subject_key(dataset, name)
+                bad = store.bad_voxel(name)
+                if selection is None:
+                    voxels = np.flatnonzero(~bad)
+                elif key in selection:
+                    voxels = np.asarray(selection[key], dtype=np.int64)
+                    voxels = voxels[~bad[voxels]]
+                else:
+                    continue
+                if voxels.size == 0:
+                    continue
+                responses = store.responses(name)[:, voxels]
+                trial_image = store.trial_image(name)
+                split = store.trial_split(name)
+                split_images, split_means = {}, {}
+                for split_name, code in SPLIT_CODE.items():
+                    rows = split == code
+                    images, means = _image_means(responses[rows], trial_image[rows])
+                    split_images[split_name] = images
+                    split_means[split_name] = torch.from_numpy(means)
+                train = split == SPLIT_CODE["train"]
+                own_mask = np.ones(voxels.size, dtype=bool)
+                if own is not None:
+                    own_mask = np.isin(voxels, own.get(key, np.empty(0, dtype=np.int64)))
+                subjects.append(
+                    SubjectData(
+                        key=key,
+                        dataset=dataset,
+                        voxels=voxels,
+                        coords=store.coords(name)[voxels],
+                        train_images=trial_image[train],
+                        train_responses=torch.from_numpy(np.ascontiguousarray(responses[train], dtype=np.float32)),
+                        split_images=split_images,
+                        split_means=split_means,
+                        noise_ceiling=store.noise_ceiling(name)[voxels],
+                        own=own_mask,
+                    )
+                )
+    if not subjects:
+        raise ValueError("no subject has any selected, usable voxel: check the ROI selection and the stores")
+    return subjects
+
+
+def attach_dark_knowledge(subjects: Sequence[SubjectData], dk_paths: Sequence[str | Path], n_images: Mapping[str, int]) -> None:
+    """Fill ``subject.dk`` from dark-knowledge files (see :func:`write_predictions`); NaN where none covers."""
+    for s in subjects:
+        s.dk = torch.full((n_images[s.dataset], s.voxels.size), float("nan"))
+    by_key = {s.key: s for s in subjects}
+    for path in dk_paths:
+        with h5py.File(path, "r") as f:
+            for key in f:
+                for sub in f[key]:
+                    full_key = f"{key}/{sub}"
+                    if full_key not in by_key:
+                        continue
+                    s = by_key[full_key]
+                    g = f[key][sub]
+                    images, voxels, pred = g["images"][:], g["voxels"][:], g["pred"][:].astype(np.float32)
+                    cols = np.searchsorted(s.voxels, voxels)
+                    keep = (cols < s.voxels.size) & (s.voxels[np.minimum(cols, s.voxels.size - 1)] == voxels)
+                    s.dk[np.ix_(torch.from_numpy(images).long().numpy(), cols[keep])] = torch.from_numpy(pred[:, keep])
+    for s in subjects:
+        uncovered = ~torch.isfinite(s.dk[s.train_images]).all(0) & torch.from_numpy(~s.own)
+        if bool(uncovered.any()):
+            raise ValueError(
+                f"dark knowledge does not cover {int(uncovered.sum())} helper voxel(s) of {s.key} on its training images; "
+                "every stage-1 ROI model must dump its predictions"
+            )
+
+
+class FeatureBank:
+    """Features of every dataset a job reads, in memory (float16) for fast random batches."""
+
+    def __init__(self, caches: Mapping[str, str | Path]):
+        self.layers: dict[str, list[torch.Tensor]] = {}
+        shapes = None
+        for dataset, path in sorted(caches.items()):
+            cache = FeatureCache(path)
+            if shapes is not None and cache.layer_shapes != shapes:
+                raise ValueError(f"{path}: layer shapes {cache.layer_shapes} differ from other datasets' {shapes}; use one backbone spec")
+            shapes = cache.layer_shapes
+            self.layers[dataset] = cache.load()
+        self.layer_shapes: list[tuple[int, int, int]] = shapes or []
+
+    def n_images(self, dataset: str) -> int:
+        return int(self.layers[dataset][0].shape[0])
+
+    def get(self, dataset: str, rows: np.ndarray | torch.Tensor) -> list[torch.Tensor]:
+        rows = torch.as_tensor(rows, dtype=torch.long)
+        return [layer[rows] for layer in self.layers[dataset]]
+
+
+@dataclass
+class Batch:
+    """A mixed-subject training batch: per subject, trial targets and the image rows they saw."""
+
+    features: list[torch.Tensor]  # per layer [B, C, h, w], rows grouped by subject in ``parts`` order
+    parts: list[tuple[str, int, int]] = field(default_factory=list)  # (subject key, start, stop) rows of features
+    targets: dict[str, torch.Tensor] = field(default_factory=dict)  # key -> [b, n_sampled]
+    voxel_index: dict[str, torch.Tensor] = field(default_factory=dict)  # key -> [n_sampled] model voxel index
+    own: dict[str, torch.Tensor] = field(default_factory=dict)  # key -> bool [n_sampled]
+    dk: dict[str, torch.Tensor] = field(default_factory=dict)  # key -> [b, n_sampled] (when dark knowledge is used)
+
+    def to(self, device: torch.device) -> Batch:
+        move = lambda d: {k: v.to(device, non_blocking=True) for k, v in d.items()}  # noqa: E731
+        return Batch(
+            [f.to(device, non_blocking=True) for f in self.features],
+            self.parts,
+            move(self.targets),
+            move(self.voxel_index),
+            move(self.own),
+            move(self.dk),
+        )
+
+
+class MixedBatches(torch.utils.data.Dataset):
+    """Random training batches mixing subjects, reproducible from (seed, epoch, batch index).
+
+    Trials are drawn uniformly from the pooled training trials of all subjects, so larger datasets weigh
+    more, as in the paper's mixed mini-batches; each subject then trains a random subset of at most
+    ``max_voxels`` of its voxels in that step. Indexed by ``(epoch, i)`` from :class:`EpochSampler`.
+    """
+
+    def __init__(self, subjects: Sequence[SubjectData], bank: FeatureBank, batch_size: int, max_voxels: int, seed: int):
+        self.subjects = list(subjects)
+        self.bank = bank
+        self.batch_size = batch_size
+        self.max_voxels = max_voxels
+        self.seed = seed
+        self._offsets = np.cumsum([0] + [len(s.train_images) for s in self.subjects])
+        if self._offsets[-1] == 0:
+            raise ValueError("no training trial in any subject")
+
+    @property
+    def n_trials(self) -> int:
+        return int(self._offsets[-1])
+
+    def __len__(self) -> int:  # unused by EpochSampler; a nominal size for tools that ask
+        return max(1, self.n_trials // self.batch_size)
+
+    def __getitem__(self, index: tuple[int, int]) -> Batch:
+        epoch, i = index
+        rng = np.random.default_rng([self.seed, epoch, i])
+        picks = np.sort(rng.integers(0, self.n_trials, size=self.batch_size))
+        owner = np.searchsorted(self._offsets, picks, side="right") - 1
+        feats: list[list[torch.Tensor]] = []
+        batch = Batch(features=[])
+        start = 0
+        for j in np.unique(owner):
+            s = self.subjects[j]
+            trials = picks[owner == j] - self._offsets[j]
+            n = s.voxels.size
+            voxel = np.sort(rng.choice(n, size=min(n, self.max_voxels), replace=False)) if n > self.max_voxels else np.arange(n)
+            vi = torch.from_numpy(voxel)
+            images = s.train_images[trials]
+            feats.append(self.bank.get(s.dataset, images))
+            batch.parts.append((s.key, start, start + trials.size))
+            start += trials.size
+            batch.targets[s.key] = s.train_responses[torch.from_numpy(trials)][:, vi]
+            batch.voxel_index[s.key] = vi
+            batch.own[s.key] = torch.from_numpy(s.own[voxel])
+            if s.dk is not None:
+                batch.dk[s.key] = s.dk[torch.from_numpy(images)][:, vi]
+        batch.features = [torch.cat([f[k] for f in feats]) for k in range(len(feats[0]))]
+        return batch
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """Yields ``(epoch, i)`` for i < batches per epoch; Lightning calls :meth:`set_epoch` every epoch."""
+
+    def __init__(self, n_trials: int, batch_size: int, epoch_fraction: float):
+        self.n_batches = max(1, math.ceil(epoch_fraction * n_trials / batch_size))
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        return iter((self.epoch, i) for i in range(self.n_batches))
+
+    def __len__(self) -> int:
+        return self.n_batches
+
+
+def write_predictions(path: str | Path, predictions: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]]) -> None:
+    """Predictions per subject key: (image rows [m], voxel indices [n], pred [m, n]) -> HDF5, float16, atomically.
+
+    Layout: ``/<dataset>/<subject>/{images, voxels, pred}``; used for dark knowledge and for evaluation.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with h5py.File(tmp, "w") as f:
+        for key, (images, voxels, pred) in sorted(predictions.items()):
+            g = f.create_group(key)
+            g.create_dataset("images", data=np.asarray(images, dtype=np.int64))
+            g.create_dataset("voxels", data=np.asarray(voxels, dtype=np.int64))
+            g.create_dataset("pred", data=np.asarray(pred, dtype=np.float16))
+    tmp.replace(path)
+
+
+def read_predictions(path: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    out = {}
+    with h5py.File(path, "r") as f:
+        for dataset in f:
+            for sub in f[dataset]:
+                g = f[dataset][sub]
+                out[f"{dataset}/{sub}"] = (g["images"][:], g["voxels"][:], g["pred"][:].astype(np.float32))
+    return out

@@ -1,0 +1,51 @@
+"""Predictions of a model file for the images of chosen splits: dark knowledge and downstream analyses."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from afo.training.checkpoint import load_model
+from afo.training.data import FeatureBank, load_subjects, read_voxel_selection, write_predictions
+from afo.training.module import predict_images
+
+
+def predict_file(
+    model_path: str | Path,
+    stores: Mapping[str, str | Path],
+    features: Mapping[str, str | Path],
+    splits: Sequence[str],
+    out: str | Path,
+    rois: str | Path | None = None,
+    roi: str | None = None,
+    device: torch.device | str = "cpu",
+) -> dict:
+    """Predict every image of ``splits`` for each subject the model knows; with ``roi``, only that ROI's voxels.
+
+    Writes float16 predictions per unique image (see :func:`afo.training.data.write_predictions`).
+    """
+    device = torch.device(device)
+    unknown = sorted(set(splits) - {"train", "val", "test"})
+    if unknown:
+        raise ValueError(f"unknown split(s) {unknown}; use train, val, test")
+    model, payload = load_model(model_path)
+    model.to(device)
+    selection = {k: v.numpy() for k, v in payload["voxels"].items()}
+    if roi is not None:
+        if rois is None:
+            raise ValueError("roi needs the ROI assignment table")
+        wanted = read_voxel_selection(rois, roi)
+        selection = {k: np.intersect1d(v, wanted[k]) for k, v in selection.items() if k in wanted}
+    used = {d: p for d, p in stores.items() if any(k.startswith(f"{d}/") for k in selection)}
+    bank = FeatureBank({d: features[d] for d in used})
+    predictions = {}
+    for s in load_subjects(used, selection=selection):
+        images = np.unique(np.concatenate([s.split_images[x] for x in splits]))
+        index = np.searchsorted(payload["voxels"][s.key].numpy(), s.voxels)
+        pred = predict_images(model, bank, s, images, device)[:, index]
+        predictions[s.key] = (images, s.voxels, pred)
+    write_predictions(out, predictions)
+    return {"subjects": len(predictions), "images": int(sum(p[0].size for p in predictions.values()))}
