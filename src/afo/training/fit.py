@@ -79,7 +79,7 @@ class ResumeCheckpoint(pl.Callback):
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         tmp = self.path.with_name(self.path.name + ".tmp")
-        trainer.save_checkpoint(tmp)
+        trainer.save_checkpoint(tmp, weights_only=False)
         os.replace(tmp, self.path)
 
 
@@ -157,7 +157,7 @@ def fit(spec: TrainSpec, out_dir: str | Path) -> dict:
     resume = work / "last.ckpt"
     if resume.exists():
         print(f"resuming from {resume}", file=sys.stderr)
-    trainer.fit(task, loader, val_loader, ckpt_path=str(resume) if resume.exists() else None)
+    trainer.fit(task, loader, val_loader, ckpt_path=str(resume) if resume.exists() else None, weights_only=True)
 
     # Greedy soup of the top-k checkpoints, judged on the validation set.
     device = task.device
