@@ -279,7 +279,20 @@ def _check_config(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=run)
 
 
+def _register_extra_commands() -> None:
+    """Subcommands defined in other modules register themselves with @command on import."""
+    import importlib
+
+    for module in ("afo.cli_analysis",):
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as err:
+            if err.name != module:
+                raise
+
+
 def build_parser() -> argparse.ArgumentParser:
+    _register_extra_commands()
     parser = argparse.ArgumentParser(
         prog="afo",
         description="Retinotopy-inspired brain encoding model and the All-for-One training recipe.",

@@ -186,7 +186,11 @@ def evaluation_model_args(wildcards, input) -> str:
     return " ".join(f"--model {Path(m).parent.name.removeprefix('roi')}={m}" for m in input.models)
 
 
+# Later stages (analysis.smk) append their final files here.
+ANALYSIS_TARGETS: list = []
+
+
 def all_targets() -> list:
     targets = expand("results/encoding/{name}/summary.csv", name=EVALUATED)
     targets.append("results/encoding/comparison.csv")
-    return targets
+    return targets + ANALYSIS_TARGETS
