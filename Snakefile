@@ -18,6 +18,7 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/rois.smk"
 include: "workflow/rules/afo.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/analysis.smk"
 
 
 rule all:

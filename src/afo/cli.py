@@ -81,15 +81,33 @@ def _features(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backbone", required=True, type=_json_arg, help="JSON: name, layers, resolution, pretrained, pretrained_path, model_kwargs")
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    _claim_gpu_argument(p)
 
     def run(args):
         from afo.features import BackboneSpec, extract_features
         from afo.runtime import resolve_device
 
         spec = BackboneSpec.from_config(args.backbone)
-        return extract_features(args.store, args.out, spec, batch_size=args.batch_size, device=resolve_device(args.device))
+        return _on_claimed_gpu(
+            args, lambda: extract_features(args.store, args.out, spec, batch_size=args.batch_size, device=resolve_device(args.device))
+        )
 
     p.set_defaults(func=run)
+
+
+def _claim_gpu_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--claim-gpu", action="store_true", help="claim a free GPU with a lock file before CUDA starts (workstation dispatch)")
+
+
+def _on_claimed_gpu(args: argparse.Namespace, work: Callable[[], dict]) -> dict:
+    """Run ``work`` on a GPU claimed for this process when --claim-gpu is given (see afo.gpu)."""
+    if not getattr(args, "claim_gpu", False):
+        return work()
+    from afo.gpu import claim_gpu
+
+    with claim_gpu(job_name=f"afo {args.command}") as gpu:
+        print(f"GPU slot: {gpu}", file=sys.stderr)
+        return work()
 
 
 def _named_paths(items: list[str] | None, flag: str) -> dict[str, str]:
@@ -121,7 +139,7 @@ def _train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target-mode", choices=["gt", "helpers", "gt+dk"], default="gt", help="gt; helpers = stage 2; gt+dk = stage 3")
     p.add_argument("--neck-init", type=Path, help="model file whose RetinaMapper/LayerSelector MLPs initialise this model")
     p.add_argument("--train-neck", action="store_true", help="keep --neck-init MLPs trainable (default: frozen, paper 4.6)")
-    p.add_argument("--claim-gpu", action="store_true", help="claim a free GPU with a lock file before CUDA starts (workstation dispatch)")
+    _claim_gpu_argument(p)
 
     def run(args):
         from afo.training.fit import TrainSpec, fit
@@ -145,13 +163,7 @@ def _train(p: argparse.ArgumentParser) -> None:
             neck_init=str(args.neck_init) if args.neck_init else None,
             freeze_neck=not args.train_neck,
         )
-        if args.claim_gpu:
-            from afo.gpu import claim_gpu
-
-            with claim_gpu() as gpu:
-                print(f"GPU slot: {gpu}", file=sys.stderr)
-                return fit(spec, args.out)
-        return fit(spec, args.out)
+        return _on_claimed_gpu(args, lambda: fit(spec, args.out))
 
     p.set_defaults(func=run)
 
@@ -165,16 +177,17 @@ def _predict(p: argparse.ArgumentParser) -> None:
     p.add_argument("--roi", help="ROI whose voxels are predicted (dark knowledge of a stage-1/2 model)")
     p.add_argument("--out", required=True, type=Path, help="prediction file to write (.h5)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    _claim_gpu_argument(p)
 
     def run(args):
         from afo.runtime import resolve_device
         from afo.training.predict import predict_file
 
         splits = [s.strip() for s in args.splits.split(",") if s.strip()]
-        return predict_file(
+        return _on_claimed_gpu(args, lambda: predict_file(
             args.model, _named_paths(args.store, "--store"), _named_paths(args.features, "--features"), splits, args.out,
             rois=args.rois, roi=args.roi, device=resolve_device(args.device),
-        )
+        ))
 
     p.set_defaults(func=run)
 
@@ -281,14 +294,7 @@ def _check_config(p: argparse.ArgumentParser) -> None:
 
 def _register_extra_commands() -> None:
     """Subcommands defined in other modules register themselves with @command on import."""
-    import importlib
-
-    for module in ("afo.cli_analysis",):
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as err:
-            if err.name != module:
-                raise
+    import afo.cli_analysis  # noqa: F401
 
 
 def build_parser() -> argparse.ArgumentParser:
