@@ -129,8 +129,11 @@ def test_second_call_runs_nothing(finished_run):
 @pytest.mark.parametrize(
     "change, expected",
     [
-        (lambda c: c["afo"].setdefault("stages", {}).update(stage3={"lr": 0.02}), {"train_stage3", "evaluate", "compare", "all"}),
-        (lambda c: c["backbone"].update(batch_size=7), set()),
+        (
+            lambda c: c["afo"].setdefault("stages", {}).update(stage3={"lr": 0.02}),
+            {"train_stage3", "evaluate", "compare", "all", "decode", "probe", "probe_report", "ablation_table",
+             "encoding_table_html", "comparison_html", "model_figures", "roi_scores", "synthetic_checks"},
+        ),
         (lambda c: c["compute"].update(train_threads=2), set()),
     ],
 )

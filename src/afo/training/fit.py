@@ -64,8 +64,19 @@ class TrainSpec:
     neck_init: str | None = None
     freeze_neck: bool = True
 
+    def input_files(self) -> list[str]:
+        files = [*self.stores.values(), *self.features.values(), *self.dark_knowledge]
+        return files + [p for p in (self.rois, self.neck_init) if p]
+
     def digest(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+        """Hash of the settings and of the input files' size and modification time: a job whose inputs were
+        rebuilt (new veROIs, new features) starts afresh instead of resuming a stale state."""
+        stamps = {}
+        for path in self.input_files():
+            st = Path(path).stat() if Path(path).exists() else None
+            stamps[path] = [st.st_size, st.st_mtime_ns] if st else None
+        payload = json.dumps({"spec": asdict(self), "inputs": stamps}, sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
 class ResumeCheckpoint(pl.Callback):
