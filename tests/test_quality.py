@@ -28,7 +28,7 @@ def test_small_synthetic_brain_is_recovered(tmp_path):
     prepare(tmp_path / "sim" / "fmri", tmp_path / "store.h5", image_size=cfg["prepare"]["image_size"])
     torch.manual_seed(0)
     extract_features(tmp_path / "store.h5", tmp_path / "features.h5", BackboneSpec.from_config(cfg["backbone"]))
-    train = {**cfg["train"], "max_epochs": 60, "epoch_fraction": 0.5}
+    train = {**cfg["train"], "max_epochs": 30, "epoch_fraction": 0.5}
     results = {}
     for name, overrides in (("full", {}), ("frozenrm", {"retina_mapper": "frozen"})):
         torch.manual_seed(0)
@@ -39,7 +39,6 @@ def test_small_synthetic_brain_is_recovered(tmp_path):
         truth = truth.rename(columns={"u_x": "true_u_x", "u_y": "true_u_y"})[["subject", "voxel", "area", "true_u_x", "true_u_y"]]
         results[name] = quality(table, truth)
     full = results["full"]
-    print(results)
     assert min(full["u_r_x"], full["u_r_y"]) >= 0.9, full
     assert full["mean_layer_late"] > full["mean_layer_early"], full
     assert full["early_mean_r"] > results["frozenrm"]["early_mean_r"], results
