@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 
 # The whole pipeline on the embedded synthetic brain (config.yaml), then the HTML report.
 demo: setup
-	$(BIN)/snakemake --cores $(CORES) --resources gpu=0 --printshellcmds
+	$(BIN)/snakemake --cores $(CORES) --printshellcmds
 	$(BIN)/snakemake --cores $(CORES) --report results/report.html
 
 test: setup
