@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 
 from afo.data.store import SPLIT_CODE, PreparedStore
+from afo.decode import average_repeats
 from afo.features import FeatureCache
 
 
@@ -43,18 +44,6 @@ class SubjectData:
     noise_ceiling: np.ndarray  # float32 [n] percent, NaN = unknown
     own: np.ndarray  # bool [n]: ground-truth loss and checkpointing on these voxels (stage 2: the own ROI)
     dk: torch.Tensor | None = None  # float32 [n_images_of_dataset, n] dark knowledge per image, NaN = none
-
-
-def _image_means(responses: np.ndarray, trial_image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Average trials per image, NaN-aware: (images [m], means [m, n])."""
-    images, inverse = np.unique(trial_image, return_inverse=True)
-    finite = np.isfinite(responses)
-    total = np.zeros((images.size, responses.shape[1]))
-    count = np.zeros_like(total)
-    np.add.at(total, inverse, np.where(finite, responses, 0.0))
-    np.add.at(count, inverse, finite)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return images, (total / count).astype(np.float32)
 
 
 def read_voxel_selection(path: str | Path, roi: str | None) -> dict[str, np.ndarray]:
@@ -107,7 +96,7 @@ def load_subjects(
                 split_images, split_means = {}, {}
                 for split_name, code in SPLIT_CODE.items():
                     rows = split == code
-                    images, means = _image_means(responses[rows], trial_image[rows])
+                    images, means = average_repeats(responses[rows], trial_image[rows])
                     split_images[split_name] = images
                     split_means[split_name] = torch.from_numpy(means)
                 train = split == SPLIT_CODE["train"]
