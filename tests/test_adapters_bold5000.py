@@ -81,3 +81,16 @@ def test_never_nan_mode_and_malformed(b5k, tmp_path):
         names.write_text("\n".join(lines) + "\n")
     with pytest.raises(ValueError, match="unknown option"):
         bold5000.prepare(root, tmp_path / "bad.h5", image_size=IMG, options={"roi": "x"})
+
+
+
+def test_volume_grid_is_stored_for_brain_maps(b5k):
+    """The store keeps the betas' affine and grid, so NIfTI maps can be written in the subject's space."""
+    _, _, out, _ = b5k
+    with PreparedStore(out) as store:
+        for subject in store.subjects:
+            attrs = store.subject_attrs(subject)
+            affine = np.asarray(attrs["affine"]).reshape(4, 4)
+            ijk = nib.affines.apply_affine(np.linalg.inv(affine), store.coords(subject))
+            np.testing.assert_allclose(ijk, np.round(ijk), atol=1e-3)
+            assert (np.round(ijk) >= 0).all() and (np.round(ijk) < np.asarray(attrs["volume_shape"])).all()

@@ -278,7 +278,7 @@ def prepare(root, out, *, image_size: int, options: dict) -> dict:
                 w.append(block, [row_of[p] for p in chunk], [split_of[p.name] for p in chunk])
             coords = nib.affines.apply_affine(subj.affine, subj.ijk)
             rois = {"bold5000": subj.roi_labels} if subj.roi_labels is not None else {}
-            result = w.finish(coords, rois=rois, attrs={"sessions": np.asarray(subj.sessions),
+            result = w.finish(coords, rois=rois, attrs={"affine": np.asarray(subj.affine, dtype=np.float64).ravel(), "volume_shape": np.asarray(subj.shape, dtype=np.int64), "sessions": np.asarray(subj.sessions),
                                                         "zscored": bool(opts["zscore"]), "voxels": subj.voxel_mode})
             result["sessions"] = subj.sessions
             result["voxels"] = subj.voxel_mode

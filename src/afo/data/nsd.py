@@ -548,7 +548,16 @@ def _write_subject(target, source, sessions, ids, row_of, split_of, opts) -> dic
     result = w.finish(
         source.coords(), rois=source.rois(), noise_ceiling=nc,
         attrs={"sessions": np.asarray(sessions), "space": opts["space"], "betas_format": source.format,
-               "zscored": bool(opts["zscore"]), "mask_roi": str(opts["mask_roi"] or "")},
+               "zscored": bool(opts["zscore"]), "mask_roi": str(opts["mask_roi"] or ""),
+               **_volume_attrs(source)},
     )
     result["sessions"] = list(sessions)
     return result
+
+
+def _volume_attrs(source) -> dict:
+    """The voxel grid of volume subjects (affine, shape), so NIfTI brain maps can be written in their space."""
+    affine, shape = getattr(source, "affine", None), getattr(source, "shape", None)
+    if affine is None or shape is None:
+        return {}
+    return {"affine": np.asarray(affine, dtype=np.float64).ravel(), "volume_shape": np.asarray(shape[:3], dtype=np.int64)}
