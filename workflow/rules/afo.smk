@@ -47,12 +47,13 @@ rule dark_knowledge:
         "logs/dk/{recipe}_{stage}_roi{roi}.log",
     threads: TRAIN_THREADS
     resources:
+        gpu=1,
         mem_mb=TRAIN_MEM_MB,
     conda:
         "../../envs/afo.yaml"
     shell:
         "OMP_NUM_THREADS={threads} afo predict {params.data} --model {input.model} --splits train,val "
-        "--rois {input.rois} --roi {wildcards.roi} --out {output} > {log} 2>&1"
+        "--rois {input.rois} --roi {wildcards.roi} --out {output} --claim-gpu > {log} 2>&1"
 
 
 rule train_stage2:

@@ -14,9 +14,10 @@ rule features:
         "logs/features/{dataset}.log",
     threads: 2
     resources:
+        gpu=1,
         mem_mb=8000,
     conda:
         "../../envs/afo.yaml"
     shell:
         "afo features --store {input} --out {output} --backbone {params.backbone:q} "
-        "--batch-size {params.batch_size} --device {params.device} > {log} 2>&1"
+        "--batch-size {params.batch_size} --device {params.device} --claim-gpu > {log} 2>&1"

@@ -98,7 +98,7 @@ class EncodingTask(pl.LightningModule):
         self.target_mode, self.dk_weight = target_mode, dk_weight
 
     def transfer_batch_to_device(self, batch, device: torch.device, dataloader_idx: int):
-        # Validation "batches" are a placeholder: the whole validation set is scored in validation_step.
+        # Validation "batches" are a single dummy item: the whole validation set is scored in validation_step.
         return batch.to(device) if isinstance(batch, Batch) else batch
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
