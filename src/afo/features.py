@@ -27,6 +27,7 @@ from tqdm import tqdm
 from afo.data.store import PreparedStore
 
 FEATURES_FORMAT_VERSION = 1
+RANDOM_INIT_SEED = 0
 
 
 @dataclass(frozen=True)
@@ -79,12 +80,16 @@ def create_backbone(spec: BackboneSpec) -> torch.nn.Module:
         kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": str(path)})
     else:
         kwargs["pretrained"] = spec.pretrained
-    try:
-        model = timm.create_model(spec.name, img_size=spec.resolution, **kwargs)
-    except TypeError as err:
-        if "img_size" not in str(err):
-            raise
-        model = timm.create_model(spec.name, **kwargs)
+    # Random-init weights (the demo, or layers a weights file lacks) come from a fixed seed, so a cache is the
+    # same on every run and machine; the caller's random state is left as it was.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_INIT_SEED)
+        try:
+            model = timm.create_model(spec.name, img_size=spec.resolution, **kwargs)
+        except TypeError as err:
+            if "img_size" not in str(err):
+                raise
+            model = timm.create_model(spec.name, **kwargs)
     if not hasattr(model, "forward_intermediates"):
         raise ValueError(f"backbone.name: timm model {spec.name!r} has no forward_intermediates; choose another family")
     model.eval()
