@@ -21,23 +21,21 @@ import torch
 from afo.data.store import PreparedStore
 from afo.metrics import pearson_r
 from afo.training.checkpoint import load_model
-from afo.training.data import FeatureBank, load_subjects, read_voxel_selection
+from afo.training.data import FeatureBank, read_voxel_selection
 from afo.training.module import predict_images
+from afo.training.predict import model_subjects
 
 
 def model_voxel_table(model_path: str | Path, stores: Mapping[str, str | Path], bank: FeatureBank, device: torch.device, only: Mapping[str, np.ndarray] | None = None) -> pd.DataFrame:
     """Scores and TopyNeck read-outs of every voxel a model predicts (restricted to ``only`` if given)."""
     model, payload = load_model(model_path)
     model.to(device)
-    selection = {k: v.numpy() for k, v in payload["voxels"].items()}
-    if only is not None:
-        selection = {k: np.intersect1d(v, only[k]) for k, v in selection.items() if k in only}
-        selection = {k: v for k, v in selection.items() if v.size}
-    subjects = load_subjects({d: p for d, p in stores.items() if any(k.startswith(f"{d}/") for k in selection)}, selection=selection)
+    subjects = model_subjects(payload, stores, only)
+    if not subjects:
+        raise ValueError("no subject has any selected, usable voxel: check the ROI selection and the stores")
     rows = []
-    for s in subjects:
-        all_voxels = payload["voxels"][s.key].numpy()
-        index = torch.from_numpy(np.searchsorted(all_voxels, s.voxels))
+    for s, columns in subjects:
+        index = torch.from_numpy(columns)
         with torch.no_grad():
             u = model.retina(s.key, index.to(device)).cpu().numpy()
             eta = model.layer_weights(s.key, index.to(device)).cpu().numpy()

@@ -32,8 +32,9 @@ from afo.data.store import PreparedStore
 from afo.decode import rank_candidates, retrieval_accuracy
 from afo.metrics import MIN_PAIRS
 from afo.training.checkpoint import load_model
-from afo.training.data import FeatureBank, load_subjects, read_voxel_selection
+from afo.training.data import FeatureBank, read_voxel_selection
 from afo.training.module import predict_images
+from afo.training.predict import model_subjects
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
@@ -71,17 +72,8 @@ def split_predictions(
     for roi, path in models:
         model, payload = load_model(path)
         model.to(device)
-        selection = {k: v.numpy() for k, v in payload["voxels"].items()}
-        if roi is not None:
-            wanted = read_voxel_selection(rois, roi)
-            selection = {k: np.intersect1d(v, wanted[k]) for k, v in selection.items() if k in wanted}
-            selection = {k: v for k, v in selection.items() if v.size}
-        used = {d: p for d, p in stores.items() if any(k.startswith(f"{d}/") for k in selection)}
-        if not used:
-            continue
-        for s in load_subjects(used, selection=selection):
+        for s, index in model_subjects(payload, stores, read_voxel_selection(rois, roi) if roi is not None else None):
             images = s.split_images[split]
-            index = np.searchsorted(payload["voxels"][s.key].numpy(), s.voxels)
             pred = predict_images(model, bank, s, images, device)[:, index]
             parts.setdefault(s.key, []).append((s.voxels, images, pred, s.split_means[split].numpy(), s.dataset))
     out = []
