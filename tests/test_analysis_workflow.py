@@ -153,7 +153,7 @@ def test_afo_decode_ranks_users_images(run, tmp_path, capsys):
 
     from afo.cli import main
     from afo.data.store import PreparedStore
-    from afo.decode import average_repeats
+    from afo.data.repeats import average_repeats
 
     with PreparedStore(run / "results/prepared/synth_fmri.h5") as store:
         split, trial_image = store.trial_split("subj01"), store.trial_image("subj01")

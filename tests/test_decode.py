@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from afo.decode import average_repeats, rank_candidates, retrieval_accuracy
+from afo.data.repeats import average_repeats
+from afo.decode import rank_candidates, retrieval_accuracy
 from afo.metrics import pearson_r
 
 

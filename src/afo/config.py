@@ -8,10 +8,12 @@ from pathlib import Path
 import jsonschema
 import yaml
 
+from afo.errors import UserError
+
 SCHEMA_RELATIVE = Path("workflow") / "schemas" / "config.schema.yaml"
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """The configuration breaks the schema; the message names the key and what is allowed."""
 
 

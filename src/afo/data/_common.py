@@ -21,6 +21,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from afo.data.store import SPLIT_CODE, StoreError
+from afo.errors import UserError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
@@ -33,7 +34,7 @@ class DatasetFormatError(StoreError):
     """A downloaded dataset file exists but does not have the published layout (a field is missing or malformed)."""
 
 
-class DatasetFileNotFoundError(FileNotFoundError):
+class DatasetFileNotFoundError(UserError, FileNotFoundError):
     """A file the published layout promises is not under the dataset root."""
 
 

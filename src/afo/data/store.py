@@ -31,6 +31,7 @@ import numpy as np
 from PIL import Image
 
 from afo.data.noise_ceiling import noise_ceiling_from_repeats
+from afo.errors import UserError
 
 FORMAT_VERSION = 1
 SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -39,7 +40,7 @@ MODALITIES = ("fmri", "eeg", "meg")
 _STR = h5py.string_dtype("utf-8")
 
 
-class StoreError(ValueError):
+class StoreError(UserError, ValueError):
     """A prepared store, or the data offered to one, breaks the store's contract."""
 
 

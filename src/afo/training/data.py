@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 
 from afo.data.store import SPLIT_CODE, PreparedStore
-from afo.decode import average_repeats
+from afo.data.repeats import average_repeats
 from afo.features import FeatureCache
 
 

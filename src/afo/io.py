@@ -1,0 +1,54 @@
+"""Writing files atomically: one home for the tmp-then-rename pattern every output of afo goes through.
+
+A killed job never leaves a file that looks complete under its final name: content goes to a hidden temporary
+file in the same folder (so the rename stays on one file system) and is renamed over the target only once it
+is fully written.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def temporary_sibling(path: str | os.PathLike, suffix: str = ".tmp") -> Path:
+    """A unique hidden name beside ``path`` (pid + random part: concurrent writers never share one).
+
+    ``suffix`` lets writers that infer a format from the name (nibabel, matplotlib) keep the right extension.
+    """
+    path = Path(path)
+    return path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}{suffix}"
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]:
+    """Yield a temporary path to write; on success it replaces ``path``, on any error it is removed.
+
+    A unique name rather than mkstemp, whose 0600 mode would survive the rename.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_sibling(path, suffix)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically; returns the path."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically; returns the path."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
