@@ -13,7 +13,7 @@ import torch
 from afo.data.folder import prepare
 from afo.features import BackboneSpec, extract_features
 from afo.training.checkpoint import greedy_soup, load_model
-from afo.training.data import read_predictions
+from afo.io.predictions import read_predictions
 from afo.training.fit import TrainSpec, fit
 from afo.training.predict import predict_file
 

@@ -199,12 +199,12 @@ def _decode(p: argparse.ArgumentParser) -> None:
         if args.roi is not None or args.rois is not None:
             if not (args.roi is not None and args.rois is not None):
                 raise ValueError("--roi and --rois go together")
-            from afo.training.data import read_voxel_selection
+            from afo.io.tables import read_roi_selection
 
             _, payload = load_model(args.model)
             if args.subject not in payload["voxels"]:
                 raise KeyError(f"subject {args.subject!r} is not in {args.model}; it has {sorted(payload['voxels'])}")
-            wanted = read_voxel_selection(args.rois, args.roi).get(args.subject, np.empty(0, dtype=np.int64))
+            wanted = read_roi_selection(args.rois, args.roi).get(args.subject, np.empty(0, dtype=np.int64))
             mask = np.isin(payload["voxels"][args.subject].numpy(), wanted)
         ranking = rank_user_images(args.model, args.subject, args.images, np.load(args.response), backbone, image_size,
                                    voxel_mask=mask, device=resolve_device(args.device))

@@ -21,7 +21,8 @@ import torch
 from afo.data.store import PreparedStore
 from afo.metrics import pearson_r
 from afo.training.checkpoint import load_model
-from afo.training.data import FeatureBank, read_voxel_selection
+from afo.io.tables import read_roi_selection
+from afo.training.data import FeatureBank
 from afo.training.module import predict_images
 from afo.training.predict import model_subjects
 
@@ -74,7 +75,7 @@ def voxel_table(
     assignment = pd.read_csv(rois, dtype={"roi": str}) if rois else None
     parts = []
     for roi, path in models:
-        only = read_voxel_selection(rois, roi) if (roi is not None and rois) else None
+        only = read_roi_selection(rois, roi) if (roi is not None and rois) else None
         parts.append(model_voxel_table(path, stores, bank, device, only))
     scored = pd.concat(parts, ignore_index=True)
     if scored.duplicated(["dataset", "subject", "voxel"]).any():

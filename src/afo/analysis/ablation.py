@@ -27,19 +27,11 @@ import numpy as np
 import pandas as pd
 
 from afo.analysis.tables import ordered
+from afo.io.tables import read_voxels
 
 KEYS = ["dataset", "subject", "voxel"]
 ROI_SET_ORDER = ["all", "group", "area", "veroi"]
 METRICS = {"mean_r": ("r_test", "mean"), "median_nc": ("r_test_norm", "median")}
-
-
-def read_voxels(path: str | Path) -> pd.DataFrame:
-    """A voxels.csv with string labels (an ROI called "1" stays "1"; a missing label is "")."""
-    table = pd.read_csv(path, dtype={"roi": str, "dataset_roi": str, "subject": str, "dataset": str})
-    for col in ("roi", "dataset_roi"):
-        if col in table:
-            table[col] = table[col].fillna("")
-    return table
 
 
 def merged_scores(voxel_files: Mapping[str, str | Path], veroi: str | Path | None = None) -> pd.DataFrame:

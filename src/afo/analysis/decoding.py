@@ -32,7 +32,8 @@ from afo.data.store import PreparedStore
 from afo.decode import rank_candidates, retrieval_accuracy
 from afo.metrics import MIN_PAIRS
 from afo.training.checkpoint import load_model
-from afo.training.data import FeatureBank, read_voxel_selection
+from afo.io.tables import read_roi_selection
+from afo.training.data import FeatureBank
 from afo.training.module import predict_images
 from afo.training.predict import model_subjects
 
@@ -72,7 +73,7 @@ def split_predictions(
     for roi, path in models:
         model, payload = load_model(path)
         model.to(device)
-        for s, index in model_subjects(payload, stores, read_voxel_selection(rois, roi) if roi is not None else None):
+        for s, index in model_subjects(payload, stores, read_roi_selection(rois, roi) if roi is not None else None):
             images = s.split_images[split]
             pred = predict_images(model, bank, s, images, device)[:, index]
             parts.setdefault(s.key, []).append((s.voxels, images, pred, s.split_means[split].numpy(), s.dataset))

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from afo.analysis.ablation import read_voxels
+from afo.io.tables import read_voxels
 from afo.analysis.tables import atomic_write_text, ordered
 
 NIFTI_MAPS = ("r_test", "r_test_norm", "roi", "u_x", "u_y", "layer")

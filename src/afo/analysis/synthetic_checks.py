@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from afo.analysis.ablation import read_voxels
+from afo.io.tables import read_voxels
 from afo.analysis.tables import ordered
 from afo.metrics import pearson_r
 from afo.veroi import adjusted_rand

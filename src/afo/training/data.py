@@ -23,10 +23,7 @@ import torch
 from afo.data.store import SPLIT_CODE, PreparedStore
 from afo.data.repeats import average_repeats
 from afo.features import FeatureCache
-
-
-def subject_key(dataset: str, subject: str) -> str:
-    return f"{dataset}/{subject}"
+from afo.io.tables import subject_key
 
 
 @dataclass
@@ -44,25 +41,6 @@ class SubjectData:
     noise_ceiling: np.ndarray  # float32 [n] percent, NaN = unknown
     own: np.ndarray  # bool [n]: ground-truth loss and checkpointing on these voxels (stage 2: the own ROI)
     dk: torch.Tensor | None = None  # float32 [n_images_of_dataset, n] dark knowledge per image, NaN = none
-
-
-def read_voxel_selection(path: str | Path, roi: str | None) -> dict[str, np.ndarray]:
-    """Voxels per subject key from an ROI assignment table (columns dataset, subject, voxel, roi).
-
-    ``roi`` None selects every listed voxel.
-    """
-    table = pd.read_csv(path, dtype={"roi": str})
-    missing = {"dataset", "subject", "voxel", "roi"} - set(table.columns)
-    if missing:
-        raise ValueError(f"{path}: missing column(s) {sorted(missing)}; expected dataset, subject, voxel, roi")
-    if roi is not None:
-        table = table[table["roi"] == str(roi)]
-        if table.empty:
-            raise ValueError(f"{path}: no voxel has roi {roi!r}")
-    return {
-        subject_key(d, s): np.sort(g["voxel"].to_numpy(dtype=np.int64))
-        for (d, s), g in table.groupby(["dataset", "subject"], sort=True)
-    }
 
 
 def load_subjects(
@@ -123,7 +101,7 @@ def load_subjects(
 
 
 def attach_dark_knowledge(subjects: Sequence[SubjectData], dk_paths: Sequence[str | Path], n_images: Mapping[str, int]) -> None:
-    """Fill ``subject.dk`` from dark-knowledge files (see :func:`write_predictions`); NaN where none covers."""
+    """Fill ``subject.dk`` from dark-knowledge files (see :mod:`afo.io.predictions`); NaN where none covers."""
     for s in subjects:
         s.dk = torch.full((n_images[s.dataset], s.voxels.size), float("nan"))
     by_key = {s.key: s for s in subjects}
@@ -261,30 +239,3 @@ class EpochSampler(torch.utils.data.Sampler):
 
     def __len__(self) -> int:
         return self.n_batches
-
-
-def write_predictions(path: str | Path, predictions: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]]) -> None:
-    """Predictions per subject key: (image rows [m], voxel indices [n], pred [m, n]) -> HDF5, float16, atomically.
-
-    Layout: ``/<dataset>/<subject>/{images, voxels, pred}``; used for dark knowledge and for evaluation.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with h5py.File(tmp, "w") as f:
-        for key, (images, voxels, pred) in sorted(predictions.items()):
-            g = f.create_group(key)
-            g.create_dataset("images", data=np.asarray(images, dtype=np.int64))
-            g.create_dataset("voxels", data=np.asarray(voxels, dtype=np.int64))
-            g.create_dataset("pred", data=np.asarray(pred, dtype=np.float16))
-    tmp.replace(path)
-
-
-def read_predictions(path: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    out = {}
-    with h5py.File(path, "r") as f:
-        for dataset in f:
-            for sub in f[dataset]:
-                g = f[dataset][sub]
-                out[f"{dataset}/{sub}"] = (g["images"][:], g["voxels"][:], g["pred"][:].astype(np.float32))
-    return out

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
+from afo.io.tables import read_roi_selection
 from afo.model import EncodingModel
 from afo.training.checkpoint import greedy_soup, load_model, save_model
 from afo.training.data import (
@@ -27,7 +28,6 @@ from afo.training.data import (
     MixedBatches,
     attach_dark_knowledge,
     load_subjects,
-    read_voxel_selection,
 )
 from afo.training.module import EncodingTask, validation_score
 
@@ -118,8 +118,8 @@ def fit(spec: TrainSpec, out_dir: str | Path) -> dict:
     pl.seed_everything(int(train["seed"]), workers=True, verbose=False)
     started = time.time()
 
-    selection = read_voxel_selection(spec.rois, spec.roi) if spec.rois else None
-    own = read_voxel_selection(spec.rois, spec.own_roi) if spec.own_roi else None
+    selection = read_roi_selection(spec.rois, spec.roi) if spec.rois else None
+    own = read_roi_selection(spec.rois, spec.own_roi) if spec.own_roi else None
     subjects = load_subjects(spec.stores, selection=selection, own=own)
     bank = FeatureBank(spec.features)
     if spec.dark_knowledge:

@@ -9,7 +9,9 @@ import numpy as np
 import torch
 
 from afo.training.checkpoint import load_model
-from afo.training.data import FeatureBank, SubjectData, load_subjects, read_voxel_selection, write_predictions
+from afo.io.predictions import write_predictions
+from afo.io.tables import read_roi_selection
+from afo.training.data import FeatureBank, SubjectData, load_subjects
 from afo.training.module import predict_images
 
 
@@ -46,7 +48,7 @@ def predict_file(
 ) -> dict:
     """Predict every image of ``splits`` for each subject the model knows; with ``roi``, only that ROI's voxels.
 
-    Writes float16 predictions per unique image (see :func:`afo.training.data.write_predictions`).
+    Writes float16 predictions per unique image (see :mod:`afo.io.predictions`).
     """
     device = torch.device(device)
     unknown = sorted(set(splits) - {"train", "val", "test"})
@@ -56,7 +58,7 @@ def predict_file(
     model.to(device)
     if roi is not None and rois is None:
         raise ValueError("roi needs the ROI assignment table")
-    subjects = model_subjects(payload, stores, read_voxel_selection(rois, roi) if roi is not None else None)
+    subjects = model_subjects(payload, stores, read_roi_selection(rois, roi) if roi is not None else None)
     if not subjects:
         raise ValueError("no subject has any selected, usable voxel: check the ROI selection and the stores")
     bank = FeatureBank({d: features[d] for d in sorted({s.dataset for s, _ in subjects})})
