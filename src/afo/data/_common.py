@@ -69,8 +69,28 @@ _READER_MODULES = (
 _PARSER_LOOKUP_ERRORS = (ValueError, KeyError, IndexError, TypeError)
 
 
+def _in(module: str, packages: Sequence[str]) -> bool:
+    return any(module == m or module.startswith(m + ".") for m in packages)
+
+
 def _from_reader(module: str) -> bool:
-    return any(module == m or module.startswith(m + ".") for m in _READER_MODULES)
+    return _in(module, _READER_MODULES)
+
+
+def _traceback_modules(exc: BaseException) -> list[str]:
+    """Module name of every frame ``exc`` passed through, outermost first."""
+    modules = []
+    tb = exc.__traceback__
+    while tb is not None:
+        modules.append(str(tb.tb_frame.f_globals.get("__name__", "")))
+        tb = tb.tb_next
+    return modules
+
+
+def raised_inside(exc: BaseException, packages: Sequence[str]) -> bool:
+    """Whether the innermost frame of ``exc`` lies in one of ``packages`` (e.g. ("mne",)): the library raised it."""
+    modules = _traceback_modules(exc)
+    return bool(modules) and _in(modules[-1], packages)
 
 
 def means_bad_file(exc: BaseException) -> bool:
@@ -84,13 +104,7 @@ def means_bad_file(exc: BaseException) -> bool:
         return True
     if not isinstance(exc, _PARSER_LOOKUP_ERRORS):
         return False
-    modules = []
-    tb = exc.__traceback__
-    while tb is not None:
-        modules.append(str(tb.tb_frame.f_globals.get("__name__", "")))
-        tb = tb.tb_next
-    raised_by_afo = bool(modules) and (modules[-1] == "afo" or modules[-1].startswith("afo."))
-    return not raised_by_afo and any(_from_reader(m) for m in modules)
+    return not raised_inside(exc, ("afo",)) and any(_from_reader(m) for m in _traceback_modules(exc))
 
 
 @contextmanager

@@ -105,23 +105,19 @@ def resize_image(image: Image.Image | np.ndarray, size: int) -> np.ndarray:
     return np.asarray(image, dtype=np.uint8)
 
 
-def float32_responses(responses: np.ndarray, source: str) -> tuple[np.ndarray, np.ndarray]:
-    """(responses as float32 with every +-inf replaced by NaN, bool mask of where the infs were).
+def real_float32(responses: np.ndarray, source: str) -> np.ndarray:
+    """``responses`` as float32, refusing anything that is not real numbers with ``source`` named.
 
-    Only real numbers are responses: complex, object, text or boolean arrays are refused with ``source`` named
-    (a cast would drop imaginary parts, or turn labels into numbers, without a word). Infinities become NaN, the
-    store's one marker of a missing value, and the caller reports them as inf.
+    Complex, object, text or boolean arrays are refused: a cast would drop imaginary parts, or turn labels into
+    numbers, without a word. (A float64 beyond float32's range becomes inf, which the store masks and reports.)
     """
     responses = np.asarray(responses)
     if responses.dtype.kind not in "fiu":
         raise StoreError(
             f"{source}: responses have dtype {responses.dtype}, not real numbers. "
-            "Fix: save real-valued responses (float32), e.g. np.abs or .real of complex data as the analysis intends"
+            "Fix: save real-valued responses (float32), e.g. the magnitude or real part as the analysis intends"
         )
-    out = responses.astype(np.float32)
-    inf = np.isinf(out)  # a large float64 that overflows float32 is inf too, and is reported as such
-    out[inf] = np.nan
-    return out, inf
+    return responses.astype(np.float32)
 
 
 def _voxel_problems(
@@ -175,7 +171,9 @@ class SubjectWriter:
 
         Responses must be real numbers; +-inf is stored as NaN (missing) and counted for the report.
         """
-        responses, inf = float32_responses(responses, self.source)
+        responses = real_float32(responses, self.source)
+        inf = np.isinf(responses)  # NaN is the store's one marker of a missing value; inf is counted, then masked
+        responses[inf] = np.nan
         trial_image = np.asarray(trial_image, dtype=np.int64)
         split = np.asarray(trial_split)
         if split.dtype.kind in "US" or split.dtype == object:
