@@ -74,8 +74,15 @@ def stage0_params(wildcards) -> dict:
 
 
 def ablation_model(wildcards) -> dict:
-    """The `model` section with an ablation's keys on top."""
-    return {**config["model"], **config["ablations"][wildcards.ablation]}
+    """The `model` section with an ablation's model keys on top."""
+    ablation = config["ablations"][wildcards.ablation]
+    return {**config["model"], **{k: v for k, v in ablation.items() if k not in config["train"]}}
+
+
+def ablation_train(wildcards) -> dict:
+    """Stage-0 training settings with an ablation's train keys on top (NoRegLS: lambda_entropy 0)."""
+    ablation = config["ablations"][wildcards.ablation]
+    return {**train_params(config, "stage0"), **{k: v for k, v in ablation.items() if k in config["train"]}}
 
 
 STAGE0_MODELS = expand("results/models/stage0/seed{seed}/model.pt", seed=range(AFO["stage0_seeds"]))

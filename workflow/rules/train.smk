@@ -34,7 +34,7 @@ use rule train_stage0 as train_ablation with:
         metrics="results/models/ablation/{ablation}/metrics.csv",
     params:
         model=ablation_model,
-        train=stage_params("stage0"),
+        train=ablation_train,
         roi=None,
         own_roi=None,
         target_mode="gt",

@@ -194,17 +194,13 @@ def decode_model(
     rois: str | Path | None,
     dataset_roi_set: str,
     out: str | Path,
-    figures_dir: str | Path | None = None,
-    examples: int = 3,
-    top_k: int = 5,
-) -> dict:
-    """retrieval.csv of a model (its prediction files, one per ROI model if assembled) and one figure per subject.
+) -> tuple[list[SubjectPredictions], dict[str, pd.DataFrame]]:
+    """retrieval.csv of a model from its prediction files (one per ROI model if assembled).
 
-    ROI sets: the model's ROI table (named after its file stem), and the dataset's own labels as ``area``.
+    ROI sets: the model's ROI table (named after its file stem) and the dataset's own labels as ``area``.
+    Returns the subjects' test predictions and the ROI sets, for the retrieval figures.
     """
     from afo.evaluation.predictions import split_predictions
-    from afo.figures.probing import file_stem
-    from afo.figures.retrieval import retrieval_figure
     from afo.io.tables import write_csv
 
     predictions = split_predictions(prediction_files, stores, "test")
@@ -213,16 +209,5 @@ def decode_model(
         roi_sets[Path(rois).stem] = read_roi_table(rois)[["dataset", "subject", "voxel", "roi"]]
     if dataset_roi_set:
         roi_sets["area"] = roi_labels_from_stores(stores, dataset_roi_set)
-    table = retrieval_table(predictions, roi_sets)
-    write_csv(table, out)
-    if figures_dir is not None:
-        figures_dir = Path(figures_dir)
-        figures_dir.mkdir(parents=True, exist_ok=True)
-        set_name = Path(rois).stem if rois is not None else "roi"
-        for pred in predictions:
-            labels = subject_roi_labels(roi_sets[set_name], pred) if rois is not None else None
-            retrieval_figure(pred, stores[pred.dataset], figures_dir / f"{file_stem(pred.dataset, pred.subject)}.png",
-                             labels, set_name, examples, top_k)
-    overall = table[table["roi_set"] == "all"]
-    return {"subjects": len(predictions), "mean_top1_all_voxels": float(overall["top1"].mean()),
-            "mean_chance_top1": float(overall["chance_top1"].mean())}
+    write_csv(retrieval_table(predictions, roi_sets), out)
+    return predictions, roi_sets

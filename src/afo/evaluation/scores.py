@@ -5,8 +5,8 @@ r_val, r_test, nc, r_test_norm (then dataset_roi, the dataset's own label). summ
 subject and roi (plus roi = "all"): n_voxels, mean_r_test, median_r_test_norm.
 
 r is Pearson's r over the split's images between the prediction and the response averaged over the image's
-repeats; r_test_norm = r_test^2 / (nc / 100), the fraction of explainable variance explained (empty where
-the noise ceiling is unknown). Bad voxels (all-NaN, constant) get a row with empty scores, never vanish.
+repeats; r_test_norm = r_test·|r_test| / (nc / 100), the signed fraction of explainable variance explained
+(empty where the noise ceiling is unknown; a negative r stays negative, so it never counts as explained variance). Bad voxels (all-NaN, constant) get a row with empty scores, never vanish.
 """
 
 from __future__ import annotations
@@ -105,9 +105,12 @@ def voxel_table(
 
 
 def normalised_score(r: np.ndarray, nc: np.ndarray) -> np.ndarray:
-    """r_test_norm: the share of explainable variance explained, r^2 / (nc / 100); NaN where nc is unknown or 0."""
+    """r_test_norm: the signed share of explainable variance explained, r·|r| / (nc / 100); NaN where nc is unknown or 0.
+
+    Signed because r² would count a voxel predicted with a negative r as explained variance.
+    """
     with np.errstate(invalid="ignore", divide="ignore"):
-        score = r**2 / (nc / 100.0)
+        score = r * np.abs(r) / (nc / 100.0)
     return np.where(nc > 0, score, np.nan)
 
 

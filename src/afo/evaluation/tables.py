@@ -12,7 +12,7 @@ Rows:
   ROI labels (``dataset_roi`` of voxels.csv, e.g. V1..LO on the synthetic brain); ``veroi`` / the veROI ids
   (results/rois/veroi.csv), the same parcellation for every model so the columns stay comparable;
 - ``metric``: ``mean_r`` = mean test Pearson r over the voxels (the paper's tables), ``median_nc`` = median
-  noise-normalised score r^2 / (nc / 100) (the paper's "NSD(NC)"; rows only where the noise ceiling is known).
+  noise-normalised score r·|r| / (nc / 100) (the paper's "NSD(NC)"; rows only where the noise ceiling is known).
 
 ``n_voxels`` counts the voxels of the row with a finite score in the first model (bad voxels have no score in
 any model and drop out of every mean).
@@ -111,7 +111,7 @@ def ablation_table(
 
 
 NOTE = (
-    "Mean test Pearson r (metric mean_r) and median noise-normalised score r^2/(nc/100) (metric median_nc) per "
+    "Mean test Pearson r (metric mean_r) and median noise-normalised score r·|r|/(nc/100) (metric median_nc) per "
     "dataset, subject (all = the dataset's voxels pooled) and ROI: every voxel (all), the dataset's own areas "
     "(area) and their groups (group, from evaluation.area_groups), and the veROIs (veroi, the same parcellation for "
     "every model). One column per evaluated model; the best of each row in bold."

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import numpy as np
+import pandas as pd
 
+import numpy as np
 from afo.data.store import PreparedStore
 from afo.decoding.ranking import rank_candidates
+from afo.decoding.retrieval import subject_roi_labels
 from afo.evaluation.predictions import SubjectPredictions
 from afo.figures.plots import plot_retrievals
 from afo.io.tables import ordered
@@ -55,3 +58,25 @@ def retrieval_figure(
     query_images = np.stack([pixels[int(pred.images[q])] for q, _, _ in rows])
     retrieved = np.stack([np.stack([pixels[int(pred.images[c])] for c in shown]) for shown in shown_rows])
     return plot_retrievals(query_images, retrieved, path, titles=titles)
+
+
+def retrieval_figures(
+    predictions: Sequence[SubjectPredictions],
+    stores: Mapping[str, str | Path],
+    roi_sets: Mapping[str, pd.DataFrame],
+    roi_set: str | None,
+    out_dir: str | Path,
+    n_examples: int = 3,
+    top_k: int = 5,
+) -> list[Path]:
+    """One retrieval figure per subject in ``out_dir`` (the per-ROI rows use ROI set ``roi_set`` if given)."""
+    from afo.figures.probing import file_stem
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for pred in predictions:
+        labels = subject_roi_labels(roi_sets[roi_set], pred) if roi_set is not None else None
+        paths.append(retrieval_figure(pred, stores[pred.dataset], out_dir / f"{file_stem(pred.dataset, pred.subject)}.png",
+                                      labels, roi_set or "roi", n_examples, top_k))
+    return paths

@@ -216,9 +216,8 @@ def violin_table(table: pd.DataFrame) -> pd.DataFrame:
     })
 
 
-def write_probe_report(tables: Sequence[str | Path], out: str | Path, summary: str | Path, figure: str | Path) -> dict:
-    """probe.csv (every extractor and dataset), its HTML summary and the violin figure."""
-    from afo.figures.plots import plot_violins
+def write_probe_report(tables: Sequence[str | Path], out: str | Path, summary: str | Path) -> pd.DataFrame:
+    """probe.csv (every extractor and dataset) and its HTML summary; returns the table."""
     from afo.io.tables import read_table, write_csv
     from afo.report import write_html_table
 
@@ -227,5 +226,4 @@ def write_probe_report(tables: Sequence[str | Path], out: str | Path, summary: s
     write_html_table(probe_summary(table), summary, "Linear probing: test r per voxel",
                      "Median and mean test Pearson r over voxels per feature extractor (PCA + per-voxel ridge); "
                      "subject all = voxels pooled; alpha_at_edge = fraction of voxels whose alpha hit the grid's edge.")
-    plot_violins(violin_table(table), figure, "Linear probing: test r per voxel (PCA + per-voxel ridge)")
-    return {"rows": len(table), "extractors": sorted(table["extractor"].unique())}
+    return table
