@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -52,7 +53,7 @@ def write_config(workdir: Path, config: dict) -> None:
 
 def planned_jobs(workdir: Path, *args: str) -> dict[str, int]:
     """Job counts per rule from a dry run ({} when nothing is to be done)."""
-    out = snakemake(workdir, "-n", "--quiet", "rules", *args).stdout
+    out = snakemake(workdir, "-n", *args, "--quiet", "rules").stdout
     counts = {}
     for line in out.splitlines():
         m = re.match(r"^(\w+)\s+(\d+)$", line.strip())
@@ -124,6 +125,40 @@ def test_unknown_model_name_fails_before_anything_runs(tmp_path):
     write_config(tmp_path, config)
     proc = snakemake(tmp_path, "-n", check=False)
     assert proc.returncode != 0 and "decoding.models" in proc.stdout + proc.stderr
+
+
+def _prepare_then_edit(tmp_path, dataset: dict, edit) -> tuple[dict, dict]:
+    """Prepare one dataset through the workflow, then edit its files: (plan before the edit, plan after)."""
+    config = yaml.safe_load(yaml.safe_dump(TINY))
+    config["datasets"] = {"mine": {**dataset, "role": "train"}}
+    write_config(tmp_path / "run", config)
+    target = "results/prepared/mine.h5"
+    snakemake(tmp_path / "run", target)
+    before = planned_jobs(tmp_path / "run", target)
+    edit()
+    return before, planned_jobs(tmp_path / "run", target)
+
+
+def test_editing_a_folder_dataset_reruns_prepare(tmp_path):
+    from conftest import write_folder_dataset
+
+    root = write_folder_dataset(tmp_path / "mine", n_images=12, n_voxels=4, subjects=("subjA",))
+    responses = root / "subjA" / "responses.npy"
+    before, after = _prepare_then_edit(tmp_path, {"format": "folder", "root": str(root)},
+                                       lambda: np.save(responses, np.load(responses) * 2))
+    assert before == {} and after == {"prepare": 1}
+
+
+def test_editing_a_public_dataset_reruns_prepare(tmp_path):
+    """A public dataset (NSD layout here) is tracked by its manifest of paths, sizes and mtimes."""
+    from fixtures.formats import write_nsd
+
+    root = tmp_path / "NSD"
+    write_nsd(root, formats=("hdf5",))
+    expdesign = next(root.rglob("nsd_expdesign.mat"))
+    before, after = _prepare_then_edit(tmp_path, {"format": "nsd", "root": str(root)},
+                                       lambda: os.utime(expdesign, ns=(1, 1)))
+    assert before == {} and after == {"prepare": 1}
 
 
 @pytest.fixture(scope="module")

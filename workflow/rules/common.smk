@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from afo.config import ConfigError, train_params, validate_config
+from afo.data.manifest import dataset_files, manifest_digest
 
 validate_config(config, workflow.source_path("../schemas/config.schema.yaml"))
 
@@ -38,8 +39,18 @@ def backbone_params() -> dict:
 
 
 def prepare_input(wildcards) -> list:
-    """Synthetic datasets depend on the simulator's output; real ones are read in place from their root."""
-    return ["resources/synthetic"] if DATASETS[wildcards.dataset]["format"] == "synthetic" else []
+    """What a store is made from, so that editing it reruns `prepare`: the simulator's output for a synthetic
+    dataset, every file of a folder dataset (small by design); a public dataset is tracked by its manifest."""
+    ds = DATASETS[wildcards.dataset]
+    if ds["format"] == "synthetic":
+        return ["resources/synthetic"]
+    return dataset_files(ds["root"]) if ds["format"] == "folder" else []
+
+
+def dataset_manifest(wildcards) -> str:
+    """Paths, sizes and mtimes of a public dataset's files, hashed: a changed file changes prepare's params."""
+    ds = DATASETS[wildcards.dataset]
+    return manifest_digest(ds["root"]) if ds["format"] not in ("synthetic", "folder") else ""
 
 
 def dataset_params(wildcards) -> dict:

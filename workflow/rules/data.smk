@@ -26,6 +26,7 @@ rule prepare:
     params:
         dataset=dataset_params,
         image_size=config["prepare"]["image_size"],
+        manifest=dataset_manifest,
     log:
         "logs/prepare/{dataset}.log",
     threads: 1
