@@ -792,32 +792,55 @@ def _plan_groups(groups: list[ContentGroup], tr: float, opts: dict) -> list[Grou
     return out
 
 
-def _write_subjects(target, planned: list[GroupPlan], files: dict[str, dict[int, Path | None]], space, n_vox: int,
-                    coords: np.ndarray, rois: dict, tr: float, opts: dict) -> list[str]:
+def _write_subjects(target, ds: Opened, coords: np.ndarray, rois: dict) -> list[str]:
     """Group averages (one per content group) or one subject each; returns subjects left without any run."""
     empty = []
-    for gp in planned:
-        g = gp.group
-        units = [(g.name, g.subjects)] if opts["group_average"] else [(s, [s]) for s in g.subjects]
-        for name, members in progress(units, "hcp subjects", unit="subject"):
-            if not any(files[s][p.run] is not None for s in members for p in gp.plans):
-                empty.append(name)
-                continue
-            w = target.subject(name, n_vox)
-            for plan in gp.plans:
-                paths = [files[s][plan.run] for s in members if files[s][plan.run] is not None]
-                mean = _average_run(space, paths, plan, bool(opts["zscore"]))
-                if mean is not None:
-                    trs = np.arange(plan.shift, plan.shift + plan.n_frames)  # TR t <-> frame t - shift
-                    w.append(mean[trs], plan.image_of_frame, plan.split_of_frame)
-            w.finish(coords, rois=rois, attrs={"members": len(members), "delay_s": float(opts["delay_s"]),
-                                               "tr_s": float(tr), "space": opts["space"],
-                                               "movie_versions": ",".join(v.name for v in g.versions)})
+    opts = ds.opts
+    for name, members, gp in progress(ds.units(), "hcp subjects", unit="subject"):
+        if not any(ds.files[s][p.run] is not None for s in members for p in gp.plans):
+            empty.append(name)
+            continue
+        w = target.subject(name, ds.n_voxels)
+        for plan in gp.plans:
+            paths = [ds.files[s][plan.run] for s in members if ds.files[s][plan.run] is not None]
+            mean = _average_run(ds.space, paths, plan, bool(opts["zscore"]))
+            if mean is not None:
+                trs = np.arange(plan.shift, plan.shift + plan.n_frames)  # TR t <-> frame t - shift
+                w.append(mean[trs], plan.image_of_frame, plan.split_of_frame)
+        w.finish(coords, rois=rois, attrs={"members": len(members), "delay_s": float(opts["delay_s"]),
+                                           "tr_s": float(ds.tr), "space": opts["space"],
+                                           "movie_versions": ",".join(v.name for v in gp.group.versions)})
     return empty
 
 
-def prepare(root, out, *, image_size: int, options: dict) -> dict:
-    """Prepare the HCP 7T movie runs under ``root`` into the store ``out``."""
+@dataclass
+class Opened:
+    """Everything read before any data is written: run files and their lengths, movie versions and content
+    groups, dropped runs, frame plans per group, and the grayordinate/voxel space."""
+
+    opts: dict
+    files: dict[str, dict[int, Path | None]]  # subject -> run -> file (None: missing or dropped)
+    assigned: dict[str, MovieVersion]
+    planned: list[GroupPlan]
+    missing: list[tuple[str, int]]
+    dropped: list[dict]
+    tr: float
+    space: Any  # CiftiSpace or VolumeSpace
+
+    @property
+    def n_voxels(self) -> int:
+        return self.space.columns.size if self.opts["space"] == "cifti" else len(self.space.ijk)
+
+    def units(self) -> list[tuple[str, list[str], GroupPlan]]:
+        """(store subject, subjects whose runs it holds, its group's plan): group averages or single subjects."""
+        if self.opts["group_average"]:
+            return [(gp.group.name, gp.group.subjects, gp) for gp in self.planned]
+        return [(s, [s], gp) for gp in self.planned for s in gp.group.subjects]
+
+
+def open_dataset(root: str | Path, options: dict | None) -> Opened:
+    """Find the runs, movie versions and clip timing, check run lengths and plan the frames, as :func:`prepare`
+    will, reading only headers, movie files and the ROI file."""
     root = Path(root)
     opts = resolve_options(ADAPTER, options, DEFAULTS)
     check_choice(ADAPTER, "space", opts["space"], ["cifti", "volume"])
@@ -847,19 +870,24 @@ def prepare(root, out, *, image_size: int, options: dict) -> dict:
     first_subject, first_file = next((s, p) for s in present for p in files[s].values() if p is not None)
     space = CiftiSpace(first_file, root, first_subject, opts) if opts["space"] == "cifti" else \
         VolumeSpace(first_file, opts)
-    n_vox = space.columns.size if opts["space"] == "cifti" else len(space.ijk)
-    coords, rois = space.coords(), space.rois()
+    return Opened(opts, files, assigned, planned, missing, dropped, tr, space)
 
+
+def prepare(root, out, *, image_size: int, options: dict) -> dict:
+    """Prepare the HCP 7T movie runs under ``root`` into the store ``out``."""
+    ds = open_dataset(root, options)
+    opts, planned, assigned = ds.opts, ds.planned, ds.assigned
+    coords, rois = ds.space.coords(), ds.space.rois()
     images = [im for gp in planned for im in gp.images]
     report: dict[str, Any] = {
-        "dataset": ADAPTER, "n_images": len(images), "runs": runs, "tr_s": tr,
-        "subjects_averaged": len(present) if opts["group_average"] else 0,
-        "movie_versions": {v.name or str(v.folder): [s for s in present if assigned[s] == v]
+        "dataset": ADAPTER, "n_images": len(images), "runs": [int(r) for r in as_list(opts["runs"])], "tr_s": ds.tr,
+        "subjects_averaged": len(ds.files) if opts["group_average"] else 0,
+        "movie_versions": {v.name or str(v.folder): [s for s in ds.files if assigned[s] == v]
                            for v in dict.fromkeys(assigned.values())},
         "groups": {gp.group.name: {"versions": [v.name for v in gp.group.versions], "subjects": gp.group.subjects,
                                    "runs": gp.group.runs, "n_trs": gp.group.n_trs} for gp in planned},
-        "missing_runs": [{"subject": s, "run": r} for s, r in missing],
-        "dropped_runs": dropped,
+        "missing_runs": [{"subject": s, "run": r} for s, r in ds.missing],
+        "dropped_runs": ds.dropped,
         # the first `shift` TRs of a run have no frame 4 s earlier; TRs past the movie's end have none either
         "trs_without_frame": {gp.group.name: {p.run: p.n_trs - p.n_frames for p in gp.plans} for gp in planned},
     }
@@ -867,6 +895,6 @@ def prepare(root, out, *, image_size: int, options: dict) -> dict:
     with StoreWriter(out, name=opts["name"], modality="fmri", source=ADAPTER, image_size=image_size) as writer:
         writer.write_images(frames, [name for name, _, _ in images])
         target = DirectTarget(writer)
-        report["subjects_without_runs"] = _write_subjects(target, planned, files, space, n_vox, coords, rois, tr, opts)
+        report["subjects_without_runs"] = _write_subjects(target, ds, coords, rois)
         report["subjects"] = target.reports
     return report
