@@ -26,8 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from afo.analysis.tables import ordered
-from afo.io.tables import read_voxels
+from afo.io.tables import ordered, read_voxels, write_csv
 
 KEYS = ["dataset", "subject", "voxel"]
 ROI_SET_ORDER = ["all", "group", "area", "veroi"]
@@ -117,3 +116,34 @@ NOTE = (
     "(area) and their groups (group, from evaluation.area_groups), and the veROIs (veroi, the same parcellation for "
     "every model). One column per evaluated model; the best of each row in bold."
 )
+
+
+def comparison_view(ablation: pd.DataFrame) -> pd.DataFrame:
+    """comparison.csv: the ablation table's mean test r of the pooled subjects, per dataset and area (and 'all').
+
+    One row per dataset and area (the datasets' own ROI labels; voxels without one count only under 'all'),
+    one column per model: a view of :func:`ablation_table`, never computed separately.
+    """
+    models = [c for c in ablation.columns if c not in ("dataset", "subject", "roi_set", "roi", "metric", "n_voxels")]
+    rows = ablation[(ablation["subject"] == "all") & (ablation["metric"] == "mean_r") & ablation["roi_set"].isin(["all", "area"])]
+    table = rows[["dataset", "roi", *models]].rename(columns={"roi": "area"})
+    return table.sort_values(["dataset", "area"]).reset_index(drop=True)
+
+
+def write_ablation_outputs(
+    voxel_files: Mapping[str, str | Path],
+    veroi: str | Path | None,
+    area_groups: Mapping[str, str],
+    table_path: str | Path,
+    html_path: str | Path,
+    comparison_path: str | Path,
+) -> dict:
+    """ablation_table.csv, its HTML rendering, and comparison.csv (its view), from every model's voxels.csv."""
+    from afo.report import write_html_table
+
+    table = ablation_table(voxel_files, veroi, area_groups)
+    write_csv(table, table_path)
+    write_html_table(table, html_path, "Ablation table (paper Tables 2 and 3)", NOTE, best_of=list(voxel_files))
+    comparison = comparison_view(table)
+    write_csv(comparison, comparison_path, float_format="%.4f")
+    return {"rows": len(table), "models": list(voxel_files), "comparison_rows": len(comparison)}
