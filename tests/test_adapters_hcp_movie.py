@@ -11,6 +11,7 @@ import pytest
 from afo.data import hcp_movie
 from afo.data._common import DatasetFormatError
 from afo.data.store import PreparedStore
+from afo.errors import UserError
 from fixtures.formats import HCP_RUNS, HCP_SUBJECTS, IMG, decode_id, write_hcp_movie
 
 OPTS = {"runs": [1, 2], "chunk_s": 8, "val_fraction": 0.2}
@@ -212,3 +213,11 @@ def test_short_run_is_dropped_with_a_report_or_an_error(tmp_path):
         run2 = np.mean([_z(truth["data"][(s, 2)]) for s in HCP_SUBJECTS[:2]], axis=0)  # without 102816
         np.testing.assert_allclose(resp[:36, :5], run1[4:, :5], atol=1e-4)
         np.testing.assert_allclose(resp[36:, :5], run2[4:, :5], atol=1e-4)
+
+
+def test_option_values_are_user_errors(hcp, tmp_path):
+    root, _ = hcp
+    with pytest.raises(UserError, match=r"hcp_movie: test_clip lists 1 block labels for 2 runs"):
+        hcp_movie.prepare(root, tmp_path / "x.h5", image_size=IMG, options={**OPTS, "test_clip": ["1.2"]})
+    with pytest.raises(UserError, match=r"hcp_movie: option short_runs='cut' is not one of"):
+        hcp_movie.prepare(root, tmp_path / "x.h5", image_size=IMG, options={**OPTS, "short_runs": "cut"})

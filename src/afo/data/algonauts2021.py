@@ -54,6 +54,7 @@ import nibabel as nib
 import numpy as np
 
 from afo.data._common import (
+    AdapterOptionError,
     DatasetFileNotFoundError,
     as_list,
     check_choice,
@@ -217,7 +218,7 @@ def _affine(opts: dict) -> np.ndarray:
             return nib.load(path).affine
     affine = np.asarray(opts["affine"] if opts["affine"] is not None else MNI_AFFINE, dtype=np.float64)
     if affine.shape != (4, 4):
-        raise ValueError(f"{ADAPTER}: option affine must be a 4 x 4 matrix, got shape {affine.shape}")
+        raise AdapterOptionError(f"{ADAPTER}: option affine must be a 4 x 4 matrix, got shape {affine.shape}")
     return affine
 
 
@@ -253,7 +254,7 @@ def open_dataset(root: str | Path, options: dict | None) -> Opened:
     videos = sorted(videos_dir.glob("*.mp4"))
     n_fmri = int(opts["train_videos"])  # every subject's pickles are checked against this count as they load
     if n_fmri <= 0:
-        raise ValueError(f"{ADAPTER}: option train_videos must be a positive count, got {n_fmri}")
+        raise AdapterOptionError(f"{ADAPTER}: option train_videos must be a positive count, got {n_fmri}")
     if len(videos) < n_fmri:
         raise DatasetFileNotFoundError(
             f"{videos_dir}: {len(videos)} mp4 files, but the fMRI covers the first {n_fmri} videos by name (the release "
@@ -262,7 +263,7 @@ def open_dataset(root: str | Path, options: dict | None) -> Opened:
         )
     n_train, n_val = int(opts["n_train"]), int(opts["n_val"])
     if n_train + n_val >= n_fmri or n_train <= 0 or n_val < 0:
-        raise ValueError(f"{ADAPTER}: n_train={n_train} + n_val={n_val} must leave test videos out of {n_fmri}")
+        raise AdapterOptionError(f"{ADAPTER}: n_train={n_train} + n_val={n_val} must leave test videos out of {n_fmri}")
     video_split = np.full(n_fmri, SPLIT_CODE["test"], dtype=np.int8)
     video_split[:n_train] = SPLIT_CODE["train"]
     video_split[n_train : n_train + n_val] = SPLIT_CODE["val"]

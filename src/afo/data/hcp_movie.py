@@ -76,6 +76,7 @@ import nibabel as nib
 import numpy as np
 
 from afo.data._common import (
+    AdapterOptionError,
     DatasetFileNotFoundError,
     DatasetFormatError,
     as_list,
@@ -208,7 +209,7 @@ def test_windows(timing: dict[int, list[Block]], runs: list[int], test_clip: Any
     """The test-retest clip of each run."""
     labels = as_list(test_clip) if test_clip != "last" else None
     if labels is not None and len(labels) != len(runs):
-        raise ValueError(f"{ADAPTER}: test_clip lists {len(labels)} block labels for {len(runs)} runs")
+        raise AdapterOptionError(f"{ADAPTER}: test_clip lists {len(labels)} block labels for {len(runs)} runs")
     out = {}
     for i, run in enumerate(runs):
         clips = [b for b in timing.get(run, []) if not b.is_rest]
@@ -502,7 +503,7 @@ class CiftiSpace:
             self.roi_labels = names
         self.columns = np.flatnonzero(keep)
         if not self.columns.size:
-            raise ValueError(f"{ADAPTER}: structures/roi_file select no grayordinate")
+            raise AdapterOptionError(f"{ADAPTER}: structures/roi_file select no grayordinate")
         self.first, self.root, self.subject = first, root, subject
 
     def _roi(self, path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -617,7 +618,7 @@ class VolumeSpace:
             warn(f"{ADAPTER}: no roi_file; keeping the {int(mask.sum())} voxels that vary in {first.name}")
         self.ijk = np.argwhere(mask)
         if not len(self.ijk):
-            raise ValueError(f"{ADAPTER}: the voxel selection is empty")
+            raise AdapterOptionError(f"{ADAPTER}: the voxel selection is empty")
 
     def coords(self) -> np.ndarray:
         return nib.affines.apply_affine(self.affine, self.ijk).astype(np.float32)
