@@ -221,3 +221,24 @@ def test_option_values_are_user_errors(hcp, tmp_path):
         hcp_movie.prepare(root, tmp_path / "x.h5", image_size=IMG, options={**OPTS, "test_clip": ["1.2"]})
     with pytest.raises(UserError, match=r"hcp_movie: option short_runs='cut' is not one of"):
         hcp_movie.prepare(root, tmp_path / "x.h5", image_size=IMG, options={**OPTS, "short_runs": "cut"})
+
+
+def test_run_trs_pins_the_expected_length(tmp_path):
+    """When most subjects' copies of a run are short, option run_trs names the complete length."""
+    root = tmp_path / "root"
+    truth = write_hcp_movie(root)
+    folder, _, n_trs, _ = HCP_RUNS[2]
+    for s in HCP_SUBJECTS[1:]:
+        _shorten(root / s / "MNINonLinear" / "Results" / folder / f"{folder}_Atlas_1.6mm_MSMAll_hp2000_clean.dtseries.nii",
+                 30)
+    with pytest.warns(UserWarning, match=r"100610.*has 36 TRs where run 2 has 30 \(2 of 3 subjects"):
+        majority = hcp_movie.prepare(root, tmp_path / "m.h5", image_size=IMG, options=OPTS)
+    assert [d["subject"] for d in majority["dropped_runs"]] == ["100610"]
+    out = tmp_path / "pinned.h5"
+    with pytest.warns(UserWarning, match=r"has 30 TRs where run 2 has 36 \(option run_trs\)"):
+        report = hcp_movie.prepare(root, out, image_size=IMG, options={**OPTS, "run_trs": {1: 40, 2: 36}})
+    assert sorted(d["subject"] for d in report["dropped_runs"]) == sorted(HCP_SUBJECTS[1:])
+    with PreparedStore(out) as store:
+        resp = store.responses("group")
+        assert resp.shape[0] == (40 - 4) + (n_trs - 4)
+        np.testing.assert_allclose(resp[36:, :5], _z(truth["data"][("100610", 2)])[4:, :5], atol=1e-4)

@@ -26,8 +26,9 @@ subjects who saw the same clips: one store subject ``group`` when there is one g
 ``group-<version folder>`` per group, whose images (named ``<version folder>_<frame>``) are the frames of that
 group's own movies.
 
-Run length: the expected TR count of a run is the most common count among the group's subjects (a tie goes to
-the longest). A subject's run with another count (a scan stopped early) is left out of the average, with a
+Run length: the expected TR count of a run is option ``run_trs`` ({run: count}, e.g. the documented
+{1: 921, 2: 918, 3: 915, 4: 901} [N]) when it names the run, else the most common count among the group's
+subjects (a tie goes to the longest). A subject's run with another count (a scan stopped early) is left out of the average, with a
 warning naming the file and an entry in the report's ``dropped_runs`` (``short_runs: drop``, the default), or is
 an error naming the file and the fix (``short_runs: error``). The other subjects' runs are never cut.
 
@@ -117,6 +118,7 @@ DEFAULTS: dict[str, Any] = {
     "group_average": True,
     "movie_versions": None,
     "short_runs": "drop",
+    "run_trs": None,
     "zscore": True,
     "val_fraction": 0.06,
     "seed": 0,
@@ -435,40 +437,48 @@ def content_groups(assigned: dict[str, MovieVersion], runs: list[int], stim_dir:
 # run lengths: a short run is dropped (reported) or an error, never a cut of every subject
 
 
+def _expected_trs(run: int, found: list[int], opts: dict) -> tuple[int, str]:
+    """(expected TR count of a run, where that number comes from): option run_trs when it names the run, else the
+    most common count among the group's files (a tie goes to the longest)."""
+    given = opts["run_trs"] or {}
+    if run in given or str(run) in given:
+        return int(given.get(run, given.get(str(run)))), "option run_trs"
+    counts = {n: found.count(n) for n in set(found)}
+    expected = max(counts, key=lambda n: (counts[n], n))
+    return expected, f"{counts[expected]} of {len(found)} subjects who saw the same movie"
+
+
 def check_run_lengths(groups: list[ContentGroup], files: dict[str, dict[int, Path | None]],
                       lengths: dict[Path, int], runs: list[int], opts: dict) -> list[dict]:
-    """Set each group's expected TR count per run (the most common count among its subjects' files; a tie goes
-    to the longest) and its usable runs. A file with another count is an error (``short_runs: error``) or is
-    left out of that subject's data (``short_runs: drop``, the default): ``files`` loses it, a warning names it,
-    and the returned records say which (subject, run, file, n_trs, expected)."""
+    """Set each group's expected TR count per run (:func:`_expected_trs`) and its usable runs. A file with another
+    count is an error (``short_runs: error``) or is left out of that subject's data (``short_runs: drop``, the
+    default): ``files`` loses it, a warning names it, and the returned records say which (subject, run, file,
+    n_trs, expected)."""
     dropped = []
     for g in groups:
         for run in runs:
-            counts: dict[int, int] = {}
-            for s in g.subjects:
-                if files[s][run] is not None:
-                    counts[lengths[files[s][run]]] = counts.get(lengths[files[s][run]], 0) + 1
-            if not counts:
+            have = [s for s in g.subjects if files[s][run] is not None]
+            if not have:
                 continue
-            expected = max(counts, key=lambda n: (counts[n], n))
-            g.n_trs[run] = expected
-            g.runs.append(run)
-            for s in g.subjects:
+            expected, source = _expected_trs(run, [lengths[files[s][run]] for s in have], opts)
+            for s in have:
                 path = files[s][run]
-                if path is None or lengths[path] == expected:
+                if lengths[path] == expected:
                     continue
-                agree = counts[expected]
                 if opts["short_runs"] == "error":
                     raise DatasetFormatError(
-                        f"{path}: has {lengths[path]} TRs, but run {run} has {expected} in {agree} other subject(s) "
-                        f"who saw the same movie; expected a complete run. Re-download this file, or set option "
-                        "short_runs: drop to leave this subject's run out (it is then listed in the report)"
+                        f"{path}: has {lengths[path]} TRs, but run {run} has {expected} ({source}); expected a "
+                        "complete run. Re-download this file, or set option short_runs: drop to leave this "
+                        "subject's run out (it is then listed in the report)"
                     )
-                warn(f"{path}: has {lengths[path]} TRs where run {run} has {expected}; subject {s}'s run {run} is "
-                     "left out (short_runs: drop; listed in the report under dropped_runs)")
+                warn(f"{path}: has {lengths[path]} TRs where run {run} has {expected} ({source}); subject {s}'s run "
+                     f"{run} is left out (short_runs: drop; listed in the report under dropped_runs)")
                 dropped.append({"subject": s, "run": run, "file": str(path), "n_trs": lengths[path],
                                 "expected": expected})
                 files[s][run] = None
+            if any(files[s][run] is not None for s in have):
+                g.n_trs[run] = expected
+                g.runs.append(run)
     return dropped
 
 
