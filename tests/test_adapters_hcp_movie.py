@@ -179,6 +179,11 @@ def test_identical_movie_versions_are_one_group(tmp_path):
     assert sorted(report["groups"]["group"]["subjects"]) == sorted(HCP_SUBJECTS)
 
 
+def _run_path(root, subject, run):
+    folder = HCP_RUNS[run][0]
+    return root / subject / "MNINonLinear" / "Results" / folder / f"{folder}_Atlas_1.6mm_MSMAll_hp2000_clean.dtseries.nii"
+
+
 def _shorten(path, n_trs):
     """Rewrite a dtseries with only its first n_trs TRs (a run stopped early)."""
     img = nib.load(path, mmap=False)  # no memory map: the file is overwritten below
@@ -194,8 +199,7 @@ def _shorten(path, n_trs):
 def test_short_run_is_dropped_with_a_report_or_an_error(tmp_path):
     root = tmp_path / "root"
     truth = write_hcp_movie(root)
-    folder, _, n_trs, _ = HCP_RUNS[2]
-    short = root / "102816" / "MNINonLinear" / "Results" / folder / f"{folder}_Atlas_1.6mm_MSMAll_hp2000_clean.dtseries.nii"
+    short = _run_path(root, "102816", 2)
     _shorten(short, 30)
     with pytest.raises(DatasetFormatError, match=rf"{short.name}: has 30 TRs, but run 2 has 36.*short_runs: drop"):
         hcp_movie.prepare(root, tmp_path / "x.h5", image_size=IMG, options={**OPTS, "short_runs": "error"})
@@ -227,10 +231,9 @@ def test_run_trs_pins_the_expected_length(tmp_path):
     """When most subjects' copies of a run are short, option run_trs names the complete length."""
     root = tmp_path / "root"
     truth = write_hcp_movie(root)
-    folder, _, n_trs, _ = HCP_RUNS[2]
+    n_trs = HCP_RUNS[2][2]
     for s in HCP_SUBJECTS[1:]:
-        _shorten(root / s / "MNINonLinear" / "Results" / folder / f"{folder}_Atlas_1.6mm_MSMAll_hp2000_clean.dtseries.nii",
-                 30)
+        _shorten(_run_path(root, s, 2), 30)
     with pytest.warns(UserWarning, match=r"100610.*has 36 TRs where run 2 has 30 \(2 of 3 subjects"):
         majority = hcp_movie.prepare(root, tmp_path / "m.h5", image_size=IMG, options=OPTS)
     assert [d["subject"] for d in majority["dropped_runs"]] == ["100610"]

@@ -257,9 +257,9 @@ def open_dataset(root: str | Path, options: dict | None) -> Opened:
         raise AdapterOptionError(f"{ADAPTER}: option train_videos must be a positive count, got {n_fmri}")
     if len(videos) < n_fmri:
         raise DatasetFileNotFoundError(
-            f"{videos_dir}: {len(videos)} mp4 files, but the fMRI covers the first {n_fmri} videos by name (the release "
-            f"has {TRAIN_VIDEOS} training videos among 1102 clips); download the whole video folder, or set option "
-            "train_videos if your copy has fewer. Expected layout: " + LAYOUT
+            f"{videos_dir}: {len(videos)} mp4 files, but the fMRI covers the first {n_fmri} videos by name (the "
+            f"release has {TRAIN_VIDEOS} training videos among 1102 clips); download the whole video folder, or set "
+            "option train_videos if your copy has fewer. Expected layout: " + LAYOUT
         )
     n_train, n_val = int(opts["n_train"]), int(opts["n_val"])
     if n_train + n_val >= n_fmri or n_train <= 0 or n_val < 0:

@@ -26,9 +26,9 @@ subjects who saw the same clips: one store subject ``group`` when there is one g
 ``group-<version folder>`` per group, whose images (named ``<version folder>_<frame>``) are the frames of that
 group's own movies.
 
-Run length: the expected TR count of a run is option ``run_trs`` ({run: count}, e.g. the documented
-{1: 921, 2: 918, 3: 915, 4: 901} [N]) when it names the run, else the most common count among the group's
-subjects (a tie goes to the longest). A subject's run with another count (a scan stopped early) is left out of the average, with a
+Run length: the expected TR count of a run is option ``run_trs`` ({run: count}, e.g. the documented {1: 921, 2:
+918, 3: 915, 4: 901} [N]) when it names the run, else the most common count among the group's subjects (a tie goes
+to the longest). A subject's run with another count (a scan stopped early) is left out of the average, with a
 warning naming the file and an entry in the report's ``dropped_runs`` (``short_runs: drop``, the default), or is
 an error naming the file and the fix (``short_runs: error``). The other subjects' runs are never cut.
 
