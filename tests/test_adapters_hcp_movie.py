@@ -140,8 +140,10 @@ def test_two_movie_versions_need_the_subject_table(hcp_two_versions, tmp_path):
 def test_group_average_only_within_a_movie_version(hcp_two_versions, tmp_path):
     """Subjects are averaged only with subjects who saw the same movie files; each group sees its own frames."""
     root, truth = hcp_two_versions
-    table = _table(tmp_path / "versions.csv", [("100610", "Pre_20140821_version"), ("102311", "V1"),
-                                               ("102816", "post")])
+    table = tmp_path / "versions.tsv"  # tab-separated, with the BOM a spreadsheet writes
+    table.write_text("subject\tversion\n100610\tPre_20140821_version\n102311\tV1\n102816\tpost\n",
+                     encoding="utf-8-sig")
+    table = str(table)
     out = tmp_path / "hcp.h5"
     report = hcp_movie.prepare(root, out, image_size=IMG, options={**OPTS, "movie_versions": table})
     members = {"group-Pre_20140821_version": ["100610", "102311"], "group-Post_20140821_version": ["102816"]}

@@ -327,7 +327,7 @@ def _match_version(value: str, versions: list[MovieVersion]) -> MovieVersion | N
 def read_version_table(path: Path, versions: list[MovieVersion]) -> dict[str, MovieVersion]:
     """{subject: version} from the user's table (CSV or TSV with columns subject, version)."""
     require_file(path, "movie version table (option movie_versions)", TABLE_EXPECTED)
-    text = path.read_text(errors="replace")
+    text = path.read_text(encoding="utf-8-sig", errors="replace")  # utf-8-sig: spreadsheets add a BOM
     lines = text.splitlines()
     delimiter = "\t" if lines and "\t" in lines[0] and "," not in lines[0] else ","
     reader = csv.DictReader(io.StringIO(text), delimiter=delimiter)
