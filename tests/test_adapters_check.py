@@ -13,6 +13,7 @@ import pytest
 from afo.data._common import DatasetFileNotFoundError, DatasetFormatError
 from afo.data.check import UnsupportedCheckError, check_dataset
 from afo.errors import UserError
+from conftest import write_folder_dataset
 from fixtures.formats import (
     HCP_RUNS,
     HCP_SUBJECTS,
@@ -118,3 +119,22 @@ def test_unknown_format_and_missing_root(tmp_path):
         check_dataset("synthetic", tmp_path, {})
     with pytest.raises(UserError, match=r"nowhere: dataset root not found"):
         check_dataset("bold5000", tmp_path / "nowhere", {})
+
+
+def test_folder_dataset_counts(tmp_path):
+    """The folder format (and so the simulator's synthetic datasets) through folder.py's own checks."""
+    root = write_folder_dataset(tmp_path / "tiny")
+    responses = np.load(root / "subj02" / "responses.npy")
+    responses[3, 4] = np.nan
+    np.save(root / "subj02" / "responses.npy", responses)
+    before = _tree(tmp_path)
+    rows = check_dataset("folder", root, {})
+    assert _tree(tmp_path) == before
+    assert [r["subject"] for r in rows] == ["subj01", "subj02"]
+    for row in rows:
+        assert row["trials"] == 4 * 3 + 20 and row["images"] == 24 and row["voxels"] == 10
+        assert row["splits"] == {"train": 18, "val": 2, "test": 12}
+    assert [r["nan_voxels"] for r in rows] == [0, 1]
+    (root / "subj01" / "coords.npy").unlink()
+    with pytest.raises(UserError, match=r"subj01/coords\.npy: missing"):
+        check_dataset("folder", root, {})

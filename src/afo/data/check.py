@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from afo.data import algonauts2021, bold5000, hcp_movie, things_fmri
-from afo.data._common import DatasetFileNotFoundError
+from afo.data import algonauts2021, bold5000, folder, hcp_movie, things_fmri
+from afo.data._common import DatasetFileNotFoundError, resolve_options
 from afo.data.store import SPLIT_CODE, SPLITS
 from afo.errors import UserError
 
@@ -105,7 +105,29 @@ def _check_hcp_movie(root: Path, options: dict, read_data: bool) -> list[dict]:
     return rows
 
 
+def _check_folder(root: Path, options: dict, read_data: bool) -> list[dict]:
+    """A folder dataset (also what ``format: synthetic`` is: the simulator's folder), through folder.py's checks."""
+    seed = int(resolve_options(f"folder dataset {root}", options, folder.DEFAULTS)["seed"])
+    folder.read_dataset_yaml(root)
+    images_dir = root / "images"
+    if not images_dir.is_dir():
+        raise folder.FolderDatasetError(f"{images_dir}: missing. Fix: put the stimulus images in images/")
+    image_files = {p.name for p in images_dir.iterdir() if p.is_file()}
+    rows = []
+    for sub_dir in folder.find_subjects(root):
+        plan = folder._plan_subject(sub_dir, image_files, seed)  # the adapter's own per-subject checks
+        responses = plan["responses"]  # memory-mapped [n_trials, n_voxels]
+        nan = None
+        if read_data:
+            chunks = (np.asarray(responses[i : i + 1024]) for i in range(0, responses.shape[0], 1024))
+            nan = _nan_columns(chunks, responses.shape[1])
+        subject = str(sub_dir.relative_to(root)).replace("/", "_")  # the store's subject name, as prepare names it
+        rows.append(_row("folder", subject, plan["split"], plan["trials"]["image"].nunique(), responses.shape[1], nan))
+    return rows
+
+
 CHECKERS: dict[str, Callable[[Path, dict, bool], list[dict]]] = {
+    "folder": _check_folder,
     "things_fmri": _check_things_fmri,
     "bold5000": _check_bold5000,
     "algonauts2021": _check_algonauts2021,
