@@ -90,7 +90,7 @@ DEFAULTS: dict[str, Any] = {
 
 LAYOUT = (
     "<root>/**/CSI{n}_GLMbetas-TYPED-FITHRF-GLMDENOISE-RR_ses-NN.nii.gz, <root>/**/CSI{n}_imgnames.txt, "
-    "<root>/BOLD5000_Stimuli/Scene_Stimuli/Presented_Stimuli/{COCO,ImageNet,Scene}/, optional ROI masks "
+    "<root>/**/CSI{n}_brainmask.nii.gz, <root>/BOLD5000_Stimuli/Scene_Stimuli/Presented_Stimuli/{COCO,ImageNet,Scene}/, optional ROI masks "
     "<root>/**/sub-CSI{n}/sub-CSI{n}_mask-{LH,RH}<roi>.nii.gz"
 )
 BETAS_RE = re.compile(r"CSI(\d+)_GLMbetas-TYPED-FITHRF-GLMDENOISE-RR_ses-(\d+)\.nii(\.gz)?$")
