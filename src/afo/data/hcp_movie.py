@@ -365,6 +365,9 @@ def assign_versions(subjects: list[str], versions: list[MovieVersion], stim_dir:
             )
         return {s: versions[0] for s in subjects}
     path = Path(table)
+    if opts["movie_files"]:
+        raise AdapterOptionError(f"{ADAPTER}: options movie_files (one movie per run, for every subject) and "
+                                 "movie_versions (a movie version per subject) exclude each other; keep one")
     if versions[0].name == "":
         raise DatasetFileNotFoundError(
             f"{stim_dir}: option movie_versions ({path}) names movie versions, but this folder has no *_version "
