@@ -227,6 +227,9 @@ def test_option_values_are_user_errors(hcp, tmp_path):
         hcp_movie.prepare(root, tmp_path / "x.h5", image_size=IMG, options={**OPTS, "test_clip": ["1.2"]})
     with pytest.raises(UserError, match=r"hcp_movie: option short_runs='cut' is not one of"):
         hcp_movie.prepare(root, tmp_path / "x.h5", image_size=IMG, options={**OPTS, "short_runs": "cut"})
+    both = {**OPTS, "movie_files": {1: "a.mp4", 2: "b.mp4"}, "movie_versions": str(tmp_path / "v.csv")}
+    with pytest.raises(UserError, match=r"movie_files .* and movie_versions .* exclude each other"):
+        hcp_movie.prepare(root, tmp_path / "x.h5", image_size=IMG, options=both)
 
 
 def test_run_trs_pins_the_expected_length(tmp_path):
