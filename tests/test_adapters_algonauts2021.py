@@ -11,6 +11,7 @@ import pytest
 from afo.data import algonauts2021 as alg
 from afo.data._common import DatasetFileNotFoundError, DatasetFormatError
 from afo.data.store import PreparedStore
+from afo.errors import UserError
 from fixtures.formats import IMG, decode_id, write_algonauts2021
 
 SMALL_SPLIT = {"train_videos": 20, "n_train": 14, "n_val": 3}  # the fixture has 20 videos with fMRI
@@ -112,3 +113,10 @@ def test_video_count_is_checked_against_the_training_videos(tmp_path):
     with pytest.raises(DatasetFileNotFoundError, match=r"AlgonautsVideos268_All_30fpsmax: 22 mp4 files.*first 1000"):
         alg.prepare(root, tmp_path / "x.h5", image_size=IMG, options={"n_train": 14, "n_val": 3})
     assert not (tmp_path / "x.h5").exists()
+
+
+def test_option_values_are_user_errors(alg_root, tmp_path):
+    root, _ = alg_root
+    for bad in ({"train_videos": 0}, {"train_videos": 20, "n_train": 18, "n_val": 2}, {"affine": [[1, 0], [0, 1]]}):
+        with pytest.raises(UserError, match=r"algonauts2021: (option train_videos|n_train=18|option affine)"):
+            alg.prepare(root, tmp_path / "x.h5", image_size=IMG, options=bad)

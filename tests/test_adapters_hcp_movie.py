@@ -11,6 +11,7 @@ import pytest
 from afo.data import hcp_movie
 from afo.data._common import DatasetFormatError
 from afo.data.store import PreparedStore
+from afo.errors import UserError
 from fixtures.formats import HCP_RUNS, HCP_SUBJECTS, IMG, decode_id, write_hcp_movie
 
 OPTS = {"runs": [1, 2], "chunk_s": 8, "val_fraction": 0.2}
@@ -139,8 +140,10 @@ def test_two_movie_versions_need_the_subject_table(hcp_two_versions, tmp_path):
 def test_group_average_only_within_a_movie_version(hcp_two_versions, tmp_path):
     """Subjects are averaged only with subjects who saw the same movie files; each group sees its own frames."""
     root, truth = hcp_two_versions
-    table = _table(tmp_path / "versions.csv", [("100610", "Pre_20140821_version"), ("102311", "V1"),
-                                               ("102816", "post")])
+    table = tmp_path / "versions.tsv"  # tab-separated, with the BOM a spreadsheet writes
+    table.write_text("subject\tversion\n100610\tPre_20140821_version\n102311\tV1\n102816\tpost\n",
+                     encoding="utf-8-sig")
+    table = str(table)
     out = tmp_path / "hcp.h5"
     report = hcp_movie.prepare(root, out, image_size=IMG, options={**OPTS, "movie_versions": table})
     members = {"group-Pre_20140821_version": ["100610", "102311"], "group-Post_20140821_version": ["102816"]}
@@ -178,6 +181,11 @@ def test_identical_movie_versions_are_one_group(tmp_path):
     assert sorted(report["groups"]["group"]["subjects"]) == sorted(HCP_SUBJECTS)
 
 
+def _run_path(root, subject, run):
+    folder = HCP_RUNS[run][0]
+    return root / subject / "MNINonLinear" / "Results" / folder / f"{folder}_Atlas_1.6mm_MSMAll_hp2000_clean.dtseries.nii"
+
+
 def _shorten(path, n_trs):
     """Rewrite a dtseries with only its first n_trs TRs (a run stopped early)."""
     img = nib.load(path, mmap=False)  # no memory map: the file is overwritten below
@@ -193,8 +201,7 @@ def _shorten(path, n_trs):
 def test_short_run_is_dropped_with_a_report_or_an_error(tmp_path):
     root = tmp_path / "root"
     truth = write_hcp_movie(root)
-    folder, _, n_trs, _ = HCP_RUNS[2]
-    short = root / "102816" / "MNINonLinear" / "Results" / folder / f"{folder}_Atlas_1.6mm_MSMAll_hp2000_clean.dtseries.nii"
+    short = _run_path(root, "102816", 2)
     _shorten(short, 30)
     with pytest.raises(DatasetFormatError, match=rf"{short.name}: has 30 TRs, but run 2 has 36.*short_runs: drop"):
         hcp_movie.prepare(root, tmp_path / "x.h5", image_size=IMG, options={**OPTS, "short_runs": "error"})
@@ -212,3 +219,34 @@ def test_short_run_is_dropped_with_a_report_or_an_error(tmp_path):
         run2 = np.mean([_z(truth["data"][(s, 2)]) for s in HCP_SUBJECTS[:2]], axis=0)  # without 102816
         np.testing.assert_allclose(resp[:36, :5], run1[4:, :5], atol=1e-4)
         np.testing.assert_allclose(resp[36:, :5], run2[4:, :5], atol=1e-4)
+
+
+def test_option_values_are_user_errors(hcp, tmp_path):
+    root, _ = hcp
+    with pytest.raises(UserError, match=r"hcp_movie: test_clip lists 1 block labels for 2 runs"):
+        hcp_movie.prepare(root, tmp_path / "x.h5", image_size=IMG, options={**OPTS, "test_clip": ["1.2"]})
+    with pytest.raises(UserError, match=r"hcp_movie: option short_runs='cut' is not one of"):
+        hcp_movie.prepare(root, tmp_path / "x.h5", image_size=IMG, options={**OPTS, "short_runs": "cut"})
+    both = {**OPTS, "movie_files": {1: "a.mp4", 2: "b.mp4"}, "movie_versions": str(tmp_path / "v.csv")}
+    with pytest.raises(UserError, match=r"movie_files .* and movie_versions .* exclude each other"):
+        hcp_movie.prepare(root, tmp_path / "x.h5", image_size=IMG, options=both)
+
+
+def test_run_trs_pins_the_expected_length(tmp_path):
+    """When most subjects' copies of a run are short, option run_trs names the complete length."""
+    root = tmp_path / "root"
+    truth = write_hcp_movie(root)
+    n_trs = HCP_RUNS[2][2]
+    for s in HCP_SUBJECTS[1:]:
+        _shorten(_run_path(root, s, 2), 30)
+    with pytest.warns(UserWarning, match=r"100610.*has 36 TRs where run 2 has 30 \(2 of 3 subjects"):
+        majority = hcp_movie.prepare(root, tmp_path / "m.h5", image_size=IMG, options=OPTS)
+    assert [d["subject"] for d in majority["dropped_runs"]] == ["100610"]
+    out = tmp_path / "pinned.h5"
+    with pytest.warns(UserWarning, match=r"has 30 TRs where run 2 has 36 \(option run_trs\)"):
+        report = hcp_movie.prepare(root, out, image_size=IMG, options={**OPTS, "run_trs": {1: 40, 2: 36}})
+    assert sorted(d["subject"] for d in report["dropped_runs"]) == sorted(HCP_SUBJECTS[1:])
+    with PreparedStore(out) as store:
+        resp = store.responses("group")
+        assert resp.shape[0] == (40 - 4) + (n_trs - 4)
+        np.testing.assert_allclose(resp[36:, :5], _z(truth["data"][("100610", 2)])[4:, :5], atol=1e-4)

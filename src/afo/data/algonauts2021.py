@@ -46,6 +46,7 @@ Big brain (``bigbrain: true``): the subjects are concatenated into one subject (
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,7 @@ import nibabel as nib
 import numpy as np
 
 from afo.data._common import (
+    AdapterOptionError,
     DatasetFileNotFoundError,
     as_list,
     check_choice,
@@ -216,16 +218,26 @@ def _affine(opts: dict) -> np.ndarray:
             return nib.load(path).affine
     affine = np.asarray(opts["affine"] if opts["affine"] is not None else MNI_AFFINE, dtype=np.float64)
     if affine.shape != (4, 4):
-        raise ValueError(f"{ADAPTER}: option affine must be a 4 x 4 matrix, got shape {affine.shape}")
+        raise AdapterOptionError(f"{ADAPTER}: option affine must be a 4 x 4 matrix, got shape {affine.shape}")
     return affine
 
 
-def prepare(root, out, *, image_size: int, options: dict) -> dict:
-    """Prepare Algonauts 2021 under ``root`` into the store ``out``."""
+@dataclass
+class Opened:
+    """What :func:`prepare` knows before reading any pickle: the subjects, the video files with fMRI, the split."""
+
+    opts: dict
+    subjects: list[Subject]
+    videos: list[Path]  # the train_videos clips with fMRI, in name order (the store's image order)
+    video_split: np.ndarray  # [n_videos] split code of each video
+
+
+def open_dataset(root: str | Path, options: dict | None) -> Opened:
+    """Find Algonauts 2021's subjects and videos and set the split, as :func:`prepare` will."""
     root = Path(root)
     opts = resolve_options(ADAPTER, options, DEFAULTS)
     check_choice(ADAPTER, "track", opts["track"], ["full", "mini"])
-    videos_dir = Path(opts["videos_dir"]) if opts["videos_dir"] else root / "AlgonautsVideos268_All_30fpsmax"
+    videos_dir = Path(opts["videos_dir"]) if opts["videos_dir"] else root / VIDEOS_DIR
     fmri_dir = Path(opts["fmri_dir"]) if opts["fmri_dir"] else root / "participants_data_v2021"
     if not videos_dir.is_dir():
         raise DatasetFileNotFoundError(f"{videos_dir}: video folder not found (option videos_dir). Expected: {LAYOUT}")
@@ -242,26 +254,33 @@ def prepare(root, out, *, image_size: int, options: dict) -> dict:
     videos = sorted(videos_dir.glob("*.mp4"))
     n_fmri = int(opts["train_videos"])  # every subject's pickles are checked against this count as they load
     if n_fmri <= 0:
-        raise ValueError(f"{ADAPTER}: option train_videos must be a positive count, got {n_fmri}")
+        raise AdapterOptionError(f"{ADAPTER}: option train_videos must be a positive count, got {n_fmri}")
     if len(videos) < n_fmri:
         raise DatasetFileNotFoundError(
-            f"{videos_dir}: {len(videos)} mp4 files, but the fMRI covers the first {n_fmri} videos by name (the release "
-            f"has {TRAIN_VIDEOS} training videos among 1102 clips); download the whole video folder, or set option "
-            "train_videos if your copy has fewer. Expected layout: " + LAYOUT
+            f"{videos_dir}: {len(videos)} mp4 files, but the fMRI covers the first {n_fmri} videos by name (the "
+            f"release has {TRAIN_VIDEOS} training videos among 1102 clips); download the whole video folder, or set "
+            "option train_videos if your copy has fewer. Expected layout: " + LAYOUT
         )
     n_train, n_val = int(opts["n_train"]), int(opts["n_val"])
     if n_train + n_val >= n_fmri or n_train <= 0 or n_val < 0:
-        raise ValueError(f"{ADAPTER}: n_train={n_train} + n_val={n_val} must leave test videos out of {n_fmri}")
+        raise AdapterOptionError(f"{ADAPTER}: n_train={n_train} + n_val={n_val} must leave test videos out of {n_fmri}")
     video_split = np.full(n_fmri, SPLIT_CODE["test"], dtype=np.int8)
     video_split[:n_train] = SPLIT_CODE["train"]
     video_split[n_train : n_train + n_val] = SPLIT_CODE["val"]
+    return Opened(opts, subjects, videos[:n_fmri], video_split)
 
+
+def prepare(root, out, *, image_size: int, options: dict) -> dict:
+    """Prepare Algonauts 2021 under ``root`` into the store ``out``."""
+    ds = open_dataset(root, options)
+    opts, subjects, videos, video_split = ds.opts, ds.subjects, ds.videos, ds.video_split
+    n_fmri = len(videos)
     # the first subject is read before the (slow) frame decoding, so a malformed download stops at once
     loaded = {subjects[0].name: subjects[0].load()}
-    frames = (middle_frame(v) for v in progress(videos[:n_fmri], "algonauts frames", unit="video"))
+    frames = (middle_frame(v) for v in progress(videos, "algonauts frames", unit="video"))
     report: dict[str, Any] = {"dataset": ADAPTER, "n_images": n_fmri, "track": opts["track"]}
     with StoreWriter(out, name=opts["name"], modality="fmri", source=ADAPTER, image_size=image_size) as writer:
-        writer.write_images(frames, [v.name for v in videos[:n_fmri]])
+        writer.write_images(frames, [v.name for v in videos])
         with subject_target(writer, bool(opts["bigbrain"]), name=opts["name"]) as target:
             for subj in progress(subjects, "algonauts subjects", unit="subject"):
                 train, coords, rois = loaded.pop(subj.name) if subj.name in loaded else subj.load()

@@ -40,6 +40,7 @@ with ``rep_``: a name not found as is is looked up again without that prefix.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +90,7 @@ DEFAULTS: dict[str, Any] = {
 
 LAYOUT = (
     "<root>/**/CSI{n}_GLMbetas-TYPED-FITHRF-GLMDENOISE-RR_ses-NN.nii.gz, <root>/**/CSI{n}_imgnames.txt, "
-    "<root>/BOLD5000_Stimuli/Scene_Stimuli/Presented_Stimuli/{COCO,ImageNet,Scene}/, optional ROI masks "
+    "<root>/**/CSI{n}_brainmask.nii.gz, <root>/BOLD5000_Stimuli/Scene_Stimuli/Presented_Stimuli/{COCO,ImageNet,Scene}/, optional ROI masks "
     "<root>/**/sub-CSI{n}/sub-CSI{n}_mask-{LH,RH}<roi>.nii.gz"
 )
 BETAS_RE = re.compile(r"CSI(\d+)_GLMbetas-TYPED-FITHRF-GLMDENOISE-RR_ses-(\d+)\.nii(\.gz)?$")
@@ -290,8 +291,20 @@ def resolve_image(name: str, index: dict[str, Path]) -> Path | None:
     return index.get(stripped) or index.get(Path(stripped).name)
 
 
-def prepare(root, out, *, image_size: int, options: dict) -> dict:
-    """Prepare BOLD5000 under ``root`` into the store ``out``."""
+@dataclass
+class Opened:
+    """Everything read before any data is written: subjects (headers, trial lists, voxel selection), the image
+    file of every trial, and the split of each image."""
+
+    opts: dict
+    subjects: list[Subject]
+    trial_paths: dict[str, list[Path]]  # subject -> image file of each trial of the chosen sessions
+    image_paths: list[Path]  # store image order
+    split_of: dict[str, int]  # image file name -> split code
+
+
+def open_dataset(root: str | Path, options: dict | None) -> Opened:
+    """Read BOLD5000's headers, trial lists and masks and find its images, as :func:`prepare` will."""
     root = Path(root)
     opts = resolve_options(ADAPTER, options, DEFAULTS)
     check_choice(ADAPTER, "voxels", opts["voxels"], ["auto", "rois", "never_nan"])
@@ -325,13 +338,20 @@ def prepare(root, out, *, image_size: int, options: dict) -> dict:
             f"{stim_dir}: {len(problems)} image(s) named in CSI*_imgnames.txt are missing, e.g. {problems[:5]}"
         )
     image_paths = sorted({p for ps in trial_paths.values() for p in ps}, key=lambda p: p.name)
-    row_of = {p: r for r, p in enumerate(image_paths)}
     repeated = set()
     for paths in trial_paths.values():
         names, counts = np.unique([p.name for p in paths], return_counts=True)
         repeated |= set(names[counts > 1].tolist())
     split_of = split_images([p.name for p in image_paths], repeated, opts["val_fraction"], opts["seed"])
+    return Opened(opts, subjects, trial_paths, image_paths, split_of)
 
+
+def prepare(root, out, *, image_size: int, options: dict) -> dict:
+    """Prepare BOLD5000 under ``root`` into the store ``out``."""
+    ds = open_dataset(root, options)
+    opts, subjects, trial_paths, image_paths, split_of = (ds.opts, ds.subjects, ds.trial_paths, ds.image_paths,
+                                                          ds.split_of)
+    row_of = {p: r for r, p in enumerate(image_paths)}
     report: dict[str, Any] = {"dataset": ADAPTER, "n_images": len(image_paths), "subjects": {}}
     with StoreWriter(out, name=opts["name"], modality="fmri", source=ADAPTER, image_size=image_size) as writer:
         writer.write_images(lazy_images(image_paths, "bold5000 images"), [p.name for p in image_paths])

@@ -26,8 +26,9 @@ subjects who saw the same clips: one store subject ``group`` when there is one g
 ``group-<version folder>`` per group, whose images (named ``<version folder>_<frame>``) are the frames of that
 group's own movies.
 
-Run length: the expected TR count of a run is the most common count among the group's subjects (a tie goes to
-the longest). A subject's run with another count (a scan stopped early) is left out of the average, with a
+Run length: the expected TR count of a run is option ``run_trs`` ({run: count}, e.g. the documented {1: 921, 2:
+918, 3: 915, 4: 901} [N]) when it names the run, else the most common count among the group's subjects (a tie goes
+to the longest). A subject's run with another count (a scan stopped early) is left out of the average, with a
 warning naming the file and an entry in the report's ``dropped_runs`` (``short_runs: drop``, the default), or is
 an error naming the file and the fix (``short_runs: error``). The other subjects' runs are never cut.
 
@@ -76,6 +77,7 @@ import nibabel as nib
 import numpy as np
 
 from afo.data._common import (
+    AdapterOptionError,
     DatasetFileNotFoundError,
     DatasetFormatError,
     as_list,
@@ -116,6 +118,7 @@ DEFAULTS: dict[str, Any] = {
     "group_average": True,
     "movie_versions": None,
     "short_runs": "drop",
+    "run_trs": None,
     "zscore": True,
     "val_fraction": 0.06,
     "seed": 0,
@@ -208,7 +211,7 @@ def test_windows(timing: dict[int, list[Block]], runs: list[int], test_clip: Any
     """The test-retest clip of each run."""
     labels = as_list(test_clip) if test_clip != "last" else None
     if labels is not None and len(labels) != len(runs):
-        raise ValueError(f"{ADAPTER}: test_clip lists {len(labels)} block labels for {len(runs)} runs")
+        raise AdapterOptionError(f"{ADAPTER}: test_clip lists {len(labels)} block labels for {len(runs)} runs")
     out = {}
     for i, run in enumerate(runs):
         clips = [b for b in timing.get(run, []) if not b.is_rest]
@@ -324,7 +327,7 @@ def _match_version(value: str, versions: list[MovieVersion]) -> MovieVersion | N
 def read_version_table(path: Path, versions: list[MovieVersion]) -> dict[str, MovieVersion]:
     """{subject: version} from the user's table (CSV or TSV with columns subject, version)."""
     require_file(path, "movie version table (option movie_versions)", TABLE_EXPECTED)
-    text = path.read_text(errors="replace")
+    text = path.read_text(encoding="utf-8-sig", errors="replace")  # utf-8-sig: spreadsheets add a BOM
     lines = text.splitlines()
     delimiter = "\t" if lines and "\t" in lines[0] and "," not in lines[0] else ","
     reader = csv.DictReader(io.StringIO(text), delimiter=delimiter)
@@ -362,6 +365,9 @@ def assign_versions(subjects: list[str], versions: list[MovieVersion], stim_dir:
             )
         return {s: versions[0] for s in subjects}
     path = Path(table)
+    if opts["movie_files"]:
+        raise AdapterOptionError(f"{ADAPTER}: options movie_files (one movie per run, for every subject) and "
+                                 "movie_versions (a movie version per subject) exclude each other; keep one")
     if versions[0].name == "":
         raise DatasetFileNotFoundError(
             f"{stim_dir}: option movie_versions ({path}) names movie versions, but this folder has no *_version "
@@ -434,40 +440,48 @@ def content_groups(assigned: dict[str, MovieVersion], runs: list[int], stim_dir:
 # run lengths: a short run is dropped (reported) or an error, never a cut of every subject
 
 
+def _expected_trs(run: int, found: list[int], opts: dict) -> tuple[int, str]:
+    """(expected TR count of a run, where that number comes from): option run_trs when it names the run, else the
+    most common count among the group's files (a tie goes to the longest)."""
+    given = opts["run_trs"] or {}
+    if run in given or str(run) in given:
+        return int(given.get(run, given.get(str(run)))), "option run_trs"
+    counts = {n: found.count(n) for n in set(found)}
+    expected = max(counts, key=lambda n: (counts[n], n))
+    return expected, f"{counts[expected]} of {len(found)} subjects who saw the same movie"
+
+
 def check_run_lengths(groups: list[ContentGroup], files: dict[str, dict[int, Path | None]],
                       lengths: dict[Path, int], runs: list[int], opts: dict) -> list[dict]:
-    """Set each group's expected TR count per run (the most common count among its subjects' files; a tie goes
-    to the longest) and its usable runs. A file with another count is an error (``short_runs: error``) or is
-    left out of that subject's data (``short_runs: drop``, the default): ``files`` loses it, a warning names it,
-    and the returned records say which (subject, run, file, n_trs, expected)."""
+    """Set each group's expected TR count per run (:func:`_expected_trs`) and its usable runs. A file with another
+    count is an error (``short_runs: error``) or is left out of that subject's data (``short_runs: drop``, the
+    default): ``files`` loses it, a warning names it, and the returned records say which (subject, run, file,
+    n_trs, expected)."""
     dropped = []
     for g in groups:
         for run in runs:
-            counts: dict[int, int] = {}
-            for s in g.subjects:
-                if files[s][run] is not None:
-                    counts[lengths[files[s][run]]] = counts.get(lengths[files[s][run]], 0) + 1
-            if not counts:
+            have = [s for s in g.subjects if files[s][run] is not None]
+            if not have:
                 continue
-            expected = max(counts, key=lambda n: (counts[n], n))
-            g.n_trs[run] = expected
-            g.runs.append(run)
-            for s in g.subjects:
+            expected, source = _expected_trs(run, [lengths[files[s][run]] for s in have], opts)
+            for s in have:
                 path = files[s][run]
-                if path is None or lengths[path] == expected:
+                if lengths[path] == expected:
                     continue
-                agree = counts[expected]
                 if opts["short_runs"] == "error":
                     raise DatasetFormatError(
-                        f"{path}: has {lengths[path]} TRs, but run {run} has {expected} in {agree} other subject(s) "
-                        f"who saw the same movie; expected a complete run. Re-download this file, or set option "
-                        "short_runs: drop to leave this subject's run out (it is then listed in the report)"
+                        f"{path}: has {lengths[path]} TRs, but run {run} has {expected} ({source}); expected a "
+                        "complete run. Re-download this file, or set option short_runs: drop to leave this "
+                        "subject's run out (it is then listed in the report)"
                     )
-                warn(f"{path}: has {lengths[path]} TRs where run {run} has {expected}; subject {s}'s run {run} is "
-                     "left out (short_runs: drop; listed in the report under dropped_runs)")
+                warn(f"{path}: has {lengths[path]} TRs where run {run} has {expected} ({source}); subject {s}'s run "
+                     f"{run} is left out (short_runs: drop; listed in the report under dropped_runs)")
                 dropped.append({"subject": s, "run": run, "file": str(path), "n_trs": lengths[path],
                                 "expected": expected})
                 files[s][run] = None
+            if any(files[s][run] is not None for s in have):
+                g.n_trs[run] = expected
+                g.runs.append(run)
     return dropped
 
 
@@ -502,7 +516,7 @@ class CiftiSpace:
             self.roi_labels = names
         self.columns = np.flatnonzero(keep)
         if not self.columns.size:
-            raise ValueError(f"{ADAPTER}: structures/roi_file select no grayordinate")
+            raise AdapterOptionError(f"{ADAPTER}: structures/roi_file select no grayordinate")
         self.first, self.root, self.subject = first, root, subject
 
     def _roi(self, path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -617,7 +631,7 @@ class VolumeSpace:
             warn(f"{ADAPTER}: no roi_file; keeping the {int(mask.sum())} voxels that vary in {first.name}")
         self.ijk = np.argwhere(mask)
         if not len(self.ijk):
-            raise ValueError(f"{ADAPTER}: the voxel selection is empty")
+            raise AdapterOptionError(f"{ADAPTER}: the voxel selection is empty")
 
     def coords(self) -> np.ndarray:
         return nib.affines.apply_affine(self.affine, self.ijk).astype(np.float32)
@@ -792,32 +806,55 @@ def _plan_groups(groups: list[ContentGroup], tr: float, opts: dict) -> list[Grou
     return out
 
 
-def _write_subjects(target, planned: list[GroupPlan], files: dict[str, dict[int, Path | None]], space, n_vox: int,
-                    coords: np.ndarray, rois: dict, tr: float, opts: dict) -> list[str]:
+def _write_subjects(target, ds: Opened, coords: np.ndarray, rois: dict) -> list[str]:
     """Group averages (one per content group) or one subject each; returns subjects left without any run."""
     empty = []
-    for gp in planned:
-        g = gp.group
-        units = [(g.name, g.subjects)] if opts["group_average"] else [(s, [s]) for s in g.subjects]
-        for name, members in progress(units, "hcp subjects", unit="subject"):
-            if not any(files[s][p.run] is not None for s in members for p in gp.plans):
-                empty.append(name)
-                continue
-            w = target.subject(name, n_vox)
-            for plan in gp.plans:
-                paths = [files[s][plan.run] for s in members if files[s][plan.run] is not None]
-                mean = _average_run(space, paths, plan, bool(opts["zscore"]))
-                if mean is not None:
-                    trs = np.arange(plan.shift, plan.shift + plan.n_frames)  # TR t <-> frame t - shift
-                    w.append(mean[trs], plan.image_of_frame, plan.split_of_frame)
-            w.finish(coords, rois=rois, attrs={"members": len(members), "delay_s": float(opts["delay_s"]),
-                                               "tr_s": float(tr), "space": opts["space"],
-                                               "movie_versions": ",".join(v.name for v in g.versions)})
+    opts = ds.opts
+    for name, members, gp in progress(ds.units(), "hcp subjects", unit="subject"):
+        if not any(ds.files[s][p.run] is not None for s in members for p in gp.plans):
+            empty.append(name)
+            continue
+        w = target.subject(name, ds.n_voxels)
+        for plan in gp.plans:
+            paths = [ds.files[s][plan.run] for s in members if ds.files[s][plan.run] is not None]
+            mean = _average_run(ds.space, paths, plan, bool(opts["zscore"]))
+            if mean is not None:
+                trs = np.arange(plan.shift, plan.shift + plan.n_frames)  # TR t <-> frame t - shift
+                w.append(mean[trs], plan.image_of_frame, plan.split_of_frame)
+        w.finish(coords, rois=rois, attrs={"members": len(members), "delay_s": float(opts["delay_s"]),
+                                           "tr_s": float(ds.tr), "space": opts["space"],
+                                           "movie_versions": ",".join(v.name for v in gp.group.versions)})
     return empty
 
 
-def prepare(root, out, *, image_size: int, options: dict) -> dict:
-    """Prepare the HCP 7T movie runs under ``root`` into the store ``out``."""
+@dataclass
+class Opened:
+    """Everything read before any data is written: run files and their lengths, movie versions and content
+    groups, dropped runs, frame plans per group, and the grayordinate/voxel space."""
+
+    opts: dict
+    files: dict[str, dict[int, Path | None]]  # subject -> run -> file (None: missing or dropped)
+    assigned: dict[str, MovieVersion]
+    planned: list[GroupPlan]
+    missing: list[tuple[str, int]]
+    dropped: list[dict]
+    tr: float
+    space: Any  # CiftiSpace or VolumeSpace
+
+    @property
+    def n_voxels(self) -> int:
+        return self.space.columns.size if self.opts["space"] == "cifti" else len(self.space.ijk)
+
+    def units(self) -> list[tuple[str, list[str], GroupPlan]]:
+        """(store subject, subjects whose runs it holds, its group's plan): group averages or single subjects."""
+        if self.opts["group_average"]:
+            return [(gp.group.name, gp.group.subjects, gp) for gp in self.planned]
+        return [(s, [s], gp) for gp in self.planned for s in gp.group.subjects]
+
+
+def open_dataset(root: str | Path, options: dict | None) -> Opened:
+    """Find the runs, movie versions and clip timing, check run lengths and plan the frames, as :func:`prepare`
+    will, reading only headers, movie files and the ROI file."""
     root = Path(root)
     opts = resolve_options(ADAPTER, options, DEFAULTS)
     check_choice(ADAPTER, "space", opts["space"], ["cifti", "volume"])
@@ -847,19 +884,24 @@ def prepare(root, out, *, image_size: int, options: dict) -> dict:
     first_subject, first_file = next((s, p) for s in present for p in files[s].values() if p is not None)
     space = CiftiSpace(first_file, root, first_subject, opts) if opts["space"] == "cifti" else \
         VolumeSpace(first_file, opts)
-    n_vox = space.columns.size if opts["space"] == "cifti" else len(space.ijk)
-    coords, rois = space.coords(), space.rois()
+    return Opened(opts, files, assigned, planned, missing, dropped, tr, space)
 
+
+def prepare(root, out, *, image_size: int, options: dict) -> dict:
+    """Prepare the HCP 7T movie runs under ``root`` into the store ``out``."""
+    ds = open_dataset(root, options)
+    opts, planned, assigned = ds.opts, ds.planned, ds.assigned
+    coords, rois = ds.space.coords(), ds.space.rois()
     images = [im for gp in planned for im in gp.images]
     report: dict[str, Any] = {
-        "dataset": ADAPTER, "n_images": len(images), "runs": runs, "tr_s": tr,
-        "subjects_averaged": len(present) if opts["group_average"] else 0,
-        "movie_versions": {v.name or str(v.folder): [s for s in present if assigned[s] == v]
+        "dataset": ADAPTER, "n_images": len(images), "runs": [int(r) for r in as_list(opts["runs"])], "tr_s": ds.tr,
+        "subjects_averaged": len(ds.files) if opts["group_average"] else 0,
+        "movie_versions": {v.name or str(v.folder): [s for s in ds.files if assigned[s] == v]
                            for v in dict.fromkeys(assigned.values())},
         "groups": {gp.group.name: {"versions": [v.name for v in gp.group.versions], "subjects": gp.group.subjects,
                                    "runs": gp.group.runs, "n_trs": gp.group.n_trs} for gp in planned},
-        "missing_runs": [{"subject": s, "run": r} for s, r in missing],
-        "dropped_runs": dropped,
+        "missing_runs": [{"subject": s, "run": r} for s, r in ds.missing],
+        "dropped_runs": ds.dropped,
         # the first `shift` TRs of a run have no frame 4 s earlier; TRs past the movie's end have none either
         "trs_without_frame": {gp.group.name: {p.run: p.n_trs - p.n_frames for p in gp.plans} for gp in planned},
     }
@@ -867,6 +909,6 @@ def prepare(root, out, *, image_size: int, options: dict) -> dict:
     with StoreWriter(out, name=opts["name"], modality="fmri", source=ADAPTER, image_size=image_size) as writer:
         writer.write_images(frames, [name for name, _, _ in images])
         target = DirectTarget(writer)
-        report["subjects_without_runs"] = _write_subjects(target, planned, files, space, n_vox, coords, rois, tr, opts)
+        report["subjects_without_runs"] = _write_subjects(target, ds, coords, rois)
         report["subjects"] = target.reports
     return report

@@ -45,6 +45,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import h5py
@@ -373,9 +374,25 @@ def _write_subject(target, subj: Subject, out: Path, row_of: dict[str, int], spl
                     attrs={"zscored": bool(subj.opts["zscore"]), "visual_rois": ",".join(subj.rois)})
 
 
-def prepare(root, out, *, image_size: int, options: dict) -> dict:
-    """Prepare THINGS-fMRI (table release) under ``root`` into the store ``out``."""
-    root, out = Path(root), Path(out)
+@dataclass
+class Opened:
+    """Everything read before any data is written: the subjects (metadata read, tables checked), the images
+    found on disk, and the split of each image."""
+
+    opts: dict
+    subjects: list[Subject]
+    paths: dict[str, Path]  # stimulus file name -> image file
+    names: list[str]  # store image order
+    split_of: dict[str, int]
+
+    def trial_stimuli(self, subj: Subject) -> np.ndarray:
+        """Stimulus file name of each kept trial [n_trials]."""
+        return subj.stimuli["stimulus"].astype(str).to_numpy()[subj.trials]
+
+
+def open_dataset(root: str | Path, options: dict | None) -> Opened:
+    """Read THINGS-fMRI's metadata and check its files as :func:`prepare` will, without reading responses."""
+    root = Path(root)
     opts = resolve_options(ADAPTER, options, DEFAULTS)
     check_choice(ADAPTER, "noise_ceiling", opts["noise_ceiling"], ["nc_testset", "repeats"])
     table_dir = Path(opts["table_dir"]) if opts["table_dir"] else root / "betas_csv"
@@ -389,17 +406,23 @@ def prepare(root, out, *, image_size: int, options: dict) -> dict:
 
     paths = _image_paths(root, opts, subjects)
     names = sorted(paths)
-    row_of = {s: r for r, s in enumerate(names)}
     test = set()
     for subj in subjects:
         types = subj.stimuli["trial_type"].astype(str).to_numpy()[subj.trials]
         test |= set(subj.stimuli["stimulus"].astype(str).to_numpy()[subj.trials][types == "test"].tolist())
-    split_of = split_images(names, test, opts["val_fraction"], opts["seed"])
+    return Opened(opts, subjects, paths, names, split_images(names, test, opts["val_fraction"], opts["seed"]))
 
+
+def prepare(root, out, *, image_size: int, options: dict) -> dict:
+    """Prepare THINGS-fMRI (table release) under ``root`` into the store ``out``."""
+    out = Path(out)
+    ds = open_dataset(root, options)
+    opts, names = ds.opts, ds.names
+    row_of = {s: r for r, s in enumerate(names)}
     report: dict[str, Any] = {"dataset": ADAPTER, "n_images": len(names), "subjects": {}}
     with StoreWriter(out, name=opts["name"], modality="fmri", source=ADAPTER, image_size=image_size) as writer:
-        writer.write_images(lazy_images([paths[n] for n in names], "things_fmri images"), names)
+        writer.write_images(lazy_images([ds.paths[n] for n in names], "things_fmri images"), names)
         target = DirectTarget(writer)
-        for subj in subjects:
-            report["subjects"][subj.name] = _write_subject(target, subj, out, row_of, split_of)
+        for subj in ds.subjects:
+            report["subjects"][subj.name] = _write_subject(target, subj, out, row_of, ds.split_of)
     return report
