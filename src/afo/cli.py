@@ -327,6 +327,36 @@ def _check_config(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=run)
 
 
+@command("check-data", "open every dataset of a config as the adapters will, write nothing, report what was found")
+def _check_data(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", type=Path, help="workflow config YAML (its datasets section)")
+    p.add_argument("--no-data", action="store_true", help="check layouts and tables only, do not stream the responses (faster)")
+
+    def run(args):
+        from afo.config import load_config
+        from afo.data.check import UnsupportedCheckError, check_dataset
+
+        config = load_config(args.config)
+        report = {}
+        for name, ds in sorted(config["datasets"].items()):
+            if ds["format"] == "synthetic":
+                fmt, root = "folder", Path("resources/synthetic") / ds["part"]
+            else:
+                fmt, root = ds["format"], Path(ds["root"])
+            try:
+                rows = check_dataset(fmt, root, ds["options"], read_data=not args.no_data)
+            except UnsupportedCheckError as err:
+                report[name] = f"not checked: {err}"
+                continue
+            for row in rows:
+                print(f"{name}/{row['subject']}: " + ", ".join(f"{k} {v}" for k, v in row.items() if k not in ("dataset", "subject")),
+                      file=sys.stderr)
+            report[name] = rows
+        return report
+
+    p.set_defaults(func=run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="afo",
