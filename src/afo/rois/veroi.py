@@ -33,10 +33,15 @@ from scipy.cluster import hierarchy
 from sklearn.cluster import KMeans, MiniBatchKMeans
 from sklearn.metrics import adjusted_rand_score
 
+from afo.errors import UserError
+
 #: Above this many voxels ``cluster_veroi`` switches to MiniBatchKMeans (unless told otherwise): full
 #: Lloyd k-means with k=1000 on the paper's 436,715 voxels x 256 weights costs ~10^11 flops per iteration.
 MINIBATCH_MIN_VOXELS = 50_000
 
+
+class VeroiConfigError(UserError, ValueError):
+    """The configured veROI cut does not fit the data (config keys afo.veroi.n_rois / n_kmeans)."""
 
 @dataclass
 class VeroiResult:
@@ -169,7 +174,7 @@ def cluster_veroi(
     km_labels = rank[km_labels]
 
     if n_rois is not None and n_rois > k:
-        raise ValueError(
+        raise VeroiConfigError(
             f"n_rois={n_rois} is more than the {k} k-means clusters available (n_kmeans={n_kmeans}, "
             f"{n_distinct} distinct weight rows among {n_voxels} voxels); lower n_rois or raise n_kmeans"
         )
