@@ -23,12 +23,7 @@ TINY = {"depth": 2, "embed_dim": 48, "num_heads": 3}
 RES = 28  # 2 x 2 patches of 14 px
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _source(name: str = "vit_small_patch14_dinov2", img_size: int = RES, seed: int = 3) -> torch.nn.Module:
