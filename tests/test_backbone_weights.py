@@ -9,6 +9,8 @@ Loading must give back exactly the source's weights and outputs.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import timm
 import torch
@@ -226,6 +228,14 @@ def test_unreadable_files_are_user_errors(tmp_path):
         load_backbone_weights(_source(), tmp_path / "odd.pth")
     with pytest.raises(BackboneWeightsError, match="does not exist"):
         load_backbone_weights(_source(), tmp_path / "nope.pth")
+    good = _write(_timm_layout(_source()), tmp_path / "cut.safetensors")
+    Path(good).write_bytes(Path(good).read_bytes()[:-100])  # a download that stopped early
+    with pytest.raises(BackboneWeightsError, match="cut.safetensors is a damaged safetensors file"):
+        load_backbone_weights(_source(), good)
+    hf = _huggingface_layout(_source())
+    del hf["encoder.layer.1.attention.attention.key.bias"]
+    with pytest.raises(BackboneWeightsError, match=r"hf.safetensors: blocks.1.attn.qkv.bias needs .*'key'.*only \['query', 'value'\]"):
+        load_backbone_weights(_source(), _write(hf, tmp_path / "hf.safetensors"))
 
 
 def test_wrapped_training_checkpoint(tmp_path):

@@ -83,9 +83,13 @@ def read_weights(path: str | os.PathLike) -> dict[str, Tensor]:
         head = f.read(9)
     # safetensors: an 8-byte little-endian header length, then the JSON header.
     if len(head) == 9 and head[8:9] == b"{":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(str(path), device="cpu")
+        try:
+            return load_file(str(path), device="cpu")
+        except SafetensorError as err:
+            raise BackboneWeightsError(f"backbone.pretrained_path: {path} is a damaged safetensors file ({err})") from err
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError) as err:  # torch.load's errors for a file that is no checkpoint
@@ -113,11 +117,12 @@ def weights_layout(state: Mapping[str, Tensor]) -> str:
     return "timm"
 
 
-def huggingface_to_dinov2(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+def huggingface_to_dinov2(state: Mapping[str, Tensor], source: str | os.PathLike = "the weights") -> dict[str, Tensor]:
     """Rename a transformers ``Dinov2Model`` state dict (version 4 or 5 names) to the facebookresearch/dinov2 layout.
 
     The image-classification head (``classifier.*``) is dropped: the backbone is used without it. Keys
-    that match no rule are kept as they are, so they show up as unexpected when loaded.
+    that match no rule are kept as they are, so they show up as unexpected when loaded. ``source`` (the
+    file) names where an incomplete q/k/v (or SwiGLU) set came from in the error.
     """
     out: dict[str, Tensor] = {}
     split: dict[str, tuple[tuple[str, ...], dict[str, Tensor]]] = {}  # dinov2 key -> (part order, parts)
@@ -139,7 +144,10 @@ def huggingface_to_dinov2(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
         out[key] = value
     for target, (order, parts) in split.items():
         if set(parts) != set(order):
-            raise BackboneWeightsError(f"{target}: Hugging Face weights have {sorted(parts)} of {list(order)}; the file is incomplete")
+            raise BackboneWeightsError(
+                f"backbone.pretrained_path: {source}: {target} needs the Hugging Face parts {list(order)}, "
+                f"the file has only {sorted(parts)}; it is incomplete"
+            )
         out[target] = torch.cat([parts[p] for p in order], dim=0)
     return out
 
@@ -154,7 +162,7 @@ def load_backbone_weights(model: nn.Module, path: str | os.PathLike) -> str:
     state = read_weights(path)
     layout = weights_layout(state)
     if layout == "huggingface":
-        state = huggingface_to_dinov2(state)
+        state = huggingface_to_dinov2(state, path)
     family_filter = getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
     if family_filter is not None:
         state = family_filter(state, model)
