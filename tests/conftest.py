@@ -20,7 +20,7 @@ def write_folder_dataset(
     n_val: int = 2,
     seed: int = 0,
 ) -> Path:
-    """A small folder dataset (DESIGN.md contract) whose responses are a noisy linear read of image brightness."""
+    """A small folder dataset (docs/design.md contract) whose responses are a noisy linear read of image brightness."""
     rng = np.random.default_rng(seed)
     (root / "images").mkdir(parents=True, exist_ok=True)
     (root / "dataset.yaml").write_text("name: tiny\nmodality: fmri\n")

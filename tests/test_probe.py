@@ -1,4 +1,4 @@
-"""Linear probing (afo.probe) and the shared NaN-aware Pearson r (afo.metrics)."""
+"""Linear probing (afo.probing.ridge) and the shared NaN-aware Pearson r (afo.metrics)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import warnings
 import numpy as np
 import pytest
 
-import afo.probe as probe
+import afo.probing.ridge as probe
 from afo.metrics import pearson_r
-from afo.probe import FeatureScaler, fit_pca, linear_probe
+from afo.probing.ridge import FeatureScaler, fit_pca, linear_probe
 
 # ---------------------------------------------------------------------------------------------- pearson_r
 

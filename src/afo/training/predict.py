@@ -44,11 +44,13 @@ def predict_file(
     out: str | Path,
     rois: str | Path | None = None,
     roi: str | None = None,
+    dtype: str = "float16",
     device: torch.device | str = "cpu",
 ) -> dict:
     """Predict every image of ``splits`` for each subject the model knows; with ``roi``, only that ROI's voxels.
 
-    Writes float16 predictions per unique image (see :mod:`afo.io.predictions`).
+    Writes predictions per unique image as ``dtype`` (see :mod:`afo.io.predictions`): float16 for dark
+    knowledge (a soft target, half the size), float32 for evaluation.
     """
     device = torch.device(device)
     unknown = sorted(set(splits) - {"train", "val", "test"})
@@ -67,5 +69,5 @@ def predict_file(
         images = np.unique(np.concatenate([s.split_images[x] for x in splits]))
         pred = predict_images(model, bank, s, images, device)[:, index]
         predictions[s.key] = (images, s.voxels, pred)
-    write_predictions(out, predictions)
+    write_predictions(out, predictions, dtype=dtype)
     return {"subjects": len(predictions), "images": int(sum(p[0].size for p in predictions.values()))}

@@ -14,8 +14,10 @@ import pandas as pd
 import torch
 
 from afo.data.store import PreparedStore
+from afo.io import atomic_path
+from afo.io.tables import ROI_COLUMNS, write_csv
+from afo.rois.veroi import VeroiResult, cluster_veroi, random_rois_like
 from afo.training.checkpoint import load_model
-from afo.veroi import VeroiResult, cluster_veroi, random_rois_like
 
 
 def head_weight_matrix(model_paths: Sequence[str | Path]) -> tuple[pd.DataFrame, np.ndarray]:
@@ -78,16 +80,19 @@ def random_roi_table(table: pd.DataFrame, seed: int) -> pd.DataFrame:
     return table.assign(roi=np.asarray(names)[shuffled])
 
 
-def write_table(table: pd.DataFrame, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    table[["dataset", "subject", "voxel", "roi"]].to_csv(tmp, index=False)
-    tmp.replace(path)
-    return path
+def write_table(table: pd.DataFrame, path: str | Path) -> dict:
+    """Write an ROI table (dataset, subject, voxel, roi) atomically; returns its voxel count per ROI."""
+    write_csv(table[list(ROI_COLUMNS)], path)
+    return {"voxels": len(table), "rois": table["roi"].value_counts().sort_index().to_dict()}
 
 
-def roi_names(path: str | Path) -> list[str]:
-    """The ROI labels of a table, sorted (numerically when they are numbers)."""
-    labels = pd.read_csv(path, dtype={"roi": str})["roi"].unique().tolist()
-    return sorted(labels, key=lambda x: (0, int(x), "") if x.isdigit() else (1, 0, x))
+def write_veroi(
+    model_paths: Sequence[str | Path], n_kmeans: int, n_rois: int | None, threshold: float | None, seed: int,
+    table_path: str | Path, clustering_path: str | Path,
+) -> dict:
+    """results/rois/veroi.csv and the clustering behind it (linkage, cut, k-means labels; .npz for the dendrogram)."""
+    table, result = veroi_table(model_paths, n_kmeans, n_rois, threshold, seed)
+    with atomic_path(clustering_path, suffix=".npz") as tmp:
+        np.savez(tmp, linkage=result.linkage, cut_height=result.cut_height, labels=result.labels,
+                 kmeans_labels=result.kmeans_labels, centroid_rois=result.centroid_rois)
+    return write_table(table, table_path)

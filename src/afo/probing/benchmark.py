@@ -14,7 +14,7 @@ Extractors (``probing.extractors`` in the config, name -> spec):
 
 Every tapped map ``[C, h, w]`` is average-pooled to a ``pool_grid x pool_grid`` grid and flattened
 (``pool_grid`` 1 = global average pooling; 2-4 keep a coarse layout, which retinotopic voxels need), and the
-layers are concatenated. Then, per subject, :func:`afo.probe.linear_probe`: standardise and PCA to
+layers are concatenated. Then, per subject, :func:`afo.probing.ridge.linear_probe`: standardise and PCA to
 ``n_components`` on the subject's training images, per-voxel ridge with per-voxel alpha by ``cv``-fold
 cross-validation (himalaya ``RidgeCV``), Pearson r on the test images. Targets are responses averaged over each
 image's repeats (train and test); train = the store's train split, test = its test split.
@@ -24,7 +24,7 @@ Holdout datasets (``role: holdout``) are probed exactly like training datasets; 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -166,7 +166,7 @@ def probe_dataset(
     Columns: extractor, dataset, role, subject, voxel, dataset_roi, r_test, best_alpha, alpha_at_edge,
     n_components, n_train, n_test. Bad voxels (all-NaN, constant) are not probed and have no row.
     """
-    from afo.probe import linear_probe
+    from afo.probing.ridge import linear_probe
 
     subjects = load_subjects({dataset: store_path})
     needed = np.unique(np.concatenate([np.concatenate([s.split_images["train"], s.split_images["test"]]) for s in subjects]))
@@ -208,9 +208,22 @@ def probe_summary(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def violin_table(table: pd.DataFrame) -> pd.DataFrame:
-    """Long table for :func:`afo.plots.plot_violins`: model = extractor, dataset = "<dataset> (<role>)"."""
+    """Long table for :func:`afo.figures.plots.plot_violins`: model = extractor, dataset = "<dataset> (<role>)"."""
     return pd.DataFrame({
         "model": table["extractor"].astype(str),
         "dataset": table["dataset"].astype(str) + " (" + table["role"].astype(str) + ")",
         "r": table["r_test"],
     })
+
+
+def write_probe_report(tables: Sequence[str | Path], out: str | Path, summary: str | Path) -> pd.DataFrame:
+    """probe.csv (every extractor and dataset) and its HTML summary; returns the table."""
+    from afo.io.tables import read_table, write_csv
+    from afo.report import write_html_table
+
+    table = pd.concat([read_table(t) for t in tables], ignore_index=True)
+    write_csv(table, out)
+    write_html_table(probe_summary(table), summary, "Linear probing: test r per voxel",
+                     "Median and mean test Pearson r over voxels per feature extractor (PCA + per-voxel ridge); "
+                     "subject all = voxels pooled; alpha_at_edge = fraction of voxels whose alpha hit the grid's edge.")
+    return table

@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from afo.io.tables import read_voxels
-from afo.analysis.tables import atomic_write_text, ordered
+from afo.io import atomic_write_text
+from afo.io.tables import ordered, read_voxels
 
 NIFTI_MAPS = ("r_test", "r_test_norm", "roi", "u_x", "u_y", "layer")
 
@@ -60,7 +60,7 @@ def true_centres(ground_truth_root: str | Path | None, subject: str, voxels: np.
     """True RF centres [n, 2] of the early (level 0) voxels, NaN for the others; None without a ground truth."""
     if ground_truth_root is None:
         return None
-    from afo.analysis.synthetic_checks import modality
+    from afo.evaluation.synthetic import modality
 
     if modality(ground_truth_root) != "fmri":
         return None  # EEG/MEG "voxels" have no receptive-field centre
@@ -78,7 +78,7 @@ def true_centres(ground_truth_root: str | Path | None, subject: str, voxels: np.
 
 def retina_maps(voxels_csv: str | Path, out_dir: str | Path, model: str, ground_truth: Mapping[str, str | Path] | None = None) -> list[Path]:
     """One RetinaMap PNG per subject; ``ground_truth`` = dataset -> folder of ``<subject>/ground_truth.csv``."""
-    from afo.plots import plot_retina_map
+    from afo.figures.plots import plot_retina_map
 
     voxels = read_voxels(voxels_csv)
     n_layers = len(eta_columns(voxels))
@@ -99,7 +99,7 @@ def retina_maps(voxels_csv: str | Path, out_dir: str | Path, model: str, ground_
 
 def layer_selector_maps(voxels_csv: str | Path, out_dir: str | Path, model: str) -> list[Path]:
     """One LayerSelector PNG per subject (expected layer and eta_l over the voxel coordinates)."""
-    from afo.plots import plot_layer_selector
+    from afo.figures.plots import plot_layer_selector
 
     voxels = read_voxels(voxels_csv)
     etas = eta_columns(voxels)
@@ -153,9 +153,9 @@ def brain_maps(
     model: str,
 ) -> dict:
     """PNG maps of test r and ROI per subject; NIfTI maps for volumetric subjects (see the module docstring)."""
-    from afo.brainmaps import write_volume_maps
+    from afo.figures.brainmaps import write_volume_maps
     from afo.data.store import PreparedStore
-    from afo.plots import plot_brain_scores
+    from afo.figures.plots import plot_brain_scores
 
     voxels = read_voxels(voxels_csv)
     png_dir, nifti_dir = Path(png_dir), Path(nifti_dir)
@@ -202,7 +202,7 @@ def brain_maps(
 
 def dendrogram(clustering_npz: str | Path, path: str | Path, title: str = "veROI: Ward clustering of the k-means centroids") -> Path:
     """The veROI dendrogram with its cut (from the ``rois veroi --clustering`` file)."""
-    from afo.plots import plot_dendrogram
+    from afo.figures.plots import plot_dendrogram
 
     with np.load(clustering_npz) as npz:
         linkage = npz["linkage"]
@@ -217,7 +217,7 @@ def dendrogram(clustering_npz: str | Path, path: str | Path, title: str = "veROI
 def roi_score_figures(voxels_csv: str | Path, retrieval_csv: str | Path, roi_set: str, out_dir: str | Path, model: str) -> list[Path]:
     """Per subject, encoding (mean +- s.e.m. of test r) and retrieval (top-1, top-5) per ROI of ``roi_set``,
     with 'all' first (Figure 8)."""
-    from afo.plots import plot_roi_scores
+    from afo.figures.plots import plot_roi_scores
 
     voxels = read_voxels(voxels_csv)
     retrieval = pd.read_csv(retrieval_csv, dtype={"roi": str, "subject": str, "dataset": str, "roi_set": str})
@@ -239,3 +239,23 @@ def roi_score_figures(voxels_csv: str | Path, retrieval_csv: str | Path, roi_set
         out.append(plot_roi_scores(pd.DataFrame(rows), Path(out_dir) / f"{file_stem(dataset, subject)}.png",
                                    f"{model}: {dataset} / {subject}, per {roi_set} ROI"))
     return out
+
+
+def model_figures(
+    voxels_csv: str | Path,
+    model: str,
+    stores: Mapping[str, str | Path],
+    retina_dir: str | Path,
+    layers_dir: str | Path,
+    brain_dir: str | Path,
+    nifti_dir: str | Path,
+    ground_truth: Mapping[str, str | Path] | None = None,
+) -> dict:
+    """Every probing figure of one model: RetinaMap, LayerSelector and brain maps per subject (+ NIfTI maps)."""
+    for folder in (retina_dir, layers_dir, brain_dir):
+        Path(folder).mkdir(parents=True, exist_ok=True)
+    return {
+        "retina_map": len(retina_maps(voxels_csv, retina_dir, model, ground_truth)),
+        "layer_selector": len(layer_selector_maps(voxels_csv, layers_dir, model)),
+        "brain_maps": brain_maps(voxels_csv, stores, brain_dir, nifti_dir, model),
+    }

@@ -10,7 +10,7 @@ never through ``pyplot``: no global figure registry, no backend switch, nothing 
 Conventions shared by all figures:
 
 - layers use one colour map everywhere (:func:`layer_colors`, viridis: dark = shallow layer 0, yellow = deepest);
-- RetinaGrid coordinates follow grid_sample / image conventions (DESIGN.md): u_x -1 = left, +1 = right;
+- RetinaGrid coordinates follow grid_sample / image conventions (docs/design.md): u_x -1 = left, +1 = right;
   u_y -1 = top, +1 = bottom, so the y axis is drawn downwards like an image;
 - NaN values are left out of scatter plots (and counted in the title) rather than silently drawn as 0.
 """

@@ -12,7 +12,7 @@ Rows:
   ROI labels (``dataset_roi`` of voxels.csv, e.g. V1..LO on the synthetic brain); ``veroi`` / the veROI ids
   (results/rois/veroi.csv), the same parcellation for every model so the columns stay comparable;
 - ``metric``: ``mean_r`` = mean test Pearson r over the voxels (the paper's tables), ``median_nc`` = median
-  noise-normalised score r^2 / (nc / 100) (the paper's "NSD(NC)"; rows only where the noise ceiling is known).
+  noise-normalised score r·|r| / (nc / 100) (the paper's "NSD(NC)"; rows only where the noise ceiling is known).
 
 ``n_voxels`` counts the voxels of the row with a finite score in the first model (bad voxels have no score in
 any model and drop out of every mean).
@@ -26,8 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from afo.analysis.tables import ordered
-from afo.io.tables import read_voxels
+from afo.io.tables import ordered, read_voxels, write_csv
 
 KEYS = ["dataset", "subject", "voxel"]
 ROI_SET_ORDER = ["all", "group", "area", "veroi"]
@@ -112,8 +111,39 @@ def ablation_table(
 
 
 NOTE = (
-    "Mean test Pearson r (metric mean_r) and median noise-normalised score r^2/(nc/100) (metric median_nc) per "
+    "Mean test Pearson r (metric mean_r) and median noise-normalised score r·|r|/(nc/100) (metric median_nc) per "
     "dataset, subject (all = the dataset's voxels pooled) and ROI: every voxel (all), the dataset's own areas "
     "(area) and their groups (group, from evaluation.area_groups), and the veROIs (veroi, the same parcellation for "
     "every model). One column per evaluated model; the best of each row in bold."
 )
+
+
+def comparison_view(ablation: pd.DataFrame) -> pd.DataFrame:
+    """comparison.csv: the ablation table's mean test r of the pooled subjects, per dataset and area (and 'all').
+
+    One row per dataset and area (the datasets' own ROI labels; voxels without one count only under 'all'),
+    one column per model: a view of :func:`ablation_table`, never computed separately.
+    """
+    models = [c for c in ablation.columns if c not in ("dataset", "subject", "roi_set", "roi", "metric", "n_voxels")]
+    rows = ablation[(ablation["subject"] == "all") & (ablation["metric"] == "mean_r") & ablation["roi_set"].isin(["all", "area"])]
+    table = rows[["dataset", "roi", *models]].rename(columns={"roi": "area"})
+    return table.sort_values(["dataset", "area"]).reset_index(drop=True)
+
+
+def write_ablation_outputs(
+    voxel_files: Mapping[str, str | Path],
+    veroi: str | Path | None,
+    area_groups: Mapping[str, str],
+    table_path: str | Path,
+    html_path: str | Path,
+    comparison_path: str | Path,
+) -> dict:
+    """ablation_table.csv, its HTML rendering, and comparison.csv (its view), from every model's voxels.csv."""
+    from afo.report import write_html_table
+
+    table = ablation_table(voxel_files, veroi, area_groups)
+    write_csv(table, table_path)
+    write_html_table(table, html_path, "Ablation table (paper Tables 2 and 3)", NOTE, best_of=list(voxel_files))
+    comparison = comparison_view(table)
+    write_csv(comparison, comparison_path, float_format="%.4f")
+    return {"rows": len(table), "models": list(voxel_files), "comparison_rows": len(comparison)}

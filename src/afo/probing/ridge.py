@@ -12,7 +12,7 @@ For one feature extractor and one subject:
 4. Pearson r per voxel between the prediction and the measured response of the test images
    (:func:`afo.metrics.pearson_r`).
 
-Missing responses (NaN in ``train_Y`` / ``test_Y``; DESIGN.md allows NaN per voxel and trial):
+Missing responses (NaN in ``train_Y`` / ``test_Y``; docs/design.md allows NaN per voxel and trial):
 
 - a voxel with fewer than 3 finite training values, or zero training variance, is not fitted: its r_test and
   best_alpha are NaN;
@@ -23,7 +23,7 @@ Missing responses (NaN in ``train_Y`` / ``test_Y``; DESIGN.md allows NaN per vox
 - NaN test values are left out of that voxel's r (pairwise, in :func:`afo.metrics.pearson_r`).
 
 Train and test rows are whatever the caller passes: one row per image with the repeat-averaged response is
-the usual choice (DESIGN.md keeps features per unique image).
+the usual choice (docs/design.md keeps features per unique image).
 """
 
 from __future__ import annotations

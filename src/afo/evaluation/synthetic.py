@@ -23,10 +23,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from afo.io.tables import read_voxels
-from afo.analysis.tables import ordered
+from afo.io.tables import ordered, read_roi_table, read_table, read_voxels
 from afo.metrics import pearson_r
-from afo.veroi import adjusted_rand
+from afo.rois.veroi import adjusted_rand
 
 
 def modality(root: str | Path) -> str:
@@ -143,9 +142,9 @@ def synthetic_checks(
     seed: int = 0,
 ) -> dict:
     """All checks for every synthetic dataset (``ground_truth`` = dataset -> simulator folder)."""
-    veroi = pd.read_csv(veroi_csv, dtype={"roi": str, "subject": str, "dataset": str})
+    veroi = read_roi_table(veroi_csv)
     voxels = read_voxels(voxels_csv)
-    retrieval = pd.read_csv(retrieval_csv, dtype={"roi": str, "subject": str, "dataset": str, "roi_set": str})
+    retrieval = read_table(retrieval_csv)
     out: dict = {"model": model, "n_permutations": int(n_permutations), "datasets": {}}
     for dataset in ordered(ground_truth):
         truth = read_ground_truth(ground_truth[dataset])
@@ -185,3 +184,30 @@ def summary_rows(checks: dict) -> pd.DataFrame:
             rows.append({"dataset": dataset, "check": "RetinaMap spread SD(u): early / late voxels", "value": p["sd_u_early"],
                          "reference": p["sd_u_late"], "note": "reference = SD of u of the late (high-level) voxels"})
     return pd.DataFrame(rows, columns=["dataset", "check", "value", "reference", "note"])
+
+
+def write_synthetic_checks(
+    ground_truth: Mapping[str, str | Path],
+    veroi_csv: str | Path,
+    voxels_csv: str | Path,
+    retrieval_csv: str | Path,
+    out_json: str | Path,
+    out_html: str | Path,
+    model: str = "afo",
+    n_permutations: int = 1000,
+    seed: int = 0,
+) -> list[dict]:
+    """:func:`synthetic_checks` as JSON and its headline numbers as an HTML table; returns those numbers."""
+    import json
+
+    from afo.io import atomic_write_text
+    from afo.report import write_html_table
+
+    checks = synthetic_checks(ground_truth, veroi_csv, voxels_csv, retrieval_csv, model, n_permutations, seed)
+    atomic_write_text(out_json, json.dumps(checks, indent=2) + "\n")
+    summary = summary_rows(checks)
+    write_html_table(summary, out_html, f"Synthetic-brain checks ({model})",
+                     "Ground truth from the simulator: veROIs against the simulated areas (adjusted Rand index against a "
+                     "within-subject permutation null), all-voxel decoding against chance, learned RetinaMap against the "
+                     "true receptive-field centres of the early (V1-V3) voxels.")
+    return summary.to_dict(orient="records")

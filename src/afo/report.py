@@ -1,48 +1,16 @@
-"""Writing tables: atomic CSV, a self-contained HTML rendering for the Snakemake report, natural ROI order."""
+"""Tables for people: a self-contained HTML rendering of any afo table for the Snakemake report."""
 
 from __future__ import annotations
 
 import html
 import math
 import os
-import re
-import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
 
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
-
-
-def write_csv(table: pd.DataFrame, path: str | os.PathLike, float_format: str = "%.6g") -> Path:
-    """CSV without the index, written atomically."""
-    return atomic_write_text(path, table.to_csv(index=False, float_format=float_format))
-
-
-def natural_key(label: object) -> tuple:
-    """Sort key that puts "2" before "10" and numbers before words ("all" stays where the caller puts it)."""
-    text = str(label)
-    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", text) if part)
-
-
-def ordered(labels: Iterable[object], first: Sequence[object] = ()) -> list:
-    """Unique labels: those in ``first`` (in that order) then the rest in natural order."""
-    labels = list(dict.fromkeys(labels))
-    head = [x for x in first if x in labels]
-    return head + sorted((x for x in labels if x not in head), key=natural_key)
+from afo.io import atomic_write_text
 
 
 def _cell(value: object, digits: int) -> str:
@@ -104,3 +72,11 @@ def html_table(
 
 def write_html_table(table: pd.DataFrame, path: str | os.PathLike, title: str, note: str = "", best_of: Sequence[str] = (), digits: int = 3) -> Path:
     return atomic_write_text(path, html_table(table, title, note, best_of, digits))
+
+
+def render_csv(csv_path: str | os.PathLike, out: str | os.PathLike, title: str = "", note: str = "", best_of: Sequence[str] = ()) -> Path:
+    """Any afo CSV table as a self-contained HTML page (a report item); ``best_of`` columns present get row maxima in bold."""
+    from afo.io.tables import read_table
+
+    table = read_table(csv_path)
+    return write_html_table(table, out, title or Path(csv_path).name, note, best_of=[c for c in best_of if c in table])

@@ -1,10 +1,10 @@
 """Brain decoding by image retrieval with trained encoding models (paper section 4.5, Figures 7-9).
 
 For every subject, the candidates are the subject's test images; the query for each test image is the measured
-response averaged over the image's repeats; each candidate is forwarded through the encoding model and the
-candidates are ranked by Pearson r between prediction and query over the selected voxels
-(:func:`afo.decode.rank_candidates`): all voxels, or one ROI of an ROI set. A query counts as a top-k hit when
-its own image is among the k best candidates (ties count against it, see :func:`afo.decode.retrieval_accuracy`);
+response averaged over the image's repeats; each candidate's predicted response comes from the model's prediction
+file(s) (:func:`afo.evaluation.predictions.split_predictions`) and the candidates are ranked by Pearson r between prediction and query over the selected voxels
+(:func:`afo.decoding.ranking.rank_candidates`): all voxels, or one ROI of an ROI set. A query counts as a top-k hit when
+its own image is among the k best candidates (ties count against it, see :func:`afo.decoding.ranking.retrieval_accuracy`);
 chance is k / n_candidates.
 
 ROI sets of ``retrieval.csv``: ``all`` (every modelled voxel); the model's ROI table (named after its file:
@@ -12,7 +12,7 @@ ROI sets of ``retrieval.csv``: ``all`` (every modelled voxel); the model's ROI t
 fewer than 3 voxels in a subject has no row for that subject.
 
 Models are model files, or per-ROI model files assembled (each voxel predicted by its own ROI's model), exactly
-as in :func:`afo.evaluate.voxel_table`.
+as in :func:`afo.evaluation.scores.voxel_table`.
 
 :func:`rank_user_images` ranks a user's own candidate images for a user's own response pattern (``afo decode``).
 """
@@ -20,90 +20,19 @@ as in :func:`afo.evaluate.voxel_table`.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
-from afo.analysis.tables import ordered
 from afo.data.store import PreparedStore
-from afo.decode import rank_candidates, retrieval_accuracy
+from afo.decoding.ranking import rank_candidates, retrieval_accuracy
+from afo.evaluation.predictions import SubjectPredictions
+from afo.io.tables import ordered, read_roi_table
 from afo.metrics import MIN_PAIRS
-from afo.training.checkpoint import load_model
-from afo.io.tables import read_roi_selection
-from afo.training.data import FeatureBank
-from afo.training.module import predict_images
-from afo.training.predict import model_subjects
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
-
-
-@dataclass
-class SubjectPredictions:
-    """Predicted and measured responses of one subject on the images of one split.
-
-    Shapes: n = modelled voxels (sorted store indices), m = the split's unique images (store rows, sorted).
-    """
-
-    key: str
-    dataset: str
-    subject: str
-    voxels: np.ndarray  # int [n]
-    images: np.ndarray  # int [m]
-    predicted: np.ndarray  # float32 [m, n]
-    measured: np.ndarray  # float32 [m, n], repeat-averaged, NaN = missing
-
-
-def split_predictions(
-    models: Sequence[tuple[str | None, str | Path]],
-    stores: Mapping[str, str | Path],
-    features: Mapping[str, str | Path],
-    rois: str | Path | None = None,
-    split: str = "test",
-    device: torch.device | str = "cpu",
-) -> list[SubjectPredictions]:
-    """Predictions of a model (``[(None, path)]``) or of per-ROI models (``[(roi, path), ...]`` with ``rois``)."""
-    device = torch.device(device)
-    if any(roi is not None for roi, _ in models) and rois is None:
-        raise ValueError("per-ROI models (ROI=PATH) need the ROI table")
-    bank = FeatureBank(features)
-    parts: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str]]] = {}
-    for roi, path in models:
-        model, payload = load_model(path)
-        model.to(device)
-        for s, index in model_subjects(payload, stores, read_roi_selection(rois, roi) if roi is not None else None):
-            images = s.split_images[split]
-            pred = predict_images(model, bank, s, images, device)[:, index]
-            parts.setdefault(s.key, []).append((s.voxels, images, pred, s.split_means[split].numpy(), s.dataset))
-    out = []
-    for key in sorted(parts):
-        chunks = parts[key]
-        images = chunks[0][1]
-        if any(not np.array_equal(c[1], images) for c in chunks):
-            raise ValueError(f"{key}: per-ROI models disagree on the {split} images")
-        voxels = np.concatenate([c[0] for c in chunks])
-        if np.unique(voxels).size != voxels.size:
-            raise ValueError(f"{key}: two models predict the same voxel; give each ROI's model once")
-        order = np.argsort(voxels)
-        out.append(SubjectPredictions(
-            key=key, dataset=chunks[0][4], subject=key.split("/", 1)[1], voxels=voxels[order], images=images,
-            predicted=np.concatenate([c[2] for c in chunks], axis=1)[:, order],
-            measured=np.concatenate([c[3] for c in chunks], axis=1)[:, order],
-        ))
-    if not out:
-        raise ValueError("no subject of the given stores is predicted by the model(s)")
-    return out
-
-
-def roi_labels_from_table(path: str | Path) -> pd.DataFrame:
-    """An ROI table (dataset, subject, voxel, roi) with string labels."""
-    table = pd.read_csv(path, dtype={"roi": str, "subject": str, "dataset": str})
-    missing = {"dataset", "subject", "voxel", "roi"} - set(table.columns)
-    if missing:
-        raise ValueError(f"{path}: not an ROI table (missing {sorted(missing)})")
-    return table[["dataset", "subject", "voxel", "roi"]]
 
 
 def roi_labels_from_stores(stores: Mapping[str, str | Path], roi_set: str) -> pd.DataFrame:
@@ -157,51 +86,6 @@ def retrieval_table(
             rows.append(row)
     columns = ["dataset", "subject", "roi_set", "roi", "n_voxels", "n_candidates", "n_queries", *[f"top{k}" for k in ks], "chance_top1"]
     return pd.DataFrame(rows, columns=columns)
-
-
-def example_queries(n_images: int, n_examples: int) -> np.ndarray:
-    """Indices of ``n_examples`` test images spread evenly over the test set (deterministic)."""
-    if n_images == 0:
-        return np.zeros(0, dtype=np.int64)
-    return np.unique(np.linspace(0, n_images - 1, min(n_examples, n_images)).round().astype(np.int64))
-
-
-def retrieval_figure(
-    pred: SubjectPredictions,
-    store_path: str | Path,
-    path: str | Path,
-    roi_labels: np.ndarray | None = None,
-    roi_set: str = "roi",
-    n_examples: int = 3,
-    top_k: int = 5,
-) -> Path:
-    """Top retrieved images (Figures 7 and 9): ``n_examples`` test images matched on all voxels, then the first
-    of them matched on each ROI of ``roi_labels`` (per predicted voxel, '' = none). Row labels give the
-    condition and the rank of the true image (0 = retrieved first)."""
-    from afo.plots import plot_retrievals
-
-    queries = example_queries(pred.images.size, n_examples)
-    if queries.size == 0:
-        raise ValueError(f"{pred.key}: no test image to show")
-    rows: list[tuple[int, str, np.ndarray]] = [(int(q), "all voxels", np.ones(pred.voxels.size, dtype=bool)) for q in queries]
-    if roi_labels is not None:
-        for roi in ordered(set(roi_labels) - {""}):
-            mask = roi_labels == roi
-            if mask.sum() >= MIN_PAIRS:
-                rows.append((int(queries[0]), f"{roi_set} {roi}", mask))
-    k = min(top_k, pred.images.size)
-    shown_rows, titles = [], []
-    for q, label, mask in rows:
-        order, scores = rank_candidates(pred.predicted, pred.measured[q], voxel_mask=mask)
-        shown_rows.append(order[0, :k])
-        rank = int(np.flatnonzero(order[0] == q)[0])
-        titles.append(f"test {q}, {label}\n(true image rank {rank})")
-    with PreparedStore(store_path) as store:
-        needed = np.unique(np.concatenate([pred.images[[q for q, _, _ in rows]], pred.images[np.concatenate(shown_rows)]]))
-        pixels = dict(zip(needed.tolist(), store.images(needed)))
-    query_images = np.stack([pixels[int(pred.images[q])] for q, _, _ in rows])
-    retrieved = np.stack([np.stack([pixels[int(pred.images[c])] for c in shown]) for shown in shown_rows])
-    return plot_retrievals(query_images, retrieved, path, titles=titles)
 
 
 # -- a user's own images and response ---------------------------------------------------------------------
@@ -273,6 +157,8 @@ def rank_user_images(
     from afo.data.store import resize_image
     from afo.features import BackboneSpec, backbone_features, create_backbone
 
+    from afo.training.checkpoint import load_model
+
     device = torch.device(device)
     model, payload = load_model(model_path)
     if subject not in model.subjects:
@@ -300,3 +186,28 @@ def rank_user_images(
         for rank, c in enumerate(order[q]):
             rows.append({"query": q, "rank": rank, "image": files[c].name, "r": scores[q, c]})
     return pd.DataFrame(rows)
+
+
+def decode_model(
+    prediction_files: Sequence[str | Path],
+    stores: Mapping[str, str | Path],
+    rois: str | Path | None,
+    dataset_roi_set: str,
+    out: str | Path,
+) -> tuple[list[SubjectPredictions], dict[str, pd.DataFrame]]:
+    """retrieval.csv of a model from its prediction files (one per ROI model if assembled).
+
+    ROI sets: the model's ROI table (named after its file stem) and the dataset's own labels as ``area``.
+    Returns the subjects' test predictions and the ROI sets, for the retrieval figures.
+    """
+    from afo.evaluation.predictions import split_predictions
+    from afo.io.tables import write_csv
+
+    predictions = split_predictions(prediction_files, stores, "test")
+    roi_sets = {}
+    if rois is not None:
+        roi_sets[Path(rois).stem] = read_roi_table(rois)[["dataset", "subject", "voxel", "roi"]]
+    if dataset_roi_set:
+        roi_sets["area"] = roi_labels_from_stores(stores, dataset_roi_set)
+    write_csv(retrieval_table(predictions, roi_sets), out)
+    return predictions, roi_sets
