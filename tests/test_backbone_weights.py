@@ -76,7 +76,11 @@ def _huggingface_layout(model: torch.nn.Module, prefix: str = "", v5: bool = Fal
         b, e = f"blocks.{i}.", f"encoder.layer.{i}."
         for kind in ("weight", "bias"):
             q, k, v = hub.pop(f"{b}attn.qkv.{kind}").split(dim, dim=0)
-            names = ("q_proj", "k_proj", "v_proj", "o_proj") if v5 else ("attention.query", "attention.key", "attention.value", "output.dense")
+            names = (
+                ("q_proj", "k_proj", "v_proj", "o_proj")
+                if v5
+                else ("attention.query", "attention.key", "attention.value", "output.dense")
+            )
             for name, w in zip(names, (q, k, v, hub.pop(f"{b}attn.proj.{kind}"))):
                 out[f"{e}attention.{name}.{kind}"] = w
             for n in ("norm1", "norm2"):

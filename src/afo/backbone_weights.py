@@ -78,7 +78,9 @@ def read_weights(path: str | os.PathLike) -> dict[str, Tensor]:
     """
     path = Path(path)
     if not path.is_file():
-        raise BackboneWeightsError(f"backbone.pretrained_path: {path} does not exist; name a local weights file or set it to null")
+        raise BackboneWeightsError(
+            f"backbone.pretrained_path: {path} does not exist; name a local weights file or set it to null"
+        )
     with open(path, "rb") as f:
         head = f.read(9)
     # safetensors: an 8-byte little-endian header length, then the JSON header.
@@ -104,7 +106,9 @@ def read_weights(path: str | os.PathLike) -> dict[str, Tensor]:
         raise BackboneWeightsError(f"backbone.pretrained_path: {path} holds no state dict (a {type(obj).__name__})")
     other = [k for k, v in obj.items() if not isinstance(v, Tensor)]
     if other:
-        raise BackboneWeightsError(f"backbone.pretrained_path: {path}: entries that are not tensors: {_show(other)}; save model.state_dict()")
+        raise BackboneWeightsError(
+            f"backbone.pretrained_path: {path}: entries that are not tensors: {_show(other)}; save model.state_dict()"
+        )
     return dict(obj)
 
 
