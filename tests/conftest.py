@@ -59,3 +59,15 @@ def write_folder_dataset(
 @pytest.fixture
 def folder_dataset(tmp_path: Path) -> Path:
     return write_folder_dataset(tmp_path / "tiny")
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny tensors: extra threads only add synchronisation, and the CI box is shared.
+    Use with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

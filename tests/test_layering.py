@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "afo"
 LAYERS = [
     {"errors", "io", "report", "metrics", "config"},
     {"data", "simulate"},
-    {"features", "runtime", "gpu"},
+    {"features", "backbone_weights", "runtime", "gpu"},
     {"model"},
     {"training"},
     {"rois"},

@@ -24,13 +24,7 @@ CNN_LIKE = [(4, 10, 10), (8, 5, 5), (16, 3, 3)]
 SMALL = dict(conv_width=8, out_dim=6, n_convs=2, kernel_size=3, pe_frequencies=4, mlp_width=16)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: extra threads only add synchronisation, and the CI box is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _coords(n: int, seed: int) -> np.ndarray:

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from afo.backbone_weights import load_backbone_weights
 from afo.data.store import PreparedStore
 
 FEATURES_FORMAT_VERSION = 1
@@ -34,8 +35,10 @@ RANDOM_INIT_SEED = 0
 class BackboneSpec:
     """Which frozen backbone, which of its layers, at which input resolution.
 
-    ``pretrained_path`` names a local weights file (timm/PyTorch state dict or safetensors) and wins over
-    ``pretrained`` (timm's own download, which needs internet). Neither: random initialisation.
+    ``pretrained_path`` names a local weights file and wins over ``pretrained`` (timm's own download, which
+    needs internet). Neither: random initialisation. The file may be a timm state dict, a DINOv2 torch.hub
+    checkpoint or a Hugging Face ``Dinov2Model`` state dict, ``.pth`` or ``.safetensors``
+    (see :mod:`afo.backbone_weights`).
     """
 
     name: str
@@ -73,15 +76,10 @@ def create_backbone(spec: BackboneSpec) -> torch.nn.Module:
 
     kwargs = dict(spec.model_kwargs)
     kwargs.setdefault("num_classes", 0)
-    if spec.pretrained_path:
-        path = Path(spec.pretrained_path)
-        if not path.is_file():
-            raise FileNotFoundError(f"backbone.pretrained_path: {path} does not exist; name a local weights file or set it to null")
-        kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": str(path)})
-    else:
-        kwargs["pretrained"] = spec.pretrained
-    # Random-init weights (the demo, or layers a weights file lacks) come from a fixed seed, so a cache is the
-    # same on every run and machine; the caller's random state is left as it was.
+    # A local file is loaded below, after the model is built (timm would only read its own layout).
+    kwargs["pretrained"] = spec.pretrained and not spec.pretrained_path
+    # Random-init weights (the demo) come from a fixed seed, so a cache is the same on every run and machine;
+    # the caller's random state is left as it was.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(RANDOM_INIT_SEED)
         try:
@@ -90,6 +88,8 @@ def create_backbone(spec: BackboneSpec) -> torch.nn.Module:
             if "img_size" not in str(err):
                 raise
             model = timm.create_model(spec.name, **kwargs)
+    if spec.pretrained_path:
+        load_backbone_weights(model, spec.pretrained_path)
     if not hasattr(model, "forward_intermediates"):
         raise ValueError(f"backbone.name: timm model {spec.name!r} has no forward_intermediates; choose another family")
     model.eval()

@@ -60,7 +60,9 @@ def resolve_precision(name: str, device: torch.device | str) -> str:
     device = torch.device(device)
     if device.type != "cuda":
         if name == "16-mixed":
-            raise RuntimeSettingError("train.precision: 16-mixed (fp16 autocast) does not run on the CPU; use auto, 32-true or bf16-mixed")
+            raise RuntimeSettingError(
+                "train.precision: 16-mixed (fp16 autocast) does not run on the CPU; use auto, 32-true or bf16-mixed"
+            )
         return "32-true" if name == "auto" else name
     if name == "auto":
         return "bf16-mixed" if cuda_bf16_native() else "16-mixed"

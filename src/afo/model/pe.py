@@ -69,7 +69,9 @@ def as_frame(frame: CoordinateFrame | tuple, k: int) -> CoordinateFrame:
         raise ValueError(f"a coordinate frame is a (lo, hi) pair, got {len(frame)} items")
     lo, hi = (torch.as_tensor(np.asarray(v), dtype=torch.float32).reshape(-1) for v in frame)
     if lo.numel() != k or hi.numel() != k or not (torch.isfinite(lo).all() and torch.isfinite(hi).all()):
-        raise ValueError(f"a coordinate frame needs finite lo and hi of {k} axes, got {tuple(lo.shape)} and {tuple(hi.shape)}")
+        raise ValueError(
+            f"a coordinate frame needs finite lo and hi of {k} axes, got {tuple(lo.shape)} and {tuple(hi.shape)}"
+        )
     if (hi < lo).any():
         raise ValueError(f"coordinate frame with hi < lo: lo={lo.tolist()}, hi={hi.tolist()}")
     return CoordinateFrame(lo, hi)
