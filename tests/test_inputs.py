@@ -309,3 +309,24 @@ def test_adapter_option_errors_are_user_errors(folder_dataset, tmp_path, capsys)
     code = main(["prepare", "folder", "--root", str(folder_dataset), "--out", str(tmp_path / "s.h5"), "--options", '{"sed": 1}'])
     err = capsys.readouterr().err
     assert code == 2 and "unknown option(s) ['sed']" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "damage, match",
+    [
+        (lambda root: (root / "dataset.yaml").write_text("name: [unclosed\n"), r"dataset\.yaml: not valid YAML"),
+        (lambda root: (root / "subj01" / "trials.csv").write_bytes(b""), r"subj01/trials\.csv: not a readable CSV table \(EmptyDataError"),
+        (lambda root: (root / "subj01" / "rois.csv").write_bytes(b'voxel,roi\n1,"early\n'), r"subj01/rois\.csv: not a readable CSV table \(ParserError"),
+        (lambda root: (root / "subj01" / "rois.csv").write_bytes(b"voxel,roi\n1,\xff\xfe\n"), r"subj01/rois\.csv: not a readable CSV table \(UnicodeDecodeError"),
+    ],
+    ids=["yaml", "empty-trials", "unclosed-quote", "not-utf8"],
+)
+def test_unparseable_text_files_name_the_file(folder_dataset, tmp_path, damage, match):
+    damage(folder_dataset)
+    with pytest.raises(FolderDatasetError, match=match + r".*Fix:"):
+        prepare(folder_dataset, tmp_path / "s.h5", image_size=8)
+
+
+def test_folder_seed_option_must_be_an_integer(folder_dataset, tmp_path):
+    with pytest.raises(AdapterOptionError, match="option seed must be an integer, got 'one'"):
+        prepare(folder_dataset, tmp_path / "s.h5", image_size=8, options={"seed": "one"})
