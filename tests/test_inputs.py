@@ -330,3 +330,13 @@ def test_unparseable_text_files_name_the_file(folder_dataset, tmp_path, damage, 
 def test_folder_seed_option_must_be_an_integer(folder_dataset, tmp_path):
     with pytest.raises(AdapterOptionError, match="option seed must be an integer, got 'one'"):
         prepare(folder_dataset, tmp_path / "s.h5", image_size=8, options={"seed": "one"})
+
+
+def test_pickle_of_an_unknown_class_names_the_file(tmp_path):
+    from afo.data._common import load_trusted_pickle
+
+    path = tmp_path / "data.pkl"
+    # protocol-0 pickle of an instance of nowhere_module.Gone (written by hand: the class does not exist here)
+    path.write_bytes(b"cnowhere_module\nGone\np0\n(tRp1\n.")
+    with pytest.raises(DatasetFormatError, match=r"data\.pkl: the EEG dict is a pickle of a class .*nowhere_module"):
+        load_trusted_pickle(path, "the EEG dict", "a dict")

@@ -201,7 +201,12 @@ def load_trusted_pickle(path: str | Path, what: str, expected: str) -> Any:
     """
     path = require_file(path, what, expected)
     with reading(path, what, expected), open(path, "rb") as fh:
-        return pickle.Unpickler(fh, encoding="latin1").load()
+        try:
+            return pickle.Unpickler(fh, encoding="latin1").load()
+        except (ImportError, AttributeError) as exc:  # only the unpickler runs here: it names a class we lack
+            raise DatasetFormatError(
+                f"{path}: {what} is a pickle of a class this environment cannot import ({exc}); expected {expected}"
+            ) from exc
 
 
 def read_lines(path: Path) -> list[str]:
