@@ -340,3 +340,13 @@ def test_pickle_of_an_unknown_class_names_the_file(tmp_path):
     path.write_bytes(b"cnowhere_module\nGone\np0\n(tRp1\n.")
     with pytest.raises(DatasetFormatError, match=r"data\.pkl: the EEG dict is a pickle of a class .*nowhere_module"):
         load_trusted_pickle(path, "the EEG dict", "a dict")
+
+
+def test_unreadable_video_names_the_file(tmp_path):
+    from afo.data._common import middle_frame, video_duration
+
+    path = tmp_path / "clip.mp4"
+    path.write_bytes(b"not a video" * 64)
+    for read in (video_duration, middle_frame):
+        with pytest.raises(DatasetFormatError, match=r"clip\.mp4: not a video PyAV can open"):
+            read(path)
