@@ -309,3 +309,44 @@ def test_adapter_option_errors_are_user_errors(folder_dataset, tmp_path, capsys)
     code = main(["prepare", "folder", "--root", str(folder_dataset), "--out", str(tmp_path / "s.h5"), "--options", '{"sed": 1}'])
     err = capsys.readouterr().err
     assert code == 2 and "unknown option(s) ['sed']" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "damage, match",
+    [
+        (lambda root: (root / "dataset.yaml").write_text("name: [unclosed\n"), r"dataset\.yaml: not valid YAML"),
+        (lambda root: (root / "subj01" / "trials.csv").write_bytes(b""), r"subj01/trials\.csv: not a readable CSV table \(EmptyDataError"),
+        (lambda root: (root / "subj01" / "rois.csv").write_bytes(b'voxel,roi\n1,"early\n'), r"subj01/rois\.csv: not a readable CSV table \(ParserError"),
+        (lambda root: (root / "subj01" / "rois.csv").write_bytes(b"voxel,roi\n1,\xff\xfe\n"), r"subj01/rois\.csv: not a readable CSV table \(UnicodeDecodeError"),
+    ],
+    ids=["yaml", "empty-trials", "unclosed-quote", "not-utf8"],
+)
+def test_unparseable_text_files_name_the_file(folder_dataset, tmp_path, damage, match):
+    damage(folder_dataset)
+    with pytest.raises(FolderDatasetError, match=match + r".*Fix:"):
+        prepare(folder_dataset, tmp_path / "s.h5", image_size=8)
+
+
+def test_folder_seed_option_must_be_an_integer(folder_dataset, tmp_path):
+    with pytest.raises(AdapterOptionError, match="option seed must be an integer, got 'one'"):
+        prepare(folder_dataset, tmp_path / "s.h5", image_size=8, options={"seed": "one"})
+
+
+def test_pickle_of_an_unknown_class_names_the_file(tmp_path):
+    from afo.data._common import load_trusted_pickle
+
+    path = tmp_path / "data.pkl"
+    # protocol-0 pickle of an instance of nowhere_module.Gone (written by hand: the class does not exist here)
+    path.write_bytes(b"cnowhere_module\nGone\np0\n(tRp1\n.")
+    with pytest.raises(DatasetFormatError, match=r"data\.pkl: the EEG dict is a pickle of a class .*nowhere_module"):
+        load_trusted_pickle(path, "the EEG dict", "a dict")
+
+
+def test_unreadable_video_names_the_file(tmp_path):
+    from afo.data._common import middle_frame, video_duration
+
+    path = tmp_path / "clip.mp4"
+    path.write_bytes(b"not a video" * 64)
+    for read in (video_duration, middle_frame):
+        with pytest.raises(DatasetFormatError, match=r"clip\.mp4: not a video PyAV can open"):
+            read(path)

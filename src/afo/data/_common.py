@@ -201,7 +201,12 @@ def load_trusted_pickle(path: str | Path, what: str, expected: str) -> Any:
     """
     path = require_file(path, what, expected)
     with reading(path, what, expected), open(path, "rb") as fh:
-        return pickle.Unpickler(fh, encoding="latin1").load()
+        try:
+            return pickle.Unpickler(fh, encoding="latin1").load()
+        except (ImportError, AttributeError) as exc:  # only the unpickler runs here: it names a class we lack
+            raise DatasetFormatError(
+                f"{path}: {what} is a pickle of a class this environment cannot import ({exc}); expected {expected}"
+            ) from exc
 
 
 def read_lines(path: Path) -> list[str]:
@@ -259,12 +264,19 @@ def _open_video(path: Path):
     require_file(path, "video file", "an mp4 (or any container FFmpeg reads)")
     try:
         container = av.open(str(path))
-    except Exception as exc:  # PyAV raises its own error classes (av.error.*)
+    except (av.error.FFmpegError, OSError) as exc:  # every PyAV error derives from FFmpegError
         raise DatasetFormatError(f"{path}: not a video PyAV can open ({exc})") from exc
     if not container.streams.video:
         container.close()
         raise DatasetFormatError(f"{path}: has no video stream")
     return container
+
+
+def _av_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions PyAV raises for a stream it cannot decode (av.error.*, all FFmpegError)."""
+    import av.error
+
+    return (av.error.FFmpegError,)
 
 
 def video_duration(path: str | Path) -> float:
@@ -318,7 +330,7 @@ def video_frames_at(path: str | Path, times: Sequence[float]) -> Iterator[np.nda
             i += 1
     except DatasetFormatError:
         raise
-    except Exception as exc:  # decoding errors come as av.error.* classes
+    except _av_errors() as exc:  # FFmpeg's verdict on the stream; a bug in the loop above keeps its traceback
         raise DatasetFormatError(f"{path}: video decoding failed ({exc})") from exc
     finally:
         container.close()
@@ -331,7 +343,7 @@ def middle_frame(path: str | Path) -> np.ndarray:
     try:
         stream = container.streams.video[0]
         frames = [frame for frame in container.decode(stream)]  # 3-s clips: ~90 small frames
-    except Exception as exc:
+    except _av_errors() as exc:
         raise DatasetFormatError(f"{path}: video decoding failed ({exc})") from exc
     finally:
         container.close()

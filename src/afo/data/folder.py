@@ -1,4 +1,4 @@
-"""The folder dataset ("bring your own data"), exactly as docs/inputs.md specifies it.
+"""The folder dataset ("bring your own data"): the contract of docs/design.md, checked as docs/inputs.md says.
 
 Layout under ``root``::
 
@@ -27,7 +27,7 @@ import pandas as pd
 import yaml
 from tqdm import tqdm
 
-from afo.data._common import load_image, resolve_options
+from afo.data._common import AdapterOptionError, load_image, resolve_options
 from afo.data.noise_ceiling import check_percent
 from afo.data.splits import split_by_image
 from afo.data.store import MODALITIES, SPLIT_CODE, SPLITS, StoreError, StoreWriter
@@ -42,6 +42,7 @@ class FolderDatasetError(StoreError):
 
 
 def _fail(path: Path, problem: str, fix: str) -> FolderDatasetError:
+    problem = " ".join(problem.split())  # a library's multi-line reason still makes one line
     return FolderDatasetError(f"{path}: {problem}. Fix: {fix}")
 
 
@@ -49,7 +50,10 @@ def read_dataset_yaml(root: Path) -> dict:
     path = root / "dataset.yaml"
     if not path.is_file():
         raise _fail(path, "missing", "create it with `name: <str>` and `modality: fmri|eeg|meg`")
-    meta = yaml.safe_load(path.read_text()) or {}
+    try:
+        meta = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise _fail(path, f"not valid YAML ({err})", "write `name: <str>` and `modality: fmri|eeg|meg`, one per line") from err
     if not isinstance(meta, dict) or not isinstance(meta.get("name"), str) or not meta["name"]:
         raise _fail(path, "field `name` missing or not a string", "add `name: <dataset name>`")
     if meta.get("modality") not in MODALITIES:
@@ -82,7 +86,7 @@ def find_subjects(root: Path) -> list[Path]:
 def _read_trials(path: Path, n_trials: int, image_files: set[str]) -> pd.DataFrame:
     if not path.is_file():
         raise _fail(path, "missing", "write one row per trial with columns `image` (and optionally `split`)")
-    trials = pd.read_csv(path, dtype={"image": str, "split": str}, keep_default_na=False)
+    trials = _read_csv(path, {"image": str, "split": str}, "columns `image` (and optionally `split`), one row per trial")
     if "image" not in trials.columns:
         raise _fail(path, f"no column `image` (columns: {list(trials.columns)})", "name the stimulus file of each trial in a column `image`")
     if len(trials) != n_trials:
@@ -95,6 +99,22 @@ def _read_trials(path: Path, n_trials: int, image_files: set[str]) -> pd.DataFra
         if unknown:
             raise _fail(path, f"field `split` has unknown label(s) {unknown}", f"use only {list(SPLITS)} (or drop the column for the default split)")
     return trials
+
+
+def _read_csv(path: Path, dtype, layout: str) -> pd.DataFrame:
+    """A CSV table read as text (empty cells stay ''); a file pandas cannot parse names itself."""
+    try:
+        return pd.read_csv(path, dtype=dtype, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise _fail(path, f"not a readable CSV table ({type(err).__name__}: {err})", f"write a CSV with {layout}") from err
+
+
+def _read_seed(options: dict | None, root: Path) -> int:
+    """The default split's seed from the dataset's options (an integer)."""
+    seed = resolve_options(f"folder dataset {root}", options, DEFAULTS)["seed"]
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise AdapterOptionError(f"folder dataset {root}: option seed must be an integer, got {seed!r}")
+    return seed
 
 
 def _trial_split(path: Path, trials: pd.DataFrame, trial_image: np.ndarray, seed: int) -> np.ndarray:
@@ -139,7 +159,7 @@ def _load_npy(path: Path, what: str, mmap: bool = False) -> np.ndarray:
 
 def _read_rois(path: Path, n_voxels: int) -> np.ndarray:
     """ROI label per voxel [n_voxels] ('' = none) from rois.csv; rows are numbered as lines of the file."""
-    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    table = _read_csv(path, str, "columns `voxel` (int) and `roi` (str), one row per voxel")
     if not {"voxel", "roi"} <= set(table.columns):
         raise _fail(path, f"columns are {list(table.columns)}", "use columns `voxel` (int) and `roi` (str)")
     line = np.arange(len(table)) + 2  # line 1 is the header
@@ -206,7 +226,7 @@ def _plan_subject(sub_dir: Path, image_files: set[str], seed: int) -> dict:
 def prepare(root: str | Path, out: str | Path, *, image_size: int, options: dict | None = None) -> dict:
     """Read a folder dataset and write its prepared store to ``out``; returns a report per subject."""
     root = Path(root)
-    seed = int(resolve_options(f"folder dataset {root}", options, DEFAULTS)["seed"])
+    seed = _read_seed(options, root)
     meta = read_dataset_yaml(root)
     images_dir = root / "images"
     if not images_dir.is_dir():
