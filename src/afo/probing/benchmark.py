@@ -24,6 +24,7 @@ Holdout datasets (``role: holdout``) are probed exactly like training datasets; 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -163,8 +164,8 @@ def probe_dataset(
 ) -> pd.DataFrame:
     """Per-voxel test r of one extractor on every subject of one dataset.
 
-    Columns: extractor, dataset, role, subject, voxel, dataset_roi, r_test, best_alpha, alpha_at_edge,
-    n_components, n_train, n_test. Bad voxels (all-NaN, constant) are not probed and have no row.
+    Columns: extractor, dataset, role, subject, voxel, dataset_roi, r_test, best_alpha, cv_r2 (cross-validated
+    R^2 at that alpha), alpha_at_edge, n_components, n_train, n_test. Bad voxels (all-NaN, constant) are not probed and have no row.
     """
     from afo.probing.ridge import linear_probe
 
@@ -190,21 +191,40 @@ def probe_dataset(
         tables.append(pd.DataFrame({
             "extractor": spec.label, "dataset": dataset, "role": role, "subject": name, "voxel": s.voxels,
             "dataset_roi": labels, "r_test": result.r_test, "best_alpha": result.best_alpha,
-            "alpha_at_edge": result.alpha_at_edge, "n_components": result.n_components,
+            "cv_r2": result.cv_score, "alpha_at_edge": result.alpha_at_edge, "n_components": result.n_components,
             "n_train": train.size, "n_test": test.size,
         }))
     return pd.concat(tables, ignore_index=True)
 
 
+#: Share of positively scored voxels whose alpha sits at an edge of the grid above which the report warns.
+EDGE_WARNING_SHARE = 0.05
+
+
 def probe_summary(table: pd.DataFrame) -> pd.DataFrame:
-    """Median and mean test r per extractor, dataset (with role) and subject ('all' = pooled)."""
+    """Median and mean test r per extractor, dataset (with role) and subject ('all' = pooled).
+
+    ``edge_share``: among the voxels with a positive cross-validated R^2 (the ones the probe predicts at all),
+    the share whose chosen alpha is the smallest or largest of the grid — where the grid, not the data, chose.
+    """
     pooled = table.assign(subject="all")
     both = pd.concat([table, pooled], ignore_index=True)
+    both["positive_at_edge"] = np.where(both["cv_r2"] > 0, both["alpha_at_edge"].astype(float), np.nan)
     out = both.groupby(["dataset", "role", "subject", "extractor"], sort=False).agg(
         n_voxels=("r_test", "size"), median_r=("r_test", "median"), mean_r=("r_test", "mean"),
-        alpha_at_edge=("alpha_at_edge", "mean"),
+        edge_share=("positive_at_edge", "mean"),
     ).reset_index()
     return out
+
+
+def edge_warning(summary: pd.DataFrame) -> str:
+    """A warning naming every extractor and dataset whose edge share (pooled subjects) exceeds 5%, or ""."""
+    pooled = summary[(summary["subject"] == "all") & (summary["edge_share"] > EDGE_WARNING_SHARE)]
+    if pooled.empty:
+        return ""
+    cases = ", ".join(f"{r.extractor} on {r.dataset} ({r.edge_share:.0%})" for r in pooled.itertuples())
+    return (f"Warning: for {cases}, more than {EDGE_WARNING_SHARE:.0%} of the positively scored voxels chose an alpha at "
+            "an edge of probing.alphas: their scores are limited by the grid; widen it.")
 
 
 def violin_table(table: pd.DataFrame) -> pd.DataFrame:
@@ -217,13 +237,18 @@ def violin_table(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def write_probe_report(tables: Sequence[str | Path], out: str | Path, summary: str | Path) -> pd.DataFrame:
-    """probe.csv (every extractor and dataset) and its HTML summary; returns the table."""
+    """probe.csv (every extractor and dataset) and its HTML summary (with the alpha-grid warning); returns the table."""
     from afo.io.tables import read_table, write_csv
     from afo.report import write_html_table
 
     table = pd.concat([read_table(t) for t in tables], ignore_index=True)
     write_csv(table, out)
-    write_html_table(probe_summary(table), summary, "Linear probing: test r per voxel",
-                     "Median and mean test Pearson r over voxels per feature extractor (PCA + per-voxel ridge); "
-                     "subject all = voxels pooled; alpha_at_edge = fraction of voxels whose alpha hit the grid's edge.")
+    counts = probe_summary(table)
+    note = ("Median and mean test Pearson r over voxels per feature extractor (PCA + per-voxel ridge); subject all = "
+            "voxels pooled; edge_share = share of the voxels with a positive cross-validated R^2 whose alpha is at an "
+            "edge of the grid. ")
+    warning = edge_warning(counts)
+    if warning:
+        logging.getLogger(__name__).warning(warning)
+    write_html_table(counts, summary, "Linear probing: test r per voxel", note + warning)
     return table

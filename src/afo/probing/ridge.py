@@ -51,8 +51,8 @@ class ProbeResult:
     Attributes:
         r_test: [V] float64 Pearson r per voxel on the test rows (NaN: voxel not fitted or not scorable).
         best_alpha: [V] float64 ridge alpha chosen per voxel by cross-validation (NaN: voxel not fitted).
-        cv_score: [V] float64 mean cross-validated score at the chosen alpha (himalaya's default score:
-            negative mean squared error on the centred target; NaN: voxel not fitted).
+        cv_score: [V] float64 mean cross-validated R^2 at the chosen alpha (NaN: voxel not fitted); > 0 means the
+            features predict the voxel at all.
         alpha_at_edge: [V] bool, the chosen alpha is the smallest or largest of the grid (widen the grid if
             many voxels hit the upper edge).
         fitted: [V] bool, voxel entered the ridge fit.
@@ -253,6 +253,7 @@ def linear_probe(
         :class:`ProbeResult`.
     """
     from himalaya.ridge import RidgeCV
+    from himalaya.scoring import r2_score
 
     train_Y = np.asarray(train_Y)
     test_Y = np.asarray(test_Y)
@@ -294,7 +295,10 @@ def linear_probe(
         # float32 on the GPU (memory, speed); float64 on CPU where the cost is small and rounding is not.
         dtype = np.float32 if backend == "torch_cuda" else np.float64
         Y_fit = np.where(finite[:, fit_cols], train_Y[:, fit_cols], col_mean[fit_cols]).astype(dtype, copy=False)
-        solver_params = {"warn": False, "n_targets_batch": n_targets_batch, "n_targets_batch_refit": n_targets_batch}
+        # R^2 as the cross-validation score: per voxel it ranks alphas like the default negative loss, and its sign
+        # says whether the voxel is predicted at all (the alpha-at-edge check counts those voxels only).
+        solver_params = {"warn": False, "n_targets_batch": n_targets_batch, "n_targets_batch_refit": n_targets_batch,
+                         "score_func": r2_score}
         with himalaya_backend(backend) as bk:
             model = RidgeCV(alphas=alphas, cv=cv, fit_intercept=True, solver_params=solver_params)
             model.fit(Z_train.astype(dtype), Y_fit)

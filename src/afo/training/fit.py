@@ -19,8 +19,10 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
-from afo.io.tables import read_roi_selection
-from afo.model import EncodingModel
+from afo.data.store import PreparedStore
+from afo.io.tables import read_roi_selection, subject_key
+from afo.model import EncodingModel, subject_frame
+from afo.runtime import resolve_precision
 from afo.training.checkpoint import greedy_soup, load_model, save_model
 from afo.training.data import (
     EpochSampler,
@@ -94,11 +96,22 @@ class ResumeCheckpoint(pl.Callback):
         os.replace(tmp, self.path)
 
 
+def store_frames(stores: dict[str, str]) -> dict:
+    """Each subject's coordinate frame (subject key -> :class:`afo.model.pe.CoordinateFrame`) over all its usable
+    voxels in the prepared store: the same in every job, whichever voxels the job models."""
+    frames = {}
+    for dataset, path in stores.items():
+        with PreparedStore(path) as store:
+            for name in store.subjects:
+                usable = ~store.bad_voxel(name)
+                if usable.any():
+                    frames[subject_key(dataset, name)] = subject_frame(store.coords(name)[usable])
+    return frames
+
+
 def _trainer_settings(train: dict) -> dict:
     gpu = torch.cuda.is_available() and train.get("accelerator", "auto") in ("auto", "gpu")
-    precision = train.get("precision", "auto")
-    if precision == "auto":
-        precision = "bf16-mixed" if gpu else "32-true"
+    precision = resolve_precision(train.get("precision", "auto"), "cuda" if gpu else "cpu")
     return {
         "accelerator": "gpu" if gpu else "cpu",
         "devices": 1,
@@ -128,7 +141,9 @@ def fit(spec: TrainSpec, out_dir: str | Path) -> dict:
         raise ValueError(f"target_mode {spec.target_mode!r} needs dark-knowledge files")
 
     model_args = {k: spec.model[k] for k in MODEL_KEYS if k in spec.model}
-    model = EncodingModel(bank.layer_shapes, {s.key: s.coords for s in subjects}, **model_args)
+    # Each subject's coordinate frame comes from all its usable voxels in the store, so every job that models any
+    # subset of a subject (one ROI in stage 1) reads a loaded neck in the frame it was trained in.
+    model = EncodingModel(bank.layer_shapes, {s.key: s.coords for s in subjects}, frames=store_frames(spec.stores), **model_args)
     if spec.neck_init:
         source, _ = load_model(spec.neck_init)
         model.load_neck_mlps(source.neck_mlp_state(), freeze=spec.freeze_neck)
