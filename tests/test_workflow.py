@@ -94,6 +94,12 @@ def test_paper_config_plans_exactly_its_own_datasets(tmp_path):
     assert jobs["decode"] == len(paper["decoding"]["models"])
 
 
+def test_pilot_config_plans_the_paper_pipeline_on_a_slice(tmp_path):
+    jobs = planned_jobs(tmp_path, "--configfile", str(ROOT / "config/pilot.yaml"))
+    assert jobs["prepare"] == 2 and jobs["train_stage0"] == 2 and jobs["train_stage1"] == 4 and jobs["train_stage3"] == 1
+    assert "simulate" not in jobs and "train_ablation" not in jobs
+
+
 @pytest.mark.parametrize("k", [2, 4])
 def test_dag_shape_for_k_rois(tmp_path, k):
     config = yaml.safe_load(yaml.safe_dump(TINY))
