@@ -26,8 +26,10 @@ from tqdm import tqdm
 
 from afo.backbone_weights import load_backbone_weights
 from afo.data.store import PreparedStore
+from afo.io import CorruptFileError, MissingFileError, reading_hdf5
 
 FEATURES_FORMAT_VERSION = 1
+REBUILD = "rerun the workflow's features rule (or `afo features`)"
 RANDOM_INIT_SEED = 0
 
 
@@ -168,10 +170,10 @@ class FeatureCache:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         if not self.path.exists():
-            raise FileNotFoundError(f"{self.path}: no feature cache; run the workflow's features rule")
-        with h5py.File(self.path, "r") as f:
+            raise MissingFileError(f"{self.path}: no feature cache; {REBUILD}")
+        with reading_hdf5(self.path, "feature cache", REBUILD), h5py.File(self.path, "r") as f:
             if int(f.attrs.get("format_version", -1)) != FEATURES_FORMAT_VERSION:
-                raise ValueError(f"{self.path}: feature cache of another format version; delete it and rerun")
+                raise CorruptFileError(f"{self.path}: feature cache of another format version; delete it and {REBUILD}")
             n_layers = sum(1 for k in f if k.startswith("layer_"))
             self.layer_shapes: list[tuple[int, int, int]] = [tuple(f[f"layer_{k}"].shape[1:]) for k in range(n_layers)]
             self.n_images = int(f.attrs["n_images"])
@@ -180,7 +182,7 @@ class FeatureCache:
 
     def load(self, index: Sequence[int] | np.ndarray | None = None) -> list[torch.Tensor]:
         """float16 tensors [n, C_k, h_k, w_k] per layer for the given image rows (all when None)."""
-        with h5py.File(self.path, "r") as f:
+        with reading_hdf5(self.path, "feature cache", REBUILD), h5py.File(self.path, "r") as f:
             if index is None:
                 return [torch.from_numpy(f[f"layer_{k}"][:]) for k in range(len(self.layer_shapes))]
             index = np.asarray(index)

@@ -35,6 +35,7 @@ from PIL import Image
 
 from afo.data.noise_ceiling import check_percent, noise_ceiling_from_repeats
 from afo.errors import UserError
+from afo.io import reading_hdf5
 
 FORMAT_VERSION = 1
 SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -405,7 +406,8 @@ class PreparedStore:
         self.path = Path(path)
         if not self.path.exists():
             raise StoreError(f"{self.path}: no prepared store here; run the workflow's prepare rule (or `afo prepare`)")
-        self._file = h5py.File(self.path, "r")
+        with reading_hdf5(self.path, "prepared store", "rerun the workflow's prepare rule (or `afo prepare`)"):
+            self._file = h5py.File(self.path, "r")
         version = int(self._file.attrs.get("format_version", -1))
         if version != FORMAT_VERSION:
             raise StoreError(

@@ -13,6 +13,30 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from afo.errors import UserError
+
+
+class CorruptFileError(UserError):
+    """A file afo wrote earlier cannot be read back (truncated, damaged, or not what its name says)."""
+
+
+class MissingFileError(UserError, FileNotFoundError):
+    """A file afo writes in an earlier step is not there; the message names the step that writes it."""
+
+
+@contextmanager
+def reading_hdf5(path: str | os.PathLike, what: str, rebuild: str) -> Iterator[None]:
+    """Turn h5py's low-level failures inside the block into one line naming the file and how to rebuild it.
+
+    h5py reports a truncated or overwritten file as an OSError (at open, or when a damaged chunk is read);
+    ``rebuild`` says which rule or command writes the file again, e.g. "rerun the workflow's prepare rule".
+    """
+    try:
+        yield
+    except OSError as exc:
+        raise CorruptFileError(f"{path}: cannot read this {what} ({exc}); it is truncated or damaged — delete it and "
+                               f"{rebuild}") from exc
+
 
 def temporary_sibling(path: str | os.PathLike, suffix: str = ".tmp") -> Path:
     """A unique hidden name beside ``path`` (pid + random part: concurrent writers never share one).
