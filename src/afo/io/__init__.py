@@ -47,6 +47,31 @@ def temporary_sibling(path: str | os.PathLike, suffix: str = ".tmp") -> Path:
     return path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}{suffix}"
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Remove temporaries of ``path`` left by writers that were killed (their pid is gone); returns them.
+
+    Temporaries of live writers (a concurrent job) are left alone.
+    """
+    path = Path(path)
+    removed = []
+    for tmp in path.parent.glob(f".{path.name}.*"):
+        parts = tmp.name[len(path.name) + 2 :].split(".")
+        if len(parts) >= 2 and parts[0].isdigit() and not _pid_alive(int(parts[0])):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]:
     """Yield a temporary path to write; on success it replaces ``path``, on any error it is removed.
@@ -55,6 +80,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
     tmp = temporary_sibling(path, suffix)
     try:
         yield tmp
