@@ -48,3 +48,16 @@ def test_prediction_file_damage_of_the_same_size_is_refused(tmp_path):
     _truncate(path, 0.4)
     with pytest.raises(CorruptFileError, match="prediction file"):
         read_predictions(path)
+
+
+def test_prepare_on_a_full_disk_is_one_clear_error(folder_dataset, tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    from afo.data.store import NoSpaceError
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10 << 30, 10 << 30, 1 << 20))
+    with pytest.raises(NoSpaceError, match="no space left on device"):
+        prepare(folder_dataset, tmp_path / "s.h5", image_size=8)
+    assert not (tmp_path / "s.h5").exists() and not (tmp_path / "s.h5.tmp").exists()

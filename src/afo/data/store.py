@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -147,6 +148,29 @@ def _voxel_problems(
     return all_nan, constant, no_train
 
 
+class NoSpaceError(StoreError):
+    """The file system of the store has no room for what comes next; nothing under the final name is touched."""
+
+
+# Headroom kept free beyond the bytes a write needs (HDF5 metadata, chunk rounding, other jobs).
+_SPACE_MARGIN = 64 << 20
+
+
+def ensure_space(path: Path, nbytes: int) -> None:
+    """Refuse a write of ``nbytes`` into ``path``'s file system when it has no room for it.
+
+    Checked before the write rather than caught after: HDF5 can leave a half-written file in a state where
+    the next call crashes the process instead of raising.
+    """
+    free = shutil.disk_usage(path.parent).free
+    if free < nbytes + _SPACE_MARGIN:
+        raise NoSpaceError(
+            f"{path}: no space left on device for the prepared store ({free / 2**20:.0f} MiB free, about "
+            f"{(nbytes + _SPACE_MARGIN) / 2**20:.0f} MiB needed next); free space there or run the workflow in a "
+            "folder on a larger disk"
+        )
+
+
 class SubjectWriter:
     """Appends one subject's trials in chunks (bounded memory); finished by :meth:`finish`."""
 
@@ -193,6 +217,7 @@ class SubjectWriter:
         if n and (split.min() < 0 or split.max() >= len(SPLITS)):
             raise StoreError(f"trial_split codes must be 0..{len(SPLITS) - 1}")
         self._inf_count += inf.sum(0)
+        ensure_space(Path(self._group.file.filename), responses.nbytes + trial_image.nbytes + split.nbytes)
         for name, block in (("responses", responses), ("trial_image", trial_image), ("trial_split", split)):
             ds = self._group[name]
             ds.resize(self._n_trials + n, axis=0)
@@ -345,6 +370,7 @@ class StoreWriter:
         """Resize and store every stimulus, in the order of ``names`` (row i = names[i])."""
         n = len(names)
         s = self.image_size
+        ensure_space(self._tmp, n * s * s * 3)  # uncompressed size: an upper bound
         ds = self._file.create_dataset(
             "images", shape=(n, s, s, 3), dtype=np.uint8, chunks=(1, s, s, 3), compression="lzf"
         )
