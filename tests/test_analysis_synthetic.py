@@ -96,8 +96,9 @@ def test_eeg_has_no_retinotopy_check_and_cli_writes_json(tmp_path):
         t["dataset"] = "synth_eeg"
         t.to_csv(tmp_path / f"eeg_{name}", index=False)
     out = tmp_path / "checks.json"
-    write_synthetic_checks({"synth_eeg": eeg}, tmp_path / "eeg_veroi.csv", tmp_path / "eeg_voxels.csv",
-                           tmp_path / "eeg_retrieval.csv", out, tmp_path / "checks.html", n_permutations=20)
+    checks = synthetic_checks({"synth_eeg": eeg}, tmp_path / "eeg_veroi.csv", tmp_path / "eeg_voxels.csv",
+                              tmp_path / "eeg_retrieval.csv", n_permutations=20)
+    write_synthetic_checks(checks, out, tmp_path / "checks.html")
     checks = json.loads(out.read_text())
     assert checks["datasets"]["synth_eeg"]["retinotopy"] == {}
     assert checks["datasets"]["synth_eeg"]["decoding"]["mean_top1"] == pytest.approx(0.4)

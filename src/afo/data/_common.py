@@ -230,6 +230,22 @@ def index_images(folder: Path, desc: str = "indexing images") -> dict[str, Path]
     return found
 
 
+def find_images(folder: Path, relative: Mapping[str, str | Path]) -> dict[str, Path]:
+    """Key -> image file for each ``relative`` path: ``folder / path`` when it exists, else the file of that name
+    anywhere below ``folder`` (downloads flatten or nest folders differently). Keys not found are left out."""
+    found, index = {}, None
+    for key, rel in relative.items():
+        direct = folder / rel
+        if direct.is_file():
+            found[key] = direct
+            continue
+        if index is None:
+            index = index_images(folder)
+        if Path(rel).name in index:
+            found[key] = index[Path(rel).name]
+    return found
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # images and video
 

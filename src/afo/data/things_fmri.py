@@ -60,8 +60,8 @@ from afo.data._common import (
     as_list,
     check_choice,
     find_first,
+    find_images,
     format_error,
-    index_images,
     lazy_images,
     parse_subject_number,
     progress,
@@ -304,16 +304,7 @@ def _image_paths(root: Path, opts: dict, subjects: list[Subject]) -> dict[str, P
         concepts = subj.stimuli["concept"] if "concept" in subj.stimuli else [""] * len(subj.stimuli)
         for stim, concept in zip(subj.stimuli["stimulus"].iloc[subj.trials], np.asarray(concepts)[subj.trials]):
             wanted.setdefault(str(stim), str(concept))
-    paths, index = {}, None
-    for stim, concept in wanted.items():
-        direct = folder / concept / stim
-        if direct.is_file():
-            paths[stim] = direct
-            continue
-        if index is None:
-            index = index_images(folder)
-        if Path(stim).name in index:
-            paths[stim] = index[Path(stim).name]
+    paths = find_images(folder, {stim: Path(concept) / stim for stim, concept in wanted.items()})
     missing = [s for s in wanted if s not in paths]
     if missing:
         raise DatasetFileNotFoundError(f"{folder}: {len(missing)} stimulus image(s) missing, e.g. {missing[:5]}")

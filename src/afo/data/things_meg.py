@@ -48,8 +48,8 @@ from afo.data._common import (
     apply_window,
     as_list,
     find_first,
+    find_images,
     format_error,
-    index_images,
     lazy_images,
     means_bad_file,
     parse_subject_number,
@@ -202,16 +202,7 @@ class Participant:
 
 
 def _resolve_images(folder: Path, paths: list[str]) -> dict[str, Path]:
-    resolved, index = {}, None
-    for p in paths:
-        direct = folder / p
-        if direct.is_file():
-            resolved[p] = direct
-            continue
-        if index is None:
-            index = index_images(folder)
-        if Path(p).name in index:
-            resolved[p] = index[Path(p).name]
+    resolved = find_images(folder, {p: p for p in paths})
     missing = [p for p in paths if p not in resolved]
     if missing:
         raise DatasetFileNotFoundError(f"{folder}: {len(missing)} image(s) from metadata.image_path not found, "

@@ -186,27 +186,16 @@ def summary_rows(checks: dict) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["dataset", "check", "value", "reference", "note"])
 
 
-def write_synthetic_checks(
-    ground_truth: Mapping[str, str | Path],
-    veroi_csv: str | Path,
-    voxels_csv: str | Path,
-    retrieval_csv: str | Path,
-    out_json: str | Path,
-    out_html: str | Path,
-    model: str = "afo",
-    n_permutations: int = 1000,
-    seed: int = 0,
-) -> list[dict]:
-    """:func:`synthetic_checks` as JSON and its headline numbers as an HTML table; returns those numbers."""
+def write_synthetic_checks(checks: dict, out_json: str | Path, out_html: str | Path) -> list[dict]:
+    """The result of :func:`synthetic_checks` as JSON and its headline numbers as an HTML table; returns those numbers."""
     import json
 
     from afo.io import atomic_write_text
     from afo.report import write_html_table
 
-    checks = synthetic_checks(ground_truth, veroi_csv, voxels_csv, retrieval_csv, model, n_permutations, seed)
     atomic_write_text(out_json, json.dumps(checks, indent=2) + "\n")
     summary = summary_rows(checks)
-    write_html_table(summary, out_html, f"Synthetic-brain checks ({model})",
+    write_html_table(summary, out_html, f"Synthetic-brain checks ({checks['model']})",
                      "Ground truth from the simulator: veROIs against the simulated areas (adjusted Rand index against a "
                      "within-subject permutation null), all-voxel decoding against chance, learned RetinaMap against the "
                      "true receptive-field centres of the early (V1-V3) voxels.")
