@@ -116,7 +116,8 @@ def test_report_embeds_every_figure(run):
     embedded = re.findall(r"data:image/png;charset=utf8;filename=([^;]+);base64,", text)
     assert sorted(embedded) == pngs
     pages = set(re.findall(r"data:text/html;charset=utf8;filename=([^;]+);base64,", text))
-    assert {"ablation_table.html", "comparison.html", "summary.html", "probe_summary.html", "synthetic_checks.html"} <= pages
+    assert {"ablation_table.html", "comparison.html", "summary.html", "probe_summary.html", "synthetic_checks.html",
+            "headline.html"} <= pages
     for caption in ("Ablation table in the form", "Linear probing benchmark", "Top retrieved images", "RetinaMap (paper Figure 4)",
                     "veROI dendrogram", "Per-ROI scores", "LayerSelector (paper Figure 5)", "Checks against the synthetic"):
         assert caption in text, caption

@@ -79,3 +79,27 @@ def test_prediction_file_dtype(tmp_path):
     write_predictions(tmp_path / "32.h5", pred, dtype="float32")
     assert read_predictions(tmp_path / "32.h5")["d/s"][2][0, 0] == np.float32(1 / 3)
     assert read_predictions(tmp_path / "16.h5")["d/s"][2][0, 0] != np.float32(1 / 3)
+
+
+def test_headline_numbers(tmp_path):
+    import json
+
+    import pandas as pd
+
+    from afo.evaluation.headline import headline_table, write_headline
+
+    pd.DataFrame({"dataset": ["a", "a"], "area": ["all", "V1"], "afo": [0.5, 0.6], "naivemix": [0.4, 0.5]}).to_csv(
+        tmp_path / "c.csv", index=False)
+    pd.DataFrame({"dataset": "a", "subject": ["1", "2", "1"], "roi_set": ["all", "all", "veroi"], "roi": ["all", "all", "0"],
+                  "top1": [0.2, 0.4, 0.9], "chance_top1": 0.1}).to_csv(tmp_path / "r.csv", index=False)
+    pd.DataFrame({"extractor": "afo", "dataset": "h", "role": ["holdout"] * 3 + ["train"], "r_test": [0.1, 0.2, 0.3, 0.9]}).to_csv(
+        tmp_path / "p.csv", index=False)
+    (tmp_path / "s.json").write_text(json.dumps({"datasets": {"a": {"retinotopy": {"mean_r_x": 0.9, "mean_r_y": 0.8}}}}))
+    table = headline_table(tmp_path / "c.csv", tmp_path / "r.csv", tmp_path / "p.csv", tmp_path / "s.json")
+    values = dict(zip(table["section"], zip(table["value"], table["reference"])))
+    assert values["Encoding"] == (0.5, 0.4)
+    assert values["Decoding"][0] == pytest.approx(0.3) and values["Decoding"][1] == pytest.approx(0.1)
+    assert values["Linear probing (holdout)"][0] == pytest.approx(0.2)
+    assert values["Synthetic brain"] == (0.9, 0.8)
+    assert "afo at a glance" in write_headline(table, tmp_path / "h.html").read_text()
+    assert list(headline_table(tmp_path / "c.csv")["section"]) == ["Encoding"]

@@ -221,7 +221,7 @@ def _planned_after(workdir: Path, change) -> dict[str, int]:
 
 
 ANALYSIS_OF_AFO = {"evaluate", "summary_html", "ablation_table", "comparison_html", "decode", "model_figures",
-                   "roi_scores", "synthetic_checks", "all"}
+                   "roi_scores", "synthetic_checks", "headline", "all"}
 
 
 @pytest.mark.workflow
@@ -233,7 +233,7 @@ ANALYSIS_OF_AFO = {"evaluate", "summary_html", "ablation_table", "comparison_htm
         # How jobs use the machine changes no result: nothing reruns.
         (lambda c: c["compute"].update(train_threads=2, feature_batch_size=7, device="cpu", readout_chunk=5, num_workers=1), set()),
         # The permutation null's seed reruns only the synthetic checks.
-        (lambda c: c["evaluation"].update(null_seed=3), {"synthetic_checks", "all"}),
+        (lambda c: c["evaluation"].update(null_seed=3), {"synthetic_checks", "headline", "all"}),
         # The randROI seed: the tiny config has no randROI baseline, so nothing reads it.
         (lambda c: c["afo"].update(randroi_seed=3), set()),
     ],

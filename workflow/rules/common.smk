@@ -276,6 +276,7 @@ def ground_truth_input() -> list:
 
 def analysis_targets() -> list:
     out = [
+        "results/headline.html",
         "results/encoding/ablation_table.csv",
         "results/encoding/ablation_table.html",
         "results/encoding/comparison.csv",
@@ -297,3 +298,15 @@ def analysis_targets() -> list:
 
 def dataset_role(wildcards) -> str:
     return DATASETS[wildcards.dataset]["role"]
+
+
+def headline_retrieval() -> list:
+    return ["results/decoding/afo/retrieval.csv"] if "afo" in config["decoding"]["models"] else []
+
+
+def headline_probe() -> list:
+    return ["results/probing/probe.csv"] if EXTRACTORS else []
+
+
+def headline_checks() -> list:
+    return ["results/analysis/synthetic_checks.json"] if SYNTHETIC else []

@@ -117,3 +117,22 @@ rule synthetic_checks:
         "../../envs/afo.yaml"
     script:
         "../scripts/synthetic_checks.py"
+
+
+rule headline:
+    input:
+        comparison="results/encoding/comparison.csv",
+        retrieval=headline_retrieval(),
+        probe=headline_probe(),
+        checks=headline_checks(),
+    output:
+        report("results/headline.html", caption="../report/headline.rst", category="0. At a glance"),
+    log:
+        "logs/evaluate/headline.log",
+    threads: 1
+    resources:
+        mem_mb=1000,
+    conda:
+        "../../envs/afo.yaml"
+    script:
+        "../scripts/headline.py"
