@@ -393,7 +393,7 @@ def test_shared_neck_mlps_are_read_in_each_subjects_own_frame():
 
 
 def test_frame_travels_in_the_state_dict(tmp_path):
-    """A model file rebuilt from its coordinates alone (checkpoint.load_model) gets its frame back."""
+    """A model file rebuilt from its coordinates alone (afo.training.modelfile.load_model) gets its frame back."""
     full = _coords(30, 2)
     subset = full[_compact_subset(full, 5)]
     model = EncodingModel(VIT_LIKE, {"s": subset}, **SMALL, frames={"s": subject_frame(full)})

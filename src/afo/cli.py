@@ -245,7 +245,7 @@ def _decode(p: argparse.ArgumentParser) -> None:
         from afo.decoding.retrieval import rank_user_images
         from afo.io.tables import write_csv
         from afo.runtime import resolve_device
-        from afo.training.checkpoint import load_model
+        from afo.training.modelfile import load_model
 
         image_size = args.image_size
         if args.backbone is not None:
@@ -266,10 +266,10 @@ def _decode(p: argparse.ArgumentParser) -> None:
             from afo.io.tables import read_roi_selection
 
             _, payload = load_model(args.model)
-            if args.subject not in payload["voxels"]:
-                raise CliError(f"subject {args.subject!r} is not in {args.model}; it has {sorted(payload['voxels'])}")
+            if args.subject not in payload.voxels:
+                raise CliError(f"subject {args.subject!r} is not in {args.model}; it has {sorted(payload.voxels)}")
             wanted = read_roi_selection(args.rois, args.roi).get(args.subject, np.empty(0, dtype=np.int64))
-            mask = np.isin(payload["voxels"][args.subject].numpy(), wanted)
+            mask = np.isin(payload.voxels[args.subject].numpy(), wanted)
         ranking = rank_user_images(args.model, args.subject, args.images, np.load(args.response), backbone, image_size,
                                    voxel_mask=mask, device=resolve_device(args.device))
         if args.out:

@@ -157,13 +157,13 @@ def rank_user_images(
     from afo.data.store import resize_image
     from afo.features import BackboneSpec, backbone_features, create_backbone
 
-    from afo.training.checkpoint import load_model
+    from afo.training.modelfile import load_model
 
     device = torch.device(device)
     model, payload = load_model(model_path)
     if subject not in model.subjects:
         raise KeyError(f"subject {subject!r} is not in {model_path}; it has {model.subjects}")
-    measured = _match_response(response, payload["voxels"][subject].numpy(), subject)
+    measured = _match_response(response, payload.voxels[subject].numpy(), subject)
     spec = BackboneSpec.from_config(dict(backbone))
     size = int(image_size or spec.resolution)
     files = list_images(images_dir)

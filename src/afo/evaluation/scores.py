@@ -22,7 +22,7 @@ from afo.data.store import PreparedStore
 from afo.evaluation.predictions import PredictionError, assemble, split_predictions
 from afo.io.tables import read_roi_table, write_csv
 from afo.metrics import MIN_PAIRS, pearson_r
-from afo.training.checkpoint import load_model
+from afo.training.modelfile import load_model
 
 KEYS = ("dataset", "subject", "voxel")
 
@@ -35,7 +35,7 @@ def neck_readouts(model_path: str | Path, voxels: Mapping[str, np.ndarray]) -> p
     model, payload = load_model(model_path)
     frames = []
     for key, wanted in sorted(voxels.items()):
-        known = payload["voxels"][key].numpy()
+        known = payload.voxels[key].numpy()
         index = torch.from_numpy(np.searchsorted(known, wanted))
         with torch.no_grad():
             u = model.retina(key, index).numpy()

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from afo.data.store import PreparedStore
-from afo.training.data import load_subjects
+from afo.training.datamodule import load_subjects
 
 SOURCES = ("timm", "backbone", "model")
 
@@ -136,7 +136,7 @@ def extract(
         if spec.source == "model":
             if model_path is None:
                 raise ValueError(f"extractor {spec.label}: source model needs a model file")
-            from afo.training.checkpoint import load_model
+            from afo.training.modelfile import load_model
 
             core, _ = load_model(model_path)
             core.to(device)

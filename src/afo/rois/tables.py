@@ -17,7 +17,7 @@ from afo.data.store import PreparedStore
 from afo.io import atomic_path
 from afo.io.tables import ROI_COLUMNS, write_csv
 from afo.rois.veroi import VeroiResult, cluster_veroi, random_rois_like
-from afo.training.checkpoint import load_model
+from afo.training.modelfile import load_model
 
 
 def head_weight_matrix(model_paths: Sequence[str | Path]) -> tuple[pd.DataFrame, np.ndarray]:
@@ -33,7 +33,7 @@ def head_weight_matrix(model_paths: Sequence[str | Path]) -> tuple[pd.DataFrame,
         parts_keys, parts_w = [], []
         for subject in sorted(model.subjects):
             dataset, name = subject.split("/", 1)
-            voxels = payload["voxels"][subject].numpy()
+            voxels = payload.voxels[subject].numpy()
             parts_keys.append(pd.DataFrame({"dataset": dataset, "subject": name, "voxel": voxels}))
             with torch.no_grad():
                 parts_w.append(model.head_weights(subject).double().cpu().numpy())

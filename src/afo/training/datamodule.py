@@ -1,4 +1,9 @@
-"""What a training job reads: responses, targets and features of the chosen subjects and voxels.
+"""The data of a training job, as a LightningDataModule: subjects, targets, features, batches.
+
+One job reads the chosen voxels of every subject of its stores (:func:`load_subjects`), optionally a dark-knowledge
+target per image (:func:`attach_dark_knowledge`), and the backbone features of every image in memory
+(:class:`FeatureBank`). Training batches mix subjects (:class:`MixedBatches`, one epoch = :class:`EpochSampler`);
+validation runs over chunks of each subject's validation images (:class:`ValidationChunks`).
 
 A *subject key* is ``"<dataset>/<subject>"``, unique across datasets. Every job names the voxels it
 models per subject (all usable voxels, or one ROI's); the model's voxel i of a subject is ``voxels[i]``
@@ -15,15 +20,20 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import h5py
 import numpy as np
-import pandas as pd
+import pytorch_lightning as pl
 import torch
 
 from afo.data.store import SPLIT_CODE, PreparedStore
 from afo.data.repeats import average_repeats
+from afo.errors import UserError
 from afo.features import FeatureCache
+from afo.io.predictions import read_predictions
 from afo.io.tables import subject_key
+
+
+class TrainingDataError(UserError):
+    """The stores, ROI selection or dark-knowledge files of a job do not give it data to train on."""
 
 
 @dataclass
@@ -96,7 +106,7 @@ def load_subjects(
                     )
                 )
     if not subjects:
-        raise ValueError("no subject has any selected, usable voxel: check the ROI selection and the stores")
+        raise TrainingDataError("no subject has any selected, usable voxel: check the ROI selection and the stores")
     return subjects
 
 
@@ -106,22 +116,17 @@ def attach_dark_knowledge(subjects: Sequence[SubjectData], dk_paths: Sequence[st
         s.dk = torch.full((n_images[s.dataset], s.voxels.size), float("nan"))
     by_key = {s.key: s for s in subjects}
     for path in dk_paths:
-        with h5py.File(path, "r") as f:
-            for key in f:
-                for sub in f[key]:
-                    full_key = f"{key}/{sub}"
-                    if full_key not in by_key:
-                        continue
-                    s = by_key[full_key]
-                    g = f[key][sub]
-                    images, voxels, pred = g["images"][:], g["voxels"][:], g["pred"][:].astype(np.float32)
-                    cols = np.searchsorted(s.voxels, voxels)
-                    keep = (cols < s.voxels.size) & (s.voxels[np.minimum(cols, s.voxels.size - 1)] == voxels)
-                    s.dk[np.ix_(torch.from_numpy(images).long().numpy(), cols[keep])] = torch.from_numpy(pred[:, keep])
+        for key, (images, voxels, pred) in read_predictions(path).items():
+            if key not in by_key:
+                continue
+            s = by_key[key]
+            cols = np.searchsorted(s.voxels, voxels)
+            keep = (cols < s.voxels.size) & (s.voxels[np.minimum(cols, s.voxels.size - 1)] == voxels)
+            s.dk[np.ix_(images.astype(np.int64), cols[keep])] = torch.from_numpy(pred[:, keep])
     for s in subjects:
         uncovered = ~torch.isfinite(s.dk[s.train_images]).all(0) & torch.from_numpy(~s.own)
         if bool(uncovered.any()):
-            raise ValueError(
+            raise TrainingDataError(
                 f"dark knowledge does not cover {int(uncovered.sum())} helper voxel(s) of {s.key} on its training images; "
                 "every stage-1 ROI model must dump its predictions"
             )
@@ -136,7 +141,7 @@ class FeatureBank:
         for dataset, path in sorted(caches.items()):
             cache = FeatureCache(path)
             if shapes is not None and cache.layer_shapes != shapes:
-                raise ValueError(f"{path}: layer shapes {cache.layer_shapes} differ from other datasets' {shapes}; use one backbone spec")
+                raise TrainingDataError(f"{path}: layer shapes {cache.layer_shapes} differ from other datasets' {shapes}; use one backbone spec")
             shapes = cache.layer_shapes
             self.layers[dataset] = cache.load()
         self.layer_shapes: list[tuple[int, int, int]] = shapes or []
@@ -188,7 +193,7 @@ class MixedBatches(torch.utils.data.Dataset):
         self.seed = seed
         self._offsets = np.cumsum([0] + [len(s.train_images) for s in self.subjects])
         if self._offsets[-1] == 0:
-            raise ValueError("no training trial in any subject")
+            raise TrainingDataError("no training trial in any subject: check the stores' train split")
 
     @property
     def n_trials(self) -> int:
@@ -224,11 +229,16 @@ class MixedBatches(torch.utils.data.Dataset):
         return batch
 
 
+def epoch_batches(n_trials: int, batch_size: int, epoch_fraction: float) -> int:
+    """Batches per epoch: an epoch sees ``epoch_fraction`` of the pooled training trials (at least one batch)."""
+    return max(1, math.ceil(epoch_fraction * n_trials / batch_size))
+
+
 class EpochSampler(torch.utils.data.Sampler):
     """Yields ``(epoch, i)`` for i < batches per epoch; Lightning calls :meth:`set_epoch` every epoch."""
 
     def __init__(self, n_trials: int, batch_size: int, epoch_fraction: float):
-        self.n_batches = max(1, math.ceil(epoch_fraction * n_trials / batch_size))
+        self.n_batches = epoch_batches(n_trials, batch_size, epoch_fraction)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -239,3 +249,99 @@ class EpochSampler(torch.utils.data.Sampler):
 
     def __len__(self) -> int:
         return self.n_batches
+
+
+@dataclass
+class ValChunk:
+    """Up to ``chunk`` validation images of one subject: the model's input for them."""
+
+    key: str  # subject key
+    features: list[torch.Tensor]  # per layer [b, C, h, w]
+
+    def to(self, device: torch.device) -> ValChunk:
+        return ValChunk(self.key, [f.to(device, non_blocking=True) for f in self.features])
+
+
+class ValidationChunks(torch.utils.data.Dataset):
+    """Every scored subject's validation images in order, in chunks of ``chunk`` images.
+
+    A subject is scored when it has at least 3 validation images and ground-truth (``own``) voxels; the per-voxel
+    correlation needs all of a subject's images together, so the task gathers the chunks of an epoch before scoring.
+    """
+
+    def __init__(self, subjects: Sequence[SubjectData], bank: FeatureBank, chunk: int = 64):
+        self.scored = [s for s in subjects if s.split_images["val"].size >= 3 and s.own.any()]
+        self.bank = bank
+        self.items = [(s, start) for s in self.scored for start in range(0, s.split_images["val"].size, chunk)]
+        self.chunk = chunk
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> ValChunk:
+        s, start = self.items[index]
+        return ValChunk(s.key, self.bank.get(s.dataset, s.split_images["val"][start : start + self.chunk]))
+
+
+class TrainingData(pl.LightningDataModule):
+    """The data of one training job: mixed-subject training batches and chunked validation images.
+
+    stores / features: dataset name -> prepared store / feature cache. selection / own: subject key -> voxel
+    indices (see :func:`load_subjects`). dark_knowledge: prediction files (see :func:`attach_dark_knowledge`).
+    ``seed`` fixes the batches (the model's initialisation is seeded separately). :meth:`setup` loads everything
+    once; call it before building the model, which needs the subjects' coordinates and the feature shapes.
+    """
+
+    def __init__(
+        self,
+        stores: Mapping[str, str | Path],
+        features: Mapping[str, str | Path],
+        batch_size: int,
+        max_voxels: int,
+        epoch_fraction: float,
+        seed: int,
+        selection: Mapping[str, np.ndarray] | None = None,
+        own: Mapping[str, np.ndarray] | None = None,
+        dark_knowledge: Sequence[str | Path] = (),
+        num_workers: int = 0,
+    ):
+        super().__init__()
+        self.stores, self.features = dict(stores), dict(features)
+        self.selection, self.own, self.dark_knowledge = selection, own, list(dark_knowledge)
+        self.batch_size, self.max_voxels, self.epoch_fraction = batch_size, max_voxels, epoch_fraction
+        self.seed, self.num_workers = seed, num_workers
+        self.subjects: list[SubjectData] = []
+        self.bank: FeatureBank | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.bank is not None:
+            return
+        self.subjects = load_subjects(self.stores, selection=self.selection, own=self.own)
+        self.bank = FeatureBank(self.features)
+        if self.dark_knowledge:
+            attach_dark_knowledge(self.subjects, self.dark_knowledge, {d: self.bank.n_images(d) for d in self.features})
+
+    @property
+    def layer_shapes(self) -> list[tuple[int, int, int]]:
+        return self.bank.layer_shapes
+
+    @property
+    def coords(self) -> dict[str, np.ndarray]:
+        """Subject key -> voxel coordinates [n, 3], the model's subjects."""
+        return {s.key: s.coords for s in self.subjects}
+
+    def train_dataloader(self) -> torch.utils.data.DataLoader:
+        batches = MixedBatches(self.subjects, self.bank, self.batch_size, self.max_voxels, seed=self.seed)
+        sampler = EpochSampler(batches.n_trials, self.batch_size, self.epoch_fraction)
+        return torch.utils.data.DataLoader(
+            batches, sampler=sampler, batch_size=None, num_workers=self.num_workers, persistent_workers=self.num_workers > 0
+        )
+
+    def val_dataloader(self) -> torch.utils.data.DataLoader:
+        chunks = ValidationChunks(self.subjects, self.bank)
+        if not chunks.scored:
+            raise TrainingDataError("no subject has 3 or more validation images and monitored voxels: cannot checkpoint")
+        return torch.utils.data.DataLoader(chunks, batch_size=None)
+
+    def batches_per_epoch(self) -> int:
+        return epoch_batches(sum(len(s.train_images) for s in self.subjects), self.batch_size, self.epoch_fraction)

@@ -1,17 +1,19 @@
-"""The Lightning module: loss, optimiser, validation score of one encoding model."""
+"""The Lightning task: loss (SmoothL1 + LayerSelector entropy), targets (ground truth, dark knowledge), AdaBelief,
+and the validation score that checkpoints and the soup are judged by."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
+from afo.errors import UserError
 from afo.metrics import pearson_r
 from afo.model import EncodingModel
-from afo.training.data import Batch, FeatureBank, SubjectData
+from afo.training.datamodule import Batch, SubjectData, TrainingDataError, ValChunk
 
 
 def masked_smooth_l1(pred: torch.Tensor, target: torch.Tensor, beta: float, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -27,40 +29,40 @@ def masked_smooth_l1(pred: torch.Tensor, target: torch.Tensor, beta: float, mask
     return F.smooth_l1_loss(pred[keep], target[keep], beta=beta)
 
 
-@torch.no_grad()
-def predict_images(
-    model: EncodingModel, bank: FeatureBank, subject: SubjectData, images: np.ndarray, device: torch.device, chunk: int = 64
-) -> np.ndarray:
-    """Predictions [m, n] for the given image rows of the subject's dataset, eval mode (no jitter)."""
-    was_training = model.training
-    model.eval()
-    out = []
-    for start in range(0, len(images), chunk):
-        feats = [f.to(device) for f in bank.get(subject.dataset, images[start : start + chunk])]
-        out.append(model(feats, subject.key).float().cpu())
-    model.train(was_training)
-    if not out:
-        return np.zeros((0, subject.voxels.size), dtype=np.float32)
-    return torch.cat(out).numpy()
+def _forward_chunk(model: EncodingModel, chunk: ValChunk, device: torch.device) -> torch.Tensor:
+    """Predictions float32 [b, n] of a validation chunk on the CPU (as :func:`afo.training.predict.predict_images`)."""
+    return model([f.to(device) for f in chunk.features], chunk.key).float().cpu()
 
 
-def validation_score(model: EncodingModel, bank: FeatureBank, subjects: Sequence[SubjectData], device: torch.device) -> float:
+def pooled_validation_r(predictions: Mapping[str, Sequence[torch.Tensor]], subjects: Sequence[SubjectData]) -> float:
     """Mean Pearson r over the ``own`` voxels of all subjects on the validation images (repeat-averaged).
 
+    predictions: subject key -> the chunks [b, n] of its validation images in order (see ValidationChunks).
     Voxels are pooled across subjects, so each voxel counts once, as in the paper's tables.
     """
     scores = []
     for s in subjects:
-        images = s.split_images["val"]
-        if images.size < 3 or not s.own.any():
+        if s.key not in predictions:
             continue
-        pred = predict_images(model, bank, s, images, device)
+        pred = torch.cat(list(predictions[s.key])).numpy()
         r = pearson_r(pred[:, s.own], s.split_means["val"].numpy()[:, s.own])
         scores.append(r[np.isfinite(r)])
     pooled = np.concatenate(scores) if scores else np.empty(0)
     if pooled.size == 0:
-        raise ValueError("no validation images with finite responses on the monitored voxels: cannot checkpoint")
+        raise TrainingDataError("no validation images with finite responses on the monitored voxels: cannot checkpoint")
     return float(pooled.mean())
+
+
+@torch.no_grad()
+def validation_score(model: EncodingModel, loader: Iterable[ValChunk], subjects: Sequence[SubjectData], device: torch.device) -> float:
+    """:func:`pooled_validation_r` of ``model`` (eval mode) over a validation loader, outside the trainer (the soup)."""
+    was_training = model.training
+    model.eval()
+    predictions: dict[str, list[torch.Tensor]] = {}
+    for chunk in loader:
+        predictions.setdefault(chunk.key, []).append(_forward_chunk(model, chunk, device))
+    model.train(was_training)
+    return pooled_validation_r(predictions, subjects)
 
 
 class EncodingTask(pl.LightningModule):
@@ -77,7 +79,6 @@ class EncodingTask(pl.LightningModule):
     def __init__(
         self,
         model: EncodingModel,
-        bank: FeatureBank,
         val_subjects: Sequence[SubjectData],
         lr: float,
         weight_decay: float,
@@ -89,17 +90,16 @@ class EncodingTask(pl.LightningModule):
     ):
         super().__init__()
         if target_mode not in ("gt", "helpers", "gt+dk"):
-            raise ValueError(f"target_mode {target_mode!r} is not gt, helpers or gt+dk")
+            raise UserError(f"target_mode {target_mode!r} is not gt, helpers or gt+dk")
         self.model = model
-        self.bank = bank
         self.val_subjects = list(val_subjects)
+        self._val_predictions: dict[str, list[torch.Tensor]] = {}
         self.lr, self.weight_decay, self.betas = lr, weight_decay, tuple(betas)
         self.lambda_entropy, self.beta = lambda_entropy, smoothl1_beta
         self.target_mode, self.dk_weight = target_mode, dk_weight
 
-    def transfer_batch_to_device(self, batch, device: torch.device, dataloader_idx: int):
-        # Validation "batches" are a single dummy item: the whole validation set is scored in validation_step.
-        return batch.to(device) if isinstance(batch, Batch) else batch
+    def transfer_batch_to_device(self, batch: Batch | ValChunk, device: torch.device, dataloader_idx: int) -> Batch | ValChunk:
+        return batch.to(device)
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         core = self.model.core(batch.features)
@@ -123,9 +123,16 @@ class EncodingTask(pl.LightningModule):
         self.log("train_loss", loss, prog_bar=True, batch_size=batch.features[0].shape[0])
         return loss
 
-    def validation_step(self, batch, batch_idx: int) -> None:
-        # The whole validation set is scored at once (per-voxel r needs all images together).
-        score = validation_score(self.model, self.bank, self.val_subjects, self.device)
+    def on_validation_epoch_start(self) -> None:
+        self._val_predictions = {}
+
+    def validation_step(self, batch: ValChunk, batch_idx: int) -> None:
+        # Per-voxel r needs all of a subject's images together: gather the chunks, score at the epoch's end.
+        self._val_predictions.setdefault(batch.key, []).append(_forward_chunk(self.model, batch, self.device))
+
+    def on_validation_epoch_end(self) -> None:
+        score = pooled_validation_r(self._val_predictions, self.val_subjects)
+        self._val_predictions = {}
         self.log("val_r", score, prog_bar=True, batch_size=1)
 
     def configure_optimizers(self):
