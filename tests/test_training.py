@@ -5,6 +5,7 @@ import subprocess
 import sys
 import time
 
+import h5py
 import numpy as np
 import pandas as pd
 import pytest
@@ -58,6 +59,28 @@ def test_greedy_soup_logic():
     assert int(state["n"]) == 3
 
 
+def test_model_config_rejects_unknown_settings():
+    from afo.training.modelfile import ModelConfig, ModelFileError
+
+    assert ModelConfig.from_dict({"conv_width": 8}).conv_width == 8
+    with pytest.raises(ModelFileError, match="conv_widht"):
+        ModelConfig.from_dict({"conv_widht": 8})
+
+
+def test_model_file_round_trip_and_foreign_file(data, tmp_path):
+    from afo.training.modelfile import ModelFileError, read_model_file
+
+    fit(_spec(data, train={**TRAIN, "max_epochs": 1}), tmp_path / "m")
+    model, model_file = load_model(tmp_path / "m" / "model.pt")
+    assert model_file.state_dict == {} and model_file.config.conv_width == MODEL["conv_width"]
+    assert model_file.layer_shapes == [tuple(s) for s in model.layer_shapes]
+    full = read_model_file(tmp_path / "m" / "model.pt")
+    assert all(torch.equal(full.state_dict[k], v) for k, v in model.state_dict().items())
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
+    with pytest.raises(ModelFileError, match="other.pt: not an afo model file"):
+        load_model(tmp_path / "other.pt")
+
+
 def test_fit_writes_model_metrics_and_is_deterministic(data, tmp_path):
     report = fit(_spec(data), tmp_path / "a")
     assert (tmp_path / "a" / "model.pt").exists()
@@ -92,6 +115,14 @@ def test_stage1_roi_and_predictions(data, tmp_path):
     pred = read_predictions(tmp_path / "dk.h5")
     images, voxels, values = pred["ds/subj01"]
     assert voxels.tolist() == [0, 1, 2, 3] and values.shape == (images.size, 4) and np.isfinite(values).all()
+    with h5py.File(tmp_path / "dk.h5") as f:
+        assert f["ds/subj01/pred"].dtype == np.float16  # dark knowledge: half size
+    # Evaluation asks for float32: the same predictions, unrounded.
+    predict_file(tmp_path / "s1" / "model.pt", {"ds": data / "store.h5"}, {"ds": data / "features.h5"}, ["train", "val"], tmp_path / "p32.h5", dtype="float32")
+    with h5py.File(tmp_path / "p32.h5") as f:
+        assert f["ds/subj01/pred"].dtype == np.float32
+        exact = f["ds/subj01/pred"][:]
+    assert np.allclose(exact, values, atol=1e-2) and not np.array_equal(exact, values)
 
 
 def test_resume_after_kill_continues_from_last_checkpoint(data, tmp_path):
