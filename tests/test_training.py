@@ -153,3 +153,25 @@ def test_resume_after_kill_continues_from_last_checkpoint(data, tmp_path):
     a = torch.load(tmp_path / "whole" / "model.pt", weights_only=True)["state_dict"]
     b = torch.load(tmp_path / "killed" / "model.pt", weights_only=True)["state_dict"]
     assert all(torch.allclose(a[k], b[k]) for k in a)
+
+
+def test_validation_runs_through_a_real_loader_of_every_validation_image(data):
+    from afo.metrics import pearson_r
+    from afo.training.datamodule import TrainingData
+    from afo.training.modelfile import ModelConfig
+    from afo.training.predict import predict_images
+    from afo.training.task import validation_score
+
+    dm = TrainingData({"ds": data / "store.h5"}, {"ds": data / "features.h5"}, batch_size=8, max_voxels=6, epoch_fraction=0.5, seed=0)
+    dm.setup()
+    chunks = list(dm.val_dataloader())
+    for s in dm.subjects:
+        rows = torch.cat([c.features[0] for c in chunks if c.key == s.key])
+        assert torch.equal(rows, dm.bank.get(s.dataset, s.split_images["val"])[0])
+    torch.manual_seed(0)
+    model = ModelConfig.from_dict(MODEL).build(dm.layer_shapes, dm.coords)
+    device = torch.device("cpu")
+    direct = np.concatenate([
+        pearson_r(predict_images(model, dm.bank, s, s.split_images["val"], device), s.split_means["val"].numpy()) for s in dm.subjects
+    ])
+    assert validation_score(model, dm.val_dataloader(), dm.subjects, device) == pytest.approx(float(np.nanmean(direct)), abs=1e-6)
