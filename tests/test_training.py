@@ -5,6 +5,7 @@ import subprocess
 import sys
 import time
 
+import h5py
 import numpy as np
 import pandas as pd
 import pytest
@@ -58,6 +59,28 @@ def test_greedy_soup_logic():
     assert int(state["n"]) == 3
 
 
+def test_model_config_rejects_unknown_settings():
+    from afo.training.modelfile import ModelConfig, ModelFileError
+
+    assert ModelConfig.from_dict({"conv_width": 8}).conv_width == 8
+    with pytest.raises(ModelFileError, match="conv_widht"):
+        ModelConfig.from_dict({"conv_widht": 8})
+
+
+def test_model_file_round_trip_and_foreign_file(data, tmp_path):
+    from afo.training.modelfile import ModelFileError, read_model_file
+
+    fit(_spec(data, train={**TRAIN, "max_epochs": 1}), tmp_path / "m")
+    model, model_file = load_model(tmp_path / "m" / "model.pt")
+    assert model_file.state_dict == {} and model_file.config.conv_width == MODEL["conv_width"]
+    assert model_file.layer_shapes == [tuple(s) for s in model.layer_shapes]
+    full = read_model_file(tmp_path / "m" / "model.pt")
+    assert all(torch.equal(full.state_dict[k], v) for k, v in model.state_dict().items())
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
+    with pytest.raises(ModelFileError, match="other.pt: not an afo model file"):
+        load_model(tmp_path / "other.pt")
+
+
 def test_fit_writes_model_metrics_and_is_deterministic(data, tmp_path):
     report = fit(_spec(data), tmp_path / "a")
     assert (tmp_path / "a" / "model.pt").exists()
@@ -92,6 +115,14 @@ def test_stage1_roi_and_predictions(data, tmp_path):
     pred = read_predictions(tmp_path / "dk.h5")
     images, voxels, values = pred["ds/subj01"]
     assert voxels.tolist() == [0, 1, 2, 3] and values.shape == (images.size, 4) and np.isfinite(values).all()
+    with h5py.File(tmp_path / "dk.h5") as f:
+        assert f["ds/subj01/pred"].dtype == np.float16  # dark knowledge: half size
+    # Evaluation asks for float32: the same predictions, unrounded.
+    predict_file(tmp_path / "s1" / "model.pt", {"ds": data / "store.h5"}, {"ds": data / "features.h5"}, ["train", "val"], tmp_path / "p32.h5", dtype="float32")
+    with h5py.File(tmp_path / "p32.h5") as f:
+        assert f["ds/subj01/pred"].dtype == np.float32
+        exact = f["ds/subj01/pred"][:]
+    assert np.allclose(exact, values, atol=1e-2) and not np.array_equal(exact, values)
 
 
 def test_resume_after_kill_continues_from_last_checkpoint(data, tmp_path):
@@ -122,3 +153,25 @@ def test_resume_after_kill_continues_from_last_checkpoint(data, tmp_path):
     a = torch.load(tmp_path / "whole" / "model.pt", weights_only=True)["state_dict"]
     b = torch.load(tmp_path / "killed" / "model.pt", weights_only=True)["state_dict"]
     assert all(torch.allclose(a[k], b[k]) for k in a)
+
+
+def test_validation_runs_through_a_real_loader_of_every_validation_image(data):
+    from afo.metrics import pearson_r
+    from afo.training.datamodule import TrainingData
+    from afo.training.modelfile import ModelConfig
+    from afo.training.predict import predict_images
+    from afo.training.task import validation_score
+
+    dm = TrainingData({"ds": data / "store.h5"}, {"ds": data / "features.h5"}, batch_size=8, max_voxels=6, epoch_fraction=0.5, seed=0)
+    dm.setup()
+    chunks = list(dm.val_dataloader())
+    for s in dm.subjects:
+        rows = torch.cat([c.features[0] for c in chunks if c.key == s.key])
+        assert torch.equal(rows, dm.bank.get(s.dataset, s.split_images["val"])[0])
+    torch.manual_seed(0)
+    model = ModelConfig.from_dict(MODEL).build(dm.layer_shapes, dm.coords)
+    device = torch.device("cpu")
+    direct = np.concatenate([
+        pearson_r(predict_images(model, dm.bank, s, s.split_images["val"], device), s.split_means["val"].numpy()) for s in dm.subjects
+    ])
+    assert validation_score(model, dm.val_dataloader(), dm.subjects, device) == pytest.approx(float(np.nanmean(direct)), abs=1e-6)

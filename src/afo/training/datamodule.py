@@ -343,5 +343,8 @@ class TrainingData(pl.LightningDataModule):
             raise TrainingDataError("no subject has 3 or more validation images and monitored voxels: cannot checkpoint")
         return torch.utils.data.DataLoader(chunks, batch_size=None)
 
+    def transfer_batch_to_device(self, batch: Batch | ValChunk, device: torch.device, dataloader_idx: int) -> Batch | ValChunk:
+        return batch.to(device)
+
     def batches_per_epoch(self) -> int:
         return epoch_batches(sum(len(s.train_images) for s in self.subjects), self.batch_size, self.epoch_fraction)

@@ -35,6 +35,10 @@ from afo.training.task import EncodingTask, validation_score
 
 log = logging.getLogger(__name__)
 
+# Layout of the resume state (afo.training.resume); part of the folder's hash, so a state written in another
+# layout is never resumed (2: top-k named by file name, finished.json, one CSV log per attempt).
+STATE_FORMAT = 2
+
 
 @dataclass
 class TrainSpec:
@@ -72,7 +76,7 @@ class TrainSpec:
         for path in self.input_files():
             st = Path(path).stat() if Path(path).exists() else None
             stamps[path] = [st.st_size, st.st_mtime_ns] if st else None
-        payload = json.dumps({"spec": asdict(self), "inputs": stamps}, sort_keys=True)
+        payload = json.dumps({"spec": asdict(self), "inputs": stamps, "state_format": STATE_FORMAT}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 

@@ -98,9 +98,6 @@ class EncodingTask(pl.LightningModule):
         self.lambda_entropy, self.beta = lambda_entropy, smoothl1_beta
         self.target_mode, self.dk_weight = target_mode, dk_weight
 
-    def transfer_batch_to_device(self, batch: Batch | ValChunk, device: torch.device, dataloader_idx: int) -> Batch | ValChunk:
-        return batch.to(device)
-
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         core = self.model.core(batch.features)
         loss = torch.zeros((), device=self.device)
