@@ -388,9 +388,9 @@ USERS = ("afotest-gpu-a", "afotest-gpu-b")
 _CLAIM_SCRIPT = """
 import sys
 from afo.gpu import GpuClaimTimeout, GpuLockDirError, claim_gpu
-lock_dir, n_gpus, hold = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "hold"
-try:
-    with claim_gpu(lock_dir, n_gpus=n_gpus, timeout=0.3, poll=0.05, job_name="user-test") as gpu:
+n_gpus, hold = int(sys.argv[1]), sys.argv[2] == "hold"
+try:  # the lock directory comes from AFO_GPU_LOCK_DIR, as users share it
+    with claim_gpu(n_gpus=n_gpus, timeout=0.3, poll=0.05, job_name="user-test") as gpu:
         print(f"GPU {gpu}", flush=True)
         if hold:
             sys.stdin.read()  # until the test closes our stdin
@@ -426,11 +426,11 @@ def two_users() -> Iterator[str]:
             subprocess.run(["userdel", user], capture_output=True)
 
 
-def _as_user(python: str, user: str, *args: str, hold: bool = False) -> subprocess.Popen:
+def _as_user(python: str, user: str, lock_dir: str, n_gpus: str, hold: bool = False) -> subprocess.Popen:
     src = str(Path(gpu_mod.__file__).resolve().parents[1])
     return subprocess.Popen(
-        ["runuser", "-u", user, "--", "env", f"PYTHONPATH={src}", python, "-c", _CLAIM_SCRIPT, *args,
-         "hold" if hold else "once"],
+        ["runuser", "-u", user, "--", "env", f"PYTHONPATH={src}", f"AFO_GPU_LOCK_DIR={lock_dir}", python, "-c",
+         _CLAIM_SCRIPT, n_gpus, "hold" if hold else "once"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
 

@@ -86,7 +86,11 @@ def every_rule_workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_shipped_profile_sends_gpu_jobs_to_the_gpu_partition(every_rule_workdir: Path) -> None:
-    proc = snakemake(every_rule_workdir, "-n")
+    # A dry run caps threads at --cores (1 unless given); a real SLURM run has no such cap, unless a profile sets
+    # `cores`, which the default workflow profile, loaded with the SLURM profile and winning key by key, must not.
+    default_profile = yaml.safe_load((ROOT / "profiles" / "default" / "config.yaml").read_text())
+    assert not {"cores", "jobs", "executor", "default-resources", "set-resources", "set-threads"} & set(default_profile)
+    proc = snakemake(every_rule_workdir, "-n", "--cores", "64")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = proc.stdout + proc.stderr
     # The default workflow profile is found where Snakemake looks for it (beside the Snakefile).
@@ -109,7 +113,7 @@ def test_shipped_profile_sends_gpu_jobs_to_the_gpu_partition(every_rule_workdir:
 def test_site_file_overrides_account_partitions_and_limits(every_rule_workdir: Path, tmp_path: Path) -> None:
     site = tmp_path / "site.yaml"
     site.write_text("account: proj42\ncpu_partition: short\ngpu_partition: a100\nmax_threads: 2\nmax_mem_mb: 3000\n")
-    proc = snakemake(every_rule_workdir, "-n", env=_env(AFO_SLURM_SITE=str(site)))
+    proc = snakemake(every_rule_workdir, "-n", "--cores", "64", env=_env(AFO_SLURM_SITE=str(site)))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     jobs = planned_jobs(proc.stdout + proc.stderr)
     assert jobs

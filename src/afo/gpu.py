@@ -109,8 +109,9 @@ class GpuLockDirError(UserError):
 def default_lock_dir() -> Path:
     """``$AFO_GPU_LOCK_DIR``, else ``<tmp>/afo-gpu-locks-<uid>``.
 
-    Per user by default: a world-shared name in /tmp could be pre-created by another user. Point
-    ``AFO_GPU_LOCK_DIR`` at a common directory (with group write permission) to share GPUs between users.
+    Per user by default (private, mode 0700, refused if another user owns it): a world-shared name in /tmp
+    could be pre-created by another user. Point ``AFO_GPU_LOCK_DIR`` at one directory to share GPUs between
+    users (see the module docstring for its modes).
     """
     env = os.environ.get("AFO_GPU_LOCK_DIR")
     if env:
@@ -191,10 +192,10 @@ def _ensure_cuda_not_initialised() -> None:
         )
 
 
-def _prepare_lock_dir(lock_dir: Path, is_default: bool) -> None:
-    """Create ``lock_dir`` if needed (private 0700 by default, shared 1777 otherwise) and check it is usable."""
+def _prepare_lock_dir(lock_dir: Path, private: bool) -> None:
+    """Create ``lock_dir`` if needed (0700 if ``private``, else shared: 1777) and check it is usable."""
     try:
-        if is_default:
+        if private:
             lock_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         elif not lock_dir.exists():
             _create_shared_dir(lock_dir)
@@ -205,14 +206,14 @@ def _prepare_lock_dir(lock_dir: Path, is_default: bool) -> None:
             f"cannot create the GPU lock directory {lock_dir}: {exc.strerror}; create it yourself "
             f"(mkdir -m 1777 {lock_dir}) or set AFO_GPU_LOCK_DIR to a directory you can write"
         ) from None
-    st = os.lstat(lock_dir) if is_default else _stat_or_none(lock_dir)
+    st = os.lstat(lock_dir) if private else _stat_or_none(lock_dir)
     if st is None or not stat.S_ISDIR(st.st_mode):
         raise GpuLockDirError(
             f"the GPU lock directory {lock_dir} is not a directory (a file or a link); remove it, or set AFO_GPU_LOCK_DIR "
             "to a directory"
         )
     # Another user could have created (or symlinked) our per-user default name in the shared /tmp.
-    if is_default and hasattr(os, "getuid") and st.st_uid != os.getuid():
+    if private and st.st_uid != os.getuid():
         raise GpuLockDirError(
             f"the GPU lock directory {lock_dir} belongs to another user (uid {st.st_uid}); "
             "set AFO_GPU_LOCK_DIR to a directory of your own"
@@ -369,9 +370,10 @@ def claim_gpu(
         yield None
         return
     _ensure_cuda_not_initialised()
-    is_default = lock_dir is None
+    # Only the per-user default is private; a directory named by the caller or AFO_GPU_LOCK_DIR may be shared.
+    private = lock_dir is None and not os.environ.get("AFO_GPU_LOCK_DIR")
     directory = default_lock_dir() if lock_dir is None else Path(lock_dir)
-    _prepare_lock_dir(directory, is_default)
+    _prepare_lock_dir(directory, private)
 
     note = (
         f"pid={os.getpid()}\nhost={socket.gethostname()}\njob={job_name or _default_job_name()}\n"
