@@ -6,7 +6,7 @@
 #   munged                       authentication between the SLURM daemons and commands
 #   MariaDB + slurmdbd           job accounting, so that `sacct` (the executor plugin's status check) works
 #   slurmctld + slurmd           the controller and this machine as its only node
-# The node has a fake GPU: a `gpu` GRES backed by a character device with /dev/null's numbers, so that jobs
+# The node has fake GPUs: a `gpu` GRES backed by character devices with /dev/null's numbers, so that jobs
 # asking for --gpus=1 are schedulable (nothing on it computes; afo runs on the CPU there). Partitions `cpu`
 # (default) and `gpu`; `cpu` carries a QOS that refuses GPU requests at submission, as real clusters do. The
 # account `afo_ci` is every local user's default account (the case the shipped profile expects: no account
@@ -25,7 +25,7 @@ fi
 CLUSTER=afo-ci
 ACCOUNT=afo_ci
 NODE=$(hostname -s)
-FAKE_GPU=/dev/afo-fake-gpu0
+FAKE_GPUS=2                     # as many as the test node has CPUs: GPU jobs need not queue for one
 DB_PASS=afo-ci-slurmdbd         # a local test database reachable only through localhost
 LOG=/var/log/slurm
 
@@ -130,10 +130,11 @@ hw=$(slurmd -C | head -n 1 | sed -E 's/^NodeName=[^ ]+ //')
 if [[ -n ${AFO_SLURM_NODE_MEM_MB:-} ]]; then
     hw=$(sed -E "s/RealMemory=[0-9]+/RealMemory=${AFO_SLURM_NODE_MEM_MB}/" <<<"$hw")
 fi
-if [[ ! -c $FAKE_GPU ]]; then
-    # /dev/null's major/minor: opening it is harmless, and SLURM sees a real character device.
-    mknod -m 666 "$FAKE_GPU" c 1 3 2>/dev/null || FAKE_GPU=/dev/null
-fi
+# /dev/null's major/minor: opening one is harmless, and SLURM sees real character devices.
+gpu_files=/dev/afo-fake-gpu[0-$((FAKE_GPUS - 1))]
+for ((i = 0; i < FAKE_GPUS; i++)); do
+    [[ -c /dev/afo-fake-gpu$i ]] || mknod -m 666 "/dev/afo-fake-gpu$i" c 1 3
+done
 
 conf_changed=0
 write_if_changed /etc/slurm/slurm.conf 644 root:root <<EOF && conf_changed=1
@@ -165,13 +166,13 @@ AccountingStorageEnforce=associations,limits,qos
 JobCompType=jobcomp/none
 # sacct shows the comment the executor plugin gives each job (rule_<name>_wildcards_...).
 AccountingStoreFlags=job_comment
-NodeName=$NODE NodeAddr=127.0.0.1 $hw Gres=gpu:1 State=UNKNOWN
+NodeName=$NODE NodeAddr=127.0.0.1 $hw Gres=gpu:$FAKE_GPUS State=UNKNOWN
 PartitionName=cpu Nodes=$NODE Default=YES MaxTime=INFINITE State=UP QOS=cpu_no_gpu
 PartitionName=gpu Nodes=$NODE MaxTime=INFINITE State=UP
 EOF
 write_if_changed /etc/slurm/gres.conf 644 root:root <<EOF && conf_changed=1
-# Written by .ci/slurm-setup.sh: one fake GPU (a character device with /dev/null's numbers).
-NodeName=$NODE Name=gpu File=$FAKE_GPU
+# Written by .ci/slurm-setup.sh: fake GPUs (character devices with /dev/null's numbers).
+NodeName=$NODE Name=gpu File=$gpu_files
 EOF
 
 # ---- accounting: cluster, account, users, QOS (before slurmctld reads the partition QOS) --------------------

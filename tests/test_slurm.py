@@ -256,5 +256,5 @@ def test_cancelled_job_is_detected_and_retried(slurm_run: tuple[Path, list[dict[
     assert [j["JobIDRaw"] for j in jobs][0] == job_id and len(jobs) == 2, jobs
     # sacct's own wording: what the plugin's sacct status check fails to recognise (docs/slurm.md).
     assert jobs[0]["State"].startswith("CANCELLED by "), jobs[0]
+    # sbatch without -A: SLURM charged the user's default account
     assert jobs[1]["State"] == "COMPLETED" and jobs[1]["Account"] == "afo_ci", jobs[1]
-    assert "Guessed SLURM account: afo_ci" in out
