@@ -189,7 +189,7 @@ def slurm_run(slurm_cluster: str, tmp_path_factory: pytest.TempPathFactory) -> t
     """The tiny config run to the end through the profile, with the site override a user writes."""
     workdir = tiny_workdir(tmp_path_factory.mktemp("slurm-run"))
     since = datetime.now() - timedelta(seconds=1)
-    proc = snakemake(workdir, *FAST_STATUS, env=_env(AFO_SLURM_SITE=str(TEST_DIR / "site.yaml")), timeout=900)
+    proc = snakemake(workdir, *FAST_STATUS, env=_env(AFO_SLURM_SITE=str(TEST_DIR / "site.yaml")), timeout=1200)
     assert proc.returncode == 0, f"SLURM run failed:\n{proc.stdout[-5000:]}\n{proc.stderr[-5000:]}"
     return workdir, sacct_jobs(since)
 
