@@ -12,10 +12,11 @@ import torch
 
 from afo.data.folder import prepare
 from afo.features import BackboneSpec, extract_features
-from afo.training.checkpoint import greedy_soup, load_model
 from afo.io.predictions import read_predictions
 from afo.training.fit import TrainSpec, fit
+from afo.training.modelfile import load_model
 from afo.training.predict import predict_file
+from afo.training.soup import greedy_soup
 
 MODEL = {"conv_width": 8, "out_dim": 8, "n_convs": 2, "kernel_size": 3, "pe_frequencies": 4, "mlp_width": 16, "sigma": 0.0}
 TRAIN = {
@@ -63,9 +64,9 @@ def test_fit_writes_model_metrics_and_is_deterministic(data, tmp_path):
     metrics = pd.read_csv(tmp_path / "a" / "metrics.csv")
     assert len(metrics) == 4 and metrics["val_r"].notna().all()
     assert 1 <= report["soup_members"] <= report["candidates"] <= 3
-    model, payload = load_model(tmp_path / "a" / "model.pt")
-    assert payload["voxels"]["ds/subj01"].tolist() == list(range(10))
-    assert json.loads(payload["info"]["spec"])["train"]["seed"] == 0
+    model, model_file = load_model(tmp_path / "a" / "model.pt")
+    assert model_file.voxels["ds/subj01"].tolist() == list(range(10))
+    assert json.loads(model_file.info["spec"])["train"]["seed"] == 0
     fit(_spec(data), tmp_path / "b")
     a = torch.load(tmp_path / "a" / "model.pt", weights_only=True)["state_dict"]
     b = torch.load(tmp_path / "b" / "model.pt", weights_only=True)["state_dict"]
@@ -85,8 +86,8 @@ def test_stage1_roi_and_predictions(data, tmp_path):
     rois = pd.DataFrame({"dataset": "ds", "subject": np.repeat(["subj01", "subj02"], 10), "voxel": np.tile(np.arange(10), 2), "roi": np.tile(["0"] * 4 + ["1"] * 6, 2)})
     rois.to_csv(tmp_path / "rois.csv", index=False)
     fit(_spec(data, rois=str(tmp_path / "rois.csv"), roi="0"), tmp_path / "s1")
-    _, payload = load_model(tmp_path / "s1" / "model.pt")
-    assert payload["voxels"]["ds/subj02"].tolist() == [0, 1, 2, 3]
+    _, model_file = load_model(tmp_path / "s1" / "model.pt")
+    assert model_file.voxels["ds/subj02"].tolist() == [0, 1, 2, 3]
     predict_file(tmp_path / "s1" / "model.pt", {"ds": data / "store.h5"}, {"ds": data / "features.h5"}, ["train", "val"], tmp_path / "dk.h5")
     pred = read_predictions(tmp_path / "dk.h5")
     images, voxels, values = pred["ds/subj01"]

@@ -1,8 +1,9 @@
-"""One training job: build the model, fit it with Lightning, soup the top-k checkpoints, save the model file.
+"""One training job, in named steps: its data, its model, training (resumable), the greedy soup, the outputs.
 
 Resumable: the job's Lightning state lives in ``<out_dir>/work/<spec hash>/`` (outside the model file the
-workflow declares, which Snakemake deletes before a job starts). Rerunning the same spec continues from
-``last.ckpt``; a changed spec starts afresh in another folder.
+workflow declares, which Snakemake deletes before a job starts); see :mod:`afo.training.resume`. Rerunning the
+same spec continues from ``last.ckpt``, or, when training had finished, only rebuilds the soup and the outputs;
+a changed spec starts afresh in another folder.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -19,24 +20,20 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
-from afo.io.tables import read_roi_selection
-from afo.model import EncodingModel
-from afo.training.checkpoint import greedy_soup, load_model, save_model
-from afo.training.data import (
-    EpochSampler,
-    FeatureBank,
-    MixedBatches,
-    attach_dark_knowledge,
-    load_subjects,
-)
-from afo.training.module import EncodingTask, validation_score
+from afo.data.store import PreparedStore
+from afo.errors import UserError
+from afo.io import atomic_write_text
+from afo.io.tables import read_roi_selection, subject_key
+from afo.model import EncodingModel, subject_frame
+from afo.runtime import resolve_precision
+from afo.training.datamodule import TrainingData
+from afo.training.modelfile import ModelConfig, ModelFile, load_model, save_model
+from afo.training.monitor import EpochLog, job_loggers, log_to_stderr_unless_configured
+from afo.training.resume import Finished, ResumeCheckpoint, TopK, training_lock, write_metrics
+from afo.training.soup import soup_checkpoints
+from afo.training.task import EncodingTask, validation_score
 
 log = logging.getLogger(__name__)
-
-MODEL_KEYS = (
-    "conv_width", "out_dim", "n_convs", "kernel_size", "pe_frequencies", "pe_max_period", "mlp_width",
-    "sigma", "retina_mapper", "layer_selector", "global_pool", "readout_chunk",
-)
 
 
 @dataclass
@@ -79,26 +76,42 @@ class TrainSpec:
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-class ResumeCheckpoint(pl.Callback):
-    """Writes the full training state (weights, optimizer, loops, callbacks) at the end of every epoch,
-    atomically (tmp + rename), so a job killed at any moment resumes from its last finished epoch.
+@dataclass(frozen=True)
+class JobPaths:
+    """Where one job's outputs and resumable state live (see :mod:`afo.training.resume`)."""
 
-    Listed after the other callbacks so that their end-of-epoch state (early stopping) is in the file."""
+    out: Path  # model.pt, metrics.csv, tensorboard/
+    work: Path  # <out>/work/<spec digest>
 
-    def __init__(self, path: Path):
-        self.path = Path(path)
+    @classmethod
+    def of(cls, spec: TrainSpec, out_dir: str | Path) -> JobPaths:
+        return cls(Path(out_dir), Path(out_dir) / "work" / spec.digest())
 
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        trainer.save_checkpoint(tmp, weights_only=False)
-        os.replace(tmp, self.path)
+    @property
+    def topk(self) -> Path:
+        return self.work / "topk"
+
+    @property
+    def last(self) -> Path:
+        return self.work / "last.ckpt"
+
+
+def store_frames(stores: dict[str, str]) -> dict:
+    """Each subject's coordinate frame (subject key -> :class:`afo.model.pe.CoordinateFrame`) over all its usable
+    voxels in the prepared store: the same in every job, whichever voxels the job models."""
+    frames = {}
+    for dataset, path in stores.items():
+        with PreparedStore(path) as store:
+            for name in store.subjects:
+                usable = ~store.bad_voxel(name)
+                if usable.any():
+                    frames[subject_key(dataset, name)] = subject_frame(store.coords(name)[usable])
+    return frames
 
 
 def _trainer_settings(train: dict) -> dict:
     gpu = torch.cuda.is_available() and train.get("accelerator", "auto") in ("auto", "gpu")
-    precision = train.get("precision", "auto")
-    if precision == "auto":
-        precision = "bf16-mixed" if gpu else "32-true"
+    precision = resolve_precision(train.get("precision", "auto"), "cuda" if gpu else "cpu")
     return {
         "accelerator": "gpu" if gpu else "cpu",
         "devices": 1,
@@ -108,103 +121,126 @@ def _trainer_settings(train: dict) -> dict:
     }
 
 
-def fit(spec: TrainSpec, out_dir: str | Path) -> dict:
-    """Train, soup and write ``<out_dir>/model.pt`` and ``<out_dir>/metrics.csv``; returns a report."""
-    out_dir = Path(out_dir)
-    work = out_dir / "work" / spec.digest()
-    work.mkdir(parents=True, exist_ok=True)
-    (work / "spec.json").write_text(json.dumps(asdict(spec), indent=2, sort_keys=True))
+def job_data(spec: TrainSpec) -> TrainingData:
+    """The job's datamodule, set up (the model is built from its subjects and feature shapes)."""
     train = spec.train
-    pl.seed_everything(int(train["seed"]), workers=True, verbose=False)
-    started = time.time()
+    if spec.target_mode != "gt" and not spec.dark_knowledge:
+        raise UserError(f"target_mode {spec.target_mode!r} needs dark-knowledge files")
+    data = TrainingData(
+        spec.stores, spec.features,
+        batch_size=int(train["batch_size"]), max_voxels=int(train["max_voxels"]), epoch_fraction=float(train["epoch_fraction"]),
+        # data_seed varies the batches while seed fixes the initialisation (stage-0 seeds share their init).
+        seed=int(train.get("data_seed", train["seed"])),
+        selection=read_roi_selection(spec.rois, spec.roi) if spec.rois else None,
+        own=read_roi_selection(spec.rois, spec.own_roi) if spec.own_roi else None,
+        dark_knowledge=spec.dark_knowledge,
+        num_workers=int(train.get("num_workers", 0)),
+    )
+    data.setup("fit")
+    return data
 
-    selection = read_roi_selection(spec.rois, spec.roi) if spec.rois else None
-    own = read_roi_selection(spec.rois, spec.own_roi) if spec.own_roi else None
-    subjects = load_subjects(spec.stores, selection=selection, own=own)
-    bank = FeatureBank(spec.features)
-    if spec.dark_knowledge:
-        attach_dark_knowledge(subjects, spec.dark_knowledge, {d: bank.n_images(d) for d in spec.features})
-    elif spec.target_mode != "gt":
-        raise ValueError(f"target_mode {spec.target_mode!r} needs dark-knowledge files")
 
-    model_args = {k: spec.model[k] for k in MODEL_KEYS if k in spec.model}
-    model = EncodingModel(bank.layer_shapes, {s.key: s.coords for s in subjects}, **model_args)
+def build_model(spec: TrainSpec, data: TrainingData) -> tuple[ModelConfig, EncodingModel]:
+    """A freshly initialised model for the job's subjects (with the neck MLPs of ``neck_init``).
+
+    Each subject's coordinate frame comes from all its usable voxels in the store, so every job that models any
+    subset of a subject (one ROI in stage 1) reads a loaded neck in the frame it was trained in.
+    """
+    config = ModelConfig.from_dict(spec.model)
+    model = config.build(data.layer_shapes, data.coords, frames=store_frames(spec.stores))
     if spec.neck_init:
         source, _ = load_model(spec.neck_init)
         model.load_neck_mlps(source.neck_mlp_state(), freeze=spec.freeze_neck)
+    return config, model
 
-    task = EncodingTask(
-        model, bank, subjects,
+
+def build_task(spec: TrainSpec, model: EncodingModel, data: TrainingData) -> EncodingTask:
+    train = spec.train
+    return EncodingTask(
+        model, data.subjects,
         lr=train["lr"], weight_decay=train["weight_decay"], betas=train["betas"],
         lambda_entropy=train["lambda_entropy"], smoothl1_beta=train["smoothl1_beta"],
         target_mode=spec.target_mode, dk_weight=train.get("dk_weight", 0.5),
     )
-    # data_seed varies the batches while seed fixes the initialisation (stage-0 seeds share their init).
-    batches = MixedBatches(subjects, bank, train["batch_size"], train["max_voxels"], seed=int(train.get("data_seed", train["seed"])))
-    sampler = EpochSampler(batches.n_trials, train["batch_size"], train["epoch_fraction"])
-    loader = torch.utils.data.DataLoader(
-        batches, sampler=sampler, batch_size=None, num_workers=train.get("num_workers", 0),
-        persistent_workers=train.get("num_workers", 0) > 0,
-    )
-    val_loader = torch.utils.data.DataLoader([0], batch_size=None)
 
-    top_k = pl.callbacks.ModelCheckpoint(
-        dirpath=work / "topk", filename="epoch{epoch:04d}", auto_insert_metric_name=False,
+
+def train_model(spec: TrainSpec, task: EncodingTask, data: TrainingData, paths: JobPaths) -> Finished:
+    """Fit with Lightning (resuming from ``last.ckpt``) and record the top-k; returns what the soup needs."""
+    train = spec.train
+    resume = paths.last if paths.last.exists() else None
+    if resume is None and paths.topk.exists():
+        shutil.rmtree(paths.topk)  # checkpoints of an attempt killed before its first resume state
+    top_k = TopK(
+        dirpath=paths.topk, filename="epoch{epoch:04d}", auto_insert_metric_name=False,
         monitor="val_r", mode="max", save_top_k=int(train["top_k"]), save_weights_only=True,
     )
-    last_cb = ResumeCheckpoint(work / "last.ckpt")
     stopper = pl.callbacks.EarlyStopping(monitor="val_r", mode="max", patience=int(train["patience"]))
-    logger = pl.loggers.CSVLogger(work, name="logs", version=0)
     trainer = pl.Trainer(
         max_epochs=int(train["max_epochs"]),
-        callbacks=[top_k, stopper, last_cb],
-        logger=logger,
+        # Lightning runs checkpoint callbacks last, in this order: the resume state is saved after the top-k update.
+        callbacks=[EpochLog("val_r"), stopper, top_k, ResumeCheckpoint(paths.last)],
+        logger=job_loggers(paths.work, paths.out / "tensorboard" / paths.work.name),
         num_sanity_val_steps=0,
         enable_model_summary=False,
         enable_progress_bar=sys.stderr.isatty(),
-        log_every_n_steps=max(1, min(50, sampler.n_batches)),
+        log_every_n_steps=max(1, min(50, data.batches_per_epoch())),
         **_trainer_settings(train),
     )
-    resume = work / "last.ckpt"
-    if resume.exists():
-        print(f"resuming from {resume}", file=sys.stderr)
-    trainer.fit(task, loader, val_loader, ckpt_path=str(resume) if resume.exists() else None, weights_only=True)
+    if resume is not None:
+        log.info("resuming from %s", resume)
+    trainer.fit(task, datamodule=data, ckpt_path=resume, weights_only=True)
+    finished = Finished(epochs=int(trainer.current_epoch), topk=top_k.scores())
+    finished.write(paths.work)
+    return finished
 
-    # Greedy soup of the top-k checkpoints, judged on the validation set.
-    device = task.device
-    candidates = []
-    for path, score in top_k.best_k_models.items():
-        state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
-        candidates.append((float(score), {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}))
+
+def soup(model: EncodingModel, data: TrainingData, finished: Finished, paths: JobPaths, device: torch.device) -> dict:
+    """Load the greedy soup of the top-k checkpoints, judged on the validation set, into ``model``; its summary."""
+    val_loader = data.val_dataloader()
 
     def held_out(state: dict) -> float:
         model.load_state_dict(state)
-        return validation_score(model.to(device), bank, subjects, device)
+        return validation_score(model.to(device), val_loader, data.subjects, device)
 
-    soup_state, members, soup_score = greedy_soup(candidates, held_out)
-    model.load_state_dict(soup_state)
-    scores = sorted((c[0] for c in candidates), reverse=True)
-    info = {
-        "val_r": soup_score,
-        "val_r_best_checkpoint": scores[0],
-        "soup_members": len(members),
-        "candidates": len(candidates),
-        "epochs": int(trainer.current_epoch),
-        "seconds": round(time.time() - started, 1),
-        "spec": json.dumps(asdict(spec), sort_keys=True),
-    }
-    save_model(out_dir / "model.pt", model.cpu(), model_args, {s.key: torch.from_numpy(s.voxels) for s in subjects}, info)
-    _write_metrics(work / "logs" / "version_0" / "metrics.csv", out_dir / "metrics.csv")
+    state, summary = soup_checkpoints(finished.checkpoints(paths.topk), held_out)
+    model.load_state_dict(state)
+    return summary
+
+
+def write_outputs(paths: JobPaths, model_file: ModelFile) -> None:
+    """metrics.csv (every attempt's epochs), then model.pt: a model file implies a complete metrics.csv."""
+    write_metrics(paths.work / "logs", paths.out / "metrics.csv")
+    save_model(paths.out / "model.pt", model_file)
+
+
+def fit(spec: TrainSpec, out_dir: str | Path, *, lock_timeout: float | None = None) -> dict:
+    """Train, soup and write ``<out_dir>/model.pt`` and ``<out_dir>/metrics.csv``; returns a report.
+
+    One trainer per ``out_dir`` at a time: a second waits for the first, at most ``lock_timeout`` seconds (None:
+    as long as it takes), then fails with :class:`afo.training.resume.TrainingLocked`.
+    """
+    log_to_stderr_unless_configured()
+    paths = JobPaths.of(spec, out_dir)
+    with training_lock(paths.work.parent, lock_timeout):
+        started = time.time()
+        paths.work.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(paths.work / "spec.json", json.dumps(asdict(spec), indent=2, sort_keys=True))
+        pl.seed_everything(int(spec.train["seed"]), workers=True, verbose=False)
+        data = job_data(spec)
+        config, model = build_model(spec, data)
+        task = build_task(spec, model, data)
+        finished = Finished.read(paths.work)
+        if finished is None:
+            finished = train_model(spec, task, data, paths)
+        else:
+            log.info("%s: training had finished (%d epochs); rebuilding the soup and the outputs", paths.work, finished.epochs)
+        summary = soup(model, data, finished, paths, task.device)
+        info = {
+            **summary,
+            "epochs": finished.epochs,
+            "seconds": round(time.time() - started, 1),
+            "spec": json.dumps(asdict(spec), sort_keys=True),
+        }
+        voxels = {s.key: torch.from_numpy(s.voxels) for s in data.subjects}
+        write_outputs(paths, ModelFile.of(model.cpu(), config, voxels, info))
     return {k: v for k, v in info.items() if k != "spec"}
-
-
-def _write_metrics(source: Path, dest: Path) -> None:
-    """Per-epoch validation r (and mean train loss) from Lightning's CSV log, one row per epoch."""
-    import pandas as pd
-
-    if not source.exists():
-        pd.DataFrame(columns=["epoch", "val_r", "train_loss"]).to_csv(dest, index=False)
-        return
-    log_df = pd.read_csv(source)
-    cols = [c for c in ("val_r", "train_loss") if c in log_df]
-    log_df.groupby("epoch")[cols].mean().reset_index().to_csv(dest, index=False)

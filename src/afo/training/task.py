@@ -1,0 +1,144 @@
+"""The Lightning task: loss (SmoothL1 + LayerSelector entropy), targets (ground truth, dark knowledge), AdaBelief,
+and the validation score that checkpoints and the soup are judged by."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+
+from afo.errors import UserError
+from afo.metrics import pearson_r
+from afo.model import EncodingModel
+from afo.training.datamodule import Batch, SubjectData, TrainingDataError, ValChunk
+
+
+def masked_smooth_l1(pred: torch.Tensor, target: torch.Tensor, beta: float, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """SmoothL1 over the finite targets (and ``mask``ed columns); 0 when nothing is left.
+
+    pred, target [b, n]; mask bool [n]. NaN targets are missing trials or voxels and carry no gradient.
+    """
+    keep = torch.isfinite(target)
+    if mask is not None:
+        keep = keep & mask.unsqueeze(0)
+    if not bool(keep.any()):
+        return pred.sum() * 0.0
+    return F.smooth_l1_loss(pred[keep], target[keep], beta=beta)
+
+
+def _forward_chunk(model: EncodingModel, chunk: ValChunk, device: torch.device) -> torch.Tensor:
+    """Predictions float32 [b, n] of a validation chunk on the CPU (as :func:`afo.training.predict.predict_images`)."""
+    return model([f.to(device) for f in chunk.features], chunk.key).float().cpu()
+
+
+def pooled_validation_r(predictions: Mapping[str, Sequence[torch.Tensor]], subjects: Sequence[SubjectData]) -> float:
+    """Mean Pearson r over the ``own`` voxels of all subjects on the validation images (repeat-averaged).
+
+    predictions: subject key -> the chunks [b, n] of its validation images in order (see ValidationChunks).
+    Voxels are pooled across subjects, so each voxel counts once, as in the paper's tables.
+    """
+    scores = []
+    for s in subjects:
+        if s.key not in predictions:
+            continue
+        pred = torch.cat(list(predictions[s.key])).numpy()
+        r = pearson_r(pred[:, s.own], s.split_means["val"].numpy()[:, s.own])
+        scores.append(r[np.isfinite(r)])
+    pooled = np.concatenate(scores) if scores else np.empty(0)
+    if pooled.size == 0:
+        raise TrainingDataError("no validation images with finite responses on the monitored voxels: cannot checkpoint")
+    return float(pooled.mean())
+
+
+@torch.no_grad()
+def validation_score(model: EncodingModel, loader: Iterable[ValChunk], subjects: Sequence[SubjectData], device: torch.device) -> float:
+    """:func:`pooled_validation_r` of ``model`` (eval mode) over a validation loader, outside the trainer (the soup)."""
+    was_training = model.training
+    model.eval()
+    predictions: dict[str, list[torch.Tensor]] = {}
+    for chunk in loader:
+        predictions.setdefault(chunk.key, []).append(_forward_chunk(model, chunk, device))
+    model.train(was_training)
+    return pooled_validation_r(predictions, subjects)
+
+
+class EncodingTask(pl.LightningModule):
+    """Trains an :class:`EncodingModel` on mixed-subject batches.
+
+    Loss per subject in the batch: SmoothL1 against the target, plus ``lambda_entropy`` * sum(eta log eta)
+    (the LayerSelector regulariser). Targets by mode:
+      - ``gt``: ground truth on every modelled voxel;
+      - ``helpers``: ground truth on the own voxels, dark knowledge on the others (stage 2; with ground truth
+        as the "dark knowledge" this is the noDK baseline);
+      - ``gt+dk``: (1 - dk_weight) * loss(ground truth) + dk_weight * loss(dark knowledge) on every voxel (stage 3).
+    """
+
+    def __init__(
+        self,
+        model: EncodingModel,
+        val_subjects: Sequence[SubjectData],
+        lr: float,
+        weight_decay: float,
+        betas: Sequence[float],
+        lambda_entropy: float,
+        smoothl1_beta: float,
+        target_mode: str = "gt",
+        dk_weight: float = 0.5,
+    ):
+        super().__init__()
+        if target_mode not in ("gt", "helpers", "gt+dk"):
+            raise UserError(f"target_mode {target_mode!r} is not gt, helpers or gt+dk")
+        self.model = model
+        self.val_subjects = list(val_subjects)
+        self._val_predictions: dict[str, list[torch.Tensor]] = {}
+        self.lr, self.weight_decay, self.betas = lr, weight_decay, tuple(betas)
+        self.lambda_entropy, self.beta = lambda_entropy, smoothl1_beta
+        self.target_mode, self.dk_weight = target_mode, dk_weight
+
+    def transfer_batch_to_device(self, batch: Batch | ValChunk, device: torch.device, dataloader_idx: int) -> Batch | ValChunk:
+        return batch.to(device)
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        core = self.model.core(batch.features)
+        loss = torch.zeros((), device=self.device)
+        for key, start, stop in batch.parts:
+            vi = batch.voxel_index[key]
+            pred = self.model.readout([c[start:stop] for c in core], key, vi)
+            target = batch.targets[key]
+            if self.target_mode == "gt":
+                fit = masked_smooth_l1(pred, target, self.beta)
+            elif self.target_mode == "helpers":
+                own = batch.own[key]
+                composite = torch.where(own.unsqueeze(0), target, batch.dk[key])
+                fit = masked_smooth_l1(pred, composite, self.beta)
+            else:
+                fit = (1 - self.dk_weight) * masked_smooth_l1(pred, target, self.beta) + self.dk_weight * masked_smooth_l1(
+                    pred, batch.dk[key], self.beta
+                )
+            weight = (stop - start) / batch.features[0].shape[0]
+            loss = loss + weight * (fit + self.lambda_entropy * self.model.regularizer(key, vi))
+        self.log("train_loss", loss, prog_bar=True, batch_size=batch.features[0].shape[0])
+        return loss
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_predictions = {}
+
+    def validation_step(self, batch: ValChunk, batch_idx: int) -> None:
+        # Per-voxel r needs all of a subject's images together: gather the chunks, score at the epoch's end.
+        self._val_predictions.setdefault(batch.key, []).append(_forward_chunk(self.model, batch, self.device))
+
+    def on_validation_epoch_end(self) -> None:
+        score = pooled_validation_r(self._val_predictions, self.val_subjects)
+        self._val_predictions = {}
+        self.log("val_r", score, prog_bar=True, batch_size=1)
+
+    def configure_optimizers(self):
+        from adabelief_pytorch import AdaBelief
+
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        # adabelief-pytorch 0.2 defaults (eps 1e-16, decoupled weight decay, rectification) with the paper's
+        # lr, betas and weight decay.
+        return AdaBelief(params, lr=self.lr, betas=self.betas, weight_decay=self.weight_decay, print_change_log=False)
