@@ -98,7 +98,7 @@ def test_shipped_profile_sends_gpu_jobs_to_the_gpu_partition(every_rule_workdir:
     jobs = planned_jobs(out)
     rules = {j["rule"] for j in jobs}
     assert {"features", "train_stage0", "train_ablation", "train_stage1", "dark_knowledge", "train_stage2",
-            "train_nodk", "train_stage3", "probe", "decode", "prepare", "evaluate"} <= rules
+            "train_nodk", "train_stage3", "predict", "probe", "prepare", "evaluate", "decode"} <= rules
     for job in jobs:
         gpu = int(job.get("gpu", 0)) > 0
         assert job["slurm_partition"] == ("gpu" if gpu else "cpu"), job
@@ -195,7 +195,7 @@ def slurm_run(slurm_cluster: str, tmp_path_factory: pytest.TempPathFactory) -> t
 
 
 GPU_RULES_IN_TINY_RUN = {"features", "train_stage0", "train_stage1", "dark_knowledge", "train_stage2",
-                         "train_stage3", "probe", "decode"}
+                         "train_stage3", "predict", "probe"}
 
 
 @pytest.mark.slow
@@ -205,7 +205,7 @@ def test_tiny_config_runs_to_the_end_under_slurm(slurm_run: tuple[Path, list[dic
     assert (workdir / "results/encoding/afo/summary.csv").is_file()
     assert (workdir / "results/encoding/comparison.csv").is_file()
     rules = {j["rule"] for j in jobs}
-    assert GPU_RULES_IN_TINY_RUN | {"simulate", "prepare", "evaluate", "veroi"} <= rules, rules
+    assert GPU_RULES_IN_TINY_RUN | {"simulate", "prepare", "evaluate", "veroi", "decode"} <= rules, rules
     for job in jobs:
         assert job["State"] == "COMPLETED", job
         assert job["Account"] == "afo_ci", job  # from the site override
