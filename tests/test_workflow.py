@@ -254,3 +254,30 @@ def test_rerun_scope_of_veroi_seed_roi_count_and_backbone(finished_run):
     assert "train_stage0" not in jobs and jobs["veroi"] == 1 and jobs["train_stage1"] == 3
     jobs = _planned_after(finished_run, lambda c: c["backbone"].update(layers=[0]))
     assert jobs["features"] == 2 and "prepare" not in jobs and "simulate" not in jobs
+
+
+def _gpu_rules_of_the_workflow() -> set[str]:
+    """Rules that declare gpu resources, `use rule ... as X with:` inheriting them, read from workflow/rules/*.smk."""
+    text = "\n".join(p.read_text() for p in sorted((ROOT / "workflow/rules").glob("*.smk")))
+    blocks = re.split(r"\n(?=(?:rule|checkpoint|use rule) )", text)
+    gpu, parent = set(), {}
+    for block in blocks:
+        head = block.splitlines()[0]
+        if m := re.match(r"(?:rule|checkpoint) (\w+):", head):
+            if re.search(r"^\s+gpu=\d*[1-9]", block, re.M):
+                gpu.add(m.group(1))
+        elif m := re.match(r"use rule (\w+) as (\w+) with:", head):
+            parent[m.group(2)] = m.group(1)
+    for child, base in parent.items():
+        while base in parent:
+            base = parent[base]
+        if base in gpu:
+            gpu.add(child)
+    return gpu
+
+
+def test_slurm_profile_sends_exactly_the_gpu_rules_to_the_gpu_partition():
+    profile = (ROOT / "workflow/profiles/slurm/config.yaml").read_text()
+    listed = set(re.findall(r'"(\w+)": \d+', profile.split("GPU_RULES = {", 1)[1].split("}", 1)[0]))
+    assert listed == _gpu_rules_of_the_workflow()
+    assert {"train_stage1", "predict", "features", "probe"} <= listed and "decode" not in listed
