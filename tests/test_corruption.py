@@ -61,3 +61,29 @@ def test_prepare_on_a_full_disk_is_one_clear_error(folder_dataset, tmp_path, mon
     with pytest.raises(NoSpaceError, match="no space left on device"):
         prepare(folder_dataset, tmp_path / "s.h5", image_size=8)
     assert not (tmp_path / "s.h5").exists() and not (tmp_path / "s.h5.tmp").exists()
+
+
+def test_damaged_model_files_are_named(tmp_path):
+    import torch
+
+    from afo.model import EncodingModel
+    from afo.training.modelfile import ModelConfig, ModelFile, ModelFileError, load_model, save_model
+
+    config = ModelConfig.from_dict({"conv_width": 4, "out_dim": 4, "n_convs": 1, "kernel_size": 3, "pe_frequencies": 2, "mlp_width": 8})
+    coords = {"d/s": torch.randn(5, 3)}
+    model = config.build([(3, 4, 4)], coords)
+    path = tmp_path / "model.pt"
+    save_model(path, ModelFile.of(model, config, {"d/s": torch.arange(5)}, {}))
+    rebuilt, content = load_model(path)
+    assert isinstance(rebuilt, EncodingModel) and content.voxels["d/s"].tolist() == list(range(5))
+    payload = torch.load(path, weights_only=True)
+    key = next(iter(payload["state_dict"]))
+    payload["state_dict"][key] = payload["state_dict"][key] + 1.0  # same size, other weights
+    torch.save(payload, path)
+    with pytest.raises(ModelFileError, match="checksum"):
+        load_model(path)
+    _truncate(path, 0.5)
+    with pytest.raises(ModelFileError, match="truncated or damaged"):
+        load_model(path)
+    with pytest.raises(ModelFileError, match="no model file"):
+        load_model(tmp_path / "absent.pt")

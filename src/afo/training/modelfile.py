@@ -9,6 +9,8 @@ state_dict, info``); :class:`ModelFile` is its typed view.
 
 from __future__ import annotations
 
+import hashlib
+import pickle
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ from afo.model import EncodingModel
 
 MODEL_FORMAT = "afo-encoding-model"
 MODEL_VERSION = 1
+REBUILD = "rerun the workflow rule that trains it (snakemake rebuilds a missing model.pt from the job's work/ folder)"
 
 
 class ModelFileError(UserError):
@@ -98,6 +101,7 @@ class ModelFile:
             "voxels": self.voxels,
             "state_dict": self.state_dict,
             "info": self.info,
+            "sha256": content_checksum(self.state_dict, self.voxels),
         }
 
     @classmethod
@@ -105,6 +109,9 @@ class ModelFile:
         if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
             found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
             raise ModelFileError(f"{path}: not an afo model file (format {found!r}); give a model.pt written by `afo train`")
+        if "sha256" in payload and payload["sha256"] != content_checksum(payload.get("state_dict", {}), payload.get("voxels", {})):
+            raise ModelFileError(f"{path}: the weights do not match the file's checksum (the file was damaged); delete it "
+                                 f"and {REBUILD}")
         if payload.get("version", 0) > MODEL_VERSION:
             raise ModelFileError(f"{path}: model file version {payload['version']} is newer than this afo reads ({MODEL_VERSION}); update afo")
         return cls(
@@ -129,9 +136,28 @@ def save_model(path: str | Path, model_file: ModelFile) -> None:
         torch.save(model_file.to_payload(), tmp)
 
 
+def content_checksum(state_dict: dict[str, torch.Tensor], voxels: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over the weights and voxel indices, in key order: a damage that keeps the file's size is caught."""
+    digest = hashlib.sha256()
+    for mapping in (state_dict, voxels):
+        for key in sorted(mapping):
+            digest.update(key.encode())
+            digest.update(mapping[key].detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
 def read_model_file(path: str | Path, map_location: str | torch.device = "cpu") -> ModelFile:
-    """A model file's content, weights included."""
-    return ModelFile.from_payload(torch.load(path, map_location=map_location, weights_only=True), path)
+    """A model file's content, weights included (loaded with ``weights_only=True``; checksum verified)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"{path}: no model file here; {REBUILD}")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as exc:
+        # A truncated or overwritten zip archive: torch reports it as one of these, without the path.
+        raise ModelFileError(f"{path}: cannot read this model file ({type(exc).__name__}: {exc}); it is truncated or "
+                             f"damaged — delete it and {REBUILD}") from exc
+    return ModelFile.from_payload(payload, path)
 
 
 def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[EncodingModel, ModelFile]:
