@@ -14,7 +14,6 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-import filelock
 import pandas as pd
 import pytest
 import pytorch_lightning as pl
