@@ -5,7 +5,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 CORES ?= 2
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup demo test lint report clean
+.PHONY: setup demo test test-fast lint report clean
 
 setup: $(VENV)/.installed
 
@@ -20,8 +20,13 @@ demo: setup
 	$(BIN)/snakemake --cores $(CORES) --printshellcmds
 	$(BIN)/snakemake --cores $(CORES) --report results/report.html
 
+# Everything: unit tests, the tiny workflow, the larger end-to-end runs (under 15 minutes on 2 cores).
 test: setup
 	$(BIN)/python -m pytest
+
+# For development: unit tests and the one tiny workflow run (under 3 minutes on 2 cores).
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow"
 
 lint: setup
 	$(BIN)/snakemake --lint

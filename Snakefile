@@ -5,7 +5,11 @@ from snakemake.utils import min_version
 min_version("8.10")
 
 
-configfile: "config.yaml"
+# A config named on the command line (--configfile) is the whole configuration; the embedded demo is used only
+# when none is named. (A top-level `configfile:` would be merged under the user's file, and its datasets kept.)
+if not workflow.overwrite_configfiles:
+
+    configfile: "config.yaml"
 
 
 report: "workflow/report/workflow.rst"
@@ -18,10 +22,12 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/rois.smk"
 include: "workflow/rules/afo.smk"
 include: "workflow/rules/evaluate.smk"
-include: "workflow/rules/analysis.smk"
+include: "workflow/rules/probing.smk"
+include: "workflow/rules/decoding.smk"
+include: "workflow/rules/figures.smk"
 
 
 rule all:
     input:
-        all_targets(),
+        analysis_targets(),
     default_target: True

@@ -27,11 +27,12 @@ import torch
 
 from afo.config import load_config
 from afo.data.folder import prepare
-from afo.evaluate import voxel_table
+from afo.evaluation.scores import voxel_table
 from afo.features import BackboneSpec, extract_features
 from afo.metrics import pearson_r
 from afo.simulate import SimulationConfig, simulate
 from afo.training.fit import TrainSpec, fit
+from afo.training.predict import predict_file
 
 EARLY = ("V1", "V2", "V3")
 TARGETS = {"u_r_min": 0.9, "early_r_over_ceiling": 0.8}
@@ -91,7 +92,8 @@ def main() -> None:
         torch.manual_seed(args.seed)
         spec = TrainSpec(stores={"synth": str(store)}, features={"synth": str(feats)}, model={**cfg["model"], **overrides}, train=train)
         info = fit(spec, out / name)
-        table = voxel_table([(None, out / name / "model.pt")], {"synth": store}, {"synth": feats})
+        predict_file(out / name / "model.pt", {"synth": store}, {"synth": feats}, ["val", "test"], out / name / "predictions.h5", dtype="float32")
+        table = voxel_table([(out / name / "model.pt", out / name / "predictions.h5")], {"synth": store})
         table.to_csv(out / name / "voxels.csv", index=False)
         report["models"][name] = {**quality(table, truth), "val_r": info["val_r"], "epochs_run": info["epochs"], "seconds": info["seconds"]}
     full, frozen = report["models"]["full"], report["models"]["frozenrm"]

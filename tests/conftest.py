@@ -20,7 +20,7 @@ def write_folder_dataset(
     n_val: int = 2,
     seed: int = 0,
 ) -> Path:
-    """A small folder dataset (DESIGN.md contract) whose responses are a noisy linear read of image brightness."""
+    """A small folder dataset (docs/design.md contract) whose responses are a noisy linear read of image brightness."""
     rng = np.random.default_rng(seed)
     (root / "images").mkdir(parents=True, exist_ok=True)
     (root / "dataset.yaml").write_text("name: tiny\nmodality: fmri\n")
@@ -59,3 +59,15 @@ def write_folder_dataset(
 @pytest.fixture
 def folder_dataset(tmp_path: Path) -> Path:
     return write_folder_dataset(tmp_path / "tiny")
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny tensors: extra threads only add synchronisation, and the CI box is shared.
+    Use with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

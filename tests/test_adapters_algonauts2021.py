@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 
 from afo.data import algonauts2021 as alg
-from afo.data._common import DatasetFormatError
+from afo.data._common import DatasetFileNotFoundError, DatasetFormatError
 from afo.data.store import PreparedStore
+from afo.errors import UserError
 from fixtures.formats import IMG, decode_id, write_algonauts2021
 
-SMALL_SPLIT = {"n_train": 14, "n_val": 3}
+SMALL_SPLIT = {"train_videos": 20, "n_train": 14, "n_val": 3}  # the fixture has 20 videos with fMRI
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +73,7 @@ def test_mini_without_positions_and_malformed(tmp_path):
     write_algonauts2021(root, n_videos=6, n_subjects=1, tracks=("mini",))
     out = tmp_path / "m.h5"
     with pytest.warns(UserWarning, match="grid blocks"):
-        alg.prepare(root, out, image_size=IMG, options={"track": "mini", "n_train": 4, "n_val": 1})
+        alg.prepare(root, out, image_size=IMG, options={"track": "mini", "train_videos": 6, "n_train": 4, "n_val": 1})
     with PreparedStore(out) as store:
         coords = store.coords("sub01")
         assert len(np.unique(coords, axis=0)) == 16  # evenly spaced, no two voxels at one place
@@ -82,6 +83,40 @@ def test_mini_without_positions_and_malformed(tmp_path):
         d.mkdir(parents=True)
         with open(d / "WB.pkl", "wb") as fh:
             pickle.dump({"train": np.zeros((6, 3, 4), np.float32)}, fh)
-        alg.prepare(root, tmp_path / "bad.h5", image_size=IMG, options={"n_train": 4, "n_val": 1})
+        alg.prepare(root, tmp_path / "bad.h5", image_size=IMG, options={"train_videos": 6, "n_train": 4, "n_val": 1})
     with pytest.raises(ValueError, match="unknown option"):
         alg.prepare(root, tmp_path / "bad.h5", image_size=IMG, options={"ntrain": 4})
+
+
+def _rewrite(path, n_videos):
+    """Keep the first n_videos rows of a pickle's train array (a truncated download)."""
+    with open(path, "rb") as fh:
+        data = pickle.load(fh)
+    data["train"] = data["train"][:n_videos]
+    with open(path, "wb") as fh:
+        pickle.dump(data, fh, protocol=2)
+
+
+def test_video_count_is_checked_against_the_training_videos(tmp_path):
+    """A pickle short of videos is named itself, compared with the training-video count, not with sub01."""
+    root = tmp_path / "alg"
+    write_algonauts2021(root)
+    opts = {**SMALL_SPLIT, "track": "full"}
+    _rewrite(root / "participants_data_v2021" / "full_track" / "sub01" / "WB.pkl", 19)
+    with pytest.raises(DatasetFormatError, match=r"full_track/sub01/WB\.pkl: field 'train' covers 19 videos; "
+                                                 r"expected 20, one row per training video"):
+        alg.prepare(root, tmp_path / "x.h5", image_size=IMG, options=opts)
+    _rewrite(root / "participants_data_v2021" / "mini_track" / "sub01" / "FFA.pkl", 19)
+    with pytest.raises(DatasetFormatError, match=r"mini_track/sub01/FFA\.pkl: field 'train' covers 19 videos"):
+        alg.prepare(root, tmp_path / "x.h5", image_size=IMG, options={**opts, "track": "mini"})
+    # the default count is the release's 1000 training videos; a copy with fewer clips names the video folder
+    with pytest.raises(DatasetFileNotFoundError, match=r"AlgonautsVideos268_All_30fpsmax: 22 mp4 files.*first 1000"):
+        alg.prepare(root, tmp_path / "x.h5", image_size=IMG, options={"n_train": 14, "n_val": 3})
+    assert not (tmp_path / "x.h5").exists()
+
+
+def test_option_values_are_user_errors(alg_root, tmp_path):
+    root, _ = alg_root
+    for bad in ({"train_videos": 0}, {"train_videos": 20, "n_train": 18, "n_val": 2}, {"affine": [[1, 0], [0, 1]]}):
+        with pytest.raises(UserError, match=r"algonauts2021: (option train_videos|n_train=18|option affine)"):
+            alg.prepare(root, tmp_path / "x.h5", image_size=IMG, options=bad)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from afo.data import bold5000
-from afo.data._common import DatasetFormatError
+from afo.data._common import DatasetFileNotFoundError, DatasetFormatError
 from afo.data.store import PreparedStore
 from fixtures.formats import B5K_SHAPE, IMG, decode_id, write_bold5000
 
@@ -94,3 +94,49 @@ def test_volume_grid_is_stored_for_brain_maps(b5k):
             ijk = nib.affines.apply_affine(np.linalg.inv(affine), store.coords(subject))
             np.testing.assert_allclose(ijk, np.round(ijk), atol=1e-3)
             assert (np.round(ijk) >= 0).all() and (np.round(ijk) < np.asarray(attrs["volume_shape"])).all()
+
+
+def test_betas_without_orientation_take_the_brain_mask_affine(b5k):
+    """GLMsingle's make_nii leaves qform_code = sform_code = 0: the affine comes from CSI{n}_brainmask.nii.gz."""
+    root, truth, out, report = b5k
+    betas = nib.load(root / "BOLD5000_GLMsingle" / "CSI1_GLMbetas-TYPED-FITHRF-GLMDENOISE-RR_ses-01.nii.gz")
+    assert int(betas.header["qform_code"]) == int(betas.header["sform_code"]) == 0
+    assert not np.allclose(betas.affine, truth["affine"])  # nibabel's fallback is not the subject's affine
+    assert report["subjects"]["CSI1"]["affine_source"].startswith("CSI1_brainmask.nii.gz")
+    with PreparedStore(out) as store:
+        np.testing.assert_allclose(np.asarray(store.subject_attrs("CSI1")["affine"]).reshape(4, 4), truth["affine"])
+
+
+def test_betas_with_their_own_orientation_keep_it(tmp_path):
+    root = tmp_path / "root"
+    truth = write_bold5000(root, n_subjects=1, betas_affine=True)  # the mask has an identity affine here
+    out = tmp_path / "b.h5"
+    report = bold5000.prepare(root, out, image_size=IMG, options={"voxels": "never_nan"})
+    assert report["subjects"]["CSI1"]["affine_source"].startswith("CSI1_GLMbetas")
+    with PreparedStore(out) as store:
+        ijk = np.argwhere(np.isfinite(np.stack(truth["subjects"]["CSI1"]["betas"])[..., 0]).all(0))
+        np.testing.assert_allclose(store.coords("CSI1"), nib.affines.apply_affine(truth["affine"], ijk))
+
+
+def test_brain_mask_that_cannot_place_the_betas(tmp_path):
+    root = tmp_path / "root"
+    write_bold5000(root, n_subjects=1)
+    mask = root / "BOLD5000_GLMsingle" / "CSI1_brainmask.nii.gz"
+    both = r"CSI1_brainmask\.nii\.gz.*CSI1_GLMbetas-TYPED-FITHRF-GLMDENOISE-RR_ses-01\.nii\.gz"
+    nib.save(nib.Nifti1Image(np.ones((5, 4, 3), np.uint8), np.diag([2.0, 2, 2, 1])), mask)
+    with pytest.raises(DatasetFormatError, match=rf"{both}.*option brainmask"):
+        bold5000.prepare(root, tmp_path / "x.h5", image_size=IMG, options={})
+    nib.save(nib.Nifti1Image(np.ones(B5K_SHAPE, np.uint8), np.diag([2.5, 2.5, 2.5, 1])), mask)
+    with pytest.raises(DatasetFormatError, match=r"CSI1_brainmask\.nii\.gz: voxel size.*CSI1_GLMbetas"):
+        bold5000.prepare(root, tmp_path / "x.h5", image_size=IMG, options={})
+    # the mask named by option brainmask ({subject} = the subject number) replaces the one found by name
+    good = tmp_path / "masks" / "CSI1_mask.nii.gz"
+    good.parent.mkdir()
+    nib.save(nib.Nifti1Image(np.ones(B5K_SHAPE, np.uint8), np.diag([2.0, 2, 2, 1])), good)
+    report = bold5000.prepare(root, tmp_path / "ok.h5", image_size=IMG,
+                              options={"brainmask": str(tmp_path / "masks" / "CSI{subject}_mask.nii.gz")})
+    assert report["subjects"]["CSI1"]["affine_source"].startswith("CSI1_mask.nii.gz")
+    mask.unlink()
+    with pytest.raises(DatasetFileNotFoundError, match=r"CSI1_GLMbetas.*qform_code = sform_code = 0.*"
+                                                       r"CSI1_brainmask\.nii\.gz.*option brainmask"):
+        bold5000.prepare(root, tmp_path / "x.h5", image_size=IMG, options={})

@@ -11,6 +11,7 @@ import pytest
 from afo.data import hcp_movie
 from afo.data._common import DatasetFormatError
 from afo.data.store import PreparedStore
+from afo.errors import UserError
 from fixtures.formats import HCP_RUNS, HCP_SUBJECTS, IMG, decode_id, write_hcp_movie
 
 OPTS = {"runs": [1, 2], "chunk_s": 8, "val_fraction": 0.2}
@@ -107,3 +108,145 @@ def test_malformed_timing(hcp, tmp_path):
         hcp_movie.prepare(root, tmp_path / "x.h5", image_size=IMG, options={**OPTS, "clip_timing": str(bad)})
     with pytest.raises(ValueError, match="unknown option"):
         hcp_movie.prepare(root, tmp_path / "x.h5", image_size=IMG, options={"delay": 4})
+
+
+VERSIONS = ("Post_20140821_version", "Pre_20140821_version")
+
+
+@pytest.fixture(scope="module")
+def hcp_two_versions(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hcp2")
+    return root, write_hcp_movie(root, versions=VERSIONS)
+
+
+def _table(path, rows):
+    path.write_text("subject,version\n" + "".join(f"{s},{v}\n" for s, v in rows))
+    return str(path)
+
+
+def test_two_movie_versions_need_the_subject_table(hcp_two_versions, tmp_path):
+    root, _ = hcp_two_versions
+    with pytest.raises(DatasetFormatError, match=r"7T_movie_resources: holds 2 versions.*Post_20140821_version.*"
+                                                 r"Pre_20140821_version.*option movie_versions"):
+        hcp_movie.prepare(root, tmp_path / "x.h5", image_size=IMG, options=OPTS)
+    partial = _table(tmp_path / "v.csv", [("100610", "Pre_20140821_version")])
+    with pytest.raises(DatasetFormatError, match=r"v\.csv: field 'subject' has no row for 2 subject"):
+        hcp_movie.prepare(root, tmp_path / "x.h5", image_size=IMG, options={**OPTS, "movie_versions": partial})
+    wrong = _table(tmp_path / "w.csv", [(s, "Mid_2015_version") for s in HCP_SUBJECTS])
+    with pytest.raises(DatasetFormatError, match=r"w\.csv: field 'version' 'Mid_2015_version' on line 2"):
+        hcp_movie.prepare(root, tmp_path / "x.h5", image_size=IMG, options={**OPTS, "movie_versions": wrong})
+
+
+def test_group_average_only_within_a_movie_version(hcp_two_versions, tmp_path):
+    """Subjects are averaged only with subjects who saw the same movie files; each group sees its own frames."""
+    root, truth = hcp_two_versions
+    table = tmp_path / "versions.tsv"  # tab-separated, with the BOM a spreadsheet writes
+    table.write_text("subject\tversion\n100610\tPre_20140821_version\n102311\tV1\n102816\tpost\n",
+                     encoding="utf-8-sig")
+    table = str(table)
+    out = tmp_path / "hcp.h5"
+    report = hcp_movie.prepare(root, out, image_size=IMG, options={**OPTS, "movie_versions": table})
+    members = {"group-Pre_20140821_version": ["100610", "102311"], "group-Post_20140821_version": ["102816"]}
+    assert {g: r["subjects"] for g, r in report["groups"].items()} == members
+    with PreparedStore(out) as store:
+        assert sorted(store.subjects) == sorted(members)
+        names, images = store.image_names(), store.images()
+        for group, subjects in members.items():
+            tag = group[len("group-"):]
+            offset = 2000 if tag.startswith("Pre") else 0
+            rows = store.trial_image(group)
+            assert [names[r] for r in rows] == [f"{tag}_{n}" for n in _expected_names(1) + _expected_names(2)]
+            for r in rows:  # the frame of the group's own movie version
+                name = names[r][len(tag) + 1 :]
+                expected = 1000 + int(name[7:]) if name.startswith("retest") else \
+                    offset + int(name[5]) * 100 + int(name[7:])
+                assert decode_id(images[r]) == expected
+            resp, start = store.responses(group), 0
+            for run, (_, _, n_trs, _) in HCP_RUNS.items():
+                mean = np.mean([_z(truth["data"][(s, run)]) for s in subjects], axis=0)
+                np.testing.assert_allclose(resp[start : start + n_trs - 4, :5], mean[4:, :5], atol=1e-4)
+                start += n_trs - 4
+
+
+def test_identical_movie_versions_are_one_group(tmp_path):
+    """Two version folders with byte-identical movies are the same content: one average over everybody."""
+    root = tmp_path / "root"
+    write_hcp_movie(root, versions=VERSIONS)
+    resources = root / "7T_movie_resources"
+    for pre in sorted((resources / "Pre_20140821_version").glob("*.mp4")):
+        pre.write_bytes((resources / "Post_20140821_version" / pre.name.replace("_v1", "_v2")).read_bytes())
+    table = _table(tmp_path / "v.csv", [("100610", "pre"), ("102311", "pre"), ("102816", "post")])
+    report = hcp_movie.prepare(root, tmp_path / "one.h5", image_size=IMG, options={**OPTS, "movie_versions": table})
+    assert list(report["groups"]) == ["group"]
+    assert sorted(report["groups"]["group"]["subjects"]) == sorted(HCP_SUBJECTS)
+
+
+def _run_path(root, subject, run):
+    folder = HCP_RUNS[run][0]
+    return root / subject / "MNINonLinear" / "Results" / folder / f"{folder}_Atlas_1.6mm_MSMAll_hp2000_clean.dtseries.nii"
+
+
+def _shorten(path, n_trs):
+    """Rewrite a dtseries with only its first n_trs TRs (a run stopped early)."""
+    img = nib.load(path, mmap=False)  # no memory map: the file is overwritten below
+    data = np.array(img.dataobj[:n_trs])
+    series = nib.cifti2.SeriesAxis(start=0, step=1.0, size=n_trs, unit="SECOND")
+    short = nib.cifti2.Cifti2Image(data, nib.cifti2.Cifti2Header.from_axes((series, img.header.get_axis(1))))
+    short.nifti_header.set_intent("ConnDenseSeries")
+    tmp = path.with_name("short.dtseries.nii")
+    nib.save(short, tmp)
+    tmp.replace(path)
+
+
+def test_short_run_is_dropped_with_a_report_or_an_error(tmp_path):
+    root = tmp_path / "root"
+    truth = write_hcp_movie(root)
+    short = _run_path(root, "102816", 2)
+    _shorten(short, 30)
+    with pytest.raises(DatasetFormatError, match=rf"{short.name}: has 30 TRs, but run 2 has 36.*short_runs: drop"):
+        hcp_movie.prepare(root, tmp_path / "x.h5", image_size=IMG, options={**OPTS, "short_runs": "error"})
+    out = tmp_path / "hcp.h5"
+    with pytest.warns(UserWarning, match=rf"{short.name}: has 30 TRs where run 2 has 36"):
+        report = hcp_movie.prepare(root, out, image_size=IMG, options=OPTS)
+    assert report["dropped_runs"] == [{"subject": "102816", "run": 2, "file": str(short), "n_trs": 30,
+                                       "expected": 36}]
+    with PreparedStore(out) as store:
+        rows = store.trial_image("group")
+        names = store.image_names()
+        assert [names[r] for r in rows] == _expected_names(1) + _expected_names(2)  # no run is cut short
+        resp = store.responses("group")
+        run1 = np.mean([_z(truth["data"][(s, 1)]) for s in HCP_SUBJECTS], axis=0)
+        run2 = np.mean([_z(truth["data"][(s, 2)]) for s in HCP_SUBJECTS[:2]], axis=0)  # without 102816
+        np.testing.assert_allclose(resp[:36, :5], run1[4:, :5], atol=1e-4)
+        np.testing.assert_allclose(resp[36:, :5], run2[4:, :5], atol=1e-4)
+
+
+def test_option_values_are_user_errors(hcp, tmp_path):
+    root, _ = hcp
+    with pytest.raises(UserError, match=r"hcp_movie: test_clip lists 1 block labels for 2 runs"):
+        hcp_movie.prepare(root, tmp_path / "x.h5", image_size=IMG, options={**OPTS, "test_clip": ["1.2"]})
+    with pytest.raises(UserError, match=r"hcp_movie: option short_runs='cut' is not one of"):
+        hcp_movie.prepare(root, tmp_path / "x.h5", image_size=IMG, options={**OPTS, "short_runs": "cut"})
+    both = {**OPTS, "movie_files": {1: "a.mp4", 2: "b.mp4"}, "movie_versions": str(tmp_path / "v.csv")}
+    with pytest.raises(UserError, match=r"movie_files .* and movie_versions .* exclude each other"):
+        hcp_movie.prepare(root, tmp_path / "x.h5", image_size=IMG, options=both)
+
+
+def test_run_trs_pins_the_expected_length(tmp_path):
+    """When most subjects' copies of a run are short, option run_trs names the complete length."""
+    root = tmp_path / "root"
+    truth = write_hcp_movie(root)
+    n_trs = HCP_RUNS[2][2]
+    for s in HCP_SUBJECTS[1:]:
+        _shorten(_run_path(root, s, 2), 30)
+    with pytest.warns(UserWarning, match=r"100610.*has 36 TRs where run 2 has 30 \(2 of 3 subjects"):
+        majority = hcp_movie.prepare(root, tmp_path / "m.h5", image_size=IMG, options=OPTS)
+    assert [d["subject"] for d in majority["dropped_runs"]] == ["100610"]
+    out = tmp_path / "pinned.h5"
+    with pytest.warns(UserWarning, match=r"has 30 TRs where run 2 has 36 \(option run_trs\)"):
+        report = hcp_movie.prepare(root, out, image_size=IMG, options={**OPTS, "run_trs": {1: 40, 2: 36}})
+    assert sorted(d["subject"] for d in report["dropped_runs"]) == sorted(HCP_SUBJECTS[1:])
+    with PreparedStore(out) as store:
+        resp = store.responses("group")
+        assert resp.shape[0] == (40 - 4) + (n_trs - 4)
+        np.testing.assert_allclose(resp[36:, :5], _z(truth["data"][("100610", 2)])[4:, :5], atol=1e-4)

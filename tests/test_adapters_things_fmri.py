@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import warnings
+
 import nibabel as nib
 import numpy as np
+import pandas as pd
 import pytest
 
 from afo.data import things_fmri
@@ -20,9 +23,11 @@ def _zscore_by_session(x: np.ndarray, sessions: np.ndarray) -> np.ndarray:
     return out
 
 
-@pytest.mark.parametrize("table_format", ["fixed", "table"])
-def test_things_fmri(tmp_path, table_format):
-    truth = write_things_fmri(tmp_path / "root", table_format=table_format)
+@pytest.mark.parametrize(("table_format", "labels"), [("fixed", "int"), ("fixed", "str"), ("table", "str"),
+                                                       ("table", "int")])
+def test_things_fmri(tmp_path, table_format, labels):
+    """("fixed", "int") is the release: pandas fixed format, columns voxel_id, 0, 1, ... (a pickled index)."""
+    truth = write_things_fmri(tmp_path / "root", table_format=table_format, labels=labels)
     out = tmp_path / "things.h5"
     things_fmri.prepare(tmp_path / "root", out, image_size=IMG, options={})
     with PreparedStore(out) as store:
@@ -56,3 +61,54 @@ def test_malformed(tmp_path):
     vox.to_csv(root / "betas_csv" / "sub-01_VoxelMetadata.csv", index=False)
     with pytest.raises(DatasetFormatError, match=r"sub-01_VoxelMetadata\.csv.*'voxel_y'.*missing"):
         things_fmri.prepare(root, tmp_path / "x.h5", image_size=IMG, options={})
+
+
+def test_release_table_is_read_in_row_slices(tmp_path, monkeypatch):
+    """The released table (fixed format, integer trial labels) is read a few voxel rows at a time, never whole."""
+    root = tmp_path / "root"
+    truth = write_things_fmri(root, subjects=(1,))
+    # 26 trials + voxel_id = 27 float64 columns; 27 * 8 * 7 bytes -> 7 rows per read
+    monkeypatch.setattr(things_fmri, "READ_BYTES", 27 * 8 * 7)
+    reads = []
+    original = pd.HDFStore.select
+
+    def spy(self, key, *args, start=None, stop=None, **kwargs):
+        reads.append((start, stop))
+        return original(self, key, *args, start=start, stop=stop, **kwargs)
+
+    monkeypatch.setattr(pd.HDFStore, "select", spy)
+    out = tmp_path / "things.h5"
+    things_fmri.prepare(root, out, image_size=IMG, options={})
+    assert reads and all(start is not None and stop is not None and stop - start <= 7 for start, stop in reads)
+    t = truth["subjects"]["sub-01"]
+    keep = np.flatnonzero(t["member"].any(1))
+    with PreparedStore(out) as store:
+        expected = _zscore_by_session(t["values"][keep].T, t["stim"]["session"].to_numpy())
+        np.testing.assert_allclose(store.responses("sub-01"), expected, atol=1e-5)
+
+
+def test_table_mismatches_name_the_file(tmp_path):
+    root = tmp_path / "root"
+    truth = write_things_fmri(root, subjects=(1,))
+    table = root / "betas_csv" / "sub-01_ResponseData.h5"
+    frame = pd.read_hdf(table)
+    assert frame.columns[:3].tolist() == ["voxel_id", 0, 1]  # the release's mixed labels
+    # a trial column missing
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", pd.errors.PerformanceWarning)
+        frame.drop(columns=[5]).to_hdf(table, key="ResponseData")
+    with pytest.raises(DatasetFormatError, match=r"sub-01_ResponseData\.h5.*'5' is missing.*StimulusMetadata"):
+        things_fmri.prepare(root, tmp_path / "x.h5", image_size=IMG, options={})
+    # voxel rows in another order than VoxelMetadata
+    shuffled = frame.iloc[::-1].reset_index(drop=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", pd.errors.PerformanceWarning)
+        shuffled.to_hdf(table, key="ResponseData")
+    with pytest.raises(DatasetFormatError, match=r"sub-01_ResponseData\.h5: row 0 has voxel_id 39.*VoxelMetadata"):
+        things_fmri.prepare(root, tmp_path / "x.h5", image_size=IMG, options={})
+    assert not (tmp_path / "x.h5").exists()
+    # not an HDF5 file at all
+    table.write_bytes(b"not hdf5")
+    with pytest.raises(DatasetFormatError, match=r"sub-01_ResponseData\.h5: not a readable HDF5 file"):
+        things_fmri.prepare(root, tmp_path / "x.h5", image_size=IMG, options={})
+    assert truth["subjects"]["sub-01"]["values"].shape == (40, 26)

@@ -1,4 +1,4 @@
-"""Probing figures and brain maps (afo.analysis.figures), incl. NIfTI maps of a volumetric store."""
+"""Probing figures and brain maps (afo.figures.probing), incl. NIfTI maps of a volumetric store."""
 
 from __future__ import annotations
 
@@ -9,10 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from afo.analysis import figures
-from afo.cli import main
+from afo.figures import probing as figures
 from afo.data.store import StoreWriter
-from afo.veroi import cluster_veroi
+from afo.rois.veroi import cluster_veroi
 
 PNG = b"\x89PNG\r\n\x1a\n"
 SHAPE = (6, 5, 4)
@@ -101,9 +100,9 @@ def test_retina_layer_selector_dendrogram_and_roi_scores(tmp_path):
                   "level": [0, 2] * (len(coords) // 2)}).to_csv(truth / "subj01" / "ground_truth.csv", index=False)
     centres = figures.true_centres(truth, "subj01", np.array([0, 1, 2]))
     assert np.isfinite(centres[0]).all() and np.isnan(centres[1]).all()
-    args = ["figures", "--voxels", str(tmp_path / "voxels.csv"), "--name", "afo", "--ground-truth", f"synth_fmri={truth}",
-            "--retina-map", str(tmp_path / "rm"), "--layer-selector", str(tmp_path / "ls")]
-    assert main(args) == 0
+    report = figures.model_figures(tmp_path / "voxels.csv", "afo", {}, tmp_path / "rm", tmp_path / "ls", tmp_path / "bm",
+                                   tmp_path / "nii", {"synth_fmri": truth})
+    assert report["retina_map"] == 1 and report["layer_selector"] == 1
     for folder in ("rm", "ls"):
         files = list((tmp_path / folder).iterdir())
         assert [f.name for f in files] == ["synth_fmri__subj01.png"] and files[0].read_bytes()[:8] == PNG
@@ -112,14 +111,14 @@ def test_retina_layer_selector_dendrogram_and_roi_scores(tmp_path):
     result = cluster_veroi(rng.normal(size=(200, 4)), n_kmeans=12, n_rois=3, seed=0)
     np.savez(tmp_path / "veroi.npz", linkage=result.linkage, cut_height=result.cut_height, labels=result.labels,
              kmeans_labels=result.kmeans_labels, centroid_rois=result.centroid_rois)
-    assert main(["dendrogram", "--clustering", str(tmp_path / "veroi.npz"), "--out", str(tmp_path / "d.png")]) == 0
+    figures.dendrogram(tmp_path / "veroi.npz", tmp_path / "d.png")
     assert (tmp_path / "d.png").read_bytes()[:8] == PNG
 
     pd.DataFrame([{"dataset": "synth_fmri", "subject": "subj01", "roi_set": s, "roi": r, "n_voxels": 8, "n_candidates": 3,
                    "n_queries": 3, "top1": 0.5, "top5": 1.0, "chance_top1": 1 / 3}
                   for s, r in (("all", "all"), ("veroi", "0"), ("veroi", "1"))]).to_csv(tmp_path / "retrieval.csv", index=False)
-    assert main(["roi-scores", "--voxels", str(tmp_path / "voxels.csv"), "--retrieval", str(tmp_path / "retrieval.csv"),
-                 "--roi-set", "veroi", "--name", "afo", "--out-dir", str(tmp_path / "scores")]) == 0
+    (tmp_path / "scores").mkdir()
+    assert len(figures.roi_score_figures(tmp_path / "voxels.csv", tmp_path / "retrieval.csv", "veroi", tmp_path / "scores", "afo")) == 1
     assert (tmp_path / "scores" / "synth_fmri__subj01.png").read_bytes()[:8] == PNG
 
 

@@ -1,4 +1,4 @@
-"""Synthetic-brain checks (afo.analysis.synthetic_checks) on hand-made ground truths with known answers."""
+"""Synthetic-brain checks (afo.evaluation.synthetic) on hand-made ground truths with known answers."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from afo.analysis.synthetic_checks import ari_with_null, summary_rows, synthetic_checks
-from afo.cli import main
+from afo.evaluation.synthetic import ari_with_null, summary_rows, synthetic_checks, write_synthetic_checks
 
 AREAS = ["V1", "V2", "V3", "V4", "LO"]
 
@@ -97,10 +96,9 @@ def test_eeg_has_no_retinotopy_check_and_cli_writes_json(tmp_path):
         t["dataset"] = "synth_eeg"
         t.to_csv(tmp_path / f"eeg_{name}", index=False)
     out = tmp_path / "checks.json"
-    args = ["synthetic-checks", "--ground-truth", f"synth_eeg={eeg}", "--veroi", str(tmp_path / "eeg_veroi.csv"),
-            "--voxels", str(tmp_path / "eeg_voxels.csv"), "--retrieval", str(tmp_path / "eeg_retrieval.csv"),
-            "--permutations", "20", "--out", str(out), "--html", str(tmp_path / "checks.html")]
-    assert main(args) == 0
+    checks = synthetic_checks({"synth_eeg": eeg}, tmp_path / "eeg_veroi.csv", tmp_path / "eeg_voxels.csv",
+                              tmp_path / "eeg_retrieval.csv", n_permutations=20)
+    write_synthetic_checks(checks, out, tmp_path / "checks.html")
     checks = json.loads(out.read_text())
     assert checks["datasets"]["synth_eeg"]["retinotopy"] == {}
     assert checks["datasets"]["synth_eeg"]["decoding"]["mean_top1"] == pytest.approx(0.4)

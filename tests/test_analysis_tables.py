@@ -1,4 +1,4 @@
-"""The ablation table (afo.analysis.ablation) and the HTML/CSV table helpers (afo.analysis.tables)."""
+"""The ablation table (afo.evaluation.tables) and the HTML/CSV table helpers (afo.report)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from afo.analysis.ablation import ablation_table
-from afo.analysis.tables import html_table, natural_key, ordered
-from afo.cli import main
+from afo.evaluation.tables import ablation_table, write_ablation_outputs
+from afo.io.tables import natural_key, ordered
+from afo.report import html_table
 
 GROUPS = {"V1": "early", "V2": "early", "V4": "mid", "LO": "late"}
 
@@ -68,15 +68,21 @@ def test_without_groups_or_veroi(tables):
     assert set(t["roi_set"]) == {"all", "area"}
 
 
-def test_cli_writes_csv_and_html(tables, tmp_path):
+def test_writes_csv_html_and_the_comparison_view(tables, tmp_path):
     files, veroi = tables
-    args = ["ablation-table", "--voxels", f"afo={files['afo']}", "--voxels", f"naivemix={files['naivemix']}",
-            "--veroi", str(veroi), "--area-groups", '{"V1": "early"}', "--out", str(tmp_path / "t.csv"), "--html", str(tmp_path / "t.html")]
-    assert main(args) == 0
+    report = write_ablation_outputs(files, veroi, {"V1": "early"}, tmp_path / "t.csv", tmp_path / "t.html", tmp_path / "c.csv")
+    assert report["models"] == ["afo", "naivemix"]
     table = pd.read_csv(tmp_path / "t.csv", dtype={"roi": str})
     assert {"afo", "naivemix"} <= set(table.columns) and "early" in set(table["roi"])
     page = (tmp_path / "t.html").read_text()
     assert page.count("<tr>") == len(table) + 1 and 'class="best"' in page
+    # comparison.csv: the pooled mean_r rows of every dataset for all voxels and each area, nothing else.
+    comparison = pd.read_csv(tmp_path / "c.csv", dtype={"area": str})
+    pooled = table[(table["subject"] == "all") & (table["metric"] == "mean_r") & table["roi_set"].isin(["all", "area"])]
+    assert len(comparison) == len(pooled) and list(comparison.columns) == ["dataset", "area", "afo", "naivemix"]
+    mine = comparison.set_index(["dataset", "area"])["afo"]
+    for row in pooled.itertuples():
+        assert mine[(row.dataset, row.roi)] == pytest.approx(row.afo, abs=1e-4)
 
 
 def test_html_table_bolds_row_maximum_and_escapes():

@@ -15,40 +15,16 @@ import pandas as pd
 import pytest
 import yaml
 
-from afo.analysis.decoding import _match_response, example_queries
-from afo.analysis.probing import pool_maps
+from afo.decoding.retrieval import _match_response
+from afo.figures.retrieval import example_queries
+from afo.probing.benchmark import pool_maps
 from conftest import write_folder_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 PNG = b"\x89PNG\r\n\x1a\n"
 
-# Small enough for a 2-core CPU in about a minute, large enough for the checks to mean something: a random
-# ResNet-18 at 32 px, and stage-0 models trained long enough for their head weights to leave their initialisation
-# (the veROI check). Only the fMRI part: with the EEG subject, two veROIs split fMRI from EEG, not early from late.
-SMALL = {
-    "simulate": {"seed": 0, "options": {"n_images": 160, "n_test_images": 24, "n_fmri_subjects": 2, "n_eeg_subjects": 0, "image_size": 32}},
-    "datasets": {"synth_fmri": {"format": "synthetic", "part": "fmri", "role": "train"}},
-    "prepare": {"image_size": 32},
-    "backbone": {"name": "resnet18", "layers": [1, 2], "resolution": 32, "model_kwargs": {}, "batch_size": 64},
-    "model": {"conv_width": 16, "out_dim": 16, "n_convs": 2, "kernel_size": 3, "pe_frequencies": 8, "mlp_width": 32},
-    "train": {"batch_size": 16, "max_voxels": 400, "epoch_fraction": 1.0, "max_epochs": 12, "patience": 4, "top_k": 2, "lr": 0.01},
-    "afo": {"stage0_seeds": 2, "veroi": {"n_kmeans": 16, "n_rois": 2, "threshold": None},
-            "stages": {"stage0": {"max_epochs": 40, "patience": 10}}},
-    "compute": {"train_threads": 1, "train_mem_mb": 1000},
-    "evaluation": {"area_groups": {"V1": "early", "V2": "early", "V3": "early", "V4": "mid", "LO": "late"},
-                   "figure_models": ["afo"], "null_permutations": 50},
-    "decoding": {"models": ["afo", "stage1"], "examples": 2, "top_k": 3},
-    "probing": {
-        "extractors": {
-            "backbone": {"source": "backbone"},
-            "afo": {"source": "model", "model": "afo"},
-            "vit_random": {"source": "timm", "name": "vit_tiny_patch16_224", "layers": [-1], "resolution": 32,
-                           "model_kwargs": {"patch_size": 8, "embed_dim": 24, "depth": 2, "num_heads": 2}},
-        },
-        "n_components": 8, "alphas": [1, 100, 10000], "cv": 3, "pool_grid": 2,
-    },
-}
+SMALL = yaml.safe_load((ROOT / ".test/small.yaml").read_text())
 
 
 def _env() -> dict:
@@ -140,7 +116,8 @@ def test_report_embeds_every_figure(run):
     embedded = re.findall(r"data:image/png;charset=utf8;filename=([^;]+);base64,", text)
     assert sorted(embedded) == pngs
     pages = set(re.findall(r"data:text/html;charset=utf8;filename=([^;]+);base64,", text))
-    assert {"ablation_table.html", "comparison.html", "summary.html", "probe_summary.html", "synthetic_checks.html"} <= pages
+    assert {"ablation_table.html", "comparison.html", "summary.html", "probe_summary.html", "synthetic_checks.html",
+            "headline.html"} <= pages
     for caption in ("Ablation table in the form", "Linear probing benchmark", "Top retrieved images", "RetinaMap (paper Figure 4)",
                     "veROI dendrogram", "Per-ROI scores", "LayerSelector (paper Figure 5)", "Checks against the synthetic"):
         assert caption in text, caption
@@ -198,27 +175,21 @@ def test_pool_maps_and_helpers():
         _match_response(np.arange(4.0), voxels, "s")
 
 
-def test_plan_checks_names_and_lists_targets():
-    from afo.analysis.workflow import AnalysisPlan
-    from afo.config import ConfigError, validate_config
+def test_analysis_targets_follow_the_config(tmp_path):
+    """Switching analysis sections off removes their jobs from the plan; a model name that is not evaluated fails."""
+    def plan(**sections) -> str:
+        config = {**json.loads(json.dumps(SMALL)), **sections}
+        (tmp_path / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        cmd = [str(BIN / "snakemake"), "--snakefile", str(ROOT / "Snakefile"), "--directory", str(tmp_path), "-n", "--quiet", "rules"]
+        return subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=300)
 
-    def plan(**sections):
-        config = validate_config({**json.loads(json.dumps(SMALL)), **sections})
-        return AnalysisPlan(config, ["afo", "naivemix", "stage1"], {"afo": "a.pt", "naivemix": "n.pt"}, lambda w: ["results/rois/veroi.csv"])
-
-    targets = plan().targets()
-    assert "results/probing/probe.csv" in targets and "results/decoding/stage1/retrieval.csv" in targets
-    assert "results/analysis/synthetic_checks.json" in targets
-    quiet = plan(probing={"enabled": False}, decoding={"models": []}, evaluation={"figure_models": []}).targets()
-    assert not any(t.startswith(("results/probing", "results/decoding", "results/brainmaps")) for t in quiet)
-    with pytest.raises(ConfigError, match="decoding.models"):
-        plan(decoding={"models": ["nope"]})
-    with pytest.raises(ConfigError, match="single models"):
-        plan(probing={"extractors": {"x": {"source": "model", "model": "stage1"}}})
-    with pytest.raises(ConfigError, match="timm model name"):
-        plan(probing={"extractors": {"x": {"source": "timm"}}})
-    p = plan()
-    w = type("W", (), {"extractor": "vit_random", "dataset": "synth_fmri"})()
-    assert p.probe_features(w) == [] and json.loads(p.probe_spec(w))["resolution"] == 32
-    w.extractor = "afo"
-    assert p.probe_model(w) == ["a.pt"] and p.probe_features(w) == ["results/features/synth_fmri.h5"]
+    full = plan().stdout
+    assert re.search(r"^probe_report\s+1$", full, re.M) and re.search(r"^decode\s+2$", full, re.M)
+    assert re.search(r"^synthetic_checks\s+1$", full, re.M)
+    quiet = plan(probing={"enabled": False}, decoding={"models": []}, evaluation={"figure_models": []}).stdout
+    assert not re.search(r"^(probe|probe_report|model_figures|roi_scores)\s", quiet, re.M)
+    assert re.search(r"^decode\s+1$", quiet, re.M)  # afo's retrieval.csv still feeds the synthetic-brain checks
+    bad = plan(probing={"extractors": {"x": {"source": "model", "model": "stage1"}}})
+    assert bad.returncode != 0 and "single models" in bad.stdout + bad.stderr
+    bad = plan(probing={"extractors": {"x": {"source": "timm"}}})
+    assert bad.returncode != 0 and "timm model name" in bad.stdout + bad.stderr

@@ -1,4 +1,4 @@
-"""NIfTI brain maps (afo.brainmaps): round trip through nibabel, affine, grid checks."""
+"""NIfTI brain maps (afo.figures.brainmaps): round trip through nibabel, affine, grid checks."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from afo.brainmaps import voxel_indices_from_coords, write_volume_maps
+from afo.figures.brainmaps import voxel_indices_from_coords, write_volume_maps
 
 SHAPE = (9, 8, 7)
 

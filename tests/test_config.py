@@ -68,3 +68,18 @@ def test_check_config_cli(tmp_path, config, capsys):
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
     assert main(["check-config", str(tmp_path / "c.yaml")]) == 2
     assert "train.bogus" in capsys.readouterr().err
+
+
+def test_exponent_strings_are_numbers(config):
+    config["train"] = {**config.get("train", {}), "lr": "1e-3", "lambda_entropy": "3E-5"}
+    validated = validate_config(config)
+    assert validated["train"]["lr"] == 0.001 and validated["train"]["lambda_entropy"] == 3e-5
+
+
+def test_absurd_veroi_counts_fail_before_planning(config):
+    config.setdefault("afo", {})["veroi"] = {"n_kmeans": 64, "n_rois": 3000, "threshold": None}
+    with pytest.raises(ConfigError, match="n_rois"):
+        validate_config(config)
+    config["afo"]["veroi"] = {"n_kmeans": 64, "n_rois": 100, "threshold": None}
+    with pytest.raises(ConfigError, match="n_kmeans"):
+        validate_config(config)

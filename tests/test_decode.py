@@ -1,4 +1,4 @@
-"""Brain decoding by retrieval (afo.decode)."""
+"""Brain decoding by retrieval (afo.decoding.ranking)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from afo.data.repeats import average_repeats
-from afo.decode import rank_candidates, retrieval_accuracy
+from afo.decoding.ranking import rank_candidates, retrieval_accuracy
 from afo.metrics import pearson_r
 
 

@@ -5,6 +5,7 @@ import timm
 import torch
 
 from afo.data.folder import prepare
+from afo.errors import UserError
 from afo.features import BackboneSpec, FeatureCache, create_backbone, extract_features
 
 SPEC = BackboneSpec("vit_tiny_patch16_224", layers=(0, 2), resolution=32, model_kwargs={"patch_size": 8, "depth": 3})
@@ -49,10 +50,15 @@ def test_local_weights_file_is_loaded(tmp_path):
     torch.save(source.state_dict(), tmp_path / "w.pth")
     model = create_backbone(BackboneSpec("resnet18", layers=(1, 2), resolution=32, pretrained_path=str(tmp_path / "w.pth")))
     torch.testing.assert_close(model.conv1.weight, source.conv1.weight)
+    # A classifier the backbone is built without (num_classes=0) is dropped, not an error.
+    with_head = timm.create_model("resnet18", pretrained=False)
+    torch.save(with_head.state_dict(), tmp_path / "head.pth")
+    model = create_backbone(BackboneSpec("resnet18", layers=(1, 2), resolution=32, pretrained_path=str(tmp_path / "head.pth")))
+    torch.testing.assert_close(model.layer4[1].conv2.weight, with_head.layer4[1].conv2.weight)
 
 
 def test_missing_weights_file_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="backbone.pretrained_path"):
+    with pytest.raises(UserError, match="backbone.pretrained_path: .*nope.pth does not exist"):
         create_backbone(BackboneSpec("resnet18", layers=(1,), resolution=32, pretrained_path=str(tmp_path / "nope.pth")))
 
 

@@ -5,6 +5,7 @@ import pytest
 from afo.cli import main
 from afo.data.folder import FolderDatasetError, prepare
 from afo.data.store import PreparedStore
+from afo.errors import UserError
 from conftest import write_folder_dataset
 
 
@@ -50,7 +51,7 @@ def test_all_nan_voxel_masked_and_reported(folder_dataset, tmp_path, capsys):
     np.save(folder_dataset / "subj02" / "responses.npy", r)
     report = prepare(folder_dataset, tmp_path / "s.h5", image_size=8)
     assert report["subjects"]["subj02"]["all_nan_voxels"] == 1
-    assert "NaN on every trial" in capsys.readouterr().err
+    assert "subj02/responses.npy: 1 bad voxel(s) masked" in capsys.readouterr().err
     with PreparedStore(tmp_path / "s.h5") as store:
         assert store.bad_voxel("subj02")[3] and store.info("subj02").n_voxels == 10
 
@@ -86,5 +87,5 @@ def test_cli_reports_error_without_traceback(folder_dataset, tmp_path, capsys):
 
 
 def test_unknown_option_rejected(folder_dataset, tmp_path):
-    with pytest.raises(ValueError, match="unknown option"):
+    with pytest.raises(UserError, match="unknown option"):
         prepare(folder_dataset, tmp_path / "s.h5", image_size=8, options={"sed": 1})

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import pwd
 import queue
+import shutil
 import signal
 import stat
+import subprocess
 import sys
+import tempfile
 import time
 import types
 from collections.abc import Iterator
@@ -22,7 +26,8 @@ from pathlib import Path
 import pytest
 
 from afo import gpu as gpu_mod
-from afo.gpu import GpuClaimTimeout, claim_gpu, default_lock_dir, detect_gpu_count, gpu_env_summary
+from afo.errors import UserError
+from afo.gpu import GpuClaimTimeout, GpuLockDirError, claim_gpu, default_lock_dir, detect_gpu_count, gpu_env_summary
 
 CTX = mp.get_context("fork")
 ENV_VARS = (
@@ -310,3 +315,165 @@ def test_user_device_order_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     with claim_gpu(tmp_path, n_gpus=1):
         assert os.environ["CUDA_DEVICE_ORDER"] == "FASTEST_FIRST"
     assert os.environ["CUDA_DEVICE_ORDER"] == "FASTEST_FIRST"
+
+
+# ---- the lock directory: problems, modes, sharing between users -----------------------------------------
+
+
+def _one_line_error(lock_dir: Path, **kwargs) -> str:
+    with pytest.raises(GpuLockDirError) as exc:
+        with claim_gpu(lock_dir, n_gpus=1, timeout=0, **kwargs):
+            pytest.fail("claimed a GPU through an unusable lock directory")
+    message = str(exc.value)
+    assert "\n" not in message and str(lock_dir) in message
+    return message
+
+
+def test_lock_dir_problems_are_one_clear_user_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert issubclass(GpuLockDirError, UserError)  # the CLI prints it as one line, no traceback
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("x")
+    assert "is not a directory" in _one_line_error(not_a_dir)
+    # a lock file planted as a link to one of our files: refused, and the file is left intact
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    victim = tmp_path / "precious.txt"
+    victim.write_text("keep me")
+    (shared / "gpu0.lock").symlink_to(victim)
+    assert "symbolic link" in _one_line_error(shared)
+    assert victim.read_text() == "keep me"
+    (shared / "gpu0.lock").unlink()
+    (shared / "gpu0.lock").mkdir()
+    assert "not a regular file" in _one_line_error(shared)
+    # the per-user default directory replaced by a link (e.g. by another user in /tmp)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    default_lock_dir().symlink_to(shared)
+    with pytest.raises(GpuLockDirError, match="is not a directory"):
+        with claim_gpu(n_gpus=1, timeout=0):
+            pass
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give the default lock directory another owner")
+def test_default_lock_dir_of_another_user_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    default_lock_dir().mkdir(mode=0o700)
+    os.chown(default_lock_dir(), 54321, 54321)
+    with pytest.raises(GpuLockDirError, match=r"belongs to another user \(uid 54321\)"):
+        with claim_gpu(n_gpus=1, timeout=0):
+            pass
+
+
+def test_shared_lock_dir_and_files_are_made_shareable(tmp_path: Path) -> None:
+    shared = tmp_path / "a" / "locks"  # parents created too
+    old = os.umask(0o077)  # the narrowest usual umask: modes must not depend on it
+    try:
+        with claim_gpu(shared, n_gpus=2, timeout=0) as gpu:
+            assert gpu == 0
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o1777
+    assert stat.S_IMODE((shared / "gpu0.lock").stat().st_mode) == 0o666
+    assert [p.name for p in shared.parent.iterdir()] == ["locks"]  # no temporary directory left behind
+    # a directory someone prepared (e.g. group-shared, 2770) keeps its modes
+    group_dir = tmp_path / "group"
+    group_dir.mkdir()
+    group_dir.chmod(0o2770)
+    with claim_gpu(group_dir, n_gpus=1, timeout=0):
+        pass
+    assert stat.S_IMODE(group_dir.stat().st_mode) == 0o2770
+
+
+# Two real users: created with useradd for the test (root only), their claims run through runuser.
+USERS = ("afotest-gpu-a", "afotest-gpu-b")
+_CLAIM_SCRIPT = """
+import sys
+from afo.gpu import GpuClaimTimeout, GpuLockDirError, claim_gpu
+n_gpus, hold = int(sys.argv[1]), sys.argv[2] == "hold"
+try:  # the lock directory comes from AFO_GPU_LOCK_DIR, as users share it
+    with claim_gpu(n_gpus=n_gpus, timeout=0.3, poll=0.05, job_name="user-test") as gpu:
+        print(f"GPU {gpu}", flush=True)
+        if hold:
+            sys.stdin.read()  # until the test closes our stdin
+except (GpuClaimTimeout, GpuLockDirError) as exc:
+    print(f"{type(exc).__name__}: {exc}", flush=True)
+"""
+
+
+@pytest.fixture(scope="module")
+def two_users() -> Iterator[str]:
+    """Two throwaway users and a Python both can run afo.gpu with; yields that interpreter."""
+    if os.geteuid() != 0 or shutil.which("useradd") is None or shutil.which("runuser") is None:
+        pytest.skip("needs root with useradd and runuser to create two users")
+    created = []
+    for user in USERS:
+        if subprocess.run(["id", user], capture_output=True).returncode != 0:
+            subprocess.run(["useradd", "--no-create-home", "--shell", "/bin/sh", user], check=True)
+            created.append(user)
+    try:
+        src = str(Path(gpu_mod.__file__).resolve().parents[1])
+        for python in (sys.executable, "/usr/bin/python3", shutil.which("python3") or ""):
+            ok = python and subprocess.run(
+                ["runuser", "-u", USERS[0], "--", "env", f"PYTHONPATH={src}", python, "-c", "import afo.gpu"],
+                capture_output=True,
+            ).returncode == 0
+            if ok:
+                break
+        else:
+            pytest.skip(f"no Python interpreter that other users can run with {src} on the path")
+        yield python
+    finally:
+        for user in created:
+            subprocess.run(["userdel", user], capture_output=True)
+
+
+def _as_user(python: str, user: str, lock_dir: str, n_gpus: str, hold: bool = False) -> subprocess.Popen:
+    src = str(Path(gpu_mod.__file__).resolve().parents[1])
+    return subprocess.Popen(
+        ["runuser", "-u", user, "--", "env", f"PYTHONPATH={src}", f"AFO_GPU_LOCK_DIR={lock_dir}", python, "-c",
+         _CLAIM_SCRIPT, n_gpus, "hold" if hold else "once"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def _claim_as(python: str, user: str, lock_dir: Path, n_gpus: int) -> str:
+    out, err = _as_user(python, user, str(lock_dir), str(n_gpus)).communicate(timeout=60)
+    assert out.strip(), err
+    return out.strip()
+
+
+def test_two_users_share_one_lock_directory(two_users: str) -> None:
+    python = two_users
+    a, b = USERS
+    base = Path(tempfile.mkdtemp(prefix="afo-gpu-share-"))
+    try:
+        base.chmod(0o755)
+        shared = base / "locks"
+        refused = _claim_as(python, a, shared, 1)  # base belongs to root: a cannot create the directory there
+        assert refused.startswith("GpuLockDirError: cannot create the GPU lock directory") and "\n" not in refused
+        base.chmod(0o1777)  # like /tmp: now a's claim creates it
+        holder = _as_user(python, a, str(shared), "2", hold=True)
+        try:
+            assert holder.stdout.readline().strip() == "GPU 0"
+            st = shared.stat()
+            assert pwd.getpwuid(st.st_uid).pw_name == a and stat.S_IMODE(st.st_mode) == 0o1777
+            assert stat.S_IMODE((shared / "gpu0.lock").stat().st_mode) == 0o666
+            # b gets the other GPU while a holds GPU 0, and waits in vain for GPU 0 alone (a's note is readable)
+            assert _claim_as(python, b, shared, 2) == "GPU 1"
+            timeout = _claim_as(python, b, shared, 1)
+            assert timeout.startswith("GpuClaimTimeout") and "gpu0: pid=" in timeout and "job=user-test" in timeout
+        finally:
+            holder.stdin.close()
+            holder.wait(timeout=30)
+        # a is gone: b locks the file a created
+        assert _claim_as(python, b, shared, 1) == "GPU 0"
+        assert pwd.getpwuid((shared / "gpu0.lock").stat().st_uid).pw_name == a
+        # a directory only its owner may write: one clear line for the other user
+        private = base / "private"
+        assert _claim_as(python, a, private, 1) == "GPU 0"
+        private.chmod(0o755)
+        (private / "gpu0.lock").chmod(0o644)  # as an older afo left them
+        refused = _claim_as(python, b, private, 1)
+        assert refused.startswith("GpuLockDirError: cannot open the GPU lock file") and "Permission denied" in refused
+        assert "chmod 1777" in refused and "\n" not in refused
+    finally:
+        shutil.rmtree(base)

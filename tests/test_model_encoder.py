@@ -7,21 +7,24 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from afo.model import CoreOutput, EncodingModel, SinusoidalPE, bilinear_corners, fit_rescale, reference_readout
-from afo.model.retina import RetinaMapper
+from afo.model import (
+    CoordinateFrame,
+    CoreOutput,
+    EncodingModel,
+    SinusoidalPE,
+    bilinear_corners,
+    fit_rescale,
+    reference_readout,
+    subject_frame,
+)
+from afo.model.retina import LayerSelector, RetinaMapper
 
 VIT_LIKE = [(12, 6, 6)] * 3
 CNN_LIKE = [(4, 10, 10), (8, 5, 5), (16, 3, 3)]
 SMALL = dict(conv_width=8, out_dim=6, n_convs=2, kernel_size=3, pe_frequencies=4, mlp_width=16)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: extra threads only add synchronisation, and the CI box is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _coords(n: int, seed: int) -> np.ndarray:
@@ -214,8 +217,8 @@ def test_uniform_layer_selector():
     assert sum(p.numel() for n in model.necks.values() for p in n.layer_selector.parameters()) == 0
 
 
-def test_single_layer_selector_is_one_hot_with_straight_through_gradient():
-    model = _model(layer_selector="single")
+def test_hard_layer_selector_is_one_hot_with_straight_through_gradient():
+    model = _model(layer_selector="hard")
     for neck in model.necks.values():
         with torch.no_grad():
             neck.layer_selector.mlp[-1].weight.normal_(0, 3)
@@ -227,6 +230,15 @@ def test_single_layer_selector_is_one_hot_with_straight_through_gradient():
     model(_features(VIT_LIKE), "s1").square().sum().backward()
     grad = model.necks["s1"].layer_selector.mlp[-1].weight.grad
     assert grad is not None and grad.abs().sum() > 0
+
+
+def test_single_is_the_old_name_of_the_hard_selector():
+    """Config and model files written before the rename say "single": the same one-hot selector."""
+    old, new = _model(layer_selector="single", seed=2), _model(layer_selector="hard", seed=2)
+    for name in ("s1", "s2"):
+        assert old.necks[name].selector_mode == "hard" and old.necks[name].layer_selector.hard
+    new.load_state_dict(old.state_dict())
+    torch.testing.assert_close(old.layer_weights("s1"), new.layer_weights("s1"))
 
 
 def test_global_pool_off_reads_only_the_bilinear_footprint():
@@ -258,7 +270,7 @@ def test_bad_switches_rejected():
     with pytest.raises(ValueError):
         _model(retina_mapper="fixed")
     with pytest.raises(ValueError):
-        _model(layer_selector="hard")
+        _model(layer_selector="argmax")
     with pytest.raises(ValueError):
         _model(kernel_size=4)
 
@@ -299,6 +311,112 @@ def test_neck_mlps_single_subject_state_applies_to_all_and_mismatch_fails():
         _model(retina_mapper="frozen").load_neck_mlps(single.neck_mlp_state())
     with pytest.raises(KeyError):  # two subjects, neither matching
         _model(subjects=(("x", 3), ("y", 3))).load_neck_mlps(target.neck_mlp_state())
+
+
+# -- coordinate frames (one per subject, whatever subset a model holds) -------------------------------
+
+
+def _spread_selector(model: EncodingModel) -> None:
+    """A non-uniform LayerSelector (the zero-initialised last layer gives every voxel eta = 1/L)."""
+    g = torch.Generator().manual_seed(8)
+    for neck in model.necks.values():
+        if isinstance(neck.layer_selector, LayerSelector):
+            last = neck.layer_selector.mlp[-1]
+            with torch.no_grad():
+                last.weight.copy_(torch.randn(last.weight.shape, generator=g) * 3)
+
+
+def _compact_subset(coords: np.ndarray, n: int) -> np.ndarray:
+    """Indices of the ``n`` voxels nearest to the first one: a compact ROI, as a stage-1 model holds."""
+    return np.argsort(np.linalg.norm(coords - coords[0], axis=1))[:n]
+
+
+def test_subject_frame():
+    coords = np.array([[10.0, 5, 0], [30, 5, 2], [20, 15, 1]], dtype=np.float32)
+    frame = subject_frame(coords)
+    assert isinstance(frame, CoordinateFrame)
+    assert frame.lo.tolist() == [10, 5, 0] and frame.hi.tolist() == [30, 15, 2]
+    offset, scale = frame.rescale(100.0)
+    assert offset.tolist() == [10, 5, 0] and scale.item() == 5.0
+    # A subset's frame is the frame of the subset only (why the training code must use all voxels).
+    assert subject_frame(coords[:2]).hi.tolist() == [30, 5, 2]
+    with pytest.raises(ValueError):
+        subject_frame(np.zeros((0, 3)))
+    with pytest.raises(ValueError):
+        subject_frame(np.array([[0.0, np.nan, 0]]))
+
+
+def test_stage1_subset_reads_the_frozen_neck_of_the_all_voxel_model_unchanged():
+    """Paper 4.6 / the recipe's stage 1: a model of one compact ROI loads the RetinaMapper/LayerSelector of
+    the all-voxel model; with both built in the subject's frame, u and eta of those voxels are unchanged."""
+    full = {"s1": _coords(40, 0), "s2": _coords(30, 1)}
+    frames = {name: subject_frame(c) for name, c in full.items()}
+    torch.manual_seed(0)
+    source = EncodingModel(VIT_LIKE, full, **SMALL, frames=frames)
+    _spread_retina(source)
+    _spread_selector(source)
+    roi = {name: _compact_subset(c, 6) for name, c in full.items()}
+    torch.manual_seed(1)
+    target = EncodingModel(VIT_LIKE, {n: full[n][roi[n]] for n in full}, **SMALL, frames=frames)
+    target.load_neck_mlps(source.neck_mlp_state(), freeze=True)
+    for name in full:
+        idx = torch.as_tensor(roi[name])
+        torch.testing.assert_close(target.retina(name), source.retina(name, idx))
+        torch.testing.assert_close(target.layer_weights(name), source.layer_weights(name, idx))
+    u_source = source.retina("s1", torch.as_tensor(roi["s1"]))
+    assert u_source.std(0).min() > 0  # a spread map, so equality says something
+
+    # Without the subject's frame the subset is stretched over [0, max_period]: loading is refused ...
+    unframed = EncodingModel(VIT_LIKE, {n: full[n][roi[n]] for n in full}, **SMALL)
+    with pytest.raises(ValueError, match="coordinate frame"):
+        unframed.load_neck_mlps(source.neck_mlp_state())
+    # ... because the map it would read is scrambled (a state without frames, as before this check).
+    legacy = {s: {k: v for k, v in e.items() if k != "frame"} for s, e in source.neck_mlp_state().items()}
+    unframed.load_neck_mlps(legacy)
+    assert (unframed.retina("s1") - u_source).abs().max() > 0.1
+
+
+def test_shared_neck_mlps_are_read_in_each_subjects_own_frame():
+    """One subject's MLPs copied into all (paper 4.6): each target subject keeps its own frame."""
+    single = _model(subjects=(("solo", 9),), seed=4)
+    _spread_retina(single)
+    full = {"s1": _coords(20, 5), "s2": _coords(15, 6) * 2 + 50}
+    frames = {name: subject_frame(c) for name, c in full.items()}
+    target = EncodingModel(VIT_LIKE, {n: c[:7] for n, c in full.items()}, **SMALL, frames=frames)
+    before = {n: target.necks[n].frame_rescale() for n in full}
+    target.load_neck_mlps(single.neck_mlp_state())
+    for name in full:
+        neck = target.necks[name]
+        torch.testing.assert_close(neck.frame_rescale(), before[name])
+        torch.testing.assert_close(neck.frame_rescale()["offset"], frames[name].lo)
+        torch.testing.assert_close(target.retina(name), single.necks["solo"].retina_mapper(neck.encode()))
+
+
+def test_frame_travels_in_the_state_dict(tmp_path):
+    """A model file rebuilt from its coordinates alone (afo.training.modelfile.load_model) gets its frame back."""
+    full = _coords(30, 2)
+    subset = full[_compact_subset(full, 5)]
+    model = EncodingModel(VIT_LIKE, {"s": subset}, **SMALL, frames={"s": subject_frame(full)})
+    _spread_retina(model)
+    torch.save(model.state_dict(), tmp_path / "m.pt")
+    rebuilt = EncodingModel(VIT_LIKE, {"s": subset}, **SMALL)  # frame of the subset, until loaded
+    assert not torch.allclose(rebuilt.necks["s"].encode(), model.necks["s"].encode())
+    rebuilt.load_state_dict(torch.load(tmp_path / "m.pt", weights_only=True))
+    torch.testing.assert_close(rebuilt.necks["s"].encode(), model.necks["s"].encode())
+    torch.testing.assert_close(rebuilt.retina("s"), model.retina("s"))
+
+
+def test_bad_frames_rejected():
+    a, b = _coords(10, 0), _coords(10, 1) + 100
+    with pytest.raises(ValueError, match="subject 's1'.*outside the subject's frame"):  # another subject's frame
+        EncodingModel(VIT_LIKE, {"s1": a}, **SMALL, frames={"s1": subject_frame(b)})
+    with pytest.raises(ValueError, match="without subjects"):
+        EncodingModel(VIT_LIKE, {"s1": a, "s2": b}, **SMALL, frames={"s1": subject_frame(a)})
+    with pytest.raises(ValueError, match="3 axes"):
+        EncodingModel(VIT_LIKE, {"s1": a}, **SMALL, frames={"s1": (np.zeros(2), np.ones(2))})
+    # A (lo, hi) pair of arrays is a frame too.
+    pair = EncodingModel(VIT_LIKE, {"s1": a}, **SMALL, frames={"s1": (a.min(0), a.max(0))})
+    torch.testing.assert_close(pair.necks["s1"].encode(), EncodingModel(VIT_LIKE, {"s1": a}, **SMALL).necks["s1"].encode())
 
 
 # -- learning -----------------------------------------------------------------------------------------

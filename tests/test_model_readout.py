@@ -9,13 +9,7 @@ import torch.nn.functional as F
 
 from afo.model.readout import bilinear_corners, efficient_readout, reference_readout
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: extra threads only add synchronisation, and the CI box is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 VIT_LIKE = [(6, 6)] * 3  # equal layer sizes

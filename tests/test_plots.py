@@ -1,4 +1,4 @@
-"""Probing and benchmark figures (afo.plots): each writes a valid PNG; bad shapes give ValueError."""
+"""Probing and benchmark figures (afo.figures.plots): each writes a valid PNG; bad shapes give ValueError."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from scipy.cluster.hierarchy import linkage
 
-from afo import plots
+from afo.figures import plots
 
 PNG_HEADER = b"\x89PNG\r\n\x1a\n"
 

@@ -1,4 +1,4 @@
-"""Linear probing (afo.probe) and the shared NaN-aware Pearson r (afo.metrics)."""
+"""Linear probing (afo.probing.ridge) and the shared NaN-aware Pearson r (afo.metrics)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import warnings
 import numpy as np
 import pytest
 
-import afo.probe as probe
+import afo.probing.ridge as probe
 from afo.metrics import pearson_r
-from afo.probe import FeatureScaler, fit_pca, linear_probe
+from afo.probing.ridge import FeatureScaler, fit_pca, linear_probe
 
 # ---------------------------------------------------------------------------------------------- pearson_r
 
@@ -188,3 +188,23 @@ def test_bad_inputs():
     with warnings.catch_warnings(), pytest.raises(ValueError, match="finite"):
         warnings.simplefilter("ignore")
         linear_probe(train_X, train_Y, bad, test_Y, n_components=5)
+
+
+def test_edge_share_counts_positively_scored_voxels_and_warns():
+    import pandas as pd
+
+    from afo.probing.benchmark import edge_warning, probe_summary
+
+    n = 40
+    table = pd.DataFrame({
+        "extractor": "x", "dataset": "d", "role": "train", "subject": ["s1"] * 20 + ["s2"] * 20, "voxel": np.arange(n),
+        "r_test": 0.3, "cv_r2": [0.2] * 30 + [-0.1] * 10,
+        # 3 of the 30 positive voxels at an edge (10%); the negative ones at the edge do not count.
+        "alpha_at_edge": [True] * 3 + [False] * 27 + [True] * 10,
+    })
+    summary = probe_summary(table)
+    pooled = summary[summary["subject"] == "all"].iloc[0]
+    assert pooled["edge_share"] == pytest.approx(3 / 30)
+    assert "x on d (10%)" in edge_warning(summary)
+    table["alpha_at_edge"] = [False] * 30 + [True] * 10
+    assert edge_warning(probe_summary(table)) == ""

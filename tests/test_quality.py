@@ -11,10 +11,11 @@ import torch
 
 from afo.config import load_config
 from afo.data.folder import prepare
-from afo.evaluate import voxel_table
+from afo.evaluation.scores import voxel_table
 from afo.features import BackboneSpec, extract_features
 from afo.simulate import SimulationConfig, simulate
 from afo.training.fit import TrainSpec, fit
+from afo.training.predict import predict_file
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -34,7 +35,9 @@ def test_small_synthetic_brain_is_recovered(tmp_path):
         torch.manual_seed(0)
         spec = TrainSpec(stores={"s": str(tmp_path / "store.h5")}, features={"s": str(tmp_path / "features.h5")}, model={**cfg["model"], **overrides}, train=train)
         fit(spec, tmp_path / name)
-        table = voxel_table([(None, tmp_path / name / "model.pt")], {"s": tmp_path / "store.h5"}, {"s": tmp_path / "features.h5"})
+        stores, caches = {"s": tmp_path / "store.h5"}, {"s": tmp_path / "features.h5"}
+        predict_file(tmp_path / name / "model.pt", stores, caches, ["val", "test"], tmp_path / name / "pred.h5", dtype="float32")
+        table = voxel_table([(tmp_path / name / "model.pt", tmp_path / name / "pred.h5")], stores)
         truth = pd.read_csv(tmp_path / "sim" / "fmri" / "subj01" / "ground_truth.csv").assign(subject="subj01")
         truth = truth.rename(columns={"u_x": "true_u_x", "u_y": "true_u_y"})[["subject", "voxel", "area", "true_u_x", "true_u_y"]]
         results[name] = quality(table, truth)

@@ -1,4 +1,4 @@
-"""veROI clustering (afo.veroi): k-means + Ward on head weights, randROI, and their error messages."""
+"""veROI clustering (afo.rois.veroi): k-means + Ward on head weights, randROI, and their error messages."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.cluster import hierarchy
 
-from afo.veroi import (
+from afo.rois.veroi import (
     MINIBATCH_MIN_VOXELS,
     adjusted_rand,
     cluster_veroi,

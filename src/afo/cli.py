@@ -1,7 +1,9 @@
-"""The `afo` command line: one subcommand per workflow step, each usable on its own.
+"""The `afo` command line, for people: each step of the workflow usable on its own.
 
-Every subcommand prints a short JSON report on stdout when it succeeds; errors in the user's data or config
-are printed as one clear message (file, field, fix) with exit status 2, not a traceback.
+The workflow's rules do not go through here: they run workflow/scripts/*.py, which call the same package
+functions. Every subcommand prints a short JSON report on stdout when it succeeds; an error in the user's data,
+config or arguments (:class:`afo.errors.UserError`) is printed as one clear message with exit status 2; anything
+else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -12,7 +14,13 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from afo.errors import UserError
+
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {}
+
+
+class CliError(UserError):
+    """Command-line arguments that do not fit together; the message names the flags."""
 
 
 def command(name: str, help: str):
@@ -145,11 +153,11 @@ def _train(p: argparse.ArgumentParser) -> None:
         from afo.training.fit import TrainSpec, fit
 
         if args.roi and args.own_roi:
-            raise ValueError("--roi and --own-roi exclude each other")
+            raise CliError("--roi and --own-roi exclude each other")
         if (args.roi or args.own_roi) and not args.rois:
-            raise ValueError("--roi / --own-roi need --rois")
+            raise CliError("--roi / --own-roi need --rois")
         if args.target_mode != "gt" and not args.dark_knowledge:
-            raise ValueError(f"--target-mode {args.target_mode} needs --dark-knowledge files")
+            raise CliError(f"--target-mode {args.target_mode} needs --dark-knowledge files")
         spec = TrainSpec(
             stores=_named_paths(args.store, "--store"),
             features=_named_paths(args.features, "--features"),
@@ -168,7 +176,7 @@ def _train(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=run)
 
 
-@command("predict", "predict responses per image with a model file (float16 HDF5)")
+@command("predict", "predict responses per image of a store with a model file (HDF5 prediction file)")
 def _predict(p: argparse.ArgumentParser) -> None:
     _data_arguments(p)
     p.add_argument("--model", required=True, type=Path, help="model file (model.pt)")
@@ -176,6 +184,7 @@ def _predict(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rois", type=Path, help="ROI assignment table; with --roi, predict only that ROI's voxels")
     p.add_argument("--roi", help="ROI whose voxels are predicted (dark knowledge of a stage-1/2 model)")
     p.add_argument("--out", required=True, type=Path, help="prediction file to write (.h5)")
+    p.add_argument("--dtype", choices=["float16", "float32"], default="float32", help="float32 for evaluation, float16 for dark knowledge")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     _claim_gpu_argument(p)
 
@@ -186,95 +195,121 @@ def _predict(p: argparse.ArgumentParser) -> None:
         splits = [s.strip() for s in args.splits.split(",") if s.strip()]
         return _on_claimed_gpu(args, lambda: predict_file(
             args.model, _named_paths(args.store, "--store"), _named_paths(args.features, "--features"), splits, args.out,
-            rois=args.rois, roi=args.roi, device=resolve_device(args.device),
+            rois=args.rois, roi=args.roi, dtype=args.dtype, device=resolve_device(args.device),
         ))
 
     p.set_defaults(func=run)
 
 
-@command("evaluate", "score a model (or per-ROI models assembled) per voxel: voxels.csv and summary.csv")
+@command("evaluate", "score a model's prediction file per voxel: voxels.csv and summary.csv")
 def _evaluate(p: argparse.ArgumentParser) -> None:
-    _data_arguments(p)
-    p.add_argument("--model", action="append", required=True, metavar="[ROI=]PATH", help="model file; ROI=PATH assembles per-ROI models (needs --rois)")
-    p.add_argument("--rois", type=Path, help="ROI assignment table (dataset, subject, voxel, roi)")
+    p.add_argument("--store", action="append", required=True, metavar="NAME=PATH", help="prepared store of dataset NAME (repeat per dataset)")
+    p.add_argument("--model", action="append", required=True, metavar="MODEL=PREDICTIONS",
+                   help="model file = its prediction file (afo predict --splits val,test); repeat to assemble per-ROI models")
+    p.add_argument("--rois", type=Path, help="ROI assignment table for the roi column (default: the dataset's own labels)")
     p.add_argument("--dataset-roi-set", default="roi", help="ROI set of the store reported as dataset_roi")
     p.add_argument("--out-dir", required=True, type=Path, help="folder for voxels.csv and summary.csv")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
 
     def run(args):
-        from afo.evaluate import voxel_table, write_tables
-        from afo.runtime import resolve_device
+        from afo.evaluation.scores import voxel_table, write_tables
 
-        models = []
-        for item in args.model:
-            roi, sep, path = item.rpartition("=")
-            models.append((roi if sep else None, path))
-        if any(r is not None for r, _ in models) and not args.rois:
-            raise ValueError("--model ROI=PATH needs --rois")
-        table = voxel_table(models, _named_paths(args.store, "--store"), _named_paths(args.features, "--features"),
-                            rois=args.rois, dataset_roi_set=args.dataset_roi_set, device=resolve_device(args.device))
+        models = list(_named_paths(args.model, "--model").items())
+        table = voxel_table(models, _named_paths(args.store, "--store"), rois=args.rois, dataset_roi_set=args.dataset_roi_set)
         voxels, summary = write_tables(table, args.out_dir)
         return {"voxels": str(voxels), "summary": str(summary), "mean_r_test": float(table["r_test"].mean())}
 
     p.set_defaults(func=run)
 
 
-@command("rois", "write an ROI table: veROIs from stage-0 models, a dataset's own labels, or randROI")
-def _rois(p: argparse.ArgumentParser) -> None:
-    p.add_argument("source", choices=["veroi", "dataset", "random"], help="where the ROIs come from")
-    p.add_argument("--model", nargs="+", type=Path, help="veroi: stage-0 model files (head weights averaged)")
-    p.add_argument("--options", type=_json_arg, default={}, help="veroi: JSON with n_kmeans, n_rois, threshold")
-    p.add_argument("--clustering", type=Path, help="veroi: also write the clustering (linkage, cut, k-means) as .npz")
-    p.add_argument("--store", action="append", metavar="NAME=PATH", help="dataset: prepared stores")
-    p.add_argument("--roi-set", default="roi", help="dataset: ROI set of the stores")
-    p.add_argument("--like", type=Path, help="random: ROI table whose sizes are copied (per subject)")
-    p.add_argument("--seed", type=int, default=0, help="seed of k-means / of the random assignment")
-    p.add_argument("--out", required=True, type=Path, help="ROI table to write (.csv)")
+@command("decode", "rank your own candidate images for your own measured response pattern with a trained model")
+def _decode(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, type=Path, help="model file (e.g. results/models/afo/stage3/model.pt)")
+    p.add_argument("--images", required=True, type=Path, help="folder of candidate images (png, jpg, ...)")
+    p.add_argument("--response", required=True, type=Path,
+                   help="NumPy file [n_voxels] or [n_queries, n_voxels]: one value per modelled voxel or per voxel of the "
+                        "subject's dataset (responses.npy column order); NaN = missing")
+    p.add_argument("--subject", required=True, help="subject key as in the model: <dataset>/<subject>")
+    p.add_argument("--config", type=Path, help="the workflow config the model was trained with (its backbone and prepare "
+                                               "sections; default: ./config.yaml)")
+    p.add_argument("--backbone", type=_json_arg, help="JSON backbone section instead of --config")
+    p.add_argument("--image-size", type=int, help="resize stimuli to this size first (default: the config's prepare.image_size)")
+    p.add_argument("--rois", type=Path, help="ROI table; with --roi, match only that ROI's voxels")
+    p.add_argument("--roi", help="ROI label to match (needs --rois)")
+    p.add_argument("--out", type=Path, help="CSV of the full ranking (query, rank, image, r)")
+    p.add_argument("--top", type=int, default=5, help="best images listed in the printed report")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
 
     def run(args):
         import numpy as np
-        import pandas as pd
 
-        from afo import rois
+        from afo.decoding.retrieval import rank_user_images
+        from afo.io.tables import write_csv
+        from afo.runtime import resolve_device
+        from afo.training.modelfile import load_model
 
-        if args.source == "veroi":
-            if not args.model:
-                raise ValueError("rois veroi needs --model")
-            o = {"n_kmeans": 1000, "n_rois": None, "threshold": None, **args.options}
-            table, result = rois.veroi_table(args.model, o["n_kmeans"], o["n_rois"], o["threshold"], args.seed)
-            if args.clustering:
-                args.clustering.parent.mkdir(parents=True, exist_ok=True)
-                np.savez(args.clustering, linkage=result.linkage, cut_height=result.cut_height, labels=result.labels,
-                         kmeans_labels=result.kmeans_labels, centroid_rois=result.centroid_rois)
-        elif args.source == "dataset":
-            if not args.store:
-                raise ValueError("rois dataset needs --store")
-            table = rois.dataset_roi_table(_named_paths(args.store, "--store"), args.roi_set)
+        image_size = args.image_size
+        if args.backbone is not None:
+            backbone = args.backbone
         else:
-            if not args.like:
-                raise ValueError("rois random needs --like")
-            table = rois.random_roi_table(pd.read_csv(args.like, dtype={"roi": str}), args.seed)
-        rois.write_table(table, args.out)
-        return {"voxels": len(table), "rois": table["roi"].value_counts().sort_index().to_dict()}
+            from afo.config import load_config
+
+            config_path = args.config or Path("config.yaml")
+            if not config_path.is_file():
+                raise CliError(f"{config_path}: give the workflow config the model was trained with (--config) or --backbone JSON")
+            config = load_config(config_path)
+            backbone = config["backbone"]
+            image_size = image_size or config["prepare"]["image_size"]
+        mask = None
+        if args.roi is not None or args.rois is not None:
+            if not (args.roi is not None and args.rois is not None):
+                raise CliError("--roi and --rois go together")
+            from afo.io.tables import read_roi_selection
+
+            _, payload = load_model(args.model)
+            if args.subject not in payload.voxels:
+                raise CliError(f"subject {args.subject!r} is not in {args.model}; it has {sorted(payload.voxels)}")
+            wanted = read_roi_selection(args.rois, args.roi).get(args.subject, np.empty(0, dtype=np.int64))
+            mask = np.isin(payload.voxels[args.subject].numpy(), wanted)
+        ranking = rank_user_images(args.model, args.subject, args.images, np.load(args.response), backbone, image_size,
+                                   voxel_mask=mask, device=resolve_device(args.device))
+        if args.out:
+            write_csv(ranking, args.out)
+        best = ranking[ranking["rank"] < args.top]
+        return {
+            "candidates": int(ranking["image"].nunique()), "queries": int(ranking["query"].nunique()),
+            "best": {int(q): [{"image": r.image, "r": round(float(r.r), 4)} for r in g.itertuples()] for q, g in best.groupby("query")},
+        }
 
     p.set_defaults(func=run)
 
 
-@command("compare", "mean test r per model, dataset and area from several voxels.csv (the recipe comparison)")
-def _compare(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--names", nargs="+", required=True, help="model names, in the order of --voxels")
-    p.add_argument("--voxels", nargs="+", required=True, type=Path, help="voxels.csv of each model")
-    p.add_argument("--out", required=True, type=Path, help="comparison table to write (.csv)")
+@command("probe", "linear probing of one feature extractor on one dataset: per-voxel test r (paper Figure 1)")
+def _probe(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--extractor", required=True, help="extractor name (the label in the table)")
+    p.add_argument("--spec", type=_json_arg, required=True, help="JSON: source (timm | backbone | model) and its keys (afo.probing.benchmark)")
+    p.add_argument("--dataset", required=True, help="dataset name")
+    p.add_argument("--role", default="train", help="the dataset's role (train | holdout), copied to the table")
+    p.add_argument("--store", required=True, type=Path, help="prepared store of the dataset")
+    p.add_argument("--features", type=Path, help="feature cache of the dataset (sources backbone and model)")
+    p.add_argument("--model", type=Path, help="model file (source model)")
+    p.add_argument("--settings", type=_json_arg, default={}, help="JSON: n_components, alphas, cv, pool_grid, backend, seed")
+    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass when extracting features")
+    p.add_argument("--roi-set", default="roi", help="ROI set of the store copied to the dataset_roi column")
+    p.add_argument("--out", required=True, type=Path, help="CSV to write")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (feature extraction)")
+    _claim_gpu_argument(p)
 
     def run(args):
-        from afo.compare import comparison_table
+        from afo.probing.benchmark import ExtractorSpec, ProbeSettings, probe_dataset
+        from afo.io.tables import write_csv
+        from afo.runtime import resolve_device
 
-        if len(args.names) != len(args.voxels):
-            raise ValueError("give one --names entry per --voxels file")
-        table = comparison_table(dict(zip(args.names, args.voxels)))
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        table.to_csv(args.out, index=False, float_format="%.4f")
-        return {"rows": len(table)}
+        spec = ExtractorSpec.from_config(args.extractor, args.spec)
+        table = _on_claimed_gpu(args, lambda: probe_dataset(
+            spec, args.dataset, args.store, ProbeSettings.from_config({**args.settings, "batch_size": args.batch_size}), role=args.role,
+            features_path=args.features, model_path=args.model, roi_set=args.roi_set, device=resolve_device(args.device)))
+        write_csv(table, args.out)
+        return {"voxels": len(table), "median_r_test": float(table["r_test"].median())}
 
     p.set_defaults(func=run)
 
@@ -292,13 +327,37 @@ def _check_config(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=run)
 
 
-def _register_extra_commands() -> None:
-    """Subcommands defined in other modules register themselves with @command on import."""
-    import afo.cli_analysis  # noqa: F401
+@command("check-data", "open every dataset of a config as the adapters will, write nothing, report what was found")
+def _check_data(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", type=Path, help="workflow config YAML (its datasets section)")
+    p.add_argument("--no-data", action="store_true", help="check layouts and tables only, do not stream the responses (faster)")
+
+    def run(args):
+        from afo.config import load_config
+        from afo.data.check import UnsupportedCheckError, check_dataset
+
+        config = load_config(args.config)
+        report = {}
+        for name, ds in sorted(config["datasets"].items()):
+            if ds["format"] == "synthetic":
+                fmt, root = "folder", Path("resources/synthetic") / ds["part"]
+            else:
+                fmt, root = ds["format"], Path(ds["root"])
+            try:
+                rows = check_dataset(fmt, root, ds["options"], read_data=not args.no_data)
+            except UnsupportedCheckError as err:
+                report[name] = f"not checked: {err}"
+                continue
+            for row in rows:
+                print(f"{name}/{row['subject']}: " + ", ".join(f"{k} {v}" for k, v in row.items() if k not in ("dataset", "subject")),
+                      file=sys.stderr)
+            report[name] = rows
+        return report
+
+    p.set_defaults(func=run)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    _register_extra_commands()
     parser = argparse.ArgumentParser(
         prog="afo",
         description="Retinotopy-inspired brain encoding model and the All-for-One training recipe.",
@@ -312,11 +371,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from afo.errors import USER_ERRORS
-
     try:
         result = args.func(args)
-    except USER_ERRORS as err:
+    except UserError as err:
         print(f"afo {args.command}: error: {err}", file=sys.stderr)
         return 2
     if result is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 
 import jsonschema
@@ -60,8 +61,27 @@ def _describe(error: jsonschema.ValidationError) -> str:
     return f"config key `{path}`: {error.message}"
 
 
+# YAML 1.1 (PyYAML, and so Snakemake) reads 1e-3 as a string: it wants 1.0e-3. A user who writes lr: 1e-3 means
+# the number, so exponent-form strings are read as numbers before validation.
+_EXPONENT_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
+
+
+def _numbers_from_strings(value):
+    """``value`` with every exponent-form numeric string (e.g. "1e-3") replaced by its float, recursively."""
+    if isinstance(value, dict):
+        return {k: _numbers_from_strings(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_numbers_from_strings(v) for v in value]
+    if isinstance(value, str) and _EXPONENT_NUMBER.match(value.strip()):
+        return float(value)
+    return value
+
+
 def validate_config(config: dict, schema_path: str | Path | None = None) -> dict:
     """Validate ``config`` in place (defaults filled in) and return it; raise ConfigError listing every problem."""
+    converted = _numbers_from_strings(config)
+    config.clear()
+    config.update(converted)
     schema_path = Path(schema_path) if schema_path else find_schema()
     schema = yaml.safe_load(schema_path.read_text())
     validator = _with_defaults(jsonschema.Draft202012Validator)(schema)
@@ -85,6 +105,12 @@ def _check_semantics(config: dict) -> None:
     veroi = config["afo"]["veroi"]
     if (veroi["n_rois"] is None) == (veroi["threshold"] is None):
         raise ConfigError("config keys `afo.veroi.n_rois` / `afo.veroi.threshold`: set exactly one of them (the other to null)")
+    # Checked before any planning: the DAG has jobs per veROI, so an absurd count would cost minutes and GBs.
+    if veroi["n_rois"] is not None and veroi["n_rois"] > veroi["n_kmeans"]:
+        raise ConfigError(
+            f"config key `afo.veroi.n_rois`: {veroi['n_rois']} veROIs cannot be cut from {veroi['n_kmeans']} k-means "
+            "clusters (`afo.veroi.n_kmeans`); lower n_rois or raise n_kmeans (each veROI adds stage-1/2 jobs)"
+        )
 
 
 def load_config(path: str | Path, schema_path: str | Path | None = None) -> dict:

@@ -24,9 +24,12 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from afo.backbone_weights import load_backbone_weights
 from afo.data.store import PreparedStore
+from afo.io import CorruptFileError, MissingFileError, reading_hdf5
 
 FEATURES_FORMAT_VERSION = 1
+REBUILD = "rerun the workflow's features rule (or `afo features`)"
 RANDOM_INIT_SEED = 0
 
 
@@ -34,8 +37,10 @@ RANDOM_INIT_SEED = 0
 class BackboneSpec:
     """Which frozen backbone, which of its layers, at which input resolution.
 
-    ``pretrained_path`` names a local weights file (timm/PyTorch state dict or safetensors) and wins over
-    ``pretrained`` (timm's own download, which needs internet). Neither: random initialisation.
+    ``pretrained_path`` names a local weights file and wins over ``pretrained`` (timm's own download, which
+    needs internet). Neither: random initialisation. The file may be a timm state dict, a DINOv2 torch.hub
+    checkpoint or a Hugging Face ``Dinov2Model`` state dict, ``.pth`` or ``.safetensors``
+    (see :mod:`afo.backbone_weights`).
     """
 
     name: str
@@ -73,15 +78,10 @@ def create_backbone(spec: BackboneSpec) -> torch.nn.Module:
 
     kwargs = dict(spec.model_kwargs)
     kwargs.setdefault("num_classes", 0)
-    if spec.pretrained_path:
-        path = Path(spec.pretrained_path)
-        if not path.is_file():
-            raise FileNotFoundError(f"backbone.pretrained_path: {path} does not exist; name a local weights file or set it to null")
-        kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": str(path)})
-    else:
-        kwargs["pretrained"] = spec.pretrained
-    # Random-init weights (the demo, or layers a weights file lacks) come from a fixed seed, so a cache is the
-    # same on every run and machine; the caller's random state is left as it was.
+    # A local file is loaded below, after the model is built (timm would only read its own layout).
+    kwargs["pretrained"] = spec.pretrained and not spec.pretrained_path
+    # Random-init weights (the demo) come from a fixed seed, so a cache is the same on every run and machine;
+    # the caller's random state is left as it was.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(RANDOM_INIT_SEED)
         try:
@@ -90,6 +90,8 @@ def create_backbone(spec: BackboneSpec) -> torch.nn.Module:
             if "img_size" not in str(err):
                 raise
             model = timm.create_model(spec.name, **kwargs)
+    if spec.pretrained_path:
+        load_backbone_weights(model, spec.pretrained_path)
     if not hasattr(model, "forward_intermediates"):
         raise ValueError(f"backbone.name: timm model {spec.name!r} has no forward_intermediates; choose another family")
     model.eval()
@@ -168,10 +170,10 @@ class FeatureCache:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         if not self.path.exists():
-            raise FileNotFoundError(f"{self.path}: no feature cache; run the workflow's features rule")
-        with h5py.File(self.path, "r") as f:
+            raise MissingFileError(f"{self.path}: no feature cache; {REBUILD}")
+        with reading_hdf5(self.path, "feature cache", REBUILD), h5py.File(self.path, "r") as f:
             if int(f.attrs.get("format_version", -1)) != FEATURES_FORMAT_VERSION:
-                raise ValueError(f"{self.path}: feature cache of another format version; delete it and rerun")
+                raise CorruptFileError(f"{self.path}: feature cache of another format version; delete it and {REBUILD}")
             n_layers = sum(1 for k in f if k.startswith("layer_"))
             self.layer_shapes: list[tuple[int, int, int]] = [tuple(f[f"layer_{k}"].shape[1:]) for k in range(n_layers)]
             self.n_images = int(f.attrs["n_images"])
@@ -180,7 +182,7 @@ class FeatureCache:
 
     def load(self, index: Sequence[int] | np.ndarray | None = None) -> list[torch.Tensor]:
         """float16 tensors [n, C_k, h_k, w_k] per layer for the given image rows (all when None)."""
-        with h5py.File(self.path, "r") as f:
+        with reading_hdf5(self.path, "feature cache", REBUILD), h5py.File(self.path, "r") as f:
             if index is None:
                 return [torch.from_numpy(f[f"layer_{k}"][:]) for k in range(len(self.layer_shapes))]
             index = np.asarray(index)

@@ -26,12 +26,21 @@ yielded too and the job runs on the CPU.
 
 Environment variables read (no other state):
 
-- ``AFO_GPU_LOCK_DIR``: the lock directory (default ``<tmp>/afo-gpu-locks-<uid>``, per user).
+- ``AFO_GPU_LOCK_DIR``: the lock directory (default ``<tmp>/afo-gpu-locks-<uid>``, per user). Set it to one
+  directory for every user to share GPUs between users (see "Sharing GPUs between users" below).
 - ``AFO_N_GPUS``: number of GPUs, overriding detection (e.g. for accelerators ``nvidia-smi`` cannot see).
 - ``AFO_GPU_CLAIM``: ``auto`` (above), ``never`` (claim nothing, yield ``None``), or ``always``: claim even
   under SLURM or a preset ``CUDA_VISIBLE_DEVICES``, choosing among the devices it lists (for running a local
   Snakemake with ``--resources gpu=N`` inside an interactive multi-GPU allocation).
 - ``AFO_JOB_NAME`` / ``SLURM_JOB_NAME``: the job name written into the lock file if none is passed.
+
+Sharing GPUs between users: all of them set ``AFO_GPU_LOCK_DIR`` to the same directory. If it does not exist,
+the first claim creates it with mode ``1777`` (like /tmp: everyone may add lock files, nobody may remove or
+replace another user's); to restrict sharing to a group, create it beforehand with ``chgrp GROUP DIR`` and
+``chmod 2770 DIR``, and afo leaves its modes alone. Lock files are made readable and writable by everyone who
+can enter the directory (mode ``666``), so that any user can lock a file another user created. Lock files are
+never opened through a symbolic link. Every problem with the directory or a lock file (not a directory, owned
+by someone else, read-only, not writable, a link) is a :class:`GpuLockDirError` naming the path and the fix.
 
 Limits: one claim per process (``CUDA_VISIBLE_DEVICES`` is process-wide; a nested claim in ``auto`` mode
 sees it set and is a no-op). Children forked while the lock is held (e.g. DataLoader workers) share it;
@@ -47,6 +56,7 @@ import os
 import re
 import shutil
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -54,6 +64,8 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+
+from afo.errors import UserError
 
 try:
     import fcntl
@@ -78,15 +90,28 @@ _SUMMARY_IF_SET = (
 )
 
 
+#: Mode of a shared lock directory afo creates: everyone may add files, only a file's owner may remove it.
+SHARED_DIR_MODE = 0o1777
+#: Mode of a lock file: any user who can enter the directory can open it for writing and lock it.
+LOCK_FILE_MODE = 0o666
+# Errors opening a lock file that come from the directory's or the file's state, i.e. that the user fixes.
+_LOCK_FILE_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ELOOP, errno.EISDIR, errno.ENOTDIR, errno.ENOSPC)
+
+
 class GpuClaimTimeout(TimeoutError):
     """No GPU became free within the timeout."""
+
+
+class GpuLockDirError(UserError):
+    """The GPU lock directory, or a lock file in it, cannot be used; the message names the path and the fix."""
 
 
 def default_lock_dir() -> Path:
     """``$AFO_GPU_LOCK_DIR``, else ``<tmp>/afo-gpu-locks-<uid>``.
 
-    Per user by default: a world-shared name in /tmp could be pre-created by another user. Point
-    ``AFO_GPU_LOCK_DIR`` at a common directory (with group write permission) to share GPUs between users.
+    Per user by default (private, mode 0700, refused if another user owns it): a world-shared name in /tmp
+    could be pre-created by another user. Point ``AFO_GPU_LOCK_DIR`` at one directory to share GPUs between
+    users (see the module docstring for its modes).
     """
     env = os.environ.get("AFO_GPU_LOCK_DIR")
     if env:
@@ -167,27 +192,100 @@ def _ensure_cuda_not_initialised() -> None:
         )
 
 
-def _prepare_lock_dir(lock_dir: Path, is_default: bool) -> None:
-    lock_dir.mkdir(mode=0o700 if is_default else 0o777, parents=True, exist_ok=True)
-    if is_default and hasattr(os, "getuid"):
-        st = os.lstat(lock_dir)
-        # Another user could have created (or symlinked) our default name in the shared /tmp.
-        if st.st_uid != os.getuid() or not os.path.isdir(lock_dir) or os.path.islink(lock_dir):
-            raise RuntimeError(
-                f"GPU lock directory {lock_dir} is not a directory owned by this user; "
-                "set AFO_GPU_LOCK_DIR to a directory of your own"
-            )
+def _prepare_lock_dir(lock_dir: Path, private: bool) -> None:
+    """Create ``lock_dir`` if needed (0700 if ``private``, else shared: 1777) and check it is usable."""
+    try:
+        if private:
+            lock_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        elif not lock_dir.exists():
+            _create_shared_dir(lock_dir)
+    except FileExistsError:
+        pass  # a file, or a dangling link, of that name: reported below
+    except OSError as exc:
+        raise GpuLockDirError(
+            f"cannot create the GPU lock directory {lock_dir}: {exc.strerror}; create it yourself "
+            f"(mkdir -m 1777 {lock_dir}) or set AFO_GPU_LOCK_DIR to a directory you can write"
+        ) from None
+    st = os.lstat(lock_dir) if private else _stat_or_none(lock_dir)
+    if st is None or not stat.S_ISDIR(st.st_mode):
+        raise GpuLockDirError(
+            f"the GPU lock directory {lock_dir} is not a directory (a file or a link); remove it, or set AFO_GPU_LOCK_DIR "
+            "to a directory"
+        )
+    # Another user could have created (or symlinked) our per-user default name in the shared /tmp.
+    if private and st.st_uid != os.getuid():
+        raise GpuLockDirError(
+            f"the GPU lock directory {lock_dir} belongs to another user (uid {st.st_uid}); "
+            "set AFO_GPU_LOCK_DIR to a directory of your own"
+        )
+
+
+def _stat_or_none(path: Path) -> os.stat_result | None:
+    try:
+        return os.stat(path)
+    except OSError:
+        return None
+
+
+def _create_shared_dir(lock_dir: Path) -> None:
+    """Create ``lock_dir`` with mode 1777 atomically: other users never see it with the umask's narrower mode."""
+    lock_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{lock_dir.name}.", dir=lock_dir.parent))
+    try:
+        os.chmod(tmp, SHARED_DIR_MODE)
+        os.rename(tmp, lock_dir)  # fails if another claimer created it meanwhile and added a lock file
+    except OSError:
+        os.rmdir(tmp)
+        if not lock_dir.is_dir():
+            raise
 
 
 def _lock_path(lock_dir: Path, gpu: int) -> Path:
     return lock_dir / f"gpu{gpu}.lock"
 
 
+def _open_lock_file(path: Path) -> int:
+    """An fd open for writing on the lock file ``path``, created readable and writable by every user."""
+    # No O_TRUNC: a claimer that fails must not wipe the holder's note. No following links: in a shared
+    # directory another user could point gpuN.lock at one of our files and have us truncate it. Python fds are
+    # close-on-exec, so programs the job execs do not inherit the lock.
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), LOCK_FILE_MODE)
+    except OSError as exc:
+        if exc.errno not in _LOCK_FILE_ERRNOS:
+            raise
+        raise GpuLockDirError(_lock_file_problem(path, exc)) from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise GpuLockDirError(f"the GPU lock file {path} is not a regular file; remove it")
+    # The umask narrowed the mode at creation: widen it so that other users sharing the directory can lock it.
+    if st.st_uid == os.getuid() and st.st_mode & LOCK_FILE_MODE != LOCK_FILE_MODE:
+        os.fchmod(fd, stat.S_IMODE(st.st_mode) | LOCK_FILE_MODE)
+    return fd
+
+
+def _lock_file_problem(path: Path, exc: OSError) -> str:
+    """One line saying why the lock file ``path`` cannot be opened, and the fix."""
+    directory = path.parent
+    if exc.errno == errno.EROFS:
+        return f"the GPU lock directory {directory} is on a read-only file system; set AFO_GPU_LOCK_DIR to a writable directory"
+    if exc.errno == errno.ELOOP:
+        return f"the GPU lock file {path} is a symbolic link, which afo never follows; remove it"
+    if exc.errno in (errno.EISDIR, errno.ENOTDIR):
+        return f"the GPU lock file {path} is not a regular file; remove it"
+    if exc.errno == errno.ENOSPC:
+        return f"no space left for the GPU lock file {path}; free space there or set AFO_GPU_LOCK_DIR elsewhere"
+    return (
+        f"cannot open the GPU lock file {path} for writing ({exc.strerror}): every user sharing {directory} needs "
+        f"to create and write lock files there (chmod 1777 {directory}, or for a group: chgrp GROUP {directory}; "
+        f"chmod 2770 {directory}; and chmod 666 {directory}/gpu*.lock), or set AFO_GPU_LOCK_DIR to a directory of your own"
+    )
+
+
 def _try_lock(path: Path) -> int | None:
     """An fd holding an exclusive flock on ``path``, or None if another process holds it."""
-    # No O_TRUNC: a claimer that fails must not wipe the holder's note. Python fds are close-on-exec, so
-    # programs the job execs do not inherit the lock.
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    fd = _open_lock_file(path)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
@@ -260,7 +358,8 @@ def claim_gpu(
 
     Raises:
         GpuClaimTimeout: all GPUs stayed busy for ``timeout`` seconds (the message names their holders).
-        RuntimeError: CUDA is already initialised in this process, or the default lock directory is unsafe.
+        GpuLockDirError: the lock directory or a lock file cannot be used (the message names it and the fix).
+        RuntimeError: CUDA is already initialised in this process.
     """
     if fcntl is None:  # pragma: no cover - Windows
         raise RuntimeError("claim_gpu needs POSIX file locks (fcntl); set AFO_GPU_CLAIM=never on this platform")
@@ -271,9 +370,10 @@ def claim_gpu(
         yield None
         return
     _ensure_cuda_not_initialised()
-    is_default = lock_dir is None
+    # Only the per-user default is private; a directory named by the caller or AFO_GPU_LOCK_DIR may be shared.
+    private = lock_dir is None and not os.environ.get("AFO_GPU_LOCK_DIR")
     directory = default_lock_dir() if lock_dir is None else Path(lock_dir)
-    _prepare_lock_dir(directory, is_default)
+    _prepare_lock_dir(directory, private)
 
     note = (
         f"pid={os.getpid()}\nhost={socket.gethostname()}\njob={job_name or _default_job_name()}\n"

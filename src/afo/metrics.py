@@ -3,7 +3,7 @@
 ``pearson_r`` is the one per-voxel Pearson correlation used everywhere in afo, so that the encoding tables,
 the linear-probing benchmark and the decoding ranks all treat missing data the same way:
 
-- only pairs where *both* values are finite count (NaN in a response is a masked voxel/trial, DESIGN.md);
+- only pairs where *both* values are finite count (NaN in a response is a masked voxel/trial, docs/design.md);
 - sums are accumulated in float64 whatever the input dtype (float16 / float32 predictions of NSD-sized
   test sets lose digits otherwise);
 - the result is NaN where fewer than ``MIN_PAIRS`` finite pairs remain or either side has zero variance

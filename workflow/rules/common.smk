@@ -1,107 +1,107 @@
 # Helpers shared by every stage: config validation and the file lists rules ask for.
-# Rules stay declarative; everything computed about paths lives here (snakemake-workflows manner).
-import json
+# Rules stay declarative; everything computed about paths lives here (snakemake-workflows manner), and every rule
+# runs a thin workflow/scripts/*.py that calls the package. `params:` hold exactly the settings that change a
+# rule's outputs; how a job uses the machine (config `compute:`) is read by the job and reruns nothing.
 from pathlib import Path
 
 import pandas as pd
 
-from afo.config import train_params, validate_config
+from afo.config import ConfigError, train_params, validate_config
+from afo.data.manifest import dataset_files, manifest_digest
 
 validate_config(config, workflow.source_path("../schemas/config.schema.yaml"))
 
 DATASETS = config["datasets"]
 TRAIN_DATASETS = sorted(n for n, d in DATASETS.items() if d["role"] == "train")
+ALL_DATASETS = sorted(DATASETS)
 AFO = config["afo"]
 COMPUTE = config["compute"]
 TRAIN_THREADS = COMPUTE["train_threads"]
 TRAIN_MEM_MB = COMPUTE["train_mem_mb"]
-RECIPES = ["afo"] + (["randroi"] if AFO["baselines"]["randroi"] else [])
 LAST_STAGE2 = "stage2plus" if AFO["s2_plus_one"] else "stage2"
+SYNTHETIC = {n: f"resources/synthetic/{d['part']}" for n, d in sorted(DATASETS.items()) if d["format"] == "synthetic"}
 
 
 wildcard_constraints:
-    dataset="|".join(sorted(DATASETS)),
+    dataset="|".join(ALL_DATASETS),
     recipe="afo|randroi",
     seed=r"\d+",
     roi=r"[A-Za-z0-9_\-]+",
     stage2="stage2|stage2plus",
 
 
-def as_json(value) -> str:
-    """Stable JSON of a config section: a changed value changes the params and reruns the job."""
-    return json.dumps(value, sort_keys=True)
-
-
 # -- data ----------------------------------------------------------------------------------------------
 
 
 def backbone_params() -> dict:
-    """What the feature cache depends on: model, layers, resolution, weights; not batch size or device."""
-    b = config["backbone"]
-    return {k: b[k] for k in ("name", "layers", "resolution", "pretrained", "pretrained_path", "model_kwargs")}
+    """What a feature cache depends on: model, layers, resolution, weights (not batch size or device)."""
+    return dict(config["backbone"])
 
 
-def prepare_input(wildcards):
-    """Synthetic datasets depend on the simulator's output; real ones are read in place from their root."""
-    if DATASETS[wildcards.dataset]["format"] == "synthetic":
-        return "resources/synthetic"
-    return []
-
-
-def dataset_root(wildcards) -> str:
+def prepare_input(wildcards) -> list:
+    """What a store is made from, so that editing it reruns `prepare`: the simulator's output for a synthetic
+    dataset, every file of a folder dataset (small by design); a public dataset is tracked by its manifest."""
     ds = DATASETS[wildcards.dataset]
-    return f"resources/synthetic/{ds['part']}" if ds["format"] == "synthetic" else ds["root"]
+    if ds["format"] == "synthetic":
+        return ["resources/synthetic"]
+    return dataset_files(ds["root"]) if ds["format"] == "folder" else []
 
 
-def dataset_format(wildcards) -> str:
-    fmt = DATASETS[wildcards.dataset]["format"]
-    return "folder" if fmt == "synthetic" else fmt
+def dataset_manifest(wildcards) -> str:
+    """Paths, sizes and mtimes of a public dataset's files, hashed: a changed file changes prepare's params."""
+    ds = DATASETS[wildcards.dataset]
+    return manifest_digest(ds["root"]) if ds["format"] not in ("synthetic", "folder") else ""
 
 
-def dataset_options(wildcards) -> str:
-    return as_json(DATASETS[wildcards.dataset]["options"])
+def dataset_params(wildcards) -> dict:
+    """Format, root and adapter options of a dataset (a synthetic one is a folder dataset the simulator wrote)."""
+    ds = DATASETS[wildcards.dataset]
+    if ds["format"] == "synthetic":
+        return {"format": "folder", "root": SYNTHETIC[wildcards.dataset], "options": ds["options"]}
+    return {"format": ds["format"], "root": ds["root"], "options": ds["options"]}
 
 
-def train_stores() -> list:
-    return expand("results/prepared/{dataset}.h5", dataset=TRAIN_DATASETS)
+def stores(datasets=TRAIN_DATASETS) -> list:
+    return expand("results/prepared/{dataset}.h5", dataset=datasets)
 
 
-def train_features() -> list:
-    return expand("results/features/{dataset}.h5", dataset=TRAIN_DATASETS)
-
-
-def data_args() -> str:
-    """--store/--features arguments naming every training dataset."""
-    return " ".join(
-        f"--store {d}=results/prepared/{d}.h5 --features {d}=results/features/{d}.h5" for d in TRAIN_DATASETS
-    )
+def feature_caches(datasets=TRAIN_DATASETS) -> list:
+    return expand("results/features/{dataset}.h5", dataset=datasets)
 
 
 # -- training ------------------------------------------------------------------------------------------
 
 
-def stage_params(stage: str) -> str:
-    return as_json(train_params(config, stage))
+def stage_params(stage: str) -> dict:
+    return train_params(config, stage)
 
 
-def stage0_params(wildcards) -> str:
+def stage0_params(wildcards) -> dict:
     """Stage-0 seeds share the initialisation (train.seed) and differ in batch order (data_seed), so their
     head weights stay comparable and can be averaged for the veROI clustering."""
     params = train_params(config, "stage0")
     params["data_seed"] = params["seed"] + int(wildcards.seed)
-    return as_json(params)
+    return params
+
+
+def ablation_model(wildcards) -> dict:
+    """The `model` section with an ablation's model keys on top."""
+    ablation = config["ablations"][wildcards.ablation]
+    return {**config["model"], **{k: v for k, v in ablation.items() if k not in config["train"]}}
+
+
+def ablation_train(wildcards) -> dict:
+    """Stage-0 training settings with an ablation's train keys on top (NoRegLS: lambda_entropy 0)."""
+    ablation = config["ablations"][wildcards.ablation]
+    return {**train_params(config, "stage0"), **{k: v for k, v in ablation.items() if k in config["train"]}}
 
 
 STAGE0_MODELS = expand("results/models/stage0/seed{seed}/model.pt", seed=range(AFO["stage0_seeds"]))
 NAIVEMIX_MODEL = "results/models/stage0/seed0/model.pt"
 
 
-def neck_init_arg() -> str:
-    """Paper 4.6: RetinaMapper/LayerSelector MLPs pre-trained by an all-ROI model, frozen in the recipe."""
-    return f"--neck-init {NAIVEMIX_MODEL}" if AFO["pretrained_neck"] else ""
-
-
 def neck_init_input(wildcards) -> list:
+    """Paper 4.6: RetinaMapper/LayerSelector MLPs pre-trained by an all-ROI model, frozen in the recipe."""
     return [NAIVEMIX_MODEL] if AFO["pretrained_neck"] else []
 
 
@@ -127,23 +127,27 @@ def roi_ids(recipe: str) -> list:
     return sorted(pd.read_csv(table, dtype={"roi": str})["roi"].unique())
 
 
+def per_roi(pattern: str, recipe: str, stage: str) -> list:
+    return expand(pattern, recipe=recipe, stage=stage, roi=roi_ids(recipe))
+
+
 def stage1_dk(wildcards) -> list:
-    return expand("results/models/{recipe}/stage1/roi{roi}/dk.h5", recipe=wildcards.recipe, roi=roi_ids(wildcards.recipe))
+    return per_roi("results/models/{recipe}/{stage}/roi{roi}/dk.h5", wildcards.recipe, "stage1")
 
 
 def stage2_dk_source(wildcards) -> list:
     """Stage 2 distils stage-1 dark knowledge; the extra iteration (S2+1) distils stage 2's."""
     source = "stage1" if wildcards.stage2 == "stage2" else "stage2"
-    return expand("results/models/{recipe}/{source}/roi{roi}/dk.h5", recipe=wildcards.recipe, source=source, roi=roi_ids(wildcards.recipe))
+    return per_roi("results/models/{recipe}/{stage}/roi{roi}/dk.h5", wildcards.recipe, source)
 
 
 def stage3_dk(wildcards) -> list:
-    return expand("results/models/{recipe}/{stage}/roi{roi}/dk.h5", recipe=wildcards.recipe, stage=LAST_STAGE2, roi=roi_ids(wildcards.recipe))
+    return per_roi("results/models/{recipe}/{stage}/roi{roi}/dk.h5", wildcards.recipe, LAST_STAGE2)
 
 
-# -- evaluation ----------------------------------------------------------------------------------------
+# -- prediction and evaluation -------------------------------------------------------------------------
 
-# Model names of results/encoding/{name}: (recipe, stage) or a single model file.
+# Model names of results/encoding/{name}: (recipe, stage) of per-ROI models assembled, or a single model file.
 ASSEMBLED = {"stage1": ("afo", "stage1"), "stage2": ("afo", LAST_STAGE2)}
 if AFO["s2_plus_one"]:
     ASSEMBLED["stage2_once"] = ("afo", "stage2")
@@ -162,35 +166,147 @@ for _name in config["ablations"]:
 EVALUATED = list(SINGLE) + list(ASSEMBLED)
 
 
+def _check_model_names() -> None:
+    """Model names the analysis sections refer to must be evaluated models (a typo fails before anything runs)."""
+    for key, names in (("evaluation.figure_models", config["evaluation"]["figure_models"]), ("decoding.models", config["decoding"]["models"])):
+        unknown = [n for n in names if n not in EVALUATED]
+        if unknown:
+            raise ConfigError(f"config key `{key}`: {unknown} not among the evaluated models {EVALUATED}")
+    for label, spec in config["probing"]["extractors"].items():
+        if spec["source"] == "timm" and not spec.get("name"):
+            raise ConfigError(f"config key `probing.extractors.{label}.name`: source timm needs a timm model name")
+        if spec["source"] == "model" and spec.get("model") not in SINGLE:
+            raise ConfigError(
+                f"config key `probing.extractors.{label}.model`: {spec.get('model')!r} is not one of the single models "
+                f"{list(SINGLE)} (per-ROI models assembled share no core)"
+            )
+
+
+_check_model_names()
+
+
 wildcard_constraints:
     name="|".join(EVALUATED),
     ablation="|".join(config["ablations"]) or "^$",
+    model_dir=r"(stage0/seed\d+|ablation/[a-z0-9_]+|(afo|randroi)/(stage1|stage2|stage2plus|nodk)/roi[A-Za-z0-9_\-]+|(afo|randroi)/stage3)",
+
+
+def model_files(name: str) -> list:
+    """The model file(s) of an evaluated model: one, or one per ROI."""
+    if name in SINGLE:
+        return [SINGLE[name]]
+    recipe, stage = ASSEMBLED[name]
+    return per_roi("results/models/{recipe}/{stage}/roi{roi}/model.pt", recipe, stage)
 
 
 def evaluation_models(wildcards) -> list:
-    if wildcards.name in SINGLE:
-        return [SINGLE[wildcards.name]]
-    recipe, stage = ASSEMBLED[wildcards.name]
-    return expand("results/models/{recipe}/{stage}/roi{roi}/model.pt", recipe=recipe, stage=stage, roi=roi_ids(recipe))
+    return model_files(wildcards.name)
+
+
+def evaluation_predictions(wildcards) -> list:
+    """The prediction file beside each model file (rule predict)."""
+    return [str(Path(m).with_name("predictions.h5")) for m in model_files(wildcards.name)]
 
 
 def evaluation_rois(wildcards) -> list:
-    """The ROI table (for the roi column, and to assemble per-ROI models)."""
-    recipe = ASSEMBLED[wildcards.name][0] if wildcards.name in ASSEMBLED else ("randroi" if wildcards.name == "randroi" else "afo")
+    """The ROI table of a model's voxels.csv roi column (and of assembling per-ROI models)."""
+    name = wildcards.name
+    recipe = ASSEMBLED[name][0] if name in ASSEMBLED else ("randroi" if name == "randroi" else "afo")
     return [roi_table_path(recipe)]
 
 
-def evaluation_model_args(wildcards, input) -> str:
-    if wildcards.name in SINGLE:
-        return f"--model {input.models[0]}"
-    return " ".join(f"--model {Path(m).parent.name.removeprefix('roi')}={m}" for m in input.models)
+def model_roi_set(wildcards) -> str:
+    """Name of a model's ROI table (veroi, random, dataset): the roi_set of its per-ROI retrieval rows."""
+    return Path(evaluation_rois(wildcards)[0]).stem
 
 
-# Later stages (analysis.smk) append their final files here.
-ANALYSIS_TARGETS: list = []
+def predict_rois(wildcards) -> list:
+    """A per-ROI model predicts its own ROI's voxels: it needs the recipe's ROI table."""
+    parts = wildcards.model_dir.split("/")
+    return [roi_table_path(parts[0])] if parts[-1].startswith("roi") else []
 
 
-def all_targets() -> list:
-    targets = expand("results/encoding/{name}/summary.csv", name=EVALUATED)
-    targets.append("results/encoding/comparison.csv")
-    return targets + ANALYSIS_TARGETS
+def predict_roi(wildcards):
+    last = wildcards.model_dir.split("/")[-1]
+    return last.removeprefix("roi") if last.startswith("roi") else None
+
+
+def voxels_tables() -> list:
+    return expand("results/encoding/{name}/voxels.csv", name=EVALUATED)
+
+
+# -- analysis --------------------------------------------------------------------------------------------
+
+PROBING = config["probing"]
+EXTRACTORS = sorted(PROBING["extractors"]) if PROBING["enabled"] else []
+# Keys of an extractor spec that its source reads (the rest would only make jobs rerun for nothing).
+_SPEC_KEYS = {"timm": ("name", "layers", "resolution", "pretrained", "pretrained_path", "model_kwargs"), "backbone": (), "model": ("model",)}
+
+
+wildcard_constraints:
+    extractor="|".join(EXTRACTORS) or "^$",
+
+
+def probe_spec(wildcards) -> dict:
+    spec = PROBING["extractors"][wildcards.extractor]
+    return {"source": spec["source"], **{k: spec.get(k) for k in _SPEC_KEYS[spec["source"]]}}
+
+
+def probe_settings() -> dict:
+    return {k: PROBING[k] for k in ("n_components", "alphas", "cv", "pool_grid", "backend", "seed")}
+
+
+def probe_features(wildcards) -> list:
+    source = PROBING["extractors"][wildcards.extractor]["source"]
+    return [f"results/features/{wildcards.dataset}.h5"] if source in ("backbone", "model") else []
+
+
+def probe_model(wildcards) -> list:
+    spec = PROBING["extractors"][wildcards.extractor]
+    return [SINGLE[spec["model"]]] if spec["source"] == "model" else []
+
+
+def probe_tables() -> list:
+    return expand("results/probing/{extractor}/{dataset}.csv", extractor=EXTRACTORS, dataset=ALL_DATASETS)
+
+
+def ground_truth_input() -> list:
+    return ["resources/synthetic"] if SYNTHETIC else []
+
+
+def analysis_targets() -> list:
+    out = [
+        "results/headline.html",
+        "results/encoding/ablation_table.csv",
+        "results/encoding/ablation_table.html",
+        "results/encoding/comparison.csv",
+        "results/encoding/comparison.html",
+        "results/figures/veroi_dendrogram.png",
+    ]
+    out += expand("results/encoding/{name}/{table}", name=EVALUATED, table=["summary.csv", "summary.html"])
+    if EXTRACTORS:
+        out += ["results/probing/probe.csv", "results/probing/probe_summary.html", "results/probing/probe_violins.png"]
+    for name in config["decoding"]["models"]:
+        out += [f"results/decoding/{name}/retrieval.csv", f"results/decoding/{name}/retrievals", f"results/figures/{name}/roi_scores"]
+    for name in config["evaluation"]["figure_models"]:
+        out += [f"results/figures/{name}/{kind}" for kind in ("retinamap", "layerselector", "brainmaps")]
+        out.append(f"results/brainmaps/{name}")
+    if SYNTHETIC:
+        out += ["results/analysis/synthetic_checks.json", "results/analysis/synthetic_checks.html"]
+    return out
+
+
+def dataset_role(wildcards) -> str:
+    return DATASETS[wildcards.dataset]["role"]
+
+
+def headline_retrieval() -> list:
+    return ["results/decoding/afo/retrieval.csv"] if "afo" in config["decoding"]["models"] else []
+
+
+def headline_probe() -> list:
+    return ["results/probing/probe.csv"] if EXTRACTORS else []
+
+
+def headline_checks() -> list:
+    return ["results/analysis/synthetic_checks.json"] if SYNTHETIC else []

@@ -6,7 +6,7 @@ rule simulate:
         directory("resources/synthetic"),
     params:
         seed=config["simulate"]["seed"],
-        options=as_json(config["simulate"]["options"]),
+        options=config["simulate"]["options"],
     log:
         "logs/simulate.log",
     threads: 1
@@ -14,8 +14,8 @@ rule simulate:
         mem_mb=2000,
     conda:
         "../../envs/afo.yaml"
-    shell:
-        "afo simulate --out {output} --seed {params.seed} --options {params.options:q} > {log} 2>&1"
+    script:
+        "../scripts/simulate.py"
 
 
 rule prepare:
@@ -24,10 +24,9 @@ rule prepare:
     output:
         "results/prepared/{dataset}.h5",
     params:
-        format=dataset_format,
-        root=dataset_root,
+        dataset=dataset_params,
         image_size=config["prepare"]["image_size"],
-        options=dataset_options,
+        manifest=dataset_manifest,
     log:
         "logs/prepare/{dataset}.log",
     threads: 1
@@ -35,6 +34,5 @@ rule prepare:
         mem_mb=8000,
     conda:
         "../../envs/afo.yaml"
-    shell:
-        "afo prepare {params.format} --root {params.root:q} --out {output} "
-        "--image-size {params.image_size} --options {params.options:q} > {log} 2>&1"
+    script:
+        "../scripts/prepare.py"

@@ -1,20 +1,35 @@
-# Per-voxel scores of every model (voxels.csv, summary.csv) and the recipe comparison table.
+# Predictions of every model on the val and test images (read by evaluation, decoding and the figures), per-voxel
+# scores (voxels.csv, summary.csv), the ablation table with the recipe comparison as its view, and the checks
+# against the synthetic brain's ground truth.
+
+
+use rule dark_knowledge as predict with:
+    input:
+        model="results/models/{model_dir}/model.pt",
+        stores=stores(),
+        features=feature_caches(),
+        rois=predict_rois,
+    output:
+        "results/models/{model_dir}/predictions.h5",
+    params:
+        splits=["val", "test"],
+        roi=predict_roi,
+        dtype="float32",
+    log:
+        "logs/predict/{model_dir}.log",
 
 
 rule evaluate:
     input:
         models=evaluation_models,
+        predictions=evaluation_predictions,
         rois=evaluation_rois,
-        stores=train_stores(),
-        features=train_features(),
+        stores=stores(),
     output:
         voxels="results/encoding/{name}/voxels.csv",
         summary="results/encoding/{name}/summary.csv",
     params:
-        data=data_args(),
-        models=evaluation_model_args,
         roi_set=AFO["dataset_roi_set"],
-        out=subpath(output.voxels, parent=True),
     log:
         "logs/evaluate/{name}.log",
     threads: 1
@@ -22,24 +37,102 @@ rule evaluate:
         mem_mb=TRAIN_MEM_MB,
     conda:
         "../../envs/afo.yaml"
-    shell:
-        "OMP_NUM_THREADS={threads} afo evaluate {params.data} {params.models} --rois {input.rois} "
-        "--dataset-roi-set {params.roi_set} --out-dir {params.out} > {log} 2>&1"
+    script:
+        "../scripts/evaluate.py"
 
 
-rule compare:
+rule summary_html:
     input:
-        expand("results/encoding/{name}/voxels.csv", name=EVALUATED),
+        "results/encoding/{name}/summary.csv",
     output:
-        "results/encoding/comparison.csv",
+        report("results/encoding/{name}/summary.html", caption="../report/summary.rst", category="1. Encoding", subcategory="{name}"),
+    params:
+        title="Encoding scores: {name}",
+        best_of=[],
+    log:
+        "logs/evaluate/summary_html_{name}.log",
+    threads: 1
+    resources:
+        mem_mb=1000,
+    conda:
+        "../../envs/afo.yaml"
+    script:
+        "../scripts/table_html.py"
+
+
+rule ablation_table:
+    input:
+        voxels=voxels_tables(),
+        veroi="results/rois/veroi.csv",
+    output:
+        table=report("results/encoding/ablation_table.csv", caption="../report/ablation_table_csv.rst", category="2. Ablations"),
+        html=report("results/encoding/ablation_table.html", caption="../report/ablation_table.rst", category="2. Ablations"),
+        comparison="results/encoding/comparison.csv",
     params:
         names=EVALUATED,
+        # Not sorted: the order of the mapping is the order of the groups and areas in the table.
+        area_groups=config["evaluation"]["area_groups"],
     log:
-        "logs/evaluate/comparison.log",
+        "logs/evaluate/ablation_table.log",
     threads: 1
     resources:
         mem_mb=2000,
     conda:
         "../../envs/afo.yaml"
-    shell:
-        "afo compare --names {params.names} --voxels {input} --out {output} > {log} 2>&1"
+    script:
+        "../scripts/ablation_table.py"
+
+
+use rule summary_html as comparison_html with:
+    input:
+        "results/encoding/comparison.csv",
+    output:
+        report("results/encoding/comparison.html", caption="../report/comparison.rst", category="1. Encoding"),
+    params:
+        title="Mean test r per dataset and area",
+        best_of=EVALUATED,
+    log:
+        "logs/evaluate/comparison_html.log",
+
+
+rule synthetic_checks:
+    input:
+        truth=ground_truth_input(),
+        veroi="results/rois/veroi.csv",
+        voxels="results/encoding/afo/voxels.csv",
+        retrieval="results/decoding/afo/retrieval.csv",
+    output:
+        json="results/analysis/synthetic_checks.json",
+        html=report("results/analysis/synthetic_checks.html", caption="../report/synthetic_checks.rst", category="6. Synthetic-brain checks"),
+    params:
+        ground_truth=SYNTHETIC,
+        permutations=config["evaluation"]["null_permutations"],
+        seed=config["evaluation"]["null_seed"],
+    log:
+        "logs/evaluate/synthetic_checks.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+    conda:
+        "../../envs/afo.yaml"
+    script:
+        "../scripts/synthetic_checks.py"
+
+
+rule headline:
+    input:
+        comparison="results/encoding/comparison.csv",
+        retrieval=headline_retrieval(),
+        probe=headline_probe(),
+        checks=headline_checks(),
+    output:
+        report("results/headline.html", caption="../report/headline.rst", category="0. At a glance"),
+    log:
+        "logs/evaluate/headline.log",
+    threads: 1
+    resources:
+        mem_mb=1000,
+    conda:
+        "../../envs/afo.yaml"
+    script:
+        "../scripts/headline.py"

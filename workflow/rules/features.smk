@@ -7,9 +7,7 @@ rule features:
     output:
         "results/features/{dataset}.h5",
     params:
-        backbone=as_json(backbone_params()),
-        batch_size=config["backbone"]["batch_size"],
-        device=config["backbone"]["device"],
+        backbone=backbone_params(),
     log:
         "logs/features/{dataset}.log",
     threads: 2
@@ -18,6 +16,5 @@ rule features:
         mem_mb=8000,
     conda:
         "../../envs/afo.yaml"
-    shell:
-        "afo features --store {input} --out {output} --backbone {params.backbone:q} "
-        "--batch-size {params.batch_size} --device {params.device} --claim-gpu > {log} 2>&1"
+    script:
+        "../scripts/features.py"

@@ -8,8 +8,7 @@ checkpoint veroi:
         table="results/rois/veroi.csv",
         clustering="results/rois/veroi.npz",
     params:
-        veroi=as_json(AFO["veroi"]),
-        seed=config["train"]["seed"],
+        veroi=AFO["veroi"],
     log:
         "logs/rois/veroi.log",
     threads: 1
@@ -17,18 +16,16 @@ checkpoint veroi:
         mem_mb=4000,
     conda:
         "../../envs/afo.yaml"
-    shell:
-        "afo rois veroi --model {input.models} --options {params.veroi:q} --seed {params.seed} "
-        "--out {output.table} --clustering {output.clustering} > {log} 2>&1"
+    script:
+        "../scripts/veroi.py"
 
 
 checkpoint dataset_rois:
     input:
-        stores=train_stores(),
+        stores=stores(),
     output:
         "results/rois/dataset.csv",
     params:
-        data=" ".join(f"--store {d}=results/prepared/{d}.h5" for d in TRAIN_DATASETS),
         roi_set=AFO["dataset_roi_set"],
     log:
         "logs/rois/dataset.log",
@@ -37,8 +34,8 @@ checkpoint dataset_rois:
         mem_mb=2000,
     conda:
         "../../envs/afo.yaml"
-    shell:
-        "afo rois dataset {params.data} --roi-set {params.roi_set} --out {output} > {log} 2>&1"
+    script:
+        "../scripts/dataset_rois.py"
 
 
 rule random_rois:
@@ -47,7 +44,7 @@ rule random_rois:
     output:
         "results/rois/random.csv",
     params:
-        seed=config["train"]["seed"],
+        seed=AFO["randroi_seed"],
     log:
         "logs/rois/random.log",
     threads: 1
@@ -55,5 +52,5 @@ rule random_rois:
         mem_mb=1000,
     conda:
         "../../envs/afo.yaml"
-    shell:
-        "afo rois random --like {input} --seed {params.seed} --out {output} > {log} 2>&1"
+    script:
+        "../scripts/random_rois.py"

@@ -1,19 +1,21 @@
 # All-ROI models trained on every voxel of every training subject: the stage-0 seeds (the first is also the
-# naivemix baseline) and the TopyNeck ablations of the config. Training rules claim one GPU each (gpu=1).
+# naivemix baseline) and the TopyNeck ablations of the config. Every training rule of the recipe (afo.smk) is
+# this rule with other inputs and params (`use rule ... with:`); each claims one GPU (gpu=1).
 
 
 rule train_stage0:
     input:
-        stores=train_stores(),
-        features=train_features(),
+        stores=stores(),
+        features=feature_caches(),
     output:
         model="results/models/stage0/seed{seed}/model.pt",
         metrics="results/models/stage0/seed{seed}/metrics.csv",
     params:
-        data=data_args(),
-        model=as_json(config["model"]),
+        model=config["model"],
         train=stage0_params,
-        out=subpath(output.model, parent=True),
+        roi=None,
+        own_roi=None,
+        target_mode="gt",
     log:
         "logs/train/stage0_seed{seed}.log",
     threads: TRAIN_THREADS
@@ -22,31 +24,19 @@ rule train_stage0:
         mem_mb=TRAIN_MEM_MB,
     conda:
         "../../envs/afo.yaml"
-    shell:
-        "OMP_NUM_THREADS={threads} afo train {params.data} --model-config {params.model:q} "
-        "--train-config {params.train:q} --out {params.out} --claim-gpu > {log} 2>&1"
+    script:
+        "../scripts/train.py"
 
 
-rule train_ablation:
-    input:
-        stores=train_stores(),
-        features=train_features(),
+use rule train_stage0 as train_ablation with:
     output:
         model="results/models/ablation/{ablation}/model.pt",
         metrics="results/models/ablation/{ablation}/metrics.csv",
     params:
-        data=data_args(),
-        model=lambda wc: as_json({**config["model"], **config["ablations"][wc.ablation]}),
-        train=stage_params("stage0"),
-        out=subpath(output.model, parent=True),
+        model=ablation_model,
+        train=ablation_train,
+        roi=None,
+        own_roi=None,
+        target_mode="gt",
     log:
         "logs/train/ablation_{ablation}.log",
-    threads: TRAIN_THREADS
-    resources:
-        gpu=1,
-        mem_mb=TRAIN_MEM_MB,
-    conda:
-        "../../envs/afo.yaml"
-    shell:
-        "OMP_NUM_THREADS={threads} afo train {params.data} --model-config {params.model:q} "
-        "--train-config {params.train:q} --out {params.out} --claim-gpu > {log} 2>&1"

@@ -10,6 +10,7 @@ import pickle
 import re
 import sys
 import warnings
+import zipfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,7 +21,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from afo.data.store import SPLIT_CODE, StoreError
+from afo.data.store import SPLIT_CODE, StoreError, to_rgb8
 from afo.errors import UserError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -51,17 +52,77 @@ def format_error(path: str | Path, field: str, problem: str, expected: str) -> D
     return DatasetFormatError(f"{path}: field {field!r} {problem}; expected {expected}")
 
 
+# Exceptions that mean "this file is not in the expected format" whoever raises them: the OS could not read it,
+# it ended early, or its bytes are not a pickle / text / zip archive.
+_BAD_FILE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError, EOFError, pickle.UnpicklingError, UnicodeDecodeError, zipfile.BadZipFile,
+)
+# The libraries that parse downloaded files. An exception class they define (nibabel's ImageFileError, scipy's
+# MatReadError, pandas' ParserError, ...) means a bad file, and so does a ValueError, KeyError, IndexError or
+# TypeError that comes out of their code (h5py's KeyError for a missing dataset, numpy's ValueError for a
+# truncated .npy). The same four raised by afo's own code are bugs and keep their traceback.
+_READER_MODULES = (
+    "h5py", "nibabel", "scipy.io", "pandas.io", "pandas._libs.parsers", "pandas.errors", "numpy.lib._npyio_impl",
+    "numpy.lib._format_impl", "numpy.lib.npyio", "numpy.lib.format", "mne.io", "mne.epochs", "mne.utils",
+    "pickle", "_pickle", "tables", "cifti", "PIL",
+)
+_PARSER_LOOKUP_ERRORS = (ValueError, KeyError, IndexError, TypeError)
+
+
+def _in(module: str, packages: Sequence[str]) -> bool:
+    return any(module == m or module.startswith(m + ".") for m in packages)
+
+
+def _from_reader(module: str) -> bool:
+    return _in(module, _READER_MODULES)
+
+
+def _traceback_modules(exc: BaseException) -> list[str]:
+    """Module name of every frame ``exc`` passed through, outermost first."""
+    modules = []
+    tb = exc.__traceback__
+    while tb is not None:
+        modules.append(str(tb.tb_frame.f_globals.get("__name__", "")))
+        tb = tb.tb_next
+    return modules
+
+
+def raised_inside(exc: BaseException, packages: Sequence[str]) -> bool:
+    """Whether the innermost frame of ``exc`` lies in one of ``packages`` (e.g. ("mne",)): the library raised it."""
+    modules = _traceback_modules(exc)
+    return bool(modules) and _in(modules[-1], packages)
+
+
+def means_bad_file(exc: BaseException) -> bool:
+    """Whether ``exc``, raised while reading a file, says the file is unreadable or not in the expected format.
+
+    True for OS-level read failures, truncation and undecodable bytes; for exception classes defined by the
+    file-reading libraries; and for ValueError/KeyError/IndexError/TypeError that passed through one of those
+    libraries and was not raised by afo itself (the innermost frame). Anything else is a bug.
+    """
+    if isinstance(exc, _BAD_FILE_ERRORS) or _from_reader(type(exc).__module__):
+        return True
+    if not isinstance(exc, _PARSER_LOOKUP_ERRORS):
+        return False
+    return not raised_inside(exc, ("afo",)) and any(_from_reader(m) for m in _traceback_modules(exc))
+
+
 @contextmanager
 def reading(path: str | Path, what: str, expected: str) -> Iterator[None]:
-    """Turn low-level read failures (h5py, nibabel, pickle, numpy) into a message that names the file.
+    """Turn a failure of a file-reading library (h5py, nibabel, pandas, scipy, pickle, numpy's .npy reader) into
+    a :class:`DatasetFormatError` that names the file, what it should hold and the layout expected.
 
-    Our own errors pass through unchanged; anything else becomes a :class:`DatasetFormatError`.
+    Only failures that mean the file is unreadable or not in the expected format are converted
+    (:func:`means_bad_file`); our own errors pass through unchanged, and anything else (a bug) keeps its type
+    and traceback.
     """
     try:
         yield
     except (DatasetFormatError, DatasetFileNotFoundError, StoreError):
         raise
-    except (OSError, ValueError, KeyError, IndexError, TypeError, EOFError, pickle.UnpicklingError) as exc:
+    except Exception as exc:  # classified below; everything not a bad file is re-raised untouched
+        if not means_bad_file(exc):
+            raise
         raise DatasetFormatError(
             f"{path}: could not read {what} ({type(exc).__name__}: {exc}); expected {expected}"
         ) from exc
@@ -71,12 +132,16 @@ def reading(path: str | Path, what: str, expected: str) -> Iterator[None]:
 # options
 
 
+class AdapterOptionError(UserError, ValueError):
+    """A dataset's config entry has an unknown option or a value the adapter cannot use (the fix is in the config)."""
+
+
 def resolve_options(adapter: str, options: Mapping[str, Any] | None, defaults: Mapping[str, Any]) -> dict[str, Any]:
     """Defaults overridden by the config entry; an unknown key is an error that lists the valid ones."""
     options = dict(options or {})
     unknown = sorted(set(options) - set(defaults))
     if unknown:
-        raise ValueError(
+        raise AdapterOptionError(
             f"{adapter}: unknown option(s) {unknown}; valid options are {sorted(defaults)} "
             f"(see docs/datasets.md)"
         )
@@ -84,8 +149,9 @@ def resolve_options(adapter: str, options: Mapping[str, Any] | None, defaults: M
 
 
 def check_choice(adapter: str, key: str, value: Any, choices: Sequence[Any]) -> Any:
+    """``value`` if it is one of ``choices``, else an :class:`AdapterOptionError` listing them."""
     if value not in choices:
-        raise ValueError(f"{adapter}: option {key}={value!r} is not one of {list(choices)}")
+        raise AdapterOptionError(f"{adapter}: option {key}={value!r} is not one of {list(choices)}")
     return value
 
 
@@ -135,7 +201,12 @@ def load_trusted_pickle(path: str | Path, what: str, expected: str) -> Any:
     """
     path = require_file(path, what, expected)
     with reading(path, what, expected), open(path, "rb") as fh:
-        return pickle.Unpickler(fh, encoding="latin1").load()
+        try:
+            return pickle.Unpickler(fh, encoding="latin1").load()
+        except (ImportError, AttributeError) as exc:  # only the unpickler runs here: it names a class we lack
+            raise DatasetFormatError(
+                f"{path}: {what} is a pickle of a class this environment cannot import ({exc}); expected {expected}"
+            ) from exc
 
 
 def read_lines(path: Path) -> list[str]:
@@ -159,20 +230,42 @@ def index_images(folder: Path, desc: str = "indexing images") -> dict[str, Path]
     return found
 
 
+def find_images(folder: Path, relative: Mapping[str, str | Path]) -> dict[str, Path]:
+    """Key -> image file for each ``relative`` path: ``folder / path`` when it exists, else the file of that name
+    anywhere below ``folder`` (downloads flatten or nest folders differently). Keys not found are left out."""
+    found, index = {}, None
+    for key, rel in relative.items():
+        direct = folder / rel
+        if direct.is_file():
+            found[key] = direct
+            continue
+        if index is None:
+            index = index_images(folder)
+        if Path(rel).name in index:
+            found[key] = index[Path(rel).name]
+    return found
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # images and video
 
 
 def load_image(path: str | Path) -> Image.Image:
-    """An RGB PIL image; a file PIL cannot read is an error that names it."""
+    """An RGB 8-bit PIL image, wide or float samples scaled to 0-255 (:func:`afo.data.store.to_rgb8`).
+
+    A missing file, a file PIL cannot read, a multi-frame image or one without an unambiguous 8-bit reading is
+    an error that names it.
+    """
     path = Path(path)
     try:
         with Image.open(path) as img:
-            return img.convert("RGB")
+            return to_rgb8(img, str(path))
     except FileNotFoundError as exc:
         raise DatasetFileNotFoundError(f"{path}: stimulus image not found") from exc
     except (UnidentifiedImageError, OSError) as exc:
-        raise DatasetFormatError(f"{path}: not an image PIL can read ({exc})") from exc
+        raise DatasetFormatError(
+            f"{path}: not an image PIL can read ({exc}). Fix: replace or convert the file (PNG or JPEG)"
+        ) from exc
 
 
 def lazy_images(paths: Sequence[Path], desc: str = "images") -> Iterator[Image.Image]:
@@ -187,12 +280,19 @@ def _open_video(path: Path):
     require_file(path, "video file", "an mp4 (or any container FFmpeg reads)")
     try:
         container = av.open(str(path))
-    except Exception as exc:  # PyAV raises its own error classes (av.error.*)
+    except (av.error.FFmpegError, OSError) as exc:  # every PyAV error derives from FFmpegError
         raise DatasetFormatError(f"{path}: not a video PyAV can open ({exc})") from exc
     if not container.streams.video:
         container.close()
         raise DatasetFormatError(f"{path}: has no video stream")
     return container
+
+
+def _av_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions PyAV raises for a stream it cannot decode (av.error.*, all FFmpegError)."""
+    import av.error
+
+    return (av.error.FFmpegError,)
 
 
 def video_duration(path: str | Path) -> float:
@@ -246,7 +346,7 @@ def video_frames_at(path: str | Path, times: Sequence[float]) -> Iterator[np.nda
             i += 1
     except DatasetFormatError:
         raise
-    except Exception as exc:  # decoding errors come as av.error.* classes
+    except _av_errors() as exc:  # FFmpeg's verdict on the stream; a bug in the loop above keeps its traceback
         raise DatasetFormatError(f"{path}: video decoding failed ({exc})") from exc
     finally:
         container.close()
@@ -259,7 +359,7 @@ def middle_frame(path: str | Path) -> np.ndarray:
     try:
         stream = container.streams.video[0]
         frames = [frame for frame in container.decode(stream)]  # 3-s clips: ~90 small frames
-    except Exception as exc:
+    except _av_errors() as exc:
         raise DatasetFormatError(f"{path}: video decoding failed ({exc})") from exc
     finally:
         container.close()
@@ -302,7 +402,7 @@ def volume_scale(dtype: np.dtype, scale: Any, what: str) -> float:
     try:
         return float(scale)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"{what}: option scale must be 'auto' or a number, got {scale!r}") from exc
+        raise AdapterOptionError(f"{what}: option scale must be 'auto' or a number, got {scale!r}") from exc
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -316,7 +416,7 @@ def split_images(
     and ``val_fraction`` of it goes to val. Deterministic given the image list (order does not matter).
     """
     if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        raise AdapterOptionError(f"option val_fraction must be in [0, 1), got {val_fraction}")
     test = set(test)
     unique = sorted(set(images), key=str)
     rest = [im for im in unique if im not in test]
@@ -383,7 +483,7 @@ def time_window(times: np.ndarray, tmin: float | None, tmax: float | None, decim
     decimating does not alias high frequencies into the kept samples.
     """
     if int(decim) != decim or decim < 1:
-        raise ValueError(f"{what}: option decim must be a positive integer, got {decim!r}")
+        raise AdapterOptionError(f"{what}: option decim must be a positive integer, got {decim!r}")
     decim = int(decim)
     times = np.asarray(times, dtype=np.float64)
     lo = -np.inf if tmin is None else float(tmin) - 1e-9
@@ -391,7 +491,7 @@ def time_window(times: np.ndarray, tmin: float | None, tmax: float | None, decim
     idx = np.flatnonzero((times >= lo) & (times <= hi))
     n_bins = idx.size // decim
     if n_bins == 0:
-        raise ValueError(
+        raise AdapterOptionError(
             f"{what}: the time window tmin={tmin}, tmax={tmax} with decim={decim} keeps no sample "
             f"(data span {times[0]:.3f} to {times[-1]:.3f} s)"
         )
@@ -409,5 +509,5 @@ def parse_subject_number(value: Any, pattern: str, what: str) -> int:
         return int(value)
     match = re.search(r"(\d+)\s*$", str(value))
     if not match:
-        raise ValueError(f"{what}: cannot read a subject number from {value!r}; use e.g. {pattern}")
+        raise AdapterOptionError(f"{what}: cannot read a subject number from {value!r}; use e.g. {pattern}")
     return int(match.group(1))

@@ -1,11 +1,21 @@
 """Algonauts 2021 (Cichy et al. 2021): 10 subjects, 3T fMRI, responses to 3-second video clips.
 
-Files read under ``root``::
+Files read under ``root``. Sources in brackets: [D] the challenge devkit,
+Neural-Dynamics-of-Visual-Cognition-FUB/Algonauts2021_devkit (perform_encoding.py: ``ROI_data["train"]`` is
+#train_vids x #repetitions x #voxels, ``voxel_mask`` of WB, ``np.zeros((78,93,71))[voxel_mask==1] = score``, the
+900/100 validation split, 102 test videos, example.nii as the volume template; utils/helper.py: pickles loaded
+with latin1); [R] public loaders' file trees (folder names, 10 subjects, 1000 training videos, 3 repetitions)::
 
-    AlgonautsVideos268_All_30fpsmax/*.mp4           1102 clips; sorted by name, the first 1000 have fMRI
-    participants_data_v2021/full_track/subXX/WB.pkl  dict: train (1000 videos, 3 reps, voxels), voxel_mask (78, 93, 71)
-    participants_data_v2021/mini_track/subXX/<ROI>.pkl  dict: train (1000, 3, voxels);
-                                                     ROIs V1 V2 V3 V4 LOC EBA FFA STS PPA
+    AlgonautsVideos268_All_30fpsmax/*.mp4           1102 clips [D: 1000 train + 102 test]; sorted by name, the
+                                                     first ``train_videos`` (1000) have fMRI [R]
+    participants_data_v2021/full_track/subXX/WB.pkl  dict: train (1000 videos, 3 reps, voxels), voxel_mask
+                                                     (78, 93, 71) [D]
+    participants_data_v2021/mini_track/subXX/<ROI>.pkl  dict: train (1000, 3, voxels) [D];
+                                                     ROIs V1 V2 V3 V4 LOC EBA FFA STS PPA [R]
+
+Every pickle must cover exactly ``train_videos`` videos (default 1000, the release's training videos); a file
+that covers another number is an error naming that file and the count it should have (never a comparison with
+another subject's file).
 
 The .pkl files are pickles (read with latin1 encoding, as the challenge's devkit does). Unpickling can run code:
 they are opened only from the folder the user names as ``root`` (or ``fmri_dir``), so name only files you trust.
@@ -19,8 +29,9 @@ into val and test.
 Voxels and coordinates:
   full track: the WB voxels; voxel v sits at the v-th entry of ``argwhere(voxel_mask == 1)`` (C order, as the
   devkit fills ``mask[voxel_mask == 1] = scores``), in MNI mm through the documented affine (2.5 x 2.5 x 2.75 mm
-  voxels, origin (-96.5, -132.5, -78.5); option ``affine`` or ``affine_from`` (a NIfTI such as the devkit's
-  example.nii) overrides it). ROI labels come from the mini-track files when they are present: a WB voxel whose
+  voxels, origin (-96.5, -132.5, -78.5) [unverified: from our notes, not read from example.nii here]; option
+  ``affine`` or ``affine_from`` (a NIfTI such as the devkit's example.nii, the template the devkit saves maps
+  with [D]) overrides it). ROI labels come from the mini-track files when they are present: a WB voxel whose
   responses equal an ROI voxel's responses gets that ROI's name.
   mini track: the chosen ROIs' voxels concatenated; their positions are found the same way in WB.pkl when the
   full track is there too, otherwise each ROI is laid on its own evenly spaced grid block (2.5 mm spacing,
@@ -35,6 +46,7 @@ Big brain (``bigbrain: true``): the subjects are concatenated into one subject (
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +54,7 @@ import nibabel as nib
 import numpy as np
 
 from afo.data._common import (
+    AdapterOptionError,
     DatasetFileNotFoundError,
     as_list,
     check_choice,
@@ -60,6 +73,8 @@ from afo.data.store import SPLIT_CODE, StoreWriter
 ADAPTER = "algonauts2021"
 MINI_ROIS = ["V1", "V2", "V3", "V4", "LOC", "EBA", "FFA", "STS", "PPA"]
 MASK_SHAPE = (78, 93, 71)
+TRAIN_VIDEOS = 1000  # videos with released fMRI: the first 1000 of the 1102 clips, sorted by name
+VIDEOS_DIR = "AlgonautsVideos268_All_30fpsmax"
 MNI_AFFINE = [
     [2.5, 0.0, 0.0, -96.5],
     [0.0, 2.5, 0.0, -132.5],
@@ -74,6 +89,7 @@ DEFAULTS: dict[str, Any] = {
     "rois": None,
     "videos_dir": None,
     "fmri_dir": None,
+    "train_videos": TRAIN_VIDEOS,
     "n_train": 900,
     "n_val": 60,
     "affine": None,
@@ -88,12 +104,19 @@ LAYOUT = (
 PICKLE_EXPECTED = "a pickled dict with 'train' (videos, 3, voxels) [and 'voxel_mask' (78, 93, 71) in WB.pkl]"
 
 
-def _train_array(data: Any, path: Path) -> np.ndarray:
+def _train_array(data: Any, path: Path, n_videos: int) -> np.ndarray:
+    """``data['train']`` [n_videos, repetitions, voxels] of one pickle; every file must cover the training videos."""
     if not isinstance(data, dict) or "train" not in data:
         raise format_error(path, "train", "is missing", PICKLE_EXPECTED)
     train = np.asarray(data["train"], dtype=np.float32)
     if train.ndim != 3:
         raise format_error(path, "train", f"has shape {train.shape}", "(videos, repetitions, voxels)")
+    if train.shape[0] != n_videos:
+        raise format_error(
+            path, "train", f"covers {train.shape[0]} videos",
+            f"{n_videos}, one row per training video (the first {n_videos} clips of {VIDEOS_DIR} by name; the "
+            f"release has {TRAIN_VIDEOS}). Re-download this file, or set option train_videos if your copy differs",
+        )
     return train
 
 
@@ -114,7 +137,8 @@ class Subject:
         out = {}
         for roi in rois:
             path = self.mini_dir / f"{roi}.pkl"
-            out[roi] = (path, _train_array(load_trusted_pickle(path, f"mini-track ROI {roi}", LAYOUT), path))
+            data = load_trusted_pickle(path, f"mini-track ROI {roi}", LAYOUT)
+            out[roi] = (path, _train_array(data, path, int(self.opts["train_videos"])))
         return out
 
     def _whole_brain(self, required: bool) -> tuple[np.ndarray, np.ndarray] | None:
@@ -125,7 +149,7 @@ class Subject:
                 raise DatasetFileNotFoundError(f"{path}: full-track WB.pkl not found. Expected layout: {LAYOUT}")
             return None
         data = load_trusted_pickle(path, "full-track WB", LAYOUT)
-        train = _train_array(data, path)
+        train = _train_array(data, path, int(self.opts["train_videos"]))
         if "voxel_mask" not in data:
             raise format_error(path, "voxel_mask", "is missing", PICKLE_EXPECTED)
         mask = np.asarray(data["voxel_mask"])
@@ -153,10 +177,11 @@ class Subject:
         mini = self._mini()
         if not mini:
             raise DatasetFileNotFoundError(f"{self.mini_dir}: no mini-track ROI pickles. Expected layout: {LAYOUT}")
-        n_videos = {t.shape[:2] for _, t in mini.values()}
-        if len(n_videos) != 1:
-            raise format_error(self.mini_dir, "train", f"shapes differ between ROIs ({n_videos})",
-                               "the same (videos, repetitions) in every ROI file")
+        first_path, first_train = next(iter(mini.values()))
+        for roi, (path, t) in mini.items():
+            if t.shape[1] != first_train.shape[1]:
+                raise format_error(path, "train", f"has {t.shape[1]} repetitions",
+                                   f"{first_train.shape[1]} like {first_path.name} (the same in every ROI file)")
         train = np.concatenate([t for _, t in mini.values()], axis=2)
         labels = [roi for roi, (_, t) in mini.items() for _ in range(t.shape[2])]
         coords = self._mini_coords(mini)
@@ -193,16 +218,26 @@ def _affine(opts: dict) -> np.ndarray:
             return nib.load(path).affine
     affine = np.asarray(opts["affine"] if opts["affine"] is not None else MNI_AFFINE, dtype=np.float64)
     if affine.shape != (4, 4):
-        raise ValueError(f"{ADAPTER}: option affine must be a 4 x 4 matrix, got shape {affine.shape}")
+        raise AdapterOptionError(f"{ADAPTER}: option affine must be a 4 x 4 matrix, got shape {affine.shape}")
     return affine
 
 
-def prepare(root, out, *, image_size: int, options: dict) -> dict:
-    """Prepare Algonauts 2021 under ``root`` into the store ``out``."""
+@dataclass
+class Opened:
+    """What :func:`prepare` knows before reading any pickle: the subjects, the video files with fMRI, the split."""
+
+    opts: dict
+    subjects: list[Subject]
+    videos: list[Path]  # the train_videos clips with fMRI, in name order (the store's image order)
+    video_split: np.ndarray  # [n_videos] split code of each video
+
+
+def open_dataset(root: str | Path, options: dict | None) -> Opened:
+    """Find Algonauts 2021's subjects and videos and set the split, as :func:`prepare` will."""
     root = Path(root)
     opts = resolve_options(ADAPTER, options, DEFAULTS)
     check_choice(ADAPTER, "track", opts["track"], ["full", "mini"])
-    videos_dir = Path(opts["videos_dir"]) if opts["videos_dir"] else root / "AlgonautsVideos268_All_30fpsmax"
+    videos_dir = Path(opts["videos_dir"]) if opts["videos_dir"] else root / VIDEOS_DIR
     fmri_dir = Path(opts["fmri_dir"]) if opts["fmri_dir"] else root / "participants_data_v2021"
     if not videos_dir.is_dir():
         raise DatasetFileNotFoundError(f"{videos_dir}: video folder not found (option videos_dir). Expected: {LAYOUT}")
@@ -217,36 +252,44 @@ def prepare(root, out, *, image_size: int, options: dict) -> dict:
     subjects = [Subject(fmri_dir, n, opts, affine) for n in names]
 
     videos = sorted(videos_dir.glob("*.mp4"))
-    # the first subject fixes how many videos have fMRI (1000 in the release); checked for every subject below
-    first_train, first_coords, first_rois = subjects[0].load()
-    n_fmri = first_train.shape[0]
+    n_fmri = int(opts["train_videos"])  # every subject's pickles are checked against this count as they load
+    if n_fmri <= 0:
+        raise AdapterOptionError(f"{ADAPTER}: option train_videos must be a positive count, got {n_fmri}")
     if len(videos) < n_fmri:
-        raise DatasetFileNotFoundError(f"{videos_dir}: {len(videos)} mp4 files, but the fMRI covers {n_fmri} videos "
-                                       "(the first ones by name). Expected layout: " + LAYOUT)
+        raise DatasetFileNotFoundError(
+            f"{videos_dir}: {len(videos)} mp4 files, but the fMRI covers the first {n_fmri} videos by name (the "
+            f"release has {TRAIN_VIDEOS} training videos among 1102 clips); download the whole video folder, or set "
+            "option train_videos if your copy has fewer. Expected layout: " + LAYOUT
+        )
     n_train, n_val = int(opts["n_train"]), int(opts["n_val"])
     if n_train + n_val >= n_fmri or n_train <= 0 or n_val < 0:
-        raise ValueError(f"{ADAPTER}: n_train={n_train} + n_val={n_val} must leave test videos out of {n_fmri}")
+        raise AdapterOptionError(f"{ADAPTER}: n_train={n_train} + n_val={n_val} must leave test videos out of {n_fmri}")
     video_split = np.full(n_fmri, SPLIT_CODE["test"], dtype=np.int8)
     video_split[:n_train] = SPLIT_CODE["train"]
     video_split[n_train : n_train + n_val] = SPLIT_CODE["val"]
+    return Opened(opts, subjects, videos[:n_fmri], video_split)
 
-    frames = (middle_frame(v) for v in progress(videos[:n_fmri], "algonauts frames", unit="video"))
+
+def prepare(root, out, *, image_size: int, options: dict) -> dict:
+    """Prepare Algonauts 2021 under ``root`` into the store ``out``."""
+    ds = open_dataset(root, options)
+    opts, subjects, videos, video_split = ds.opts, ds.subjects, ds.videos, ds.video_split
+    n_fmri = len(videos)
+    # the first subject is read before the (slow) frame decoding, so a malformed download stops at once
+    loaded = {subjects[0].name: subjects[0].load()}
+    frames = (middle_frame(v) for v in progress(videos, "algonauts frames", unit="video"))
     report: dict[str, Any] = {"dataset": ADAPTER, "n_images": n_fmri, "track": opts["track"]}
     with StoreWriter(out, name=opts["name"], modality="fmri", source=ADAPTER, image_size=image_size) as writer:
-        writer.write_images(frames, [v.name for v in videos[:n_fmri]])
+        writer.write_images(frames, [v.name for v in videos])
         with subject_target(writer, bool(opts["bigbrain"]), name=opts["name"]) as target:
-            for i, subj in enumerate(progress(subjects, "algonauts subjects", unit="subject")):
-                train, coords, rois = (first_train, first_coords, first_rois) if i == 0 else subj.load()
-                if train.shape[0] != n_fmri:
-                    raise format_error(subj.full_dir if opts["track"] == "full" else subj.mini_dir, "train",
-                                       f"covers {train.shape[0]} videos", f"{n_fmri} like {subjects[0].name}")
+            for subj in progress(subjects, "algonauts subjects", unit="subject"):
+                train, coords, rois = loaded.pop(subj.name) if subj.name in loaded else subj.load()
                 n_rep = train.shape[1]
                 w = target.subject(subj.name, train.shape[2])
                 # trial order: video-major, repetitions of one video adjacent
                 w.append(train.reshape(n_fmri * n_rep, -1), np.repeat(np.arange(n_fmri), n_rep),
                          np.repeat(video_split, n_rep))
                 w.finish(coords, rois=rois, attrs={"track": opts["track"], "repetitions": n_rep})
-                if i == 0:
-                    del first_train
+                del train  # one subject's responses in memory at a time
         report["subjects"] = target.reports
     return report

@@ -26,7 +26,7 @@ import h5py
 import numpy as np
 
 from afo.data._common import progress
-from afo.data.store import SPLIT_CODE, StoreError, StoreWriter
+from afo.data.store import SPLIT_CODE, StoreError, StoreWriter, real_float32
 
 SUBJECT_ROI_SET = "subject"
 
@@ -75,7 +75,7 @@ class _SpoolWriter:
         )
 
     def append(self, responses: np.ndarray, trial_image: np.ndarray, trial_split) -> None:
-        responses = np.asarray(responses, dtype=np.float32)
+        responses = real_float32(responses, f"big brain subject {self._record.name}")  # inf stays: the store reports it
         if responses.ndim != 2 or responses.shape[1] != self._record.n_voxels:
             raise StoreError(f"responses chunk has shape {responses.shape}, expected (n, {self._record.n_voxels})")
         split = np.asarray(trial_split)

@@ -1,33 +1,46 @@
 """BOLD5000 (Chang et al. 2019), release 2.0: 4 subjects, 3T fMRI, GLMsingle single-trial betas.
 
-Files read under ``root`` (anywhere below it; found by name)::
+Files read under ``root`` (anywhere below it; found by name). Sources in brackets: [G] the authors' script that
+wrote the betas, tarrlab/BOLD5000-GLMs save_BOLD5000_session_niftis.m; [L] public loaders of the release (e.g. the
+Brain-Score BOLD5000 packaging: file names, ROI masks on OpenNeuro ds001499 derivatives/spm)::
 
-    CSI{n}_GLMbetas-TYPED-FITHRF-GLMDENOISE-RR_ses-NN.nii.gz   4-D betas (X, Y, Z, trials); 15 sessions (CSI4: 9)
-    CSI{n}_imgnames.txt                                         one image file name per trial, sessions concatenated
-    CSI{n}_brainmask.nii.gz                                     optional; known to be misaligned with the betas
-    sub-CSI{n}/sub-CSI{n}_mask-{LH,RH}{EarlyVis,LOC,OPA,PPA,RSC}.nii.gz   optional ROI masks (OpenNeuro ds001499
-                                                                derivatives/spm); a few files are named LHLO / RHRRSC
-    BOLD5000_Stimuli/Scene_Stimuli/Presented_Stimuli/{COCO,ImageNet,Scene}/<image file>
+    CSI{n}_GLMbetas-TYPED-FITHRF-GLMDENOISE-RR_ses-NN.nii.gz   4-D betas (X, Y, Z, trials) [L]; 15 sessions, CSI4 9
+                                                [G: maxses]; float32 with 2 mm voxels and no orientation
+                                                (qform_code = sform_code = 0) [G: make_nii(single(betas), [2 2 2],
+                                                [], 16), whose header leaves both codes 0]
+    CSI{n}_brainmask.nii.gz                     the subject's brain mask on the betas grid [L]; gives the affine
+                                                when the betas carry none (option ``brainmask`` names another file)
+    CSI{n}_imgnames.txt                         one image file name per trial, sessions concatenated [L]
+    sub-CSI{n}/sub-CSI{n}_mask-{LH,RH}{EarlyVis,LOC,OPA,PPA,RSC}.nii.gz   optional ROI masks [L: ds001499
+                                                derivatives/spm]; a few files are named LHLO / RHRRSC
+    BOLD5000_Stimuli/Scene_Stimuli/Presented_Stimuli/{COCO,ImageNet,Scene}/<image file>   [L]
 
 Voxels (option ``voxels``): ``rois`` = the union of the ROI masks (the visual voxels), ``never_nan`` = every
 voxel with a finite beta in every session, ``auto`` = ``rois`` when the ROI masks are there, else
 ``never_nan``. The brain mask is not used to select voxels (it may be misaligned with the betas); voxels that are
 never NaN make a safe mask instead. A voxel that is NaN on some trials only keeps those trials as NaN (missing).
 
-Betas: percent signal change; int16 files are divided by 300 (NSD's convention), float files are used as they
-are, then z-scored per voxel within each session. Coordinates: the betas' NIfTI affine applied to voxel indices.
-Split by image: images shown more than once (112 x 4 and 1 x 3) are the test set, the rest is split
-train/val; the noise ceiling comes from those repeats.
+Coordinates: voxel indices through the betas' affine when their header has one (qform or sform code > 0);
+otherwise (the release, [G]) through the affine of ``CSI{n}_brainmask.nii.gz``, after checking that its grid
+shape and voxel size are the betas'; a mismatch, a missing mask, or a mask without orientation too is an error
+naming both files. nibabel's fallback for a header without orientation (centred, x flipped) is never used.
+The store records which file gave the affine (subject attribute ``affine_source``).
 
-[unverified] the betas dtype (float32 or int16 x 300): handled either way by ``scale: auto``.
-[unverified] whether the ROI masks share the betas' grid: a mask on another grid is an error that suggests
-``voxels: never_nan``. [unverified] some presentation lists prefix repeated images with ``rep_``: a name not
-found as is is looked up again without that prefix.
+Betas: percent signal change; int16 files are divided by 300 (NSD's convention), float files (the release,
+float32 [G]) are used as they are, then z-scored per voxel within each session. Split by image: images shown
+more than once (112 x 4 and 1 x 3; 4 repeats [G: numreps]) are the test set, the rest is split train/val; the
+noise ceiling comes from those repeats.
+
+[unverified] that the brain mask's affine is the betas' (both come from the same fMRIPrep space; the grid and
+voxel size checks guard it). [unverified] whether the ROI masks share the betas' grid: a mask on another grid
+is an error that suggests ``voxels: never_nan``. [unverified] some presentation lists prefix repeated images
+with ``rep_``: a name not found as is is looked up again without that prefix.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +49,7 @@ import numpy as np
 
 from afo.data._common import (
     DatasetFileNotFoundError,
+    DatasetFormatError,
     as_list,
     check_choice,
     format_error,
@@ -45,6 +59,7 @@ from afo.data._common import (
     progress,
     read_lines,
     reading,
+    require_file,
     resolve_options,
     split_images,
     volume_scale,
@@ -64,6 +79,7 @@ DEFAULTS: dict[str, Any] = {
     "subjects": None,
     "sessions": None,
     "voxels": "auto",
+    "brainmask": None,
     "roi_dir": None,
     "stimuli_dir": None,
     "zscore": True,
@@ -74,7 +90,7 @@ DEFAULTS: dict[str, Any] = {
 
 LAYOUT = (
     "<root>/**/CSI{n}_GLMbetas-TYPED-FITHRF-GLMDENOISE-RR_ses-NN.nii.gz, <root>/**/CSI{n}_imgnames.txt, "
-    "<root>/BOLD5000_Stimuli/Scene_Stimuli/Presented_Stimuli/{COCO,ImageNet,Scene}/, optional ROI masks "
+    "<root>/**/CSI{n}_brainmask.nii.gz, <root>/BOLD5000_Stimuli/Scene_Stimuli/Presented_Stimuli/{COCO,ImageNet,Scene}/, optional ROI masks "
     "<root>/**/sub-CSI{n}/sub-CSI{n}_mask-{LH,RH}<roi>.nii.gz"
 )
 BETAS_RE = re.compile(r"CSI(\d+)_GLMbetas-TYPED-FITHRF-GLMDENOISE-RR_ses-(\d+)\.nii(\.gz)?$")
@@ -101,6 +117,49 @@ def find_roi_masks(folder: Path, subject: int) -> dict[str, Path]:
     return masks
 
 
+def has_orientation(img: nib.Nifti1Image) -> bool:
+    """Whether the NIfTI header carries a real voxel-to-world transform (qform_code or sform_code > 0)."""
+    return int(img.header["qform_code"]) > 0 or int(img.header["sform_code"]) > 0
+
+
+def betas_affine(betas: nib.Nifti1Image, betas_path: Path, mask_path: Path | None) -> tuple[np.ndarray, str]:
+    """(affine [4, 4], where it came from) for the voxel indices of a betas file.
+
+    The GLMsingle betas were written by MATLAB's make_nii, which leaves qform_code = sform_code = 0; nibabel
+    then invents a centred, x-flipped affine from the voxel size alone. The brain mask of the same subject is on
+    the same grid and carries the real transform, so it is used instead, after checking the grid shape and voxel
+    size match. Betas with a real transform (a re-saved or re-released copy) keep their own.
+    """
+    if has_orientation(betas):
+        return np.asarray(betas.affine, dtype=np.float64), f"{betas_path.name} (its qform/sform)"
+    if mask_path is None:
+        raise DatasetFileNotFoundError(
+            f"{betas_path}: has no orientation (qform_code = sform_code = 0, as GLMsingle's make_nii writes it) and "
+            f"no {betas_path.name.split('_')[0]}_brainmask.nii.gz was found below the root to take the affine "
+            "from; put the release's brain mask beside the betas, or name it with option brainmask"
+        )
+    with reading(mask_path, "BOLD5000 brain mask", "a 3-D NIfTI on the betas grid"):
+        mask = nib.load(mask_path)
+    grid, mask_grid = tuple(betas.shape[:3]), tuple(mask.shape[:3])
+    if grid != mask_grid:
+        raise DatasetFormatError(
+            f"{mask_path}: grid {mask_grid} differs from the betas grid {grid} of {betas_path}, so its affine cannot "
+            "place the betas' voxels; expected the brain mask of the same subject and release (option brainmask)"
+        )
+    sizes, mask_sizes = np.asarray(betas.header.get_zooms()[:3]), np.asarray(mask.header.get_zooms()[:3])
+    if not np.allclose(sizes, mask_sizes, atol=1e-3):
+        raise DatasetFormatError(
+            f"{mask_path}: voxel size {mask_sizes.tolist()} mm differs from {sizes.tolist()} mm in {betas_path}; "
+            "expected the brain mask of the same subject and release (option brainmask)"
+        )
+    if not has_orientation(mask):
+        raise DatasetFormatError(
+            f"{mask_path}: has no orientation either (qform_code = sform_code = 0), and neither has {betas_path}; "
+            "expected the release's brain mask, which carries the subject's affine (option brainmask)"
+        )
+    return np.asarray(mask.affine, dtype=np.float64), f"{mask_path.name} (the betas carry no qform/sform)"
+
+
 class Subject:
     """One BOLD5000 subject: its session files, trial list and voxel selection."""
 
@@ -109,11 +168,22 @@ class Subject:
         self.all_sessions = session_paths
         self.sessions = self._pick_sessions()
         self.n_trials = {s: self._n_trials(p) for s, p in session_paths.items()}
-        ref = nib.load(session_paths[self.sessions[0]])
-        self.shape, self.affine = tuple(int(x) for x in ref.shape[:3]), ref.affine
+        first = session_paths[self.sessions[0]]
+        with reading(first, "BOLD5000 betas header", "a 4-D NIfTI (X, Y, Z, trials)"):
+            ref = nib.load(first)
+        self.shape = tuple(int(x) for x in ref.shape[:3])
+        self.affine, self.affine_source = betas_affine(ref, first, self._brainmask_path(root))
         self.image_names = self._trial_names(root)
         self.roi_paths = find_roi_masks(Path(opts["roi_dir"]) if opts["roi_dir"] else root, number)
         self.ijk, self.roi_labels = self._voxels()
+
+    def _brainmask_path(self, root: Path) -> Path | None:
+        """CSI{n}_brainmask.nii.gz: option ``brainmask`` ({subject} = the number), else found by name below root."""
+        given = self.opts["brainmask"]
+        if given:
+            return require_file(str(given).replace("{subject}", str(self.number)), "brain mask", LAYOUT)
+        found = sorted(root.rglob(f"CSI{self.number}_brainmask.nii*"))
+        return found[0] if found else None
 
     def _pick_sessions(self) -> list[int]:
         wanted = self.opts["sessions"]
@@ -221,8 +291,20 @@ def resolve_image(name: str, index: dict[str, Path]) -> Path | None:
     return index.get(stripped) or index.get(Path(stripped).name)
 
 
-def prepare(root, out, *, image_size: int, options: dict) -> dict:
-    """Prepare BOLD5000 under ``root`` into the store ``out``."""
+@dataclass
+class Opened:
+    """Everything read before any data is written: subjects (headers, trial lists, voxel selection), the image
+    file of every trial, and the split of each image."""
+
+    opts: dict
+    subjects: list[Subject]
+    trial_paths: dict[str, list[Path]]  # subject -> image file of each trial of the chosen sessions
+    image_paths: list[Path]  # store image order
+    split_of: dict[str, int]  # image file name -> split code
+
+
+def open_dataset(root: str | Path, options: dict | None) -> Opened:
+    """Read BOLD5000's headers, trial lists and masks and find its images, as :func:`prepare` will."""
     root = Path(root)
     opts = resolve_options(ADAPTER, options, DEFAULTS)
     check_choice(ADAPTER, "voxels", opts["voxels"], ["auto", "rois", "never_nan"])
@@ -256,13 +338,20 @@ def prepare(root, out, *, image_size: int, options: dict) -> dict:
             f"{stim_dir}: {len(problems)} image(s) named in CSI*_imgnames.txt are missing, e.g. {problems[:5]}"
         )
     image_paths = sorted({p for ps in trial_paths.values() for p in ps}, key=lambda p: p.name)
-    row_of = {p: r for r, p in enumerate(image_paths)}
     repeated = set()
     for paths in trial_paths.values():
         names, counts = np.unique([p.name for p in paths], return_counts=True)
         repeated |= set(names[counts > 1].tolist())
     split_of = split_images([p.name for p in image_paths], repeated, opts["val_fraction"], opts["seed"])
+    return Opened(opts, subjects, trial_paths, image_paths, split_of)
 
+
+def prepare(root, out, *, image_size: int, options: dict) -> dict:
+    """Prepare BOLD5000 under ``root`` into the store ``out``."""
+    ds = open_dataset(root, options)
+    opts, subjects, trial_paths, image_paths, split_of = (ds.opts, ds.subjects, ds.trial_paths, ds.image_paths,
+                                                          ds.split_of)
+    row_of = {p: r for r, p in enumerate(image_paths)}
     report: dict[str, Any] = {"dataset": ADAPTER, "n_images": len(image_paths), "subjects": {}}
     with StoreWriter(out, name=opts["name"], modality="fmri", source=ADAPTER, image_size=image_size) as writer:
         writer.write_images(lazy_images(image_paths, "bold5000 images"), [p.name for p in image_paths])
@@ -278,9 +367,12 @@ def prepare(root, out, *, image_size: int, options: dict) -> dict:
                 w.append(block, [row_of[p] for p in chunk], [split_of[p.name] for p in chunk])
             coords = nib.affines.apply_affine(subj.affine, subj.ijk)
             rois = {"bold5000": subj.roi_labels} if subj.roi_labels is not None else {}
-            result = w.finish(coords, rois=rois, attrs={"affine": np.asarray(subj.affine, dtype=np.float64).ravel(), "volume_shape": np.asarray(subj.shape, dtype=np.int64), "sessions": np.asarray(subj.sessions),
-                                                        "zscored": bool(opts["zscore"]), "voxels": subj.voxel_mode})
+            attrs = {"affine": np.asarray(subj.affine, dtype=np.float64).ravel(),
+                     "volume_shape": np.asarray(subj.shape, dtype=np.int64), "affine_source": subj.affine_source,
+                     "sessions": np.asarray(subj.sessions), "zscored": bool(opts["zscore"]), "voxels": subj.voxel_mode}
+            result = w.finish(coords, rois=rois, attrs=attrs)
             result["sessions"] = subj.sessions
             result["voxels"] = subj.voxel_mode
+            result["affine_source"] = subj.affine_source
             report["subjects"][subj.name] = result
     return report

@@ -1,14 +1,36 @@
 """HCP 7T movie watching (Van Essen et al. 2012): 184 subjects, 4 runs of movie clips, TR = 1 s.
 
-Files read under ``root`` (the ConnectomeDB layout)::
+Files read under ``root`` (the ConnectomeDB layout). Sources in brackets: [W] the HCP wiki page "7T Movie watching
+task clip info, timing, versions shown per individual subject" (two versions of the clips; 147 subjects, scanned
+before 22 August 2014, saw V1; the attachments HCP_7T_Movie_Clip_Timing.csv and HCP_7T_Movie_Info.csv);
+[N] the project's format notes (/work/shared/notes/dataset-formats.md), not re-checked against a download::
 
-    <subject>/MNINonLinear/Results/tfMRI_MOVIE{1..4}_7T_{AP,PA}/
+    <subject>/MNINonLinear/Results/tfMRI_MOVIE{1..4}_7T_{AP,PA}/                        [N]
         tfMRI_MOVIE1_7T_AP_Atlas_1.6mm_MSMAll_hp2000_clean.dtseries.nii   CIFTI-2 (T, grayordinates); default
         tfMRI_MOVIE1_7T_AP_hp2000_clean.nii.gz                            volumetric MNI alternative (space: volume)
     <subject>/MNINonLinear/fsaverage_LR59k/<subject>.{L,R}.midthickness_MSMAll.59k_fs_LR.surf.gii
                                    vertex positions of the CIFTI cortex (found by vertex count; option surfaces)
-    <stimulus_dir>/**/7T_MOVIE{1..4}_*.mp4        the movie of each run (whole run, rest blocks included)
-    <stimulus_dir>/**/HCP_7T_Movie_Clip_Timing.csv   start/stop of every clip and rest block, run-local seconds
+    <stimulus_dir>/{Pre,Post}_20140821_version/7T_MOVIE{1..4}_*.mp4   the movie of each run in each version [W: two
+                                   versions]; a stimulus_dir without *_version folders is one version for everybody
+    <stimulus_dir>/**/HCP_7T_Movie_Clip_Timing.csv   start/stop of every clip and rest block, run-local seconds [W];
+                                   the one inside a version's folder is used for that version, else the first found
+    movie_versions table (option)  CSV/TSV with columns ``subject, version`` written by the user from [W]; version is
+                                   a folder name (Post_20140821_version), ``pre``/``post`` or ``V1``/``V2``
+
+Movie versions [W]: subjects scanned before 22 August 2014 saw the first version of the clips, later subjects the
+second. When both version folders are there, option ``movie_versions`` must say which version each subject saw
+(an error names the folders otherwise; a subject missing from the table is an error naming the table). Content
+groups: versions whose movie files are byte-identical (SHA-256) for every chosen run count as one; any other
+difference makes separate groups. Subjects are averaged only within a group, so each group average is over
+subjects who saw the same clips: one store subject ``group`` when there is one group, else
+``group-<version folder>`` per group, whose images (named ``<version folder>_<frame>``) are the frames of that
+group's own movies.
+
+Run length: the expected TR count of a run is option ``run_trs`` ({run: count}, e.g. the documented {1: 921, 2:
+918, 3: 915, 4: 901} [N]) when it names the run, else the most common count among the group's subjects (a tie goes
+to the longest). A subject's run with another count (a scan stopped early) is left out of the average, with a
+warning naming the file and an entry in the report's ``dropped_runs`` (``short_runs: drop``, the default), or is
+an error naming the file and the fix (``short_runs: error``). The other subjects' runs are never cut.
 
 Protocol (paper section 4.1, after Khosla et al. 2021): one frame per TR (1 Hz) taken from the movie file, the
 frame on screen at k * TR + frame_offset_s (default 0.5 s: the middle of the TR); the response at TR t is paired
@@ -18,7 +40,7 @@ clip is one image, shown once per run), which makes it the test set with 4 repea
 ceiling. The other frames are split train/val by 20-s chunks of the movie (``chunk_s``), never by frame, so
 neighbouring TRs do not leak across splits. By default the subjects are averaged (``group_average``): each
 subject's run is z-scored per grayordinate over time (``zscore``) and the runs are averaged TR by TR over the
-subjects into one subject, "group"; with ``group_average: false`` every subject is written on its own.
+group's subjects; with ``group_average: false`` every subject is written on its own (with its version's frames).
 
 Grayordinates: CIFTI ``structures`` (default all) intersected with ``roi_file`` (a CIFTI dlabel/dscalar on the
 same grayordinates, or a NIfTI on the volume grid; voxels > 0, or whose label is in ``roi_labels``), e.g. the
@@ -31,19 +53,23 @@ each with rows "block, start, stop[, duration]" where block "0" is rest and "<ru
 table with columns run, block (or clip), start, stop (or end) is read too. ``test_clip: last`` takes each run's
 last clip as the test-retest clip; a list of block labels per run names them instead.
 
-[unverified] the clip-timing sheet's layout (taken from a public parser of it, not the file itself); that the
-movie file's time 0 is the run's first TR; the surface file names. Handled: both sheet layouts; any
-``surfaces`` mapping; a movie shorter than the run (trials past its end are dropped, reported in the report).
+[unverified] the clip-timing sheet's layout (taken from a public parser of it, not the file itself); the version
+folder names (Pre_20140821_version, Post_20140821_version: any ``*_version`` folder holding 7T_MOVIE*.mp4 is a
+version) and the movie file names inside them; which clips differ between the versions (hence the byte
+comparison); that the movie file's time 0 is the run's first TR; the surface file names. Handled: both sheet
+layouts; any ``surfaces`` mapping; a movie shorter than the run (trials past its end are dropped, counted in
+the report's ``trs_without_frame``).
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import math
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +77,7 @@ import nibabel as nib
 import numpy as np
 
 from afo.data._common import (
+    AdapterOptionError,
     DatasetFileNotFoundError,
     DatasetFormatError,
     as_list,
@@ -89,6 +116,9 @@ DEFAULTS: dict[str, Any] = {
     "roi_labels": None,
     "surfaces": None,
     "group_average": True,
+    "movie_versions": None,
+    "short_runs": "drop",
+    "run_trs": None,
     "zscore": True,
     "val_fraction": 0.06,
     "seed": 0,
@@ -181,7 +211,7 @@ def test_windows(timing: dict[int, list[Block]], runs: list[int], test_clip: Any
     """The test-retest clip of each run."""
     labels = as_list(test_clip) if test_clip != "last" else None
     if labels is not None and len(labels) != len(runs):
-        raise ValueError(f"{ADAPTER}: test_clip lists {len(labels)} block labels for {len(runs)} runs")
+        raise AdapterOptionError(f"{ADAPTER}: test_clip lists {len(labels)} block labels for {len(runs)} runs")
     out = {}
     for i, run in enumerate(runs):
         clips = [b for b in timing.get(run, []) if not b.is_rest]
@@ -257,6 +287,205 @@ def _subjects(root: Path, opts: dict) -> list[str]:
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# movie versions: which clips each subject saw
+
+
+VERSION_ALIASES = {"v1": "pre", "v2": "post"}  # the HCP wiki calls Pre/Post_20140821_version "V1" and "V2"
+TABLE_EXPECTED = "a CSV with columns subject, version (version: a movie folder name such as Post_20140821_version)"
+
+
+@dataclass(frozen=True)
+class MovieVersion:
+    """One version of the movies: a ``*_version`` folder, or the stimulus folder when it has none (name '')."""
+
+    name: str
+    folder: Path
+
+
+def find_movie_versions(stim_dir: Path, opts: dict) -> list[MovieVersion]:
+    """The ``*_version`` folders of ``stim_dir`` that hold 7T_MOVIE*.mp4 files (the release ships
+    Pre_20140821_version and Post_20140821_version); ``stim_dir`` itself when there are none or when the
+    option movie_files names the movies."""
+    if opts["movie_files"] or not stim_dir.is_dir():
+        return [MovieVersion("", stim_dir)]
+    found = [MovieVersion(p.name, p) for p in sorted(stim_dir.iterdir())
+             if p.is_dir() and p.name.lower().endswith("_version") and any(p.rglob("7T_MOVIE*.mp4"))]
+    return found or [MovieVersion("", stim_dir)]
+
+
+def _match_version(value: str, versions: list[MovieVersion]) -> MovieVersion | None:
+    """The version a table entry names: the folder name, its first part (pre, post) or V1/V2, any case."""
+    wanted = value.strip().lower()
+    alias = VERSION_ALIASES.get(wanted, wanted)
+    for version in versions:
+        name = version.name.lower()
+        if wanted == name or alias == name.split("_")[0]:
+            return version
+    return None
+
+
+def read_version_table(path: Path, versions: list[MovieVersion]) -> dict[str, MovieVersion]:
+    """{subject: version} from the user's table (CSV or TSV with columns subject, version)."""
+    require_file(path, "movie version table (option movie_versions)", TABLE_EXPECTED)
+    text = path.read_text(encoding="utf-8-sig", errors="replace")  # utf-8-sig: spreadsheets add a BOM
+    lines = text.splitlines()
+    delimiter = "\t" if lines and "\t" in lines[0] and "," not in lines[0] else ","
+    reader = csv.DictReader(io.StringIO(text), delimiter=delimiter)
+    columns = {c.strip().lower(): c for c in reader.fieldnames or []}
+    for needed in ("subject", "version"):
+        if needed not in columns:
+            raise format_error(path, needed, f"is missing (columns: {list(columns)})", TABLE_EXPECTED)
+    out: dict[str, MovieVersion] = {}
+    for line, row in enumerate(reader, start=2):
+        subject, value = (row[columns["subject"]] or "").strip(), (row[columns["version"]] or "").strip()
+        if not subject:
+            continue
+        version = _match_version(value, versions)
+        if version is None:
+            raise format_error(path, "version", f"{value!r} on line {line} (subject {subject}) names no movie folder",
+                               f"one of {[v.name for v in versions]} (or pre/post, V1/V2)")
+        if out.get(subject, version) != version:
+            raise format_error(path, "subject", f"{subject} has two versions", "one row per subject")
+        out[subject] = version
+    return out
+
+
+def assign_versions(subjects: list[str], versions: list[MovieVersion], stim_dir: Path, opts: dict
+                    ) -> dict[str, MovieVersion]:
+    """The movie version each subject saw: the only one there is, or the user's table (option movie_versions)."""
+    table = opts["movie_versions"]
+    if table is None:
+        if len(versions) > 1:
+            folders = ", ".join(str(v.folder) for v in versions)
+            raise DatasetFormatError(
+                f"{stim_dir}: holds {len(versions)} versions of the movies ({folders}); subjects scanned before "
+                "22 August 2014 saw the first, later ones the second, so the version cannot be guessed. Give a "
+                "table with columns subject, version as option movie_versions (HCP lists the version each subject "
+                "saw on its '7T Movie watching task clip info, timing, versions shown per individual subject' page)"
+            )
+        return {s: versions[0] for s in subjects}
+    path = Path(table)
+    if opts["movie_files"]:
+        raise AdapterOptionError(f"{ADAPTER}: options movie_files (one movie per run, for every subject) and "
+                                 "movie_versions (a movie version per subject) exclude each other; keep one")
+    if versions[0].name == "":
+        raise DatasetFileNotFoundError(
+            f"{stim_dir}: option movie_versions ({path}) names movie versions, but this folder has no *_version "
+            "folders (Pre_20140821_version, Post_20140821_version); expected the movie download's layout"
+        )
+    by_subject = read_version_table(path, versions)
+    missing = [s for s in subjects if s not in by_subject]
+    if missing:
+        raise format_error(path, "subject", f"has no row for {len(missing)} subject(s), e.g. {missing[:5]}",
+                           "one row per prepared subject (columns subject, version)")
+    return {s: by_subject[s] for s in subjects}
+
+
+def _digest(path: Path) -> str:
+    """SHA-256 of a file (read in 1 MiB blocks)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass
+class ContentGroup:
+    """Subjects who saw the same clips: one or more versions whose movie files are byte-identical for every run."""
+
+    versions: list[MovieVersion]
+    subjects: list[str]
+    movies: dict[int, Path]
+    timing_path: Path
+    name: str = "group"  # store subject of the group average
+    tag: str = ""  # image-name prefix, set when the dataset has more than one group
+    runs: list[int] = field(default_factory=list)  # runs with at least one usable subject file
+    n_trs: dict[int, int] = field(default_factory=dict)  # the expected TR count of each run
+
+
+def _timing_path(version: MovieVersion, stim_dir: Path, opts: dict) -> Path:
+    if opts["clip_timing"]:
+        return Path(opts["clip_timing"])
+    for folder in (version.folder, stim_dir):
+        found = _stimulus_files(folder, "HCP_7T_Movie_Clip_Timing.csv")
+        if found:
+            return found[0]
+    return stim_dir / "HCP_7T_Movie_Clip_Timing.csv"
+
+
+def content_groups(assigned: dict[str, MovieVersion], runs: list[int], stim_dir: Path, opts: dict
+                   ) -> list[ContentGroup]:
+    """Group subjects by what they saw. Versions whose movies are byte-identical for every chosen run are one group;
+    any difference (other clips, another cut or encoding) makes separate groups, never averaged together."""
+    by_content: dict[tuple[str, ...], ContentGroup] = {}
+    for version in dict.fromkeys(assigned.values()):
+        members = [s for s, v in assigned.items() if v == version]
+        movies = _movie_files(version.folder, opts, runs)
+        key = tuple(_digest(movies[r]) for r in runs)
+        if key in by_content:
+            by_content[key].versions.append(version)
+            by_content[key].subjects += members
+        else:
+            by_content[key] = ContentGroup([version], members, movies, _timing_path(version, stim_dir, opts))
+    groups = list(by_content.values())
+    if len(groups) > 1:
+        for g in groups:
+            g.tag = "+".join(v.name for v in g.versions)
+            g.name = f"group-{g.tag}"
+    return groups
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# run lengths: a short run is dropped (reported) or an error, never a cut of every subject
+
+
+def _expected_trs(run: int, found: list[int], opts: dict) -> tuple[int, str]:
+    """(expected TR count of a run, where that number comes from): option run_trs when it names the run, else the
+    most common count among the group's files (a tie goes to the longest)."""
+    given = opts["run_trs"] or {}
+    if run in given or str(run) in given:
+        return int(given.get(run, given.get(str(run)))), "option run_trs"
+    counts = {n: found.count(n) for n in set(found)}
+    expected = max(counts, key=lambda n: (counts[n], n))
+    return expected, f"{counts[expected]} of {len(found)} subjects who saw the same movie"
+
+
+def check_run_lengths(groups: list[ContentGroup], files: dict[str, dict[int, Path | None]],
+                      lengths: dict[Path, int], runs: list[int], opts: dict) -> list[dict]:
+    """Set each group's expected TR count per run (:func:`_expected_trs`) and its usable runs. A file with another
+    count is an error (``short_runs: error``) or is left out of that subject's data (``short_runs: drop``, the
+    default): ``files`` loses it, a warning names it, and the returned records say which (subject, run, file,
+    n_trs, expected)."""
+    dropped = []
+    for g in groups:
+        for run in runs:
+            have = [s for s in g.subjects if files[s][run] is not None]
+            if not have:
+                continue
+            expected, source = _expected_trs(run, [lengths[files[s][run]] for s in have], opts)
+            for s in have:
+                path = files[s][run]
+                if lengths[path] == expected:
+                    continue
+                if opts["short_runs"] == "error":
+                    raise DatasetFormatError(
+                        f"{path}: has {lengths[path]} TRs, but run {run} has {expected} ({source}); expected a "
+                        "complete run. Re-download this file, or set option short_runs: drop to leave this "
+                        "subject's run out (it is then listed in the report)"
+                    )
+                warn(f"{path}: has {lengths[path]} TRs where run {run} has {expected} ({source}); subject {s}'s run "
+                     f"{run} is left out (short_runs: drop; listed in the report under dropped_runs)")
+                dropped.append({"subject": s, "run": run, "file": str(path), "n_trs": lengths[path],
+                                "expected": expected})
+                files[s][run] = None
+            if any(files[s][run] is not None for s in have):
+                g.n_trs[run] = expected
+                g.runs.append(run)
+    return dropped
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # grayordinates / voxels
 
 
@@ -287,7 +516,7 @@ class CiftiSpace:
             self.roi_labels = names
         self.columns = np.flatnonzero(keep)
         if not self.columns.size:
-            raise ValueError(f"{ADAPTER}: structures/roi_file select no grayordinate")
+            raise AdapterOptionError(f"{ADAPTER}: structures/roi_file select no grayordinate")
         self.first, self.root, self.subject = first, root, subject
 
     def _roi(self, path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -402,7 +631,7 @@ class VolumeSpace:
             warn(f"{ADAPTER}: no roi_file; keeping the {int(mask.sum())} voxels that vary in {first.name}")
         self.ijk = np.argwhere(mask)
         if not len(self.ijk):
-            raise ValueError(f"{ADAPTER}: the voxel selection is empty")
+            raise AdapterOptionError(f"{ADAPTER}: the voxel selection is empty")
 
     def coords(self) -> np.ndarray:
         return nib.affines.apply_affine(self.affine, self.ijk).astype(np.float32)
@@ -524,13 +753,12 @@ def _zscore_time(x: np.ndarray) -> np.ndarray:
         return ((x - mean) / np.where(sd > 0, sd, np.nan)).astype(np.float32)
 
 
-def _average_run(space, paths: list[Path | None], plan: RunPlan, zscore: bool) -> np.ndarray | None:
+def _average_run(space, paths: list[Path], plan: RunPlan, zscore: bool) -> np.ndarray | None:
     """Mean over subjects of one run [n_trs, n_kept] (each z-scored over time first); None if nobody has it.
 
     One subject's run is in memory at a time, plus the float64 running sum.
     """
     total, count = None, 0
-    paths = [p for p in paths if p is not None]
     for path in progress(paths, f"hcp run {plan.run}", unit="subject") if len(paths) > 1 else paths:
         x = space.read(path, plan.n_trs)
         x = _zscore_time(x) if zscore else x
@@ -539,11 +767,98 @@ def _average_run(space, paths: list[Path | None], plan: RunPlan, zscore: bool) -
     return None if total is None else (total / count).astype(np.float32)
 
 
-def prepare(root, out, *, image_size: int, options: dict) -> dict:
-    """Prepare the HCP 7T movie runs under ``root`` into the store ``out``."""
+def _lengths(files: dict[str, dict[int, Path | None]], space: str) -> tuple[dict[Path, int], float]:
+    """TR count of every run file, and the TR (the same in every file)."""
+    lengths, tr, first = {}, None, None
+    for runs in files.values():
+        for path in runs.values():
+            if path is None:
+                continue
+            n, step = _n_trs_and_tr(path, space)
+            if tr is not None and abs(step - tr) > 1e-6:
+                raise format_error(path, "TR", f"is {step}", f"{tr} like {first}")
+            lengths[path], tr, first = n, step, first or path
+    return lengths, float(tr)
+
+
+@dataclass
+class GroupPlan:
+    """A content group's frame plans and where its images start in the store's image list."""
+
+    group: ContentGroup
+    plans: list[RunPlan]
+    images: list[tuple[str, int, float]]
+    offset: int
+
+
+def _plan_groups(groups: list[ContentGroup], tr: float, opts: dict) -> list[GroupPlan]:
+    out, offset = [], 0
+    for g in groups:
+        windows = test_windows(parse_clip_timing(g.timing_path), g.runs, opts["test_clip"], g.timing_path)
+        durations = {r: video_duration(g.movies[r]) for r in g.runs}
+        plans, images = plan_frames(g.runs, g.n_trs, tr, durations, windows, opts)
+        for plan in plans:
+            plan.image_of_frame = plan.image_of_frame + offset
+        if g.tag:  # frames of different movies must not share a name
+            images = [(f"{g.tag}_{name}", run, t) for name, run, t in images]
+        out.append(GroupPlan(g, plans, images, offset))
+        offset += len(images)
+    return out
+
+
+def _write_subjects(target, ds: Opened, coords: np.ndarray, rois: dict) -> list[str]:
+    """Group averages (one per content group) or one subject each; returns subjects left without any run."""
+    empty = []
+    opts = ds.opts
+    for name, members, gp in progress(ds.units(), "hcp subjects", unit="subject"):
+        if not any(ds.files[s][p.run] is not None for s in members for p in gp.plans):
+            empty.append(name)
+            continue
+        w = target.subject(name, ds.n_voxels)
+        for plan in gp.plans:
+            paths = [ds.files[s][plan.run] for s in members if ds.files[s][plan.run] is not None]
+            mean = _average_run(ds.space, paths, plan, bool(opts["zscore"]))
+            if mean is not None:
+                trs = np.arange(plan.shift, plan.shift + plan.n_frames)  # TR t <-> frame t - shift
+                w.append(mean[trs], plan.image_of_frame, plan.split_of_frame)
+        w.finish(coords, rois=rois, attrs={"members": len(members), "delay_s": float(opts["delay_s"]),
+                                           "tr_s": float(ds.tr), "space": opts["space"],
+                                           "movie_versions": ",".join(v.name for v in gp.group.versions)})
+    return empty
+
+
+@dataclass
+class Opened:
+    """Everything read before any data is written: run files and their lengths, movie versions and content
+    groups, dropped runs, frame plans per group, and the grayordinate/voxel space."""
+
+    opts: dict
+    files: dict[str, dict[int, Path | None]]  # subject -> run -> file (None: missing or dropped)
+    assigned: dict[str, MovieVersion]
+    planned: list[GroupPlan]
+    missing: list[tuple[str, int]]
+    dropped: list[dict]
+    tr: float
+    space: Any  # CiftiSpace or VolumeSpace
+
+    @property
+    def n_voxels(self) -> int:
+        return self.space.columns.size if self.opts["space"] == "cifti" else len(self.space.ijk)
+
+    def units(self) -> list[tuple[str, list[str], GroupPlan]]:
+        """(store subject, subjects whose runs it holds, its group's plan): group averages or single subjects."""
+        if self.opts["group_average"]:
+            return [(gp.group.name, gp.group.subjects, gp) for gp in self.planned]
+        return [(s, [s], gp) for gp in self.planned for s in gp.group.subjects]
+
+
+def open_dataset(root: str | Path, options: dict | None) -> Opened:
+    """Find the runs, movie versions and clip timing, check run lengths and plan the frames, as :func:`prepare`
+    will, reading only headers, movie files and the ROI file."""
     root = Path(root)
     opts = resolve_options(ADAPTER, options, DEFAULTS)
     check_choice(ADAPTER, "space", opts["space"], ["cifti", "volume"])
+    check_choice(ADAPTER, "short_runs", opts["short_runs"], ["drop", "error"])
     runs = [int(r) for r in as_list(opts["runs"])]
     subjects = _subjects(root, opts)
     files = {s: {r: _run_file(root, s, r, opts) for r in runs} for s in subjects}
@@ -551,57 +866,49 @@ def prepare(root, out, *, image_size: int, options: dict) -> dict:
     if not present:
         raise DatasetFileNotFoundError(f"{root}: no {opts['space']} run files for subjects {subjects[:5]}. "
                                        f"Expected layout: {LAYOUT}")
+    files = {s: files[s] for s in present}
     missing = [(s, r) for s in present for r in runs if files[s][r] is None]
     if missing:
         warn(f"{ADAPTER}: {len(missing)} subject runs missing (e.g. {missing[:3]}); averaged over the others")
-    n_trs, tr = {}, None
-    for r in runs:
-        lengths = []
-        for s in present:
-            if files[s][r] is not None:
-                n, step = _n_trs_and_tr(files[s][r], opts["space"])
-                lengths.append(n)
-                if tr is not None and abs(step - tr) > 1e-6:
-                    raise format_error(files[s][r], "TR", f"is {step}", f"{tr} like the other runs")
-                tr = step
-        if not lengths:
-            raise DatasetFileNotFoundError(f"{root}: no subject has run {r}. Expected layout: {LAYOUT}")
-        if len(set(lengths)) > 1:
-            warn(f"{ADAPTER}: run {r} has {sorted(set(lengths))} TRs across subjects; using the first {min(lengths)}")
-        n_trs[r] = min(lengths)
+    lengths, tr = _lengths(files, opts["space"])
 
     stim_dir = _stimulus_dir(root, opts)
-    timing_path = Path(opts["clip_timing"]) if opts["clip_timing"] else next(
-        iter(_stimulus_files(stim_dir, "HCP_7T_Movie_Clip_Timing.csv")), stim_dir / "HCP_7T_Movie_Clip_Timing.csv")
-    windows = test_windows(parse_clip_timing(timing_path), runs, opts["test_clip"], timing_path)
-    movies = _movie_files(stim_dir, opts, runs)
-    durations = {r: video_duration(movies[r]) for r in runs}
-    plans, images = plan_frames(runs, n_trs, tr, durations, windows, opts)
+    assigned = assign_versions(present, find_movie_versions(stim_dir, opts), stim_dir, opts)
+    groups = content_groups(assigned, runs, stim_dir, opts)
+    dropped = check_run_lengths(groups, files, lengths, runs, opts)
+    groups = [g for g in groups if g.runs]
+    if not groups:
+        raise DatasetFileNotFoundError(f"{root}: no usable run file is left (see the warnings). Expected: {LAYOUT}")
+    planned = _plan_groups(groups, tr, opts)
 
-    first_subject = present[0]
-    first_file = next(files[first_subject][r] for r in runs if files[first_subject][r] is not None)
+    first_subject, first_file = next((s, p) for s in present for p in files[s].values() if p is not None)
     space = CiftiSpace(first_file, root, first_subject, opts) if opts["space"] == "cifti" else \
         VolumeSpace(first_file, opts)
-    n_vox = space.columns.size if opts["space"] == "cifti" else len(space.ijk)
-    coords, rois = space.coords(), space.rois()
+    return Opened(opts, files, assigned, planned, missing, dropped, tr, space)
 
+
+def prepare(root, out, *, image_size: int, options: dict) -> dict:
+    """Prepare the HCP 7T movie runs under ``root`` into the store ``out``."""
+    ds = open_dataset(root, options)
+    opts, planned, assigned = ds.opts, ds.planned, ds.assigned
+    coords, rois = ds.space.coords(), ds.space.rois()
+    images = [im for gp in planned for im in gp.images]
     report: dict[str, Any] = {
-        "dataset": ADAPTER, "n_images": len(images), "runs": runs, "tr_s": tr, "subjects_averaged": len(present),
+        "dataset": ADAPTER, "n_images": len(images), "runs": [int(r) for r in as_list(opts["runs"])], "tr_s": ds.tr,
+        "subjects_averaged": len(ds.files) if opts["group_average"] else 0,
+        "movie_versions": {v.name or str(v.folder): [s for s in ds.files if assigned[s] == v]
+                           for v in dict.fromkeys(assigned.values())},
+        "groups": {gp.group.name: {"versions": [v.name for v in gp.group.versions], "subjects": gp.group.subjects,
+                                   "runs": gp.group.runs, "n_trs": gp.group.n_trs} for gp in planned},
+        "missing_runs": [{"subject": s, "run": r} for s, r in ds.missing],
+        "dropped_runs": ds.dropped,
         # the first `shift` TRs of a run have no frame 4 s earlier; TRs past the movie's end have none either
-        "trs_without_frame": {p.run: p.n_trs - p.n_frames for p in plans},
+        "trs_without_frame": {gp.group.name: {p.run: p.n_trs - p.n_frames for p in gp.plans} for gp in planned},
     }
+    frames = (frame for gp in planned for frame in _frames(gp.images, gp.group.movies))
     with StoreWriter(out, name=opts["name"], modality="fmri", source=ADAPTER, image_size=image_size) as writer:
-        writer.write_images(_frames(images, movies), [name for name, _, _ in images])
+        writer.write_images(frames, [name for name, _, _ in images])
         target = DirectTarget(writer)
-        groups = [("group", present)] if opts["group_average"] else [(s, [s]) for s in present]
-        for name, members in progress(groups, "hcp subjects", unit="subject"):
-            w = target.subject(name, n_vox)
-            for plan in plans:
-                mean = _average_run(space, [files[s][plan.run] for s in members], plan, bool(opts["zscore"]))
-                if mean is not None:
-                    trs = np.arange(plan.shift, plan.shift + plan.n_frames)  # TR t <-> frame t - shift
-                    w.append(mean[trs], plan.image_of_frame, plan.split_of_frame)
-            w.finish(coords, rois=rois, attrs={"members": len(members), "delay_s": float(opts["delay_s"]),
-                                               "tr_s": float(tr), "space": opts["space"]})
+        report["subjects_without_runs"] = _write_subjects(target, ds, coords, rois)
         report["subjects"] = target.reports
     return report

@@ -12,6 +12,41 @@ import warnings
 
 import numpy as np
 
+from afo.errors import UserError
+
+FRACTION_MIN_NONZERO = 5
+"""More non-zero values than this, all within [0, 1], read as a fraction (0-1) rather than as percent."""
+
+
+class NoiseCeilingError(UserError, ValueError):
+    """A given noise ceiling is not in percent (0-100)."""
+
+
+def check_percent(nc: np.ndarray, source: str) -> None:
+    """Refuse a noise ceiling [n_voxels] that is not in percent (0-100; NaN = unknown).
+
+    A fraction (0-1) would make every normalised score 100 times too large, so finite values that all lie in
+    [0, 1] with more than :data:`FRACTION_MIN_NONZERO` of them non-zero are refused as a fraction; values above
+    100, below 0, or infinite cannot be percentages at all. ``source`` names the file (or the adapter's data).
+    """
+    nc = np.asarray(nc, dtype=np.float64)
+    if np.isinf(nc).any():
+        raise NoiseCeilingError(f"{source}: {int(np.isinf(nc).sum())} value(s) are inf. Fix: use NaN for an unknown noise ceiling")
+    finite = nc[np.isfinite(nc)]
+    if finite.size == 0:
+        return
+    low, high = float(finite.min()), float(finite.max())
+    if low < 0 or high > 100:
+        raise NoiseCeilingError(
+            f"{source}: values span {low:g} to {high:g}, outside the 0-100 of a percentage. "
+            "Fix: give the noise ceiling in percent of explainable variance (0-100), NaN where unknown"
+        )
+    if high <= 1 and np.count_nonzero(finite) > FRACTION_MIN_NONZERO:
+        raise NoiseCeilingError(
+            f"{source}: every value lies in [0, 1] (max {high:g}): this reads as a fraction, but the noise ceiling is "
+            "in percent (0-100). Fix: multiply it by 100"
+        )
+
 
 def ncsnr_to_nc(ncsnr: np.ndarray, n_avg: float | np.ndarray) -> np.ndarray:
     """Percent explainable variance of an n-trial average, from the noise-ceiling SNR.

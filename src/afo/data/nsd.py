@@ -47,6 +47,7 @@ import numpy as np
 import scipy.io
 
 from afo.data._common import (
+    AdapterOptionError,
     DatasetFileNotFoundError,
     DatasetFormatError,
     as_list,
@@ -453,7 +454,7 @@ def _subjects(root: Path, opts: dict) -> list[int]:
                 f"{ppdata}: no subjXX/{opts['space']}/{opts['betas']} folder. Expected layout: {LAYOUT}")
     bad = [s for s in subjects if not 1 <= s <= len(SESSIONS_PER_SUBJECT)]
     if bad:
-        raise ValueError(f"{ADAPTER}: subjects {bad} do not exist; NSD has subjects 1-8")
+        raise AdapterOptionError(f"{ADAPTER}: subjects {bad} do not exist; NSD has subjects 1-8")
     return subjects
 
 

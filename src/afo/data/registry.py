@@ -11,6 +11,12 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 
+from afo.errors import UserError
+
+
+class UnknownFormatError(UserError, ValueError):
+    """A dataset's ``format`` names no adapter."""
+
 FORMATS: dict[str, str] = {
     "folder": "afo.data.folder",
     "nsd": "afo.data.nsd",
@@ -26,5 +32,5 @@ FORMATS: dict[str, str] = {
 def get_adapter(fmt: str) -> Callable[..., dict]:
     """The ``prepare`` function of a dataset format."""
     if fmt not in FORMATS:
-        raise ValueError(f"unknown dataset format {fmt!r}; known formats: {sorted(FORMATS)}")
+        raise UnknownFormatError(f"unknown dataset format {fmt!r}; known formats: {sorted(FORMATS)}")
     return importlib.import_module(FORMATS[fmt]).prepare

@@ -10,9 +10,11 @@ Layout (format version 1)::
     /subjects/<s>/trial_split     int8    [n_trials]            0 train, 1 val, 2 test (constant per image)
     /subjects/<s>/coords          float32 [n_voxels, 3]         physical coordinates (mm) or any 3-D layout
     /subjects/<s>/noise_ceiling   float32 [n_voxels]            percent (0-100); NaN where unknown
-    /subjects/<s>/bad_voxel       bool    [n_voxels]            True = never usable (all-NaN or constant)
+    /subjects/<s>/bad_voxel       bool    [n_voxels]            True = never usable (no finite value, constant,
+                                                                or no finite value on any training trial)
     /subjects/<s>/rois/<set>      str     [n_voxels]            ROI label per voxel ('' = none), one per ROI set
-    subject attrs: nc_source (given|repeats|none), n_bad_voxels, bad_voxel_reasons (json)
+    subject attrs: nc_source (given|repeats|none), n_bad_voxels, bad_voxel_reasons (json: all_nan, constant,
+                            no_train -> voxel indices), n_inf_values (+-inf in the input, stored as NaN)
 
 Writers go through :class:`StoreWriter`, which writes into ``<path>.tmp`` and renames on
 :meth:`StoreWriter.close`, so a killed ``prepare`` never leaves a half-written store behind.
@@ -22,6 +24,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,8 +34,9 @@ import h5py
 import numpy as np
 from PIL import Image
 
-from afo.data.noise_ceiling import noise_ceiling_from_repeats
+from afo.data.noise_ceiling import check_percent, noise_ceiling_from_repeats
 from afo.errors import UserError
+from afo.io import reading_hdf5
 
 FORMAT_VERSION = 1
 SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -44,8 +49,50 @@ class StoreError(UserError, ValueError):
     """A prepared store, or the data offered to one, breaks the store's contract."""
 
 
+# Pillow modes whose samples are 16-bit unsigned integers (PNG and TIFF grey images with 16 bits per sample).
+_UINT16_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def to_rgb8(image: Image.Image, source: str) -> Image.Image:
+    """An RGB image with 8 bits per channel, scaled from the file's own sample range, or a :class:`StoreError`.
+
+    ``convert("RGB")`` alone clips wider samples to 0-255: a 16-bit image (0-65535) comes out almost white and a
+    float image (0.0-1.0) black. So 16-bit samples are divided by 257 (65535 -> 255), float samples in [0, 1] are
+    multiplied by 255, and what has no unambiguous 8-bit reading (32-bit integers, floats outside [0, 1], several
+    frames) is refused with the file (``source``) named. Pillow itself already reads 16-bit RGB(A) PNGs as 8-bit.
+    """
+    frames = getattr(image, "n_frames", 1)
+    # An MPO (camera JPEG) stores its primary picture first and previews or depth maps after it.
+    if frames > 1 and image.format != "MPO":
+        raise StoreError(
+            f"{source}: has {frames} frames (an animated or multi-page image); a stimulus must be one picture. "
+            "Fix: save the frame the subjects saw as a single-frame image (e.g. PNG)"
+        )
+    mode = image.mode
+    if mode in _UINT16_MODES or (mode == "I" and image.format == "PNG"):  # older Pillow reads 16-bit PNGs as "I"
+        samples = np.asarray(image).astype(np.float64)
+        if samples.min(initial=0) < 0 or samples.max(initial=0) > 65535:
+            raise StoreError(f"{source}: 16-bit samples outside 0-65535. Fix: save it as an 8- or 16-bit image")
+        return Image.fromarray(np.round(samples / 257.0).astype(np.uint8)).convert("RGB")
+    if mode == "F":
+        samples = np.asarray(image, dtype=np.float64)
+        low, high = (float(samples.min()), float(samples.max())) if samples.size else (0.0, 0.0)
+        if not (np.isfinite(samples).all() and low >= 0.0 and high <= 1.0):
+            raise StoreError(
+                f"{source}: floating-point samples span {low:g} to {high:g}; only floats in [0, 1] have an "
+                "unambiguous 8-bit reading. Fix: save it as an 8-bit image (or scale it to [0, 1])"
+            )
+        return Image.fromarray(np.round(samples * 255.0).astype(np.uint8)).convert("RGB")
+    if mode.startswith("I"):
+        raise StoreError(
+            f"{source}: {mode!r} samples (32-bit or signed integers) have no unambiguous 8-bit reading. "
+            "Fix: save it as an 8- or 16-bit unsigned image"
+        )
+    return image.convert("RGB")
+
+
 def resize_image(image: Image.Image | np.ndarray, size: int) -> np.ndarray:
-    """Resize a stimulus to ``size`` x ``size`` RGB uint8.
+    """Resize a stimulus to ``size`` x ``size`` RGB uint8 (wide or float samples scaled by :func:`to_rgb8`).
 
     The whole stimulus is kept (no crop): a non-square image is squashed, because a
     crop would drop the periphery that retinotopic voxels look at.
@@ -54,37 +101,86 @@ def resize_image(image: Image.Image | np.ndarray, size: int) -> np.ndarray:
         if image.dtype != np.uint8:
             raise StoreError(f"image array must be uint8, got {image.dtype}")
         image = Image.fromarray(image)
-    image = image.convert("RGB")
+    image = to_rgb8(image, getattr(image, "filename", "") or "a stimulus image")
     if image.size != (size, size):
         image = image.resize((size, size), Image.BICUBIC)
     return np.asarray(image, dtype=np.uint8)
 
 
-def _voxel_problems(responses: h5py.Dataset, chunk_rows: int = 2048) -> tuple[np.ndarray, np.ndarray]:
-    """Return (all_nan, constant) masks per voxel, streaming over trials."""
+def real_float32(responses: np.ndarray, source: str) -> np.ndarray:
+    """``responses`` as float32, refusing anything that is not real numbers with ``source`` named.
+
+    Complex, object, text or boolean arrays are refused: a cast would drop imaginary parts, or turn labels into
+    numbers, without a word. (A float64 beyond float32's range becomes inf, which the store masks and reports.)
+    """
+    responses = np.asarray(responses)
+    if responses.dtype.kind not in "fiu":
+        raise StoreError(
+            f"{source}: responses have dtype {responses.dtype}, not real numbers. "
+            "Fix: save real-valued responses (float32), e.g. the magnitude or real part as the analysis intends"
+        )
+    return responses.astype(np.float32)
+
+
+def _voxel_problems(
+    responses: h5py.Dataset, trial_split: np.ndarray, chunk_rows: int = 2048
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return (all_nan, constant, no_train) masks per voxel [n_voxels], streaming over trials.
+
+    ``no_train``: a voxel with finite values, but none on a training trial: a model would never learn it, so
+    scoring it would score an untrained prediction.
+    """
     n_trials, n_voxels = responses.shape
     finite_count = np.zeros(n_voxels, dtype=np.int64)
+    train_count = np.zeros(n_voxels, dtype=np.int64)
     vmin = np.full(n_voxels, np.inf)
     vmax = np.full(n_voxels, -np.inf)
     for start in range(0, n_trials, chunk_rows):
         block = responses[start : start + chunk_rows]
         finite = np.isfinite(block)
         finite_count += finite.sum(0)
+        train_count += finite[trial_split[start : start + chunk_rows] == SPLIT_CODE["train"]].sum(0)
         vmin = np.minimum(vmin, np.where(finite, block, np.inf).min(0))
         vmax = np.maximum(vmax, np.where(finite, block, -np.inf).max(0))
     all_nan = finite_count == 0
     constant = ~all_nan & (vmax - vmin <= 0)
-    return all_nan, constant
+    no_train = ~all_nan & ~constant & (train_count == 0)
+    return all_nan, constant, no_train
+
+
+class NoSpaceError(StoreError):
+    """The file system of the store has no room for what comes next; nothing under the final name is touched."""
+
+
+# Headroom kept free beyond the bytes a write needs (HDF5 metadata, chunk rounding, other jobs).
+_SPACE_MARGIN = 64 << 20
+
+
+def ensure_space(path: Path, nbytes: int) -> None:
+    """Refuse a write of ``nbytes`` into ``path``'s file system when it has no room for it.
+
+    Checked before the write rather than caught after: HDF5 can leave a half-written file in a state where
+    the next call crashes the process instead of raising.
+    """
+    free = shutil.disk_usage(path.parent).free
+    if free < nbytes + _SPACE_MARGIN:
+        raise NoSpaceError(
+            f"{path}: no space left on device for the prepared store ({free / 2**20:.0f} MiB free, about "
+            f"{(nbytes + _SPACE_MARGIN) / 2**20:.0f} MiB needed next); free space there or run the workflow in a "
+            "folder on a larger disk"
+        )
 
 
 class SubjectWriter:
     """Appends one subject's trials in chunks (bounded memory); finished by :meth:`finish`."""
 
-    def __init__(self, group: h5py.Group, n_voxels: int, n_images: int, chunk_rows: int):
+    def __init__(self, group: h5py.Group, n_voxels: int, n_images: int, chunk_rows: int, source: str):
         self._group = group
         self._n_voxels = n_voxels
         self._n_images = n_images
         self._n_trials = 0
+        self.source = source  # what the prepare log calls this subject's data (a file, or dataset/subject)
+        self._inf_count = np.zeros(n_voxels, dtype=np.int64)  # +-inf values per voxel, stored as NaN
         group.create_dataset(
             "responses",
             shape=(0, n_voxels),
@@ -96,8 +192,13 @@ class SubjectWriter:
         group.create_dataset("trial_split", shape=(0,), maxshape=(None,), dtype=np.int8, chunks=(4096,))
 
     def append(self, responses: np.ndarray, trial_image: np.ndarray, trial_split: Sequence[str] | np.ndarray) -> None:
-        """Append trials: responses [n, n_voxels], trial_image [n] (row of /images), split [n] names or codes."""
-        responses = np.asarray(responses, dtype=np.float32)
+        """Append trials: responses [n, n_voxels], trial_image [n] (row of /images), split [n] names or codes.
+
+        Responses must be real numbers; +-inf is stored as NaN (missing) and counted for the report.
+        """
+        responses = real_float32(responses, self.source)
+        inf = np.isinf(responses)  # NaN is the store's one marker of a missing value; inf is counted, then masked
+        responses[inf] = np.nan
         trial_image = np.asarray(trial_image, dtype=np.int64)
         split = np.asarray(trial_split)
         if split.dtype.kind in "US" or split.dtype == object:
@@ -115,6 +216,8 @@ class SubjectWriter:
             raise StoreError(f"trial_image out of range [0, {self._n_images})")
         if n and (split.min() < 0 or split.max() >= len(SPLITS)):
             raise StoreError(f"trial_split codes must be 0..{len(SPLITS) - 1}")
+        self._inf_count += inf.sum(0)
+        ensure_space(Path(self._group.file.filename), responses.nbytes + trial_image.nbytes + split.nbytes)
         for name, block in (("responses", responses), ("trial_image", trial_image), ("trial_split", split)):
             ds = self._group[name]
             ds.resize(self._n_trials + n, axis=0)
@@ -130,7 +233,10 @@ class SubjectWriter:
     ) -> dict:
         """Write voxel-level arrays, mask bad voxels, compute the noise ceiling if not given.
 
-        Returns a small report: number of trials, voxels, bad voxels and where the noise ceiling came from.
+        ``noise_ceiling`` [n_voxels] is in percent (0-100; NaN = unknown) and checked to be so. Bad voxels (no
+        finite value, constant, or no finite value on a training trial) and +-inf values are masked, reported
+        on stderr (the prepare log) and counted in the returned report: numbers of trials, voxels, bad voxels
+        by reason, inf values, and where the noise ceiling came from.
         """
         g = self._group
         coords = np.asarray(coords, dtype=np.float32)
@@ -140,10 +246,11 @@ class SubjectWriter:
             bad = np.flatnonzero(~np.isfinite(coords).all(1))[:5].tolist()
             raise StoreError(f"coords has non-finite values (voxels {bad} ...)")
         if self._n_trials == 0:
-            raise StoreError("subject has no trials")
+            raise StoreError(f"{self.source}: subject has no trials")
         trial_image = g["trial_image"][:]
         trial_split = g["trial_split"][:]
         _check_split_by_image(trial_image, trial_split)
+        _check_splits_present(trial_split, self.source)
         g.create_dataset("coords", data=coords)
         roi_group = g.create_group("rois")
         for set_name, labels in (rois or {}).items():
@@ -152,17 +259,20 @@ class SubjectWriter:
                 raise StoreError(f"ROI set {set_name!r} has {labels.shape[0]} labels for {self._n_voxels} voxels")
             roi_group.create_dataset(set_name, data=labels, dtype=_STR)
 
-        all_nan, constant = _voxel_problems(g["responses"])
-        bad = all_nan | constant
+        all_nan, constant, no_train = _voxel_problems(g["responses"], trial_split)
+        bad = all_nan | constant | no_train
         g.create_dataset("bad_voxel", data=bad)
         g.attrs["n_bad_voxels"] = int(bad.sum())
         g.attrs["bad_voxel_reasons"] = json.dumps(
-            {"all_nan": np.flatnonzero(all_nan).tolist(), "constant": np.flatnonzero(constant).tolist()}
+            {name: np.flatnonzero(mask).tolist() for name, mask in
+             (("all_nan", all_nan), ("constant", constant), ("no_train", no_train))}
         )
+        g.attrs["n_inf_values"] = int(self._inf_count.sum())
         if noise_ceiling is not None:
             nc = np.asarray(noise_ceiling, dtype=np.float32)
             if nc.shape != (self._n_voxels,):
                 raise StoreError(f"noise ceiling has shape {nc.shape}, expected ({self._n_voxels},)")
+            check_percent(nc, f"{self.source}: the noise ceiling")
             source = "given"
         else:
             nc = noise_ceiling_from_repeats(g["responses"], trial_image, trial_split)
@@ -173,14 +283,52 @@ class SubjectWriter:
         g.attrs["nc_source"] = source
         for key, value in (attrs or {}).items():
             g.attrs[key] = value
-        return {
+        report = {
             "n_trials": self._n_trials,
             "n_voxels": self._n_voxels,
             "n_bad_voxels": int(bad.sum()),
             "all_nan_voxels": int(all_nan.sum()),
             "constant_voxels": int(constant.sum()),
+            "no_train_voxels": int(no_train.sum()),
+            "inf_values": int(self._inf_count.sum()),
+            "inf_voxels": int((self._inf_count > 0).sum()),
             "nc_source": source,
         }
+        for line in masking_report(self.source, report):
+            print(line, file=sys.stderr)
+        return report
+
+
+def masking_report(source: str, report: dict) -> list[str]:
+    """The prepare-log lines that say what :meth:`SubjectWriter.finish` masked (empty when nothing was)."""
+    lines = []
+    if report["inf_values"]:
+        lines.append(
+            f"{source}: {report['inf_values']} value(s) in {report['inf_voxels']} voxel(s) are +-inf; "
+            "they are stored as NaN (masked in every loss and score)"
+        )
+    reasons = [
+        (report["all_nan_voxels"], "with no finite value on any trial (all NaN or inf)"),
+        (report["constant_voxels"], "constant on every trial"),
+        (report["no_train_voxels"], "with no finite value on any training trial (a model would never learn them)"),
+    ]
+    if report["n_bad_voxels"]:
+        lines.append(
+            f"{source}: {report['n_bad_voxels']} bad voxel(s) masked (kept in place, excluded from training and "
+            "scores): " + "; ".join(f"{n} {why}" for n, why in reasons if n)
+        )
+    return lines
+
+
+def _check_splits_present(trial_split: np.ndarray, source: str) -> None:
+    """A subject without training trials cannot be fitted and one without test trials cannot be scored."""
+    for name in ("train", "test"):
+        if not (trial_split == SPLIT_CODE[name]).any():
+            raise StoreError(
+                f"{source}: no {name} trials (splits present: "
+                f"{sorted({SPLITS[c] for c in np.unique(trial_split).tolist()})}); every subject needs train and "
+                "test trials. Fix: assign some images to that split (splits are by image)"
+            )
 
 
 def _check_split_by_image(trial_image: np.ndarray, trial_split: np.ndarray) -> None:
@@ -213,6 +361,7 @@ class StoreWriter:
         self._file.attrs.update(
             format_version=FORMAT_VERSION, name=name, modality=modality, source=source, image_size=image_size
         )
+        self.name = name
         self.image_size = image_size
         self._n_images: int | None = None
         self._file.create_group("subjects")
@@ -221,6 +370,7 @@ class StoreWriter:
         """Resize and store every stimulus, in the order of ``names`` (row i = names[i])."""
         n = len(names)
         s = self.image_size
+        ensure_space(self._tmp, n * s * s * 3)  # uncompressed size: an upper bound
         ds = self._file.create_dataset(
             "images", shape=(n, s, s, 3), dtype=np.uint8, chunks=(1, s, s, 3), compression="lzf"
         )
@@ -235,12 +385,14 @@ class StoreWriter:
         self._file.create_dataset("image_names", data=np.asarray(list(names), dtype=object), dtype=_STR)
         self._n_images = n
 
-    def subject(self, name: str, n_voxels: int, chunk_rows: int = 256) -> SubjectWriter:
+    def subject(self, name: str, n_voxels: int, chunk_rows: int = 256, source: str | None = None) -> SubjectWriter:
+        """A writer for one subject; ``source`` names its data in errors and the prepare log (a file, say)."""
         if self._n_images is None:
             raise StoreError("write_images must come before any subject")
         if name in self._file["subjects"]:
             raise StoreError(f"subject {name!r} written twice")
-        return SubjectWriter(self._file["subjects"].create_group(name), n_voxels, self._n_images, chunk_rows)
+        source = source or f"{self.name} subject {name}"
+        return SubjectWriter(self._file["subjects"].create_group(name), n_voxels, self._n_images, chunk_rows, source)
 
     def close(self) -> None:
         if not len(self._file["subjects"]):
@@ -280,7 +432,8 @@ class PreparedStore:
         self.path = Path(path)
         if not self.path.exists():
             raise StoreError(f"{self.path}: no prepared store here; run the workflow's prepare rule (or `afo prepare`)")
-        self._file = h5py.File(self.path, "r")
+        with reading_hdf5(self.path, "prepared store", "rerun the workflow's prepare rule (or `afo prepare`)"):
+            self._file = h5py.File(self.path, "r")
         version = int(self._file.attrs.get("format_version", -1))
         if version != FORMAT_VERSION:
             raise StoreError(

@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from afo.data._common import (
+    AdapterOptionError,
     DatasetFileNotFoundError,
     DatasetFormatError,
     apply_window,
@@ -139,7 +140,7 @@ def montage_positions(names: list[str], montage: str, source: Path) -> np.ndarra
     if montage == "standard_1020" and "colin27_1020" in builtin:
         montage = "colin27_1020"  # same positions; the old name is deprecated in mne >= 1.13
     if montage not in builtin:
-        raise ValueError(f"{ADAPTER}: montage {montage!r} is not an mne built-in montage ({builtin[:8]} ...)")
+        raise AdapterOptionError(f"{ADAPTER}: montage {montage!r} is not an mne built-in montage ({builtin[:8]} ...)")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         positions = mne.channels.make_standard_montage(montage).get_positions()["ch_pos"]

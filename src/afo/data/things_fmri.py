@@ -1,18 +1,26 @@
 """THINGS-fMRI (Hebart et al. 2023): 3 subjects, 3T fMRI, single-trial responses in the table release.
 
-Files read under ``root``::
+Files read under ``root`` (sources of each format fact in brackets; [N] = the THINGS-data usage notebook
+ViCCo-Group/THINGS-data MRI/notebooks/fmri_usage.ipynb, [P] = pandas' HDF writer, checked by writing frames)::
 
-    betas_csv/sub-0X_ResponseData.h5        pandas HDF (PyTables), key ResponseData: rows = voxels, a ``voxel_id``
-                                            column and one column per trial ('0'...'9839', the rows of
-                                            StimulusMetadata); fixed format read with h5py, table format via pandas
-    betas_csv/sub-0X_StimulusMetadata.csv   trial_type (train/test; catch trials are not in the table),
-                                            session, run, stimulus (image file name), concept, ...
-    betas_csv/sub-0X_VoxelMetadata.csv      voxel_id, voxel_x/y/z (indices into the brain mask grid),
-                                            nc_singletrial, nc_testset (percent), 0/1 ROI columns (V1, V2, ...,
-                                            lFFA, ..., IT, glasser-*)
-    brainmasks/sub-0X_space-T1w_brainmask.nii.gz   gives the affine that turns voxel indices into mm
+    betas_csv/sub-0X_ResponseData.h5        rows = voxels, columns ``voxel_id, 0, 1, ..., 9839`` [N: printed head,
+                                            5 rows x 9841 columns]; trial column i is row i of StimulusMetadata
+                                            [N: ``responses[stimdata.query(...).index]``]; one key, read by
+                                            ``pd.read_hdf(path)`` [N]. Written by ``DataFrame.to_hdf`` in pandas'
+                                            fixed format, where the mixed column index (a string and integers) is
+                                            stored as a *pickled* object array [P]
+    betas_csv/sub-0X_StimulusMetadata.csv   trial_type (train/test; catch trials are left out of the table [N]),
+                                            session, run, subject_id, trial_id, stimulus (image file name),
+                                            concept [N]
+    betas_csv/sub-0X_VoxelMetadata.csv      voxel_id, subject_id, voxel_x/y/z, nc_singletrial, nc_testset
+                                            (percent, e.g. 11.8), splithalf_*, prf-*, 0/1 ROI columns V1 ... IT,
+                                            glasser-* [N: printed column list]
+    brainmasks/sub-0X_space-T1w_brainmask.nii.gz   gives the affine that turns voxel_x/y/z into mm
     <images_dir>/<concept>/<stimulus>       the THINGS images (default images_dir: <root>/images, then
                                             <root>/object_images); found by file name if not in that layout
+
+Trusted files only: reading ResponseData.h5's column labels unpickles them (pandas/PyTables do so for an
+object index), and unpickling can run code. Open only tables you downloaded from the official release.
 
 Voxels: those in any of ``visual_rois`` (default: the retinotopic and category-selective ROI columns, not
 the Glasser parcels); ``visual_rois: null`` keeps every voxel. Responses are z-scored per voxel within each
@@ -21,24 +29,30 @@ set; the train images are split train/val by image. Noise ceiling: ``nc_testset`
 of the test repeats, which is how test scores are computed), or from repeats with ``noise_ceiling: repeats``.
 ROI sets: ``things`` (first matching ROI column, in ``visual_rois`` order) and ``glasser`` (Glasser parcel).
 
-Memory: the table is read in blocks of voxel rows (all trials each), z-scored, and transposed through a
-scratch HDF5 file beside the output, so neither the whole table nor the whole subject sits in memory.
+Memory: the table is read through pandas (``HDFStore.select`` with ``start``/``stop``) in slices of voxel rows
+of at most ``READ_BYTES`` (all trials each), z-scored, and transposed through a scratch HDF5 file beside the
+output, so neither the whole table nor the whole subject sits in memory. Slices with no kept voxel are skipped.
+Trial labels may be integers (the release) or strings '0', '1', ...; ``format="table"`` files are read too.
 
-[unverified] the brain mask path (``brainmasks/sub-0X_space-T1w_brainmask.nii.gz``; option ``brainmask``
-overrides it, ``{subject}`` is replaced by 01/02/03) and that voxel_x/y/z index that mask's grid in x, y, z
-order; the trial column labels may be strings or integers (both handled).
+[unverified] the brain mask path (``brainmasks/sub-0X_space-T1w_brainmask.nii.gz``, as public third-party
+loaders use it; option ``brainmask`` overrides it, ``{subject}`` is replaced by 01/02/03) and that
+voxel_x/y/z index that mask's grid in x, y, z order (indices outside the grid are an error); the HDF key name
+(``ResponseData`` is taken if present, else the file's only key).
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import h5py
 import nibabel as nib
 import numpy as np
 import pandas as pd
+import tables
 
 from afo.data._common import (
     DatasetFileNotFoundError,
@@ -46,10 +60,9 @@ from afo.data._common import (
     as_list,
     check_choice,
     find_first,
+    find_images,
     format_error,
-    index_images,
     lazy_images,
-    open_h5,
     parse_subject_number,
     progress,
     reading,
@@ -68,7 +81,7 @@ VISUAL_ROIS = [
     "lEBA", "rEBA", "lFFA", "rFFA", "lOFA", "rOFA", "lSTS", "rSTS", "lPPA", "rPPA", "lRSC", "rRSC",
     "lTOS", "rTOS", "lLOC", "rLOC", "IT",
 ]
-ROW_BLOCK = 4096  # voxel rows read at once (all trials each)
+READ_BYTES = 128 * 2**20  # one read of voxel rows (all trials each, float64) stays under this
 
 DEFAULTS: dict[str, Any] = {
     "name": "things_fmri",
@@ -87,74 +100,80 @@ LAYOUT = (
     "<root>/betas_csv/sub-0X_{ResponseData.h5,StimulusMetadata.csv,VoxelMetadata.csv}, "
     "<root>/brainmasks/sub-0X_space-T1w_brainmask.nii.gz, <root>/images/<concept>/<stimulus>"
 )
+TABLE_EXPECTED = "a pandas HDF frame (DataFrame.to_hdf, key ResponseData): rows = voxels, columns voxel_id, 0, 1, ..."
 
 
 class ResponseTable:
-    """Row-block reader of a pandas HDF frame (rows = voxels): fixed format through h5py, table format through
-    pandas ``start``/``stop``. Columns are returned in the order of ``trial_columns``."""
+    """Row slices of the pandas HDF frame ``sub-0X_ResponseData.h5`` (rows = voxels), read through pandas/PyTables.
+
+    The release writes the frame with ``DataFrame.to_hdf`` in pandas' fixed format, its columns
+    ``['voxel_id', 0, 1, ..., N-1]``: a mixed column index, which pandas stores as a pickled object array, so only
+    pandas/PyTables can read the labels (unpickling them: trusted files only). String labels ('0', '1', ...) and
+    ``format="table"`` files are read the same way. Every read is a slice of rows (``HDFStore.select`` with
+    ``start``/``stop``), so memory holds ``rows_per_read`` rows at a time, never the whole table.
+    """
 
     def __init__(self, path: Path):
-        self.path = path
-        self._file = open_h5(path, "THINGS-fMRI response table", "a pandas HDF file with key ResponseData")
-        keys = [k for k in self._file.keys() if isinstance(self._file[k], h5py.Group)]
-        if "ResponseData" in keys:
-            self.key = "ResponseData"
-        elif len(keys) == 1:
-            self.key = keys[0]
-        else:
-            raise format_error(path, "key", f"ResponseData is missing (groups: {keys})", "key ResponseData")
-        g = self._file[self.key]
-        kind = g.attrs.get("pandas_type", b"")
-        kind = kind.decode() if isinstance(kind, bytes) else str(kind)
-        self.fixed = kind == "frame" and "axis0" in g  # 'frame_table' (format="table") goes through pandas
-        if self.fixed:
-            self._init_fixed(g)
-        else:
-            self._file.close()
-            with reading(path, "the pandas HDF table", "a frame written by DataFrame.to_hdf"):
-                with pd.HDFStore(path, mode="r") as store:
-                    storer = store.get_storer(self.key)
-                    self.n_rows = int(storer.nrows)
-                    head = store.select(self.key, start=0, stop=1)
-            self.columns = [_label(c) for c in head.columns]
+        self.path = require_file(path, "THINGS-fMRI response table", LAYOUT)
+        try:
+            self._store = pd.HDFStore(path, mode="r")
+        except tables.HDF5ExtError as exc:  # PyTables' error for a file that is not HDF5 (or is damaged)
+            raise DatasetFormatError(f"{path}: not a readable HDF5 file ({exc.__class__.__name__}); "
+                                     f"expected {TABLE_EXPECTED}") from exc
+        try:
+            with reading(path, "the pandas HDF response table", TABLE_EXPECTED):
+                self._describe()
+        except BaseException:
+            self._store.close()  # nothing keeps the file open after an error
+            raise
 
-    def _init_fixed(self, g: h5py.Group) -> None:
-        self.columns = [_label(c) for c in g["axis0"][:]]
-        self.n_rows = int(g["axis1"].shape[0])
-        self._where: dict[str, tuple[int, int]] = {}
-        for b in range(int(g.attrs["nblocks"])):
-            for pos, item in enumerate(g[f"block{b}_items"][:]):
-                self._where[_label(item)] = (b, pos)
-        self._group = g
+    def _describe(self) -> None:
+        """Key, row count and column labels, without reading any data row."""
+        self.key = self._pick_key([k.lstrip("/") for k in self._store.keys()])
+        storer = self._store.get_storer(self.key)
+        # a table knows its row count; a fixed-format frame keeps its row index in the node 'axis1'
+        self.n_rows = int(storer.nrows) if storer.is_table else int(self._store.get_node(self.key).axis1.shape[0])
+        labels = [_label(c) for c in self._store.select(self.key, start=0, stop=0).columns]
+        self.position: dict[str, int] = {}
+        for pos, label in enumerate(labels):
+            if label in self.position:
+                raise format_error(self.path, label, "appears twice among the column labels", TABLE_EXPECTED)
+            self.position[label] = pos
+        self.rows_per_read = max(1, READ_BYTES // (8 * max(len(labels), 1)))
+
+    def _pick_key(self, keys: list[str]) -> str:
+        if "ResponseData" in keys:
+            return "ResponseData"
+        if len(keys) == 1:
+            return keys[0]
+        raise format_error(self.path, "key", f"ResponseData is missing (keys: {keys})", TABLE_EXPECTED)
+
+    def missing(self, columns: list[str]) -> list[str]:
+        return [c for c in columns if c not in self.position]
 
     def read(self, start: int, stop: int, columns: list[str]) -> np.ndarray:
-        """values [stop - start, len(columns)] (float64) of the given rows."""
-        if self.fixed:
-            blocks: dict[int, np.ndarray] = {}
-            out = np.empty((stop - start, len(columns)), dtype=np.float64)
-            by_block: dict[int, tuple[list[int], list[int]]] = {}
-            for j, c in enumerate(columns):
-                b, pos = self._where[c]
-                by_block.setdefault(b, ([], []))
-                by_block[b][0].append(j)
-                by_block[b][1].append(pos)
-            for b, (dst, src) in by_block.items():
-                if b not in blocks:
-                    blocks[b] = self._group[f"block{b}_values"][start:stop]
-                out[:, dst] = blocks[b][:, src]
-            return out
-        with reading(self.path, "the pandas HDF table", "a frame written by DataFrame.to_hdf"):
-            frame = pd.read_hdf(self.path, self.key, start=start, stop=stop)
-        frame.columns = [_label(c) for c in frame.columns]
-        return frame[columns].to_numpy(dtype=np.float64)
+        """values [stop - start, len(columns)] (float64) of rows start..stop-1, in the order of ``columns``."""
+        with reading(self.path, "the pandas HDF response table", TABLE_EXPECTED):
+            frame = self._store.select(self.key, start=start, stop=stop)
+        return frame.iloc[:, [self.position[c] for c in columns]].to_numpy(dtype=np.float64)
+
+    def slices(self) -> Iterator[tuple[int, int]]:
+        """(start, stop) of consecutive row slices covering the table."""
+        for start in range(0, self.n_rows, self.rows_per_read):
+            yield start, min(start + self.rows_per_read, self.n_rows)
 
     def close(self) -> None:
-        if self.fixed and self._file.id.valid:
-            self._file.close()
+        self._store.close()
+
+    def __enter__(self) -> ResponseTable:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _label(value: Any) -> str:
-    """Column label as text: b'12', '12' and 12 all become '12'."""
+    """Column label as text: 12, np.int64(12), 12.0 and '12' all become '12' (b'x' becomes 'x')."""
     if isinstance(value, bytes):
         return value.decode()
     if isinstance(value, (float, np.floating)) and float(value).is_integer():
@@ -177,17 +196,36 @@ class Subject:
         self.number, self.name, self.opts = number, f"sub-{number:02d}", opts
         table_dir = Path(opts["table_dir"]) if opts["table_dir"] else root / "betas_csv"
         self.response_path = require_file(table_dir / f"{self.name}_ResponseData.h5", "response table", LAYOUT)
-        self.stimuli = _read_csv(table_dir / f"{self.name}_StimulusMetadata.csv", "stimulus metadata",
-                                 ["trial_type", "session", "stimulus"])
         self.stim_path = table_dir / f"{self.name}_StimulusMetadata.csv"
-        self.voxels = _read_csv(table_dir / f"{self.name}_VoxelMetadata.csv", "voxel metadata",
-                                ["voxel_id", "voxel_x", "voxel_y", "voxel_z"])
+        self.stimuli = _read_csv(self.stim_path, "stimulus metadata",
+                                 ["trial_type", "session", "stimulus"])
         self.voxel_path = table_dir / f"{self.name}_VoxelMetadata.csv"
+        self.voxels = _read_csv(self.voxel_path, "voxel metadata",
+                                ["voxel_id", "voxel_x", "voxel_y", "voxel_z"])
         keep_trials = self.stimuli["trial_type"].astype(str) != "catch"  # not in the table; dropped if present
         self.trials = np.flatnonzero(keep_trials.to_numpy())
+        self.columns = [str(int(t)) for t in self.trials]  # trial column i is row i of StimulusMetadata
         self.rois = self._visual_rois()
         self.rows = self._rows()
         self.mask_path = self._brainmask(root)
+        with ResponseTable(self.response_path) as table:  # column labels and row count, before any long work
+            self.check_table(table)
+
+    def check_table(self, table: ResponseTable) -> None:
+        """The response table has voxel_id, one column per kept trial, and one row per VoxelMetadata row."""
+        if "voxel_id" not in table.position:
+            raise format_error(self.response_path, "voxel_id", "is missing", "a voxel_id column beside the trials")
+        missing = table.missing(self.columns)
+        if missing:
+            raise format_error(
+                self.response_path, missing[0], f"is missing ({len(missing)} of {len(self.columns)} trial columns)",
+                f"one column per row of {self.stim_path.name}, labelled 0, 1, 2, ... (integers or strings)",
+            )
+        if table.n_rows != len(self.voxels):
+            raise DatasetFormatError(
+                f"{self.response_path}: {table.n_rows} rows (voxels) but {self.voxel_path.name} has "
+                f"{len(self.voxels)} rows; expected the same voxels in the same order (use the files of one download)"
+            )
 
     def _visual_rois(self) -> list[str]:
         wanted = as_list(self.opts["visual_rois"])
@@ -266,82 +304,86 @@ def _image_paths(root: Path, opts: dict, subjects: list[Subject]) -> dict[str, P
         concepts = subj.stimuli["concept"] if "concept" in subj.stimuli else [""] * len(subj.stimuli)
         for stim, concept in zip(subj.stimuli["stimulus"].iloc[subj.trials], np.asarray(concepts)[subj.trials]):
             wanted.setdefault(str(stim), str(concept))
-    paths, index = {}, None
-    for stim, concept in wanted.items():
-        direct = folder / concept / stim
-        if direct.is_file():
-            paths[stim] = direct
-            continue
-        if index is None:
-            index = index_images(folder)
-        if Path(stim).name in index:
-            paths[stim] = index[Path(stim).name]
+    paths = find_images(folder, {stim: Path(concept) / stim for stim, concept in wanted.items()})
     missing = [s for s in wanted if s not in paths]
     if missing:
         raise DatasetFileNotFoundError(f"{folder}: {len(missing)} stimulus image(s) missing, e.g. {missing[:5]}")
     return paths
 
 
+def voxel_blocks(subj: Subject) -> Iterator[np.ndarray]:
+    """The kept voxels' responses, one array [n_trials, kept voxels of the slice] per slice of table rows (row order).
+
+    Slices holding no kept voxel are skipped; in every slice read, voxel_id must match VoxelMetadata row by row.
+    """
+    expected_ids = subj.voxels["voxel_id"].to_numpy()
+    with ResponseTable(subj.response_path) as table:
+        subj.check_table(table)
+        slices = list(table.slices())
+        for start, stop in progress(slices, f"things_fmri {subj.name}", total=len(slices), unit="slice"):
+            sel = subj.rows[(subj.rows >= start) & (subj.rows < stop)]
+            if not sel.size:
+                continue
+            block = table.read(start, stop, ["voxel_id", *subj.columns])
+            ids = block[:, 0]
+            wrong = np.flatnonzero(ids != expected_ids[start:stop])
+            if wrong.size:
+                row = start + int(wrong[0])
+                raise DatasetFormatError(
+                    f"{subj.response_path}: row {row} has voxel_id {ids[wrong[0]]:g} but row {row} of "
+                    f"{subj.voxel_path.name} has voxel_id {expected_ids[row]}; expected the same voxels in the "
+                    "same order in both files (use the two files of one download)"
+                )
+            yield block[sel - start, 1:].T
+
+
 def _write_subject(target, subj: Subject, out: Path, row_of: dict[str, int], split_of: dict[str, int]) -> dict:
-    table = ResponseTable(subj.response_path)
+    """Stream the subject's table into the store: slices of voxel rows are z-scored and transposed through a
+    scratch HDF5 file [trials, voxels] beside the output, then appended in chunks of trials."""
+    sessions = subj.stimuli["session"].to_numpy()[subj.trials]
+    n_trials, n_vox = len(subj.columns), len(subj.rows)
+    scratch = out.with_name(f".{out.name}.{subj.name}.scratch.h5")
     try:
-        columns = [str(int(t)) for t in subj.trials]
-        missing = [c for c in columns if c not in table.columns]
-        if missing:
-            raise format_error(subj.response_path, missing[0], "is missing",
-                               "one column per row of StimulusMetadata, labelled 0, 1, 2, ...")
-        voxel_ids = _voxel_ids(table, subj)
-        if table.n_rows != len(subj.voxels) or not np.array_equal(voxel_ids, subj.voxels["voxel_id"].to_numpy()):
-            raise DatasetFormatError(
-                f"{subj.response_path}: its {table.n_rows} rows / voxel_id column do not match the "
-                f"{len(subj.voxels)} rows of {subj.voxel_path.name}; expected the same voxels in the same order"
-            )
-        sessions = subj.stimuli["session"].to_numpy()[subj.trials]
-        n_trials, n_vox = len(columns), len(subj.rows)
-        scratch = out.with_name(f".{out.name}.{subj.name}.scratch.h5")
-        try:
-            with h5py.File(scratch, "w") as sf:
-                ds = sf.create_dataset("x", (n_trials, n_vox), np.float32,
-                                       chunks=(min(n_trials, 256), min(max(n_vox, 1), 1024)))
-                done = 0
-                for start in progress(range(0, table.n_rows, ROW_BLOCK), f"things_fmri {subj.name}", unit="block"):
-                    stop = min(start + ROW_BLOCK, table.n_rows)
-                    sel = subj.rows[(subj.rows >= start) & (subj.rows < stop)]
-                    if not sel.size:
-                        continue
-                    block = table.read(start, stop, columns)[sel - start].T  # [trials, voxels]
-                    if subj.opts["zscore"]:
-                        block = zscore_rows(block, sessions)
-                    ds[:, done : done + sel.size] = block
-                    done += sel.size
-                w = target.subject(subj.name, n_vox)
-                stims = subj.stimuli["stimulus"].astype(str).to_numpy()[subj.trials]
-                for t0 in range(0, n_trials, 256):
-                    chunk = stims[t0 : t0 + 256]
-                    w.append(ds[t0 : t0 + 256], [row_of[s] for s in chunk], [split_of[s] for s in chunk])
-        finally:
-            if scratch.exists():
-                os.unlink(scratch)
+        with h5py.File(scratch, "w") as sf:
+            ds = sf.create_dataset("x", (n_trials, n_vox), np.float32,
+                                   chunks=(min(n_trials, 256), min(max(n_vox, 1), 1024)))
+            done = 0
+            for block in voxel_blocks(subj):
+                if subj.opts["zscore"]:
+                    block = zscore_rows(block, sessions)
+                ds[:, done : done + block.shape[1]] = block
+                done += block.shape[1]
+            w = target.subject(subj.name, n_vox)
+            stims = subj.stimuli["stimulus"].astype(str).to_numpy()[subj.trials]
+            for t0 in range(0, n_trials, 256):
+                chunk = stims[t0 : t0 + 256]
+                w.append(ds[t0 : t0 + 256], [row_of[s] for s in chunk], [split_of[s] for s in chunk])
     finally:
-        table.close()
-    result = w.finish(subj.coords(), rois=subj.roi_sets(), noise_ceiling=subj.noise_ceiling(),
-                      attrs={"zscored": bool(subj.opts["zscore"]), "visual_rois": ",".join(subj.rois)})
-    return result
+        if scratch.exists():
+            os.unlink(scratch)
+    return w.finish(subj.coords(), rois=subj.roi_sets(), noise_ceiling=subj.noise_ceiling(),
+                    attrs={"zscored": bool(subj.opts["zscore"]), "visual_rois": ",".join(subj.rois)})
 
 
-def _voxel_ids(table: ResponseTable, subj: Subject) -> np.ndarray:
-    if "voxel_id" not in table.columns:
-        raise format_error(subj.response_path, "voxel_id", "is missing", "a voxel_id column beside the trials")
-    ids = np.empty(table.n_rows, dtype=np.int64)
-    for start in range(0, table.n_rows, 65536):
-        stop = min(start + 65536, table.n_rows)
-        ids[start:stop] = table.read(start, stop, ["voxel_id"])[:, 0]
-    return ids
+@dataclass
+class Opened:
+    """Everything read before any data is written: the subjects (metadata read, tables checked), the images
+    found on disk, and the split of each image."""
+
+    opts: dict
+    subjects: list[Subject]
+    paths: dict[str, Path]  # stimulus file name -> image file
+    names: list[str]  # store image order
+    split_of: dict[str, int]
+
+    def trial_stimuli(self, subj: Subject) -> np.ndarray:
+        """Stimulus file name of each kept trial [n_trials]."""
+        return subj.stimuli["stimulus"].astype(str).to_numpy()[subj.trials]
 
 
-def prepare(root, out, *, image_size: int, options: dict) -> dict:
-    """Prepare THINGS-fMRI (table release) under ``root`` into the store ``out``."""
-    root, out = Path(root), Path(out)
+def open_dataset(root: str | Path, options: dict | None) -> Opened:
+    """Read THINGS-fMRI's metadata and check its files as :func:`prepare` will, without reading responses."""
+    root = Path(root)
     opts = resolve_options(ADAPTER, options, DEFAULTS)
     check_choice(ADAPTER, "noise_ceiling", opts["noise_ceiling"], ["nc_testset", "repeats"])
     table_dir = Path(opts["table_dir"]) if opts["table_dir"] else root / "betas_csv"
@@ -355,17 +397,23 @@ def prepare(root, out, *, image_size: int, options: dict) -> dict:
 
     paths = _image_paths(root, opts, subjects)
     names = sorted(paths)
-    row_of = {s: r for r, s in enumerate(names)}
     test = set()
     for subj in subjects:
         types = subj.stimuli["trial_type"].astype(str).to_numpy()[subj.trials]
         test |= set(subj.stimuli["stimulus"].astype(str).to_numpy()[subj.trials][types == "test"].tolist())
-    split_of = split_images(names, test, opts["val_fraction"], opts["seed"])
+    return Opened(opts, subjects, paths, names, split_images(names, test, opts["val_fraction"], opts["seed"]))
 
+
+def prepare(root, out, *, image_size: int, options: dict) -> dict:
+    """Prepare THINGS-fMRI (table release) under ``root`` into the store ``out``."""
+    out = Path(out)
+    ds = open_dataset(root, options)
+    opts, names = ds.opts, ds.names
+    row_of = {s: r for r, s in enumerate(names)}
     report: dict[str, Any] = {"dataset": ADAPTER, "n_images": len(names), "subjects": {}}
     with StoreWriter(out, name=opts["name"], modality="fmri", source=ADAPTER, image_size=image_size) as writer:
-        writer.write_images(lazy_images([paths[n] for n in names], "things_fmri images"), names)
+        writer.write_images(lazy_images([ds.paths[n] for n in names], "things_fmri images"), names)
         target = DirectTarget(writer)
-        for subj in subjects:
-            report["subjects"][subj.name] = _write_subject(target, subj, out, row_of, split_of)
+        for subj in ds.subjects:
+            report["subjects"][subj.name] = _write_subject(target, subj, out, row_of, ds.split_of)
     return report

@@ -42,16 +42,19 @@ from typing import Any
 import numpy as np
 
 from afo.data._common import (
+    AdapterOptionError,
     DatasetFileNotFoundError,
     DatasetFormatError,
     apply_window,
     as_list,
     find_first,
+    find_images,
     format_error,
-    index_images,
     lazy_images,
+    means_bad_file,
     parse_subject_number,
     progress,
+    raised_inside,
     resolve_options,
     sensor_time_coords,
     split_images,
@@ -93,7 +96,9 @@ def _read_epochs(path: Path):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # mne warns about file-name conventions
             return mne.read_epochs(path, preload=False, verbose="error")
-    except Exception as exc:  # mne raises ValueError/OSError/RuntimeError for a bad fif
+    except Exception as exc:  # mne signals a bad fif with many types (OSError, ValueError, even AttributeError)
+        if not (means_bad_file(exc) or raised_inside(exc, ("mne",))):
+            raise  # not mne's verdict on the file: a bug, keep the traceback
         raise DatasetFormatError(f"{path}: not an mne epochs file ({type(exc).__name__}: {exc})") from exc
 
 
@@ -164,7 +169,7 @@ class Participant:
         if wanted:
             absent = [c for c in wanted if c not in names]
             if absent:
-                raise ValueError(f"{ADAPTER}: channels {absent[:5]} are not MEG channels of {self.path.name}")
+                raise AdapterOptionError(f"{ADAPTER}: channels {absent[:5]} are not MEG channels of {self.path.name}")
             picks = np.asarray([picks[names.index(c)] for c in wanted])
             names = list(wanted)
         if picks.size == 0:
@@ -197,16 +202,7 @@ class Participant:
 
 
 def _resolve_images(folder: Path, paths: list[str]) -> dict[str, Path]:
-    resolved, index = {}, None
-    for p in paths:
-        direct = folder / p
-        if direct.is_file():
-            resolved[p] = direct
-            continue
-        if index is None:
-            index = index_images(folder)
-        if Path(p).name in index:
-            resolved[p] = index[Path(p).name]
+    resolved = find_images(folder, {p: p for p in paths})
     missing = [p for p in paths if p not in resolved]
     if missing:
         raise DatasetFileNotFoundError(f"{folder}: {len(missing)} image(s) from metadata.image_path not found, "

@@ -13,6 +13,30 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from afo.errors import UserError
+
+
+class CorruptFileError(UserError):
+    """A file afo wrote earlier cannot be read back (truncated, damaged, or not what its name says)."""
+
+
+class MissingFileError(UserError, FileNotFoundError):
+    """A file afo writes in an earlier step is not there; the message names the step that writes it."""
+
+
+@contextmanager
+def reading_hdf5(path: str | os.PathLike, what: str, rebuild: str) -> Iterator[None]:
+    """Turn h5py's low-level failures inside the block into one line naming the file and how to rebuild it.
+
+    h5py reports a truncated or overwritten file as an OSError (at open, or when a damaged chunk is read);
+    ``rebuild`` says which rule or command writes the file again, e.g. "rerun the workflow's prepare rule".
+    """
+    try:
+        yield
+    except OSError as exc:
+        raise CorruptFileError(f"{path}: cannot read this {what} ({exc}); it is truncated or damaged — delete it and "
+                               f"{rebuild}") from exc
+
 
 def temporary_sibling(path: str | os.PathLike, suffix: str = ".tmp") -> Path:
     """A unique hidden name beside ``path`` (pid + random part: concurrent writers never share one).
@@ -23,6 +47,31 @@ def temporary_sibling(path: str | os.PathLike, suffix: str = ".tmp") -> Path:
     return path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}{suffix}"
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Remove temporaries of ``path`` left by writers that were killed (their pid is gone); returns them.
+
+    Temporaries of live writers (a concurrent job) are left alone.
+    """
+    path = Path(path)
+    removed = []
+    for tmp in path.parent.glob(f".{path.name}.*"):
+        parts = tmp.name[len(path.name) + 2 :].split(".")
+        if len(parts) >= 2 and parts[0].isdigit() and not _pid_alive(int(parts[0])):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]:
     """Yield a temporary path to write; on success it replaces ``path``, on any error it is removed.
@@ -31,6 +80,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
     tmp = temporary_sibling(path, suffix)
     try:
         yield tmp

@@ -6,12 +6,16 @@ Labels stay strings everywhere (an ROI called "1" is "1", never the integer 1), 
 
 from __future__ import annotations
 
+import os
+import re
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from afo.errors import UserError
+from afo.io import atomic_write_text
 
 ROI_COLUMNS = ("dataset", "subject", "voxel", "roi")
 LABEL_DTYPES = {"dataset": str, "subject": str, "roi": str, "dataset_roi": str, "roi_set": str, "area": str}
@@ -65,3 +69,21 @@ def read_roi_selection(path: str | Path, roi: str | None = None) -> dict[str, np
 def read_voxels(path: str | Path) -> pd.DataFrame:
     """A ``results/encoding/<model>/voxels.csv`` (the output contract in docs/design.md)."""
     return read_table(path)
+
+
+def write_csv(table: pd.DataFrame, path: str | os.PathLike, float_format: str = "%.6g") -> Path:
+    """CSV without the index, written atomically."""
+    return atomic_write_text(path, table.to_csv(index=False, float_format=float_format))
+
+
+def natural_key(label: object) -> tuple:
+    """Sort key that puts "2" before "10" and numbers before words ("all" stays where the caller puts it)."""
+    text = str(label)
+    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", text) if part)
+
+
+def ordered(labels: Iterable[object], first: Sequence[object] = ()) -> list:
+    """Unique labels: those in ``first`` (in that order) then the rest in natural order."""
+    labels = list(dict.fromkeys(labels))
+    head = [x for x in first if x in labels]
+    return head + sorted((x for x in labels if x not in head), key=natural_key)

@@ -8,17 +8,26 @@ Files, one question each: ``pe`` (how coordinates are encoded), ``conv`` (the sh
 from afo.model.conv import ConvBlock, ConvBlocks, ConvUnit
 from afo.model.encoder import CoreOutput, EncodingModel
 from afo.model.head import VoxelHead
-from afo.model.neck import LAYER_SELECTORS, RETINA_MAPPERS, GlobalPoolMLP, TopyNeck
-from afo.model.pe import SinusoidalPE, fit_rescale
+from afo.model.neck import (
+    LAYER_SELECTOR_ALIASES,
+    LAYER_SELECTORS,
+    RETINA_MAPPERS,
+    GlobalPoolMLP,
+    TopyNeck,
+    canonical_layer_selector,
+)
+from afo.model.pe import CoordinateFrame, SinusoidalPE, fit_rescale, subject_frame
 from afo.model.readout import bilinear_corners, efficient_readout, pixel_table, reference_readout
 from afo.model.retina import FrozenRetinaMapper, LayerSelector, RetinaMapper, UniformLayerSelector
 
 __all__ = [
     "LAYER_SELECTORS",
+    "LAYER_SELECTOR_ALIASES",
     "RETINA_MAPPERS",
     "ConvBlock",
     "ConvBlocks",
     "ConvUnit",
+    "CoordinateFrame",
     "CoreOutput",
     "EncodingModel",
     "FrozenRetinaMapper",
@@ -30,8 +39,10 @@ __all__ = [
     "UniformLayerSelector",
     "VoxelHead",
     "bilinear_corners",
+    "canonical_layer_selector",
     "efficient_readout",
     "fit_rescale",
     "pixel_table",
     "reference_readout",
+    "subject_frame",
 ]

@@ -16,10 +16,13 @@ from torch import Tensor, nn
 from afo.model.conv import ConvBlocks
 from afo.model.head import VoxelHead
 from afo.model.neck import TopyNeck
+from afo.model.pe import CoordinateFrame
 from afo.model.readout import efficient_readout, pixel_table
 
 
 _MODULE_DICT_ATTRS = frozenset(dir(nn.ModuleDict()))
+# Key of a subject's frame rescale in neck_mlp_state(), beside its MLP parts.
+FRAME_KEY = "frame"
 
 
 def _module_key(subject: str) -> str:
@@ -60,11 +63,18 @@ class EncodingModel(nn.Module):
         mlp_width: hidden width of the RetinaMapper / LayerSelector MLPs.
         sigma: RetinaMapper jitter std, applied in training mode only.
         retina_mapper: ``"learned"`` or ``"frozen"`` (FrozenRM: ``u = 0`` for every voxel, no jitter).
-        layer_selector: ``"learned"``, ``"uniform"`` (FrozenLS: ``eta = 1/L``) or ``"single"`` (NoRegLS:
-            one-hot ``eta`` in forward, straight-through gradient to the selector).
+        layer_selector: ``"learned"``, ``"uniform"`` (FrozenLS: ``eta = 1/L``) or ``"hard"`` (one-hot ``eta``
+            in forward, straight-through gradient to the selector: Table 2's "selects a single layer" reading
+            of NoRegLS; the other reading, the paper's name, is ``"learned"`` with ``lambda_entropy = 0``).
+            ``"single"`` is accepted as the old name of ``"hard"``.
         global_pool: add ``q_l = MLP(GAP ⊕ GMP)`` of each layer to the samples (False = "w/o GlobalPool").
         readout_chunk: voxels per chunk of the readout, each chunk recomputed in backward to bound memory
             (None = all at once).
+        frames: subject name -> its coordinate frame (:func:`~afo.model.pe.subject_frame` of *all* the
+            subject's usable voxels in the prepared store, or a ``(lo [k], hi [k])`` pair), so that every model
+            of any subset of a subject encodes its coordinates alike; extra subjects are ignored. None: each
+            subject's frame is the bounding box of ``subject_coords`` (right only for all-voxel models).
+            The frames are buffers (``necks.<subject>.coord_offset`` / ``coord_scale``), saved with the model.
 
     Shapes:
         ``forward(features, subject, voxel_index)``: features list of ``[B, C_l, h_l, w_l]`` (float16 or
@@ -87,6 +97,7 @@ class EncodingModel(nn.Module):
         layer_selector: str = "learned",
         global_pool: bool = True,
         readout_chunk: int | None = None,
+        frames: Mapping[str, CoordinateFrame | tuple] | None = None,
     ) -> None:
         super().__init__()
         self.layer_shapes = [tuple(int(v) for v in s) for s in layer_shapes]
@@ -96,6 +107,10 @@ class EncodingModel(nn.Module):
             raise ValueError("at least one subject is needed")
         if readout_chunk is not None and readout_chunk < 1:
             raise ValueError(f"readout_chunk must be >= 1 or None, got {readout_chunk}")
+        if frames is not None:
+            missing = [str(s) for s in subject_coords if s not in frames]
+            if missing:
+                raise ValueError(f"frames given without subjects {missing}: give every subject its frame, or none")
         self.out_dim = out_dim
         self.readout_chunk = readout_chunk
         self.conv_blocks = ConvBlocks([s[0] for s in self.layer_shapes], conv_width, out_dim, n_convs, kernel_size)
@@ -104,18 +119,23 @@ class EncodingModel(nn.Module):
         self.heads = nn.ModuleDict()
         for subject, coords in subject_coords.items():
             key = _module_key(str(subject))
-            self.necks[key] = TopyNeck(
-                coords,
-                n_layers=len(self.layer_shapes),
-                dim=out_dim,
-                pe_frequencies=pe_frequencies,
-                pe_max_period=pe_max_period,
-                mlp_width=mlp_width,
-                sigma=sigma,
-                retina_mapper=retina_mapper,
-                layer_selector=layer_selector,
-                global_pool=global_pool,
-            )
+            try:
+                neck = TopyNeck(
+                    coords,
+                    n_layers=len(self.layer_shapes),
+                    dim=out_dim,
+                    pe_frequencies=pe_frequencies,
+                    pe_max_period=pe_max_period,
+                    mlp_width=mlp_width,
+                    sigma=sigma,
+                    retina_mapper=retina_mapper,
+                    layer_selector=layer_selector,
+                    global_pool=global_pool,
+                    frame=None if frames is None else frames[subject],
+                )
+            except ValueError as err:  # name the subject: a model holds many
+                raise ValueError(f"subject {subject!r}: {err}") from err
+            self.necks[key] = neck
             self.heads[key] = VoxelHead(self.necks[key].n_voxels, out_dim)
 
     # -- introspection -------------------------------------------------------------------------------
@@ -178,11 +198,11 @@ class EncodingModel(nn.Module):
         return self._neck(subject).retina(self._index(subject, voxel_index), jitter=False)
 
     def layer_weights(self, subject: str, voxel_index: Tensor | None = None) -> Tensor:
-        """LayerSelector output ``eta [n, L]`` as used in forward (rows sum to 1; one-hot for ``"single"``)."""
+        """LayerSelector output ``eta [n, L]`` as used in forward (rows sum to 1; one-hot for ``"hard"``)."""
         return self._neck(subject).layer_weights(self._index(subject, voxel_index))
 
     def regularizer(self, subject: str, voxel_index: Tensor | None = None) -> Tensor:
-        """Scalar: mean over the voxels of ``sum_l eta log eta`` (<= 0; 0 for ``"uniform"``/``"single"``).
+        """Scalar: mean over the voxels of ``sum_l eta log eta`` (<= 0; 0 for ``"uniform"``/``"hard"``).
 
         A mean over voxels rather than the sum, so ``lambda`` does not depend on how many voxels a step
         samples. The training loss adds ``lambda * regularizer`` (lambda > 0), which raises eta's entropy.
@@ -199,16 +219,23 @@ class EncodingModel(nn.Module):
     # -- pre-trained neck MLPs (paper 4.6) -----------------------------------------------------------
 
     def neck_mlp_state(self) -> dict[str, dict[str, dict[str, Tensor]]]:
-        """The RetinaMapper / LayerSelector MLP weights of every subject.
+        """The RetinaMapper / LayerSelector MLP weights of every subject, with the frame they read.
 
         Returns:
-            ``{subject: {"retina_mapper": state_dict, "layer_selector": state_dict}}`` (detached CPU copies;
-            a part is absent where the model has no MLP for it: FrozenRM, FrozenLS). ``torch.save``-able.
+            ``{subject: {"retina_mapper": state_dict, "layer_selector": state_dict, "frame": {"offset": [k],
+            "scale": []}}}`` (detached CPU copies; an MLP part is absent where the model has no MLP for it:
+            FrozenRM, FrozenLS). ``frame`` is the coordinate rescale whose output the MLPs were trained on.
+            ``torch.save``-able.
         """
         def copy(mlp: nn.Module) -> dict[str, Tensor]:
             return {k: v.detach().cpu().clone() for k, v in mlp.state_dict().items()}
 
-        return {s: {part: copy(mlp) for part, mlp in self._neck(s).mlps().items()} for s in self._subjects}
+        state = {}
+        for s in self._subjects:
+            neck = self._neck(s)
+            state[s] = {part: copy(mlp) for part, mlp in neck.mlps().items()}
+            state[s][FRAME_KEY] = neck.frame_rescale()
+        return state
 
     def load_neck_mlps(self, state: Mapping[str, Mapping[str, Mapping[str, Tensor]]], freeze: bool = True) -> None:
         """Load RetinaMapper / LayerSelector MLPs saved by :meth:`neck_mlp_state`, optionally frozen.
@@ -220,8 +247,15 @@ class EncodingModel(nn.Module):
         model lacks (e.g. loading a RetinaMapper into a FrozenRM model is an error, not a silent no-op).
         With ``freeze``, the loaded parameters get ``requires_grad = False``; build the optimiser from
         ``p for p in model.parameters() if p.requires_grad``.
+
+        Frames: every subject keeps its own coordinate frame (nothing but MLP weights is copied). Loaded per
+        subject, the MLPs only mean the same map if this model reads the subject in the frame they were
+        trained in, so a frame that differs from the entry's ``frame`` is a ValueError (build both models with
+        ``frames=`` from :func:`~afo.model.pe.subject_frame` of all the subject's usable voxels). Shared from
+        one subject into all, each subject reads the MLPs in its own frame, as in the paper.
         """
-        if all(s in state for s in self._subjects):
+        shared = not all(s in state for s in self._subjects)
+        if not shared:
             source = {s: state[s] for s in self._subjects}
         elif len(state) == 1:
             (only,) = state.values()
@@ -229,11 +263,30 @@ class EncodingModel(nn.Module):
         else:
             missing = [s for s in self._subjects if s not in state]
             raise KeyError(f"neck MLP state lacks subjects {missing} and holds {len(state)} (not one to share)")
-        for subject, parts in source.items():
-            mlps = self._neck(subject).mlps()
+        for subject, entry in source.items():
+            neck = self._neck(subject)
+            parts = {k: v for k, v in entry.items() if k != FRAME_KEY}
+            mlps = neck.mlps()
             if set(parts) != set(mlps):
                 raise ValueError(f"subject {subject!r}: state has MLPs {sorted(parts)}, model has {sorted(mlps)}")
+            if not shared and FRAME_KEY in entry:
+                _check_same_frame(subject, entry[FRAME_KEY], neck.frame_rescale())
             for part, mlp in mlps.items():
                 mlp.load_state_dict(parts[part])
                 if freeze:
                     mlp.requires_grad_(False)
+
+
+def _check_same_frame(subject: str, source: Mapping[str, Tensor], target: Mapping[str, Tensor]) -> None:
+    """ValueError unless the source MLPs' frame rescale equals this model's (float32 round-off aside)."""
+    same = all(
+        torch.allclose(torch.as_tensor(source[k], dtype=torch.float32), target[k], rtol=1e-6, atol=1e-6)
+        for k in ("offset", "scale")
+    )
+    if not same:
+        raise ValueError(
+            f"subject {subject!r}: the loaded MLPs were trained in the coordinate frame offset "
+            f"{torch.as_tensor(source['offset']).tolist()}, scale {float(source['scale']):.6g}, this model reads it "
+            f"in offset {target['offset'].tolist()}, scale {float(target['scale']):.6g}; their retinotopy would be "
+            "scrambled. Build every model of the subject with frames= from subject_frame(all its usable voxels)"
+        )

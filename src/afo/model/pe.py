@@ -1,39 +1,89 @@
 """Sinusoidal positional encoding of voxel coordinates (the input of RetinaMapper and LayerSelector).
 
-A subject's coordinates are first rescaled *once per subject* (over all its voxels, not over the
-voxels of a mini-batch, so that a voxel's encoding does not depend on which other voxels were
-sampled with it): shifted to start at 0 and scaled isotropically so that the longest axis spans
-``[0, max_period]``. Each axis is then encoded by ``n_frequencies`` sines and as many cosines at
-log-spaced angular frequencies ``max_period ** (-k / n_frequencies)``, ``k = 0 .. n_frequencies-1``
-(from 1 rad per unit down to about ``1 / max_period``): the fastest wave resolves neighbouring
-voxels, the slowest one is still monotonic over the whole (rescaled) brain.
+A subject's coordinates are first rescaled in the subject's *coordinate frame*: the bounding box of
+all its usable voxels (:func:`subject_frame`), shifted to start at 0 and scaled isotropically so that
+the longest axis spans ``[0, max_period]``. The frame is a property of the subject, not of a model or a
+mini-batch: a voxel's encoding does not depend on which other voxels were sampled with it, nor on which
+subset of the subject a model holds (a stage-1 model of one ROI reads its voxels in the same frame as the
+all-voxel model whose RetinaMapper/LayerSelector MLPs it loads).
+
+Each axis is then encoded by ``n_frequencies`` sines and as many cosines at log-spaced angular
+frequencies ``max_period ** (-k / n_frequencies)``, ``k = 0 .. n_frequencies-1`` (from 1 rad per unit
+down to about ``1 / max_period``): the fastest wave resolves neighbouring voxels, the slowest one is
+still monotonic over the whole (rescaled) brain.
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor, nn
+
+
+class CoordinateFrame(NamedTuple):
+    """A subject's coordinate frame: the per-axis bounding box ``lo [k]``, ``hi [k]`` of its voxels.
+
+    Computed once per subject from *all* its usable voxels (:func:`subject_frame`) and given to every model
+    of any subset of that subject, so that they all encode a voxel's coordinates identically.
+    """
+
+    lo: Tensor
+    hi: Tensor
+
+    def rescale(self, max_period: float) -> tuple[Tensor, Tensor]:
+        """``offset [k]`` and scalar ``scale`` with ``(coords - offset) * scale`` spanning ``[0, max_period]``
+        on the frame's longest axis (isotropic). A frame of one point gets ``scale = 1`` (nothing to stretch)."""
+        span = (self.hi - self.lo).amax()
+        scale = max_period / span if span > 0 else torch.ones((), dtype=self.lo.dtype)
+        return self.lo.clone(), torch.as_tensor(scale, dtype=self.lo.dtype)
+
+
+def _as_coords(coords: Tensor | np.ndarray) -> Tensor:
+    """``[N > 0, k]`` finite float32 tensor, or ValueError."""
+    coords = torch.as_tensor(np.asarray(coords), dtype=torch.float32)
+    if coords.ndim != 2 or coords.shape[0] == 0 or not torch.isfinite(coords).all():
+        raise ValueError(f"coords must be a finite [N > 0, k] array, got shape {tuple(coords.shape)}")
+    return coords
+
+
+def subject_frame(coords: Tensor | np.ndarray) -> CoordinateFrame:
+    """The coordinate frame of a subject from its voxel coordinates.
+
+    Args:
+        coords: ``[N, k]`` coordinates of *all usable voxels* of the subject (the prepared store's
+            ``coords(subject)`` without its bad voxels), whatever subset a model of it holds.
+
+    Returns:
+        :class:`CoordinateFrame` (float32 ``lo [k]``, ``hi [k]``).
+    """
+    c = _as_coords(coords)
+    return CoordinateFrame(c.amin(dim=0), c.amax(dim=0))
+
+
+def as_frame(frame: CoordinateFrame | tuple, k: int) -> CoordinateFrame:
+    """A ``(lo, hi)`` pair (tensors or arrays) as a float32 :class:`CoordinateFrame` of ``k`` axes, or ValueError."""
+    if len(frame) != 2:
+        raise ValueError(f"a coordinate frame is a (lo, hi) pair, got {len(frame)} items")
+    lo, hi = (torch.as_tensor(np.asarray(v), dtype=torch.float32).reshape(-1) for v in frame)
+    if lo.numel() != k or hi.numel() != k or not (torch.isfinite(lo).all() and torch.isfinite(hi).all()):
+        raise ValueError(
+            f"a coordinate frame needs finite lo and hi of {k} axes, got {tuple(lo.shape)} and {tuple(hi.shape)}"
+        )
+    if (hi < lo).any():
+        raise ValueError(f"coordinate frame with hi < lo: lo={lo.tolist()}, hi={hi.tolist()}")
+    return CoordinateFrame(lo, hi)
 
 
 def fit_rescale(coords: Tensor, max_period: float) -> tuple[Tensor, Tensor]:
     """Offset and scale that map ``coords`` so that the longest axis spans ``[0, max_period]``.
 
-    Args:
-        coords: ``[N, k]`` coordinates of all voxels of one subject.
-        max_period: length of the longest axis after rescaling.
-
-    Returns:
-        ``offset [k]`` and a scalar ``scale`` with ``(coords - offset) * scale`` the rescaled coordinates.
-        A subject whose voxels all sit at one point gets ``scale = 1`` (nothing to stretch).
+    Shorthand for ``subject_frame(coords).rescale(max_period)``: ``offset [k]`` and a scalar ``scale`` with
+    ``(coords - offset) * scale`` the rescaled coordinates.
     """
-    if coords.ndim != 2 or coords.shape[0] == 0:
-        raise ValueError(f"coords must be [N > 0, k], got {tuple(coords.shape)}")
-    offset = coords.amin(dim=0)
-    span = (coords.amax(dim=0) - offset).amax()
-    scale = max_period / span if span > 0 else torch.ones((), dtype=coords.dtype)
-    return offset, torch.as_tensor(scale, dtype=coords.dtype)
+    return subject_frame(coords).rescale(max_period)
 
 
 class SinusoidalPE(nn.Module):

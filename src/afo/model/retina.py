@@ -7,7 +7,10 @@ image centre with uniform layer weights and the maps unfold during training.
 
 Ablations of the paper's Table 2 are separate classes with the same interface:
 :class:`FrozenRetinaMapper` (FrozenRM), :class:`UniformLayerSelector` (FrozenLS) and
-``LayerSelector(hard=True)`` (NoRegLS).
+``LayerSelector(hard=True)`` (the model option ``layer_selector: hard``). NoRegLS has two readings in the
+paper: its name says "no regulariser" -- the learned soft selector trained with ``lambda_entropy = 0``,
+after which it converges on one layer by itself (section 3.1); that is a training setting, not a class
+here. Table 2's caption says it "selects a single layer" -- that reading is ``hard``.
 """
 
 from __future__ import annotations
@@ -76,8 +79,9 @@ class FrozenRetinaMapper(nn.Module):
 class LayerSelector(nn.Module):
     """``eta = softmax(MLP(PE))`` over the ``n_layers`` tapped layers.
 
-    With ``hard=True`` (NoRegLS, one layer per voxel) the forward value is the one-hot argmax of the
-    softmax and the gradient is the softmax's (straight-through estimator), so the selector still learns.
+    With ``hard=True`` (one layer per voxel: Table 2's "selects a single layer" reading of NoRegLS, distinct
+    from NoRegLS as ``lambda_entropy = 0`` on the soft selector) the forward value is the one-hot argmax of
+    the softmax and the gradient is the softmax's (straight-through estimator), so the selector still learns.
 
     Shapes: ``pe [n, in_features] -> eta [n, n_layers]`` (rows sum to 1).
     """

@@ -2,7 +2,7 @@
 
 Units used throughout the simulator:
 
-- visual field positions ``u`` are in the grid_sample convention of DESIGN.md: -1 is the left/top edge of the
+- visual field positions ``u`` are in the grid_sample convention of docs/design.md: -1 is the left/top edge of the
   image, +1 the right/bottom edge, so the image is 2 units wide; RF sizes (Gaussian sigma) are in the same units
   (sigma 0.1 = 5 % of the image width);
 - cortical positions are in mm; ``snr`` is the single-trial ratio of signal SD to noise SD (the NSD "ncsnr"),

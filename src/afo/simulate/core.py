@@ -85,7 +85,7 @@ def _replace(tmp: Path, out: Path) -> None:
 def simulate(out: str | os.PathLike, config: SimulationConfig | None = None) -> dict:
     """Write a synthetic experiment under ``out`` and return a small report.
 
-    Layout (one folder dataset per modality, each complete, as DESIGN.md "the folder dataset")::
+    Layout (one folder dataset per modality, each complete, as docs/design.md "the folder dataset")::
 
         <out>/simulation.yaml          the config used and the report (written last: the run finished)
         <out>/stimuli.csv              per image: split, n_objects, background, visible area of each category/colour

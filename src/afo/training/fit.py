@@ -20,10 +20,12 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
+from afo.data.store import PreparedStore
 from afo.errors import UserError
 from afo.io import atomic_write_text
-from afo.io.tables import read_roi_selection
-from afo.model import EncodingModel
+from afo.io.tables import read_roi_selection, subject_key
+from afo.model import EncodingModel, subject_frame
+from afo.runtime import resolve_precision
 from afo.training.datamodule import TrainingData
 from afo.training.modelfile import ModelConfig, ModelFile, load_model, save_model
 from afo.training.monitor import EpochLog, job_loggers, log_to_stderr_unless_configured
@@ -98,11 +100,22 @@ class JobPaths:
         return self.work / "last.ckpt"
 
 
+def store_frames(stores: dict[str, str]) -> dict:
+    """Each subject's coordinate frame (subject key -> :class:`afo.model.pe.CoordinateFrame`) over all its usable
+    voxels in the prepared store: the same in every job, whichever voxels the job models."""
+    frames = {}
+    for dataset, path in stores.items():
+        with PreparedStore(path) as store:
+            for name in store.subjects:
+                usable = ~store.bad_voxel(name)
+                if usable.any():
+                    frames[subject_key(dataset, name)] = subject_frame(store.coords(name)[usable])
+    return frames
+
+
 def _trainer_settings(train: dict) -> dict:
     gpu = torch.cuda.is_available() and train.get("accelerator", "auto") in ("auto", "gpu")
-    precision = train.get("precision", "auto")
-    if precision == "auto":
-        precision = "bf16-mixed" if gpu else "32-true"
+    precision = resolve_precision(train.get("precision", "auto"), "cuda" if gpu else "cpu")
     return {
         "accelerator": "gpu" if gpu else "cpu",
         "devices": 1,
@@ -132,9 +145,13 @@ def job_data(spec: TrainSpec) -> TrainingData:
 
 
 def build_model(spec: TrainSpec, data: TrainingData) -> tuple[ModelConfig, EncodingModel]:
-    """A freshly initialised model for the job's subjects (with the neck MLPs of ``neck_init``)."""
+    """A freshly initialised model for the job's subjects (with the neck MLPs of ``neck_init``).
+
+    Each subject's coordinate frame comes from all its usable voxels in the store, so every job that models any
+    subset of a subject (one ROI in stage 1) reads a loaded neck in the frame it was trained in.
+    """
     config = ModelConfig.from_dict(spec.model)
-    model = config.build(data.layer_shapes, data.coords)
+    model = config.build(data.layer_shapes, data.coords, frames=store_frames(spec.stores))
     if spec.neck_init:
         source, _ = load_model(spec.neck_init)
         model.load_neck_mlps(source.neck_mlp_state(), freeze=spec.freeze_neck)

@@ -56,9 +56,13 @@ class ModelConfig:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def build(self, layer_shapes: list[tuple[int, int, int]], subject_coords: dict) -> EncodingModel:
-        """A freshly initialised model for features of ``layer_shapes`` and subjects' voxel coordinates [n, 3]."""
-        return EncodingModel(layer_shapes, subject_coords, **self.as_dict())
+    def build(self, layer_shapes: list[tuple[int, int, int]], subject_coords: dict, frames: dict | None = None) -> EncodingModel:
+        """A freshly initialised model for features of ``layer_shapes`` and subjects' voxel coordinates [n, 3].
+
+        ``frames`` (subject key -> coordinate frame, :func:`afo.model.subject_frame`) fixes each subject's
+        coordinate rescale; a model file carries it in its buffers, so rebuilding one needs none.
+        """
+        return EncodingModel(layer_shapes, subject_coords, frames=frames, **self.as_dict())
 
 
 @dataclass

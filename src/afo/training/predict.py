@@ -64,12 +64,12 @@ def predict_file(
     out: str | Path,
     rois: str | Path | None = None,
     roi: str | None = None,
-    device: torch.device | str = "cpu",
     dtype: str = "float16",
+    device: torch.device | str = "cpu",
 ) -> dict:
     """Predict every image of ``splits`` for each subject the model knows; with ``roi``, only that ROI's voxels.
 
-    Writes predictions per unique image (see :mod:`afo.io.predictions`) stored as ``dtype``: float16 for dark
+    Writes predictions per unique image as ``dtype`` (see :mod:`afo.io.predictions`): float16 for dark
     knowledge (a soft target, half the size), float32 for evaluation.
     """
     device = torch.device(device)

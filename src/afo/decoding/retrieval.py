@@ -1,0 +1,213 @@
+"""Brain decoding by image retrieval with trained encoding models (paper section 4.5, Figures 7-9).
+
+For every subject, the candidates are the subject's test images; the query for each test image is the measured
+response averaged over the image's repeats; each candidate's predicted response comes from the model's prediction
+file(s) (:func:`afo.evaluation.predictions.split_predictions`) and the candidates are ranked by Pearson r between prediction and query over the selected voxels
+(:func:`afo.decoding.ranking.rank_candidates`): all voxels, or one ROI of an ROI set. A query counts as a top-k hit when
+its own image is among the k best candidates (ties count against it, see :func:`afo.decoding.ranking.retrieval_accuracy`);
+chance is k / n_candidates.
+
+ROI sets of ``retrieval.csv``: ``all`` (every modelled voxel); the model's ROI table (named after its file:
+``veroi``, ``random`` or ``dataset``); ``area`` (the dataset's own ROI labels in the prepared store). An ROI with
+fewer than 3 voxels in a subject has no row for that subject.
+
+Models are model files, or per-ROI model files assembled (each voxel predicted by its own ROI's model), exactly
+as in :func:`afo.evaluation.scores.voxel_table`.
+
+:func:`rank_user_images` ranks a user's own candidate images for a user's own response pattern (``afo decode``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from afo.data.store import PreparedStore
+from afo.decoding.ranking import rank_candidates, retrieval_accuracy
+from afo.evaluation.predictions import SubjectPredictions
+from afo.io.tables import ordered, read_roi_table
+from afo.metrics import MIN_PAIRS
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+def roi_labels_from_stores(stores: Mapping[str, str | Path], roi_set: str) -> pd.DataFrame:
+    """The datasets' own labels (ROI set ``roi_set`` of the prepared stores; '' = none is left out)."""
+    rows = []
+    for dataset, path in sorted(stores.items()):
+        with PreparedStore(path) as store:
+            for subject in store.subjects:
+                if roi_set not in store.info(subject).roi_sets:
+                    continue
+                labels = store.rois(subject, roi_set).astype(str)
+                keep = np.flatnonzero(labels != "")
+                rows.append(pd.DataFrame({"dataset": dataset, "subject": subject, "voxel": keep, "roi": labels[keep]}))
+    if not rows:
+        return pd.DataFrame(columns=["dataset", "subject", "voxel", "roi"])
+    return pd.concat(rows, ignore_index=True)
+
+
+def subject_roi_labels(labels: pd.DataFrame, pred: SubjectPredictions) -> np.ndarray:
+    """Label of each of the subject's predicted voxels ('' = none) from an ROI table."""
+    mine = labels[(labels["dataset"] == pred.dataset) & (labels["subject"] == pred.subject)]
+    lookup = dict(zip(mine["voxel"].astype(int), mine["roi"].astype(str)))
+    return np.array([lookup.get(int(v), "") for v in pred.voxels], dtype=object)
+
+
+def retrieval_table(
+    predictions: Sequence[SubjectPredictions],
+    roi_sets: Mapping[str, pd.DataFrame],
+    ks: Sequence[int] = (1, 5),
+) -> pd.DataFrame:
+    """retrieval.csv: one row per subject, ROI set and ROI (``all``/``all`` first).
+
+    Columns: dataset, subject, roi_set, roi, n_voxels, n_candidates, n_queries, top1, top5 (one per k), chance_top1.
+    """
+    rows = []
+    for p in predictions:
+        true = np.arange(p.images.size)
+        conditions = [("all", "all", np.ones(p.voxels.size, dtype=bool))]
+        for set_name, labels in roi_sets.items():
+            per_voxel = subject_roi_labels(labels, p)
+            for roi in ordered(set(per_voxel) - {""}):
+                conditions.append((set_name, roi, per_voxel == roi))
+        for set_name, roi, mask in conditions:
+            if mask.sum() < MIN_PAIRS or p.images.size == 0:
+                continue
+            result = retrieval_accuracy(p.predicted, p.measured, true, voxel_mask=mask, ks=ks)
+            row = {"dataset": p.dataset, "subject": p.subject, "roi_set": set_name, "roi": roi,
+                   "n_voxels": int(mask.sum()), "n_candidates": result["n_candidates"], "n_queries": result["n_queries"]}
+            row.update({f"top{k}": result[f"top{k}"] for k in ks})
+            row["chance_top1"] = 1.0 / result["n_candidates"]
+            rows.append(row)
+    columns = ["dataset", "subject", "roi_set", "roi", "n_voxels", "n_candidates", "n_queries", *[f"top{k}" for k in ks], "chance_top1"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+# -- a user's own images and response ---------------------------------------------------------------------
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Image files of a folder (PIL-readable suffixes), sorted by name."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no such folder of candidate images")
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ValueError(f"{folder}: no image files ({', '.join(IMAGE_SUFFIXES)})")
+    return files
+
+
+def _match_response(response: np.ndarray, model_voxels: np.ndarray, subject: str) -> np.ndarray:
+    """The response restricted to the model's voxels: [Q, n_model_voxels].
+
+    Accepted: one value per modelled voxel (the model's voxel order = sorted store indices), or one value per
+    voxel of the subject in the dataset (responses.npy column order; the model's voxels are picked from it).
+    """
+    response = np.asarray(response, dtype=np.float32)
+    if response.ndim == 1:
+        response = response[None, :]
+    if response.ndim != 2:
+        raise ValueError(f"response must be [n_voxels] or [n_queries, n_voxels], got shape {response.shape}")
+    n = response.shape[1]
+    if n == model_voxels.size:
+        return response
+    if n > int(model_voxels.max()):
+        return response[:, model_voxels]
+    raise ValueError(
+        f"response has {n} voxels; subject {subject!r} of this model has {model_voxels.size} modelled voxels out of at "
+        f"least {int(model_voxels.max()) + 1} in its dataset: give one value per modelled voxel or per dataset voxel"
+    )
+
+
+def rank_user_images(
+    model_path: str | Path,
+    subject: str,
+    images_dir: str | Path,
+    response: np.ndarray,
+    backbone: Mapping,
+    image_size: int | None = None,
+    voxel_mask: np.ndarray | None = None,
+    batch_size: int = 32,
+    device: torch.device | str = "cpu",
+) -> pd.DataFrame:
+    """Rank a folder of candidate images for measured response pattern(s) of one subject.
+
+    Args:
+        model_path: model file (model.pt).
+        subject: subject key as in the model ("<dataset>/<subject>").
+        images_dir: folder of candidate images.
+        response: [V] or [Q, V] measured (repeat-averaged) responses, see :func:`_match_response`; NaN = missing.
+        backbone: the workflow's ``backbone`` config section (the model was trained on its features).
+        image_size: stimuli are first resized to this size like the prepared store (``prepare.image_size``);
+            None = the backbone resolution.
+        voxel_mask: optional bool mask over the model's voxels of the subject (an ROI).
+        batch_size: images per backbone pass.
+        device: torch device.
+
+    Returns:
+        one row per query and candidate: query, rank (0 = best), image (file name), r.
+    """
+    from PIL import Image
+
+    from afo.data.store import resize_image
+    from afo.features import BackboneSpec, backbone_features, create_backbone
+
+    from afo.training.modelfile import load_model
+
+    device = torch.device(device)
+    model, payload = load_model(model_path)
+    if subject not in model.subjects:
+        raise KeyError(f"subject {subject!r} is not in {model_path}; it has {model.subjects}")
+    measured = _match_response(response, payload.voxels[subject].numpy(), subject)
+    spec = BackboneSpec.from_config(dict(backbone))
+    size = int(image_size or spec.resolution)
+    files = list_images(images_dir)
+    net = create_backbone(spec).to(device)
+    model.to(device)
+    preds = []
+    for start in range(0, len(files), batch_size):
+        batch = np.stack([resize_image(Image.open(f), size) for f in files[start : start + batch_size]])
+        feats = backbone_features(net, batch, spec, device)
+        shapes = [tuple(f.shape[1:]) for f in feats]
+        if shapes != [tuple(s) for s in model.layer_shapes]:
+            raise ValueError(f"backbone gives layers {shapes} but the model was trained on {model.layer_shapes}: "
+                             "use the backbone config the model was trained with")
+        with torch.no_grad():
+            preds.append(model(feats, subject).float().cpu().numpy())
+    predicted = np.concatenate(preds)
+    order, scores = rank_candidates(predicted, measured, voxel_mask=voxel_mask)
+    rows = []
+    for q in range(order.shape[0]):
+        for rank, c in enumerate(order[q]):
+            rows.append({"query": q, "rank": rank, "image": files[c].name, "r": scores[q, c]})
+    return pd.DataFrame(rows)
+
+
+def decode_model(
+    prediction_files: Sequence[str | Path],
+    stores: Mapping[str, str | Path],
+    rois: str | Path | None,
+    dataset_roi_set: str,
+    out: str | Path,
+) -> tuple[list[SubjectPredictions], dict[str, pd.DataFrame]]:
+    """retrieval.csv of a model from its prediction files (one per ROI model if assembled).
+
+    ROI sets: the model's ROI table (named after its file stem) and the dataset's own labels as ``area``.
+    Returns the subjects' test predictions and the ROI sets, for the retrieval figures.
+    """
+    from afo.evaluation.predictions import split_predictions
+    from afo.io.tables import write_csv
+
+    predictions = split_predictions(prediction_files, stores, "test")
+    roi_sets = {}
+    if rois is not None:
+        roi_sets[Path(rois).stem] = read_roi_table(rois)[["dataset", "subject", "voxel", "roi"]]
+    if dataset_roi_set:
+        roi_sets["area"] = roi_labels_from_stores(stores, dataset_roi_set)
+    write_csv(retrieval_table(predictions, roi_sets), out)
+    return predictions, roi_sets

@@ -1,0 +1,62 @@
+"""The report's front page: the headline numbers of a run at a glance, each pointing to its section.
+
+afo against naivemix per dataset (the paper's claim), decoding top-1 against chance, linear probing on holdout
+datasets (Figure 1's claim), and, on a synthetic brain, how well the RetinaMap recovered the true receptive fields.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from afo.io.tables import read_table
+
+COLUMNS = ["section", "what", "value", "reference", "see"]
+
+
+def headline_table(
+    comparison: str | Path,
+    retrieval: str | Path | None = None,
+    probe: str | Path | None = None,
+    synthetic_checks: str | Path | None = None,
+) -> pd.DataFrame:
+    """One row per headline number: section, what, value, reference (what it is compared with), see (section)."""
+    rows = []
+    table = read_table(comparison)
+    overall = table[table["area"] == "all"]
+    for r in overall.itertuples():
+        d = r._asdict()
+        if "naivemix" in d:
+            rows.append(["Encoding", f"{r.dataset}: mean test r, afo (reference: naivemix)", d["afo"], d["naivemix"],
+                         "1. Encoding"])
+        else:
+            rows.append(["Encoding", f"{r.dataset}: mean test r, afo", d["afo"], None, "1. Encoding"])
+    if retrieval is not None:
+        ret = read_table(retrieval)
+        everything = ret[ret["roi_set"] == "all"]
+        for dataset, g in everything.groupby("dataset"):
+            rows.append(["Decoding", f"{dataset}: top-1 retrieval, all voxels, mean over subjects (reference: chance)",
+                         g["top1"].mean(), g["chance_top1"].mean(), "4. Decoding"])
+    if probe is not None:
+        p = read_table(probe)
+        for (dataset, extractor), g in p[p["role"] == "holdout"].groupby(["dataset", "extractor"]):
+            rows.append(["Linear probing (holdout)", f"{dataset}: median test r of {extractor}", g["r_test"].median(), None,
+                         "3. Linear probing"])
+    if synthetic_checks is not None:
+        checks = json.loads(Path(synthetic_checks).read_text())
+        for dataset, c in checks["datasets"].items():
+            if c.get("retinotopy"):
+                rows.append(["Synthetic brain", f"{dataset}: r(RetinaMap u, true RF centre), x / y",
+                             c["retinotopy"]["mean_r_x"], c["retinotopy"]["mean_r_y"], "6. Synthetic-brain checks"])
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def write_headline(table: pd.DataFrame, out: str | Path) -> Path:
+    """The front page as HTML (a report item)."""
+    from afo.report import write_html_table
+
+    return write_html_table(table, out, "afo at a glance",
+                            "The headline numbers of this run; each row names the report section with the details. "
+                            "reference: the number the value is compared with (naivemix, chance, or the y axis).")

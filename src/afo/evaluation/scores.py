@@ -1,0 +1,131 @@
+"""Per-voxel scores of a trained model (or of per-ROI models assembled): voxels.csv and summary.csv.
+
+voxels.csv: one row per voxel: dataset, subject, voxel, roi, x, y, z, u_x, u_y, layer, eta_0..eta_{L-1},
+r_val, r_test, nc, r_test_norm (then dataset_roi, the dataset's own label). summary.csv: one row per dataset,
+subject and roi (plus roi = "all"): n_voxels, mean_r_test, median_r_test_norm.
+
+r is Pearson's r over the split's images between the prediction and the response averaged over the image's
+repeats; r_test_norm = r_test·|r_test| / (nc / 100), the signed fraction of explainable variance explained
+(empty where the noise ceiling is unknown; a negative r stays negative, so it never counts as explained variance). Bad voxels (all-NaN, constant) get a row with empty scores, never vanish.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from afo.data.store import PreparedStore
+from afo.evaluation.predictions import PredictionError, assemble, split_predictions
+from afo.io.tables import read_roi_table, write_csv
+from afo.metrics import MIN_PAIRS, pearson_r
+from afo.training.modelfile import load_model
+
+KEYS = ("dataset", "subject", "voxel")
+
+
+def neck_readouts(model_path: str | Path, voxels: Mapping[str, np.ndarray]) -> pd.DataFrame:
+    """RetinaMapper u and LayerSelector eta of the given voxels (subject key -> store indices) of a model file.
+
+    Columns: dataset, subject, voxel, u_x, u_y, layer (argmax of eta), eta_0..eta_{L-1}.
+    """
+    model, payload = load_model(model_path)
+    frames = []
+    for key, wanted in sorted(voxels.items()):
+        known = payload.voxels[key].numpy()
+        index = torch.from_numpy(np.searchsorted(known, wanted))
+        with torch.no_grad():
+            u = model.retina(key, index).numpy()
+            eta = model.layer_weights(key, index).numpy()
+        dataset, subject = key.split("/", 1)
+        table = pd.DataFrame({"dataset": dataset, "subject": subject, "voxel": wanted,
+                              "u_x": u[:, 0], "u_y": u[:, 1], "layer": eta.argmax(1)})
+        for k in range(eta.shape[1]):
+            table[f"eta_{k}"] = eta[:, k]
+        frames.append(table)
+    return pd.concat(frames, ignore_index=True)
+
+
+def split_scores(prediction_files: Sequence[str | Path], stores: Mapping[str, str | Path]) -> pd.DataFrame:
+    """r_val and r_test of every predicted voxel (NaN where a split has fewer than 3 images)."""
+    scored = {}
+    for split in ("val", "test"):
+        for p in split_predictions(prediction_files, stores, split):
+            r = pearson_r(p.predicted, p.measured) if p.images.size >= MIN_PAIRS else np.full(p.voxels.size, np.nan)
+            frame = scored.setdefault(p.key, pd.DataFrame({"dataset": p.dataset, "subject": p.subject, "voxel": p.voxels}))
+            frame[f"r_{split}"] = r
+    if not scored:
+        raise PredictionError("no subject of the prepared stores is in the prediction files")
+    return pd.concat(scored.values(), ignore_index=True)
+
+
+def voxel_table(
+    models: Sequence[tuple[str | Path, str | Path]],
+    stores: Mapping[str, str | Path],
+    rois: str | Path | None = None,
+    dataset_roi_set: str = "roi",
+) -> pd.DataFrame:
+    """voxels.csv of a model, or of per-ROI models assembled: ``models`` = [(model file, its prediction file)].
+
+    Each voxel's row comes from the one prediction file that holds it (per-ROI models predict their own ROI);
+    ``rois`` (the ROI assignment table) fills the roi column, else the dataset's own labels do.
+    """
+    scored = split_scores([p for _, p in models], stores)
+    necks = []
+    for model_path, prediction_file in models:
+        predicted = {key: voxels for key, (_, voxels, _) in assemble([prediction_file]).items()}
+        necks.append(neck_readouts(model_path, predicted))
+    scored = scored.merge(pd.concat(necks, ignore_index=True), on=KEYS, how="left")
+    base = []
+    for dataset, path in sorted(stores.items()):
+        with PreparedStore(path) as store:
+            for subject in store.subjects:
+                coords = store.coords(subject)
+                own = store.rois(subject, dataset_roi_set) if dataset_roi_set in store.info(subject).roi_sets else np.full(len(coords), "")
+                base.append(pd.DataFrame({
+                    "dataset": dataset, "subject": subject, "voxel": np.arange(len(coords)),
+                    "x": coords[:, 0], "y": coords[:, 1], "z": coords[:, 2],
+                    "nc": store.noise_ceiling(subject), "dataset_roi": own,
+                }))
+    table = pd.concat(base, ignore_index=True).merge(scored, on=KEYS, how="left")
+    if rois is not None:
+        table = table.merge(read_roi_table(rois)[list(KEYS) + ["roi"]], on=KEYS, how="left")
+    else:
+        table["roi"] = table["dataset_roi"]
+    table["r_test_norm"] = normalised_score(table["r_test"].to_numpy(), table["nc"].to_numpy())
+    eta_cols = sorted((c for c in table if c.startswith("eta_")), key=lambda c: int(c.split("_")[1]))
+    cols = ["dataset", "subject", "voxel", "roi", "x", "y", "z", "u_x", "u_y", "layer", *eta_cols,
+            "r_val", "r_test", "nc", "r_test_norm", "dataset_roi"]
+    table = table[cols]
+    table["layer"] = table["layer"].astype("Int64")
+    return table
+
+
+def normalised_score(r: np.ndarray, nc: np.ndarray) -> np.ndarray:
+    """r_test_norm: the signed share of explainable variance explained, r·|r| / (nc / 100); NaN where nc is unknown or 0.
+
+    Signed because r² would count a voxel predicted with a negative r as explained variance.
+    """
+    with np.errstate(invalid="ignore", divide="ignore"):
+        score = r * np.abs(r) / (nc / 100.0)
+    return np.where(nc > 0, score, np.nan)
+
+
+def summary_table(voxels: pd.DataFrame) -> pd.DataFrame:
+    """summary.csv: per dataset, subject and roi (and 'all'): n_voxels, mean_r_test, median_r_test_norm."""
+    frames = [voxels.assign(roi=voxels["roi"].fillna("").astype(str)), voxels.assign(roi="all")]
+    both = pd.concat(frames, ignore_index=True)
+    both = both[both["roi"] != ""]
+    out = both.groupby(["dataset", "subject", "roi"], sort=True).agg(
+        n_voxels=("voxel", "size"), mean_r_test=("r_test", "mean"), median_r_test_norm=("r_test_norm", "median")
+    )
+    return out.reset_index()
+
+
+def write_tables(voxels: pd.DataFrame, out_dir: str | Path) -> tuple[Path, Path]:
+    """Write voxels.csv and summary.csv atomically into ``out_dir``."""
+    out_dir = Path(out_dir)
+    return write_csv(voxels, out_dir / "voxels.csv"), write_csv(summary_table(voxels), out_dir / "summary.csv")

@@ -1,0 +1,261 @@
+"""Probing figures of a trained model, per subject, from its voxels.csv (paper Figures 4-6 and 8).
+
+- RetinaMap (Figure 4): each voxel's RetinaGrid position u coloured by its selected layer (argmax eta); where
+  the dataset has a simulated ground truth (``<root>/<subject>/ground_truth.csv`` with u_x, u_y, level), a
+  second panel plots the learned u of the early (level 0) voxels against their true receptive-field centres;
+- LayerSelector (Figure 5): the expected layer and each layer's weight over the voxel coordinates;
+- brain maps: test r and ROI label over the voxel coordinates (PNG, every subject) and, for volumetric subjects,
+  NIfTI maps in the subject's space (r_test, r_test_norm, roi, u_x, u_y, layer) that open in any viewer;
+- the veROI dendrogram with its cut (Figure 6);
+- per-ROI encoding and retrieval scores (Figure 8).
+
+Volumetric subjects: a subject is volumetric when its prepared store keeps the volume's voxel-to-mm affine and
+grid shape as subject attributes ``affine`` (16 numbers or 4 x 4, row-major) and ``volume_shape`` (3 integers),
+with the voxel coordinates in mm on that grid. Subjects without them (surfaces, EEG/MEG, the synthetic brain)
+get PNG maps only; the NIfTI folder's README.txt lists which subjects got maps and why others did not.
+
+Figure files are named ``<dataset>__<subject>.png`` (brain maps: ``<dataset>__<subject>.<map>.png``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from afo.io import atomic_write_text
+from afo.io.tables import ordered, read_voxels
+
+NIFTI_MAPS = ("r_test", "r_test_norm", "roi", "u_x", "u_y", "layer")
+
+
+def file_stem(dataset: str, subject: str) -> str:
+    """``<dataset>__<subject>`` with anything but letters, digits, '-', '_' replaced by '-'."""
+    clean = lambda s: re.sub(r"[^A-Za-z0-9_\-]", "-", str(s))  # noqa: E731
+    return f"{clean(dataset)}__{clean(subject)}"
+
+
+def subjects_of(voxels: pd.DataFrame) -> Iterator[tuple[str, str, pd.DataFrame]]:
+    """(dataset, subject, rows sorted by voxel) for every subject of a voxels.csv, in natural order."""
+    for dataset in ordered(voxels["dataset"].unique()):
+        ds = voxels[voxels["dataset"] == dataset]
+        for subject in ordered(ds["subject"].unique()):
+            yield dataset, subject, ds[ds["subject"] == subject].sort_values("voxel")
+
+
+def eta_columns(voxels: pd.DataFrame) -> list[str]:
+    return sorted((c for c in voxels.columns if re.fullmatch(r"eta_\d+", c)), key=lambda c: int(c.split("_")[1]))
+
+
+def _modelled(frame: pd.DataFrame) -> pd.DataFrame:
+    """Voxels the model read out (finite u and a layer)."""
+    return frame[np.isfinite(frame["u_x"]) & np.isfinite(frame["u_y"]) & frame["layer"].notna()]
+
+
+def true_centres(ground_truth_root: str | Path | None, subject: str, voxels: np.ndarray) -> np.ndarray | None:
+    """True RF centres [n, 2] of the early (level 0) voxels, NaN for the others; None without a ground truth."""
+    if ground_truth_root is None:
+        return None
+    from afo.evaluation.synthetic import modality
+
+    if modality(ground_truth_root) != "fmri":
+        return None  # EEG/MEG "voxels" have no receptive-field centre
+    path = Path(ground_truth_root) / subject / "ground_truth.csv"
+    if not path.is_file():
+        return None
+    truth = pd.read_csv(path)
+    if not {"voxel", "u_x", "u_y", "level"} <= set(truth.columns):
+        return None  # e.g. the EEG subject: no receptive-field centres
+    truth = truth.set_index("voxel").reindex(voxels)
+    centres = truth[["u_x", "u_y"]].to_numpy(dtype=np.float64)
+    centres[truth["level"].to_numpy() != 0] = np.nan
+    return centres
+
+
+def retina_maps(voxels_csv: str | Path, out_dir: str | Path, model: str, ground_truth: Mapping[str, str | Path] | None = None) -> list[Path]:
+    """One RetinaMap PNG per subject; ``ground_truth`` = dataset -> folder of ``<subject>/ground_truth.csv``."""
+    from afo.figures.plots import plot_retina_map
+
+    voxels = read_voxels(voxels_csv)
+    n_layers = len(eta_columns(voxels))
+    out = []
+    for dataset, subject, frame in subjects_of(voxels):
+        frame = _modelled(frame)
+        if frame.empty:
+            continue
+        truth = true_centres((ground_truth or {}).get(dataset), subject, frame["voxel"].to_numpy())
+        if truth is not None and not np.isfinite(truth).any():
+            truth = None
+        out.append(plot_retina_map(
+            frame[["u_x", "u_y"]].to_numpy(), frame["layer"].to_numpy(dtype=np.int64), n_layers,
+            Path(out_dir) / f"{file_stem(dataset, subject)}.png", f"{model}: {dataset} / {subject}", true_u=truth,
+        ))
+    return out
+
+
+def layer_selector_maps(voxels_csv: str | Path, out_dir: str | Path, model: str) -> list[Path]:
+    """One LayerSelector PNG per subject (expected layer and eta_l over the voxel coordinates)."""
+    from afo.figures.plots import plot_layer_selector
+
+    voxels = read_voxels(voxels_csv)
+    etas = eta_columns(voxels)
+    out = []
+    for dataset, subject, frame in subjects_of(voxels):
+        frame = _modelled(frame)
+        if frame.empty:
+            continue
+        out.append(plot_layer_selector(
+            frame[["x", "y", "z"]].to_numpy(), frame[etas].to_numpy(),
+            Path(out_dir) / f"{file_stem(dataset, subject)}.png", f"{model}: {dataset} / {subject}",
+        ))
+    return out
+
+
+def roi_codes(labels: np.ndarray) -> tuple[np.ndarray, dict[int, str]]:
+    """ROI labels -> float codes (NaN = no label): the integers themselves when every label is one, else 1..K in
+    natural order; returns the codes and the code -> label table."""
+    labels = np.asarray(labels, dtype=object).astype(str)
+    names = ordered(set(labels) - {"", "nan"})
+    if names and all(re.fullmatch(r"-?\d+", n) for n in names):
+        table = {int(n): n for n in names}
+    else:
+        table = {i + 1: n for i, n in enumerate(names)}
+    lookup = {v: k for k, v in table.items()}
+    codes = np.array([lookup.get(x, np.nan) for x in labels], dtype=np.float64)
+    return codes, table
+
+
+def volume_geometry(attrs: Mapping) -> tuple[np.ndarray, tuple[int, int, int]] | None:
+    """(affine [4, 4], shape) from a subject's store attributes, or None when it is not volumetric."""
+    if "affine" not in attrs or "volume_shape" not in attrs:
+        return None
+    affine, shape = attrs["affine"], attrs["volume_shape"]
+    if isinstance(affine, (str, bytes)):
+        affine = json.loads(affine)
+    if isinstance(shape, (str, bytes)):
+        shape = json.loads(shape)
+    affine = np.asarray(affine, dtype=np.float64).reshape(4, 4)
+    shape = tuple(int(s) for s in np.asarray(shape).reshape(-1))
+    if len(shape) != 3:
+        raise ValueError(f"store attribute volume_shape must hold 3 integers, got {shape}")
+    return affine, shape  # type: ignore[return-value]
+
+
+def brain_maps(
+    voxels_csv: str | Path,
+    stores: Mapping[str, str | Path],
+    png_dir: str | Path,
+    nifti_dir: str | Path,
+    model: str,
+) -> dict:
+    """PNG maps of test r and ROI per subject; NIfTI maps for volumetric subjects (see the module docstring)."""
+    from afo.figures.brainmaps import write_volume_maps
+    from afo.data.store import PreparedStore
+    from afo.figures.plots import plot_brain_scores
+
+    voxels = read_voxels(voxels_csv)
+    png_dir, nifti_dir = Path(png_dir), Path(nifti_dir)
+    nifti_dir.mkdir(parents=True, exist_ok=True)
+    pngs, niftis, notes = [], [], []
+    for dataset, subject, frame in subjects_of(voxels):
+        stem = file_stem(dataset, subject)
+        title = f"{model}: {dataset} / {subject}"
+        coords = frame[["x", "y", "z"]].to_numpy(dtype=np.float64)
+        r = frame["r_test"].to_numpy(dtype=np.float64)
+        pngs.append(plot_brain_scores(coords, r, png_dir / f"{stem}.r_test.png", f"{title}: test r", "viridis",
+                                      vmin=min(0.0, np.nanmin(r)) if np.isfinite(r).any() else None, label="test Pearson r"))
+        codes, table = roi_codes(frame["roi"].to_numpy())
+        if np.isfinite(codes).any():
+            pngs.append(plot_brain_scores(coords, codes, png_dir / f"{stem}.roi.png", f"{title}: ROI", "tab20",
+                                          label="ROI (" + ", ".join(f"{k}={v}" for k, v in table.items())[:60] + ")"))
+        if dataset not in stores:
+            notes.append(f"{dataset}/{subject}: no prepared store given, no NIfTI maps")
+            continue
+        with PreparedStore(stores[dataset]) as store:
+            geometry = volume_geometry(store.subject_attrs(subject)) if subject in store.subjects else None
+            store_coords = store.coords(subject) if geometry else None
+        if geometry is None:
+            notes.append(f"{dataset}/{subject}: not volumetric (its store keeps no affine / volume_shape), no NIfTI maps")
+            continue
+        affine, shape = geometry
+        if len(frame) != len(store_coords) or not np.array_equal(frame["voxel"].to_numpy(), np.arange(len(store_coords))):
+            raise ValueError(f"{voxels_csv}: {dataset}/{subject} does not list every voxel of its store once")
+        maps = {
+            "r_test": r, "r_test_norm": frame["r_test_norm"].to_numpy(dtype=np.float64), "roi": codes,
+            "u_x": frame["u_x"].to_numpy(dtype=np.float64), "u_y": frame["u_y"].to_numpy(dtype=np.float64),
+            "layer": pd.to_numeric(frame["layer"], errors="coerce").to_numpy(dtype=np.float64),
+        }
+        niftis += write_volume_maps(nifti_dir / stem, store_coords, affine, shape, maps)
+        atomic_write_text(nifti_dir / f"{stem}_roi.json", json.dumps({str(k): v for k, v in table.items()}, indent=1))
+        notes.append(f"{dataset}/{subject}: {', '.join(f'{stem}_{m}.nii.gz' for m in maps)}")
+    readme = (
+        f"NIfTI maps of model {model} for volumetric subjects, in each subject's own space (float32, NaN = not a "
+        "voxel; roi codes are listed in <subject>_roi.json; layer 0 = shallowest).\n\n" + "\n".join(notes) + "\n"
+    )
+    atomic_write_text(nifti_dir / "README.txt", readme)
+    return {"png": len(pngs), "nifti": len(niftis)}
+
+
+def dendrogram(clustering_npz: str | Path, path: str | Path, title: str = "veROI: Ward clustering of the k-means centroids") -> Path:
+    """The veROI dendrogram with its cut (from the ``rois veroi --clustering`` file)."""
+    from afo.figures.plots import plot_dendrogram
+
+    with np.load(clustering_npz) as npz:
+        linkage = npz["linkage"]
+        cut = float(npz["cut_height"])
+        kmeans = npz["kmeans_labels"]
+    if linkage.shape[0] < 1:
+        raise ValueError(f"{clustering_npz}: a single k-means cluster has no dendrogram")
+    counts = np.bincount(kmeans, minlength=linkage.shape[0] + 1)
+    return plot_dendrogram(linkage, cut, path, title, leaf_counts=counts)
+
+
+def roi_score_figures(voxels_csv: str | Path, retrieval_csv: str | Path, roi_set: str, out_dir: str | Path, model: str) -> list[Path]:
+    """Per subject, encoding (mean +- s.e.m. of test r) and retrieval (top-1, top-5) per ROI of ``roi_set``,
+    with 'all' first (Figure 8)."""
+    from afo.figures.plots import plot_roi_scores
+
+    voxels = read_voxels(voxels_csv)
+    retrieval = pd.read_csv(retrieval_csv, dtype={"roi": str, "subject": str, "dataset": str, "roi_set": str})
+    out = []
+    for dataset, subject, frame in subjects_of(voxels):
+        mine = retrieval[(retrieval["dataset"] == dataset) & (retrieval["subject"] == subject)]
+        rows = []
+        groups = [("all", frame)] + [(roi, frame[frame["roi"] == roi]) for roi in ordered(set(frame["roi"]) - {""})]
+        for roi, members in groups:
+            r = members["r_test"].to_numpy(dtype=np.float64)
+            r = r[np.isfinite(r)]
+            hit = mine[(mine["roi_set"] == ("all" if roi == "all" else roi_set)) & (mine["roi"] == roi)]
+            rows.append({
+                "roi": roi, "mean_r": r.mean() if r.size else np.nan,
+                "sem_r": r.std(ddof=1) / np.sqrt(r.size) if r.size > 1 else np.nan,
+                "top1": hit["top1"].iloc[0] if len(hit) else np.nan, "top5": hit["top5"].iloc[0] if len(hit) else np.nan,
+                "n_candidates": hit["n_candidates"].iloc[0] if len(hit) else np.nan,
+            })
+        out.append(plot_roi_scores(pd.DataFrame(rows), Path(out_dir) / f"{file_stem(dataset, subject)}.png",
+                                   f"{model}: {dataset} / {subject}, per {roi_set} ROI"))
+    return out
+
+
+def model_figures(
+    voxels_csv: str | Path,
+    model: str,
+    stores: Mapping[str, str | Path],
+    retina_dir: str | Path,
+    layers_dir: str | Path,
+    brain_dir: str | Path,
+    nifti_dir: str | Path,
+    ground_truth: Mapping[str, str | Path] | None = None,
+) -> dict:
+    """Every probing figure of one model: RetinaMap, LayerSelector and brain maps per subject (+ NIfTI maps)."""
+    for folder in (retina_dir, layers_dir, brain_dir):
+        Path(folder).mkdir(parents=True, exist_ok=True)
+    return {
+        "retina_map": len(retina_maps(voxels_csv, retina_dir, model, ground_truth)),
+        "layer_selector": len(layer_selector_maps(voxels_csv, layers_dir, model)),
+        "brain_maps": brain_maps(voxels_csv, stores, brain_dir, nifti_dir, model),
+    }

@@ -1,0 +1,47 @@
+"""The package's layering (docs/design.md): data flows one way, so no module imports a higher layer."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "src" / "afo"
+
+# Low to high; a module may import its own layer and lower ones.
+LAYERS = [
+    {"errors", "io", "report", "metrics", "config"},
+    {"data", "simulate"},
+    {"features", "backbone_weights", "runtime", "gpu"},
+    {"model"},
+    {"training"},
+    {"rois"},
+    {"evaluation"},
+    {"probing", "decoding"},
+    {"figures"},
+    {"jobs", "cli"},
+]
+RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}
+
+
+def test_no_module_imports_a_higher_layer():
+    upward = []
+    for path in PACKAGE.rglob("*.py"):
+        top = path.relative_to(PACKAGE).parts[0].removesuffix(".py")
+        if top == "__init__":
+            continue
+        assert top in RANK, f"{path}: add the new module {top!r} to a layer in this test and docs/design.md"
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("afo."):
+                other = node.module.split(".")[1]
+                if RANK[other] > RANK[top]:
+                    upward.append(f"{path.relative_to(PACKAGE)} imports {node.module}")
+    assert not upward, upward
+
+
+def test_import_afo_stays_light():
+    """Every Snakemake call imports afo (and afo.jobs, afo.config): no torch at import time."""
+    code = "import sys, afo, afo.jobs, afo.config, afo.io.tables; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

@@ -1,0 +1,64 @@
+# Probing figures (paper Figures 4-6, 8): RetinaMap, LayerSelector, brain maps (and NIfTI maps of volumetric
+# subjects), per-ROI scores, and the veROI dendrogram.
+
+
+rule model_figures:
+    input:
+        voxels="results/encoding/{name}/voxels.csv",
+        stores=stores(),
+        truth=ground_truth_input(),
+    output:
+        retina=report(directory("results/figures/{name}/retinamap"), patterns=["{subject}.png"], caption="../report/retinamap.rst",
+                      category="5. Probing figures", subcategory="{name}"),
+        layers=report(directory("results/figures/{name}/layerselector"), patterns=["{subject}.png"], caption="../report/layerselector.rst",
+                      category="5. Probing figures", subcategory="{name}"),
+        brain=report(directory("results/figures/{name}/brainmaps"), patterns=["{subject}.{map}.png"], caption="../report/brainmaps.rst",
+                     category="5. Probing figures", subcategory="{name}"),
+        nifti=directory("results/brainmaps/{name}"),
+    params:
+        ground_truth=SYNTHETIC,
+    log:
+        "logs/figures/{name}.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+    conda:
+        "../../envs/afo.yaml"
+    script:
+        "../scripts/model_figures.py"
+
+
+rule roi_scores:
+    input:
+        voxels="results/encoding/{name}/voxels.csv",
+        retrieval="results/decoding/{name}/retrieval.csv",
+    output:
+        report(directory("results/figures/{name}/roi_scores"), patterns=["{subject}.png"], caption="../report/roi_scores.rst",
+               category="5. Probing figures", subcategory="{name}"),
+    params:
+        roi_set=model_roi_set,
+    log:
+        "logs/figures/{name}_roi_scores.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+    conda:
+        "../../envs/afo.yaml"
+    script:
+        "../scripts/roi_scores.py"
+
+
+rule dendrogram:
+    input:
+        "results/rois/veroi.npz",
+    output:
+        report("results/figures/veroi_dendrogram.png", caption="../report/dendrogram.rst", category="5. Probing figures"),
+    log:
+        "logs/figures/dendrogram.log",
+    threads: 1
+    resources:
+        mem_mb=1000,
+    conda:
+        "../../envs/afo.yaml"
+    script:
+        "../scripts/dendrogram.py"

@@ -1,0 +1,16 @@
+"""Rules predict and dark_knowledge: a model's predictions per image of some splits (its own ROI for ROI models)."""
+from afo.jobs import named_by_stem, run_job
+
+
+def main(smk):
+    from afo.runtime import resolve_device
+    from afo.training.predict import predict_file
+
+    return predict_file(
+        smk.input.model, named_by_stem(smk.input.stores), named_by_stem(smk.input.features), smk.params.splits,
+        smk.output[0], rois=smk.input.get("rois") or None, roi=smk.params.roi, dtype=smk.params.dtype,
+        device=resolve_device(smk.config["compute"]["device"]),
+    )
+
+
+run_job(snakemake, lambda: main(snakemake))

@@ -1,0 +1,28 @@
+"""Every training rule (stage 0, ablations, stages 1-3, noDK): train one model, keep its top-k, write the soup."""
+from pathlib import Path
+
+from afo.jobs import named_by_stem, run_job
+
+
+def main(smk):
+    from afo.training.fit import TrainSpec, fit
+
+    compute = smk.config["compute"]
+    neck = smk.input.get("neck", [])
+    spec = TrainSpec(
+        stores=named_by_stem(smk.input.stores),
+        features=named_by_stem(smk.input.features),
+        # How the job uses the machine (compute:) joins the settings here, never in the rule's params.
+        model={**smk.params.model, "readout_chunk": compute["readout_chunk"]},
+        train={**smk.params.train, "num_workers": compute["num_workers"]},
+        rois=smk.input.get("rois") or None,
+        roi=smk.params.roi,
+        own_roi=smk.params.own_roi,
+        dark_knowledge=list(smk.input.get("dk", [])),
+        target_mode=smk.params.target_mode,
+        neck_init=neck[0] if neck else None,
+    )
+    return fit(spec, Path(smk.output.model).parent)
+
+
+run_job(snakemake, lambda: main(snakemake))
