@@ -14,7 +14,6 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-import filelock
 import pandas as pd
 import pytest
 import pytorch_lightning as pl
@@ -158,3 +157,12 @@ def test_a_second_trainer_waits_for_the_first(data, tmp_path, caplog):  # noqa: 
     holder.wait()
     assert (out / "model.pt").exists()
     assert any("waiting for another training job" in r.getMessage() for r in caplog.records)
+
+
+def test_finished_job_with_a_removed_checkpoint_names_the_folder(data, tmp_path):  # noqa: F811
+    fit(_spec(data), tmp_path / "job")
+    (tmp_path / "job" / "model.pt").unlink()
+    topk = next((tmp_path / "job" / "work").glob("*/topk"))
+    next(topk.glob("*.ckpt")).unlink()
+    with pytest.raises(UserError, match=rf"{topk}: checkpoint\(s\) .* were removed.*delete {topk.parent}"):
+        fit(_spec(data), tmp_path / "job")
