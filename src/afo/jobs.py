@@ -72,3 +72,18 @@ def run_job(snakemake: Any, work: Callable[[], dict | None]) -> None:
 def named_by_stem(paths: Any) -> dict[str, str]:
     """``results/prepared/nsd.h5`` -> ``{"nsd": path}``: the dataset name of a per-dataset file is its stem."""
     return {Path(p).stem: str(p) for p in paths}
+
+
+def optional_input(snakemake: Any, name: str) -> str | None:
+    """The one file of an input that a rule may leave out: None when absent or empty, else its path.
+
+    An input function may give a path or a list of at most one path (an empty list when the config turns the
+    input off, e.g. no pre-trained neck); the script sees a string or a Namedlist accordingly.
+    """
+    value = snakemake.input.get(name)
+    if value is None or isinstance(value, str):
+        return value or None
+    files = list(value)
+    if len(files) > 1:
+        raise ValueError(f"input {name!r} of rule {snakemake.rule} should name at most one file, got {files}")
+    return str(files[0]) if files else None

@@ -1,5 +1,5 @@
 """Rules predict and dark_knowledge: a model's predictions per image of some splits (its own ROI for ROI models)."""
-from afo.jobs import named_by_stem, run_job
+from afo.jobs import named_by_stem, optional_input, run_job
 
 
 def main(smk):
@@ -8,7 +8,7 @@ def main(smk):
 
     return predict_file(
         smk.input.model, named_by_stem(smk.input.stores), named_by_stem(smk.input.features), smk.params.splits,
-        smk.output[0], rois=smk.input.get("rois") or None, roi=smk.params.roi, dtype=smk.params.dtype,
+        smk.output[0], rois=optional_input(smk, "rois"), roi=smk.params.roi, dtype=smk.params.dtype,
         device=resolve_device(smk.config["compute"]["device"]),
     )
 
