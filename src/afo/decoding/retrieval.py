@@ -28,9 +28,14 @@ import torch
 
 from afo.data.store import PreparedStore
 from afo.decoding.ranking import rank_candidates, retrieval_accuracy
+from afo.errors import UserError
 from afo.evaluation.predictions import SubjectPredictions
 from afo.io.tables import ordered, read_roi_table
 from afo.metrics import MIN_PAIRS
+
+class DecodeInputError(UserError, ValueError):
+    """A user's candidate images, response pattern or subject do not fit the model; the message says how."""
+
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
@@ -95,10 +100,10 @@ def list_images(folder: str | Path) -> list[Path]:
     """Image files of a folder (PIL-readable suffixes), sorted by name."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"{folder}: no such folder of candidate images")
+        raise DecodeInputError(f"{folder}: no such folder of candidate images")
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
-        raise ValueError(f"{folder}: no image files ({', '.join(IMAGE_SUFFIXES)})")
+        raise DecodeInputError(f"{folder}: no image files ({', '.join(IMAGE_SUFFIXES)})")
     return files
 
 
@@ -112,13 +117,13 @@ def _match_response(response: np.ndarray, model_voxels: np.ndarray, subject: str
     if response.ndim == 1:
         response = response[None, :]
     if response.ndim != 2:
-        raise ValueError(f"response must be [n_voxels] or [n_queries, n_voxels], got shape {response.shape}")
+        raise DecodeInputError(f"response must be [n_voxels] or [n_queries, n_voxels], got shape {response.shape}")
     n = response.shape[1]
     if n == model_voxels.size:
         return response
     if n > int(model_voxels.max()):
         return response[:, model_voxels]
-    raise ValueError(
+    raise DecodeInputError(
         f"response has {n} voxels; subject {subject!r} of this model has {model_voxels.size} modelled voxels out of at "
         f"least {int(model_voxels.max()) + 1} in its dataset: give one value per modelled voxel or per dataset voxel"
     )
@@ -156,13 +161,12 @@ def rank_user_images(
 
     from afo.data.store import resize_image
     from afo.features import BackboneSpec, backbone_features, create_backbone
-
     from afo.training.modelfile import load_model
 
     device = torch.device(device)
     model, payload = load_model(model_path)
     if subject not in model.subjects:
-        raise KeyError(f"subject {subject!r} is not in {model_path}; it has {model.subjects}")
+        raise DecodeInputError(f"subject {subject!r} is not in {model_path}; it has {model.subjects}")
     measured = _match_response(response, payload.voxels[subject].numpy(), subject)
     spec = BackboneSpec.from_config(dict(backbone))
     size = int(image_size or spec.resolution)
@@ -175,7 +179,7 @@ def rank_user_images(
         feats = backbone_features(net, batch, spec, device)
         shapes = [tuple(f.shape[1:]) for f in feats]
         if shapes != [tuple(s) for s in model.layer_shapes]:
-            raise ValueError(f"backbone gives layers {shapes} but the model was trained on {model.layer_shapes}: "
+            raise DecodeInputError(f"backbone gives layers {shapes} but the model was trained on {model.layer_shapes}: "
                              "use the backbone config the model was trained with")
         with torch.no_grad():
             preds.append(model(feats, subject).float().cpu().numpy())
