@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import os
 import re
-import uuid
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
+
+from afo.io import atomic_path
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -165,15 +166,8 @@ def write_volume_maps(
             header["cal_min"], header["cal_max"] = float(finite.min()), float(finite.max())
         header["descrip"] = f"afo {name}"[:79].encode()
         out = _map_path(path_prefix, name)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        # The temporary name must end in .nii.gz: nibabel picks gzip compression from the file name. A unique
-        # name rather than mkstemp, whose 0600 mode would survive the rename and hide the map from other users.
-        tmp = out.parent / f".{out.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp.nii.gz"
-        try:
+        # The temporary name must end in .nii.gz: nibabel picks gzip compression from the file name.
+        with atomic_path(out, suffix=".tmp.nii.gz") as tmp:
             nib.save(image, tmp)
-            os.replace(tmp, out)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
         written.append(out)
     return written

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 import os
-import uuid
 from pathlib import Path
 from typing import Sequence
 
@@ -30,6 +29,7 @@ from matplotlib.colors import BoundaryNorm, Colormap, ListedColormap, Normalize
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from afo.io import atomic_path
 from afo.metrics import pearson_r
 
 DPI = 120
@@ -62,16 +62,8 @@ def _figure(width: float, height: float) -> Figure:
 def _save(fig: Figure, path: str | os.PathLike) -> Path:
     """Write ``fig`` as PNG to ``path`` atomically; returns the path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A unique temporary name rather than mkstemp, whose 0600 mode would survive the rename.
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
-    try:
-        with open(tmp, "wb") as fh:
-            fig.savefig(fh, format="png", dpi=DPI)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=DPI)
     return path
 
 
