@@ -4,10 +4,9 @@
 # rule's outputs; how a job uses the machine (config `compute:`) is read by the job and reruns nothing.
 from pathlib import Path
 
-import pandas as pd
-
 from afo.config import ConfigError, train_params, validate_config
 from afo.data.manifest import dataset_files, manifest_digest
+from afo.io.tables import roi_labels
 
 validate_config(config, workflow.source_path("../schemas/config.schema.yaml"))
 
@@ -124,7 +123,7 @@ def roi_ids(recipe: str) -> list:
     if source in ("veroi", "random") and AFO["veroi"]["n_rois"] is not None:
         return [str(i) for i in range(AFO["veroi"]["n_rois"])]
     table = checkpoints.dataset_rois.get().output[0] if source == "dataset" else checkpoints.veroi.get().output.table
-    return sorted(pd.read_csv(table, dtype={"roi": str})["roi"].unique())
+    return sorted(roi_labels(table))
 
 
 def per_roi(pattern: str, recipe: str, stage: str) -> list:

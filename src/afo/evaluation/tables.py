@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from afo.io.tables import ordered, read_voxels, write_csv
+from afo.io.tables import ordered, read_roi_table, read_voxels, write_csv
 
 KEYS = ["dataset", "subject", "voxel"]
 ROI_SET_ORDER = ["all", "group", "area", "veroi"]
@@ -50,7 +50,7 @@ def merged_scores(voxel_files: Mapping[str, str | Path], veroi: str | Path | Non
             base = base.merge(part, on=KEYS, how="outer")
     base["dataset_roi"] = base["dataset_roi"].fillna("")
     if veroi is not None:
-        labels = pd.read_csv(veroi, dtype={"roi": str, "subject": str, "dataset": str})
+        labels = read_roi_table(veroi)
         base = base.merge(labels[KEYS + ["roi"]].rename(columns={"roi": "veroi"}), on=KEYS, how="left")
     else:
         base["veroi"] = np.nan

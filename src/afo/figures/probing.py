@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from afo.io import atomic_write_text
-from afo.io.tables import ordered, read_voxels
+from afo.io.tables import ordered, read_table, read_voxels
 
 NIFTI_MAPS = ("r_test", "r_test_norm", "roi", "u_x", "u_y", "layer")
 
@@ -220,7 +220,7 @@ def roi_score_figures(voxels_csv: str | Path, retrieval_csv: str | Path, roi_set
     from afo.figures.plots import plot_roi_scores
 
     voxels = read_voxels(voxels_csv)
-    retrieval = pd.read_csv(retrieval_csv, dtype={"roi": str, "subject": str, "dataset": str, "roi_set": str})
+    retrieval = read_table(retrieval_csv)
     out = []
     for dataset, subject, frame in subjects_of(voxels):
         mine = retrieval[(retrieval["dataset"] == dataset) & (retrieval["subject"] == subject)]
