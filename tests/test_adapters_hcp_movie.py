@@ -80,6 +80,16 @@ def test_group_average_cifti(hcp, tmp_path):
         assert set(store.rois("group", "structure")) <= {"CORTEX_LEFT", "CORTEX_RIGHT", "THALAMUS_LEFT"}
         assert store.subject_attrs("group")["nc_source"] == "repeats"  # the retest clip seen in both runs
         assert np.isfinite(store.noise_ceiling("group")).any()
+        # the brain-model axis of the kept grayordinates, for CIFTI maps on the same grayordinates
+        layout = store.layout("group")
+        assert layout.kind == "cifti"
+        np.testing.assert_array_equal(layout.structure, bm.name[cols])
+        surface = bm.vertex[cols] >= 0
+        np.testing.assert_array_equal(layout.index[surface, 0], bm.vertex[cols][surface])
+        np.testing.assert_array_equal(layout.index[~surface], bm.voxel[cols][~surface])
+        assert layout.n_vertices == {k: int(v) for k, v in bm.nvertices.items()}
+        np.testing.assert_allclose(layout.volume_affine, truth["vol_affine"])
+        assert layout.volume_shape == tuple(bm.volume_shape)
 
 
 def test_volume_per_subject(hcp, tmp_path):

@@ -124,6 +124,11 @@ def test_fsaverage_surface(tmp_path):
         coords = store.coords("subj01")
         assert coords[n_l:, 0].min() > coords[:n_l, 0].max()  # sphere hemispheres moved apart
         assert store.subject_attrs("subj01")["nc_source"] == "given"
+        layout = store.layout("subj01")  # hemisphere and fsaverage vertex of each voxel, for MGH maps
+        assert layout.kind == "fsaverage" and layout.n_vertices == {"lh": 12, "rh": 12}
+        assert list(layout.structure) == ["lh"] * n_l + ["rh"] * n_r
+        np.testing.assert_array_equal(layout.index[:n_l, 0], np.flatnonzero(surf["lh"]["mask"]))
+        np.testing.assert_array_equal(layout.index[n_l:, 0], np.flatnonzero(surf["rh"]["mask"]))
 
 
 def test_malformed_inputs(nsd_root, tmp_path):

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from afo.figures import probing as figures
-from afo.data.store import StoreWriter
+from afo.data.store import StoreWriter, SurfaceLayout
 from afo.rois.veroi import cluster_veroi
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -23,8 +23,8 @@ def _affine():
     return affine
 
 
-def _store(path, n_voxels=24, volumetric=True, seed=0):
-    """A tiny prepared store with one subject whose voxels lie on the grid of _affine()."""
+def _store(path, n_voxels=24, volumetric=True, seed=0, layout=None):
+    """A tiny prepared store with one subject whose voxels lie on the grid of _affine() (or on ``layout``)."""
     rng = np.random.default_rng(seed)
     flat = rng.choice(np.prod(SHAPE), size=n_voxels, replace=False)
     ijk = np.column_stack(np.unravel_index(flat, SHAPE))
@@ -35,7 +35,8 @@ def _store(path, n_voxels=24, volumetric=True, seed=0):
         s = w.subject("subj01", n_voxels)
         s.append(rng.normal(size=(6, n_voxels)), np.arange(6), ["train"] * 3 + ["test"] * 3)
         attrs = {"affine": affine, "volume_shape": np.array(SHAPE)} if volumetric else {}
-        s.finish(coords, rois={"roi": ["V1"] * (n_voxels // 2) + ["LO"] * (n_voxels - n_voxels // 2)}, attrs=attrs)
+        s.finish(coords, rois={"roi": ["V1"] * (n_voxels // 2) + ["LO"] * (n_voxels - n_voxels // 2)}, attrs=attrs,
+                 layout=layout)
     return ijk, coords
 
 
@@ -79,8 +80,32 @@ def test_non_volumetric_subject_gets_png_only(tmp_path):
     _voxels_csv(tmp_path / "voxels.csv", coords)
     report = figures.brain_maps(tmp_path / "voxels.csv", {"vol": tmp_path / "vol.h5"}, tmp_path / "png", tmp_path / "nii", "afo")
     assert report["nifti"] == 0 and report["png"] == 2
-    assert "not volumetric" in (tmp_path / "nii" / "README.txt").read_text()
+    assert "PNG maps only" in (tmp_path / "nii" / "README.txt").read_text()
     assert not list((tmp_path / "nii").glob("*.nii.gz"))
+
+
+def test_surface_and_grayordinate_subjects_get_mgh_and_cifti_maps(tmp_path):
+    n = 24
+    index = np.full((n, 3), -1)
+    index[:, 0] = np.r_[np.arange(0, 28, 2), np.arange(10)]  # 14 lh voxels on even vertices, 10 rh
+    fsaverage = SurfaceLayout("fsaverage", np.array(["lh"] * 14 + ["rh"] * 10, dtype=object), index, {"lh": 30, "rh": 30})
+    _, coords = _store(tmp_path / "surf.h5", volumetric=False, layout=fsaverage)
+    table = _voxels_csv(tmp_path / "voxels.csv", coords, dataset="surf")
+    report = figures.brain_maps(tmp_path / "voxels.csv", {"surf": tmp_path / "surf.h5"}, tmp_path / "png", tmp_path / "maps", "afo")
+    assert report["nifti"] == 12  # 6 maps x 2 hemispheres
+    lh = np.asarray(nib.load(tmp_path / "maps" / "lh.surf__subj01_r_test.mgh").dataobj)[:, 0, 0]
+    np.testing.assert_allclose(lh[0:28:2], table["r_test"].to_numpy()[:14], rtol=1e-6, equal_nan=True)
+    assert "rh.surf__subj01_layer.mgh" in (tmp_path / "maps" / "README.txt").read_text()
+
+    bm = nib.cifti2.BrainModelAxis.from_mask(np.arange(40) % 5 != 0, name="CortexLeft")[:n]
+    cifti = SurfaceLayout("cifti", np.asarray(bm.name, dtype=object), np.c_[bm.vertex, -np.ones((n, 2), int)],
+                          {k: int(v) for k, v in bm.nvertices.items()})
+    _, coords = _store(tmp_path / "hcp.h5", volumetric=False, layout=cifti)
+    table = _voxels_csv(tmp_path / "voxels.csv", coords, dataset="hcp")
+    figures.brain_maps(tmp_path / "voxels.csv", {"hcp": tmp_path / "hcp.h5"}, tmp_path / "png", tmp_path / "maps", "afo")
+    image = nib.load(tmp_path / "maps" / "hcp__subj01.dscalar.nii")
+    assert list(image.header.get_axis(0).name) == list(figures.NIFTI_MAPS) and image.header.get_axis(1) == bm
+    np.testing.assert_allclose(np.asarray(image.dataobj)[0], table["r_test"], rtol=1e-6, equal_nan=True)
 
 
 def test_roi_codes_for_named_labels():

@@ -1,4 +1,5 @@
-"""NIfTI brain maps (afo.figures.brainmaps): round trip through nibabel, affine, grid checks."""
+"""Brain maps in each dataset's space (afo.figures.brainmaps): NIfTI volumes (affine, grid checks), MGH overlays on
+fsaverage and CIFTI-2 dscalar files on grayordinates, each loaded back with nibabel."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from afo.figures.brainmaps import voxel_indices_from_coords, write_volume_maps
+from afo.data.store import SurfaceLayout
+from afo.figures.brainmaps import voxel_indices_from_coords, write_cifti_maps, write_surface_maps, write_volume_maps
 
 SHAPE = (9, 8, 7)
 
@@ -109,3 +111,73 @@ def test_write_rejects_bad_input(tmp_path):
     with pytest.raises(ValueError, match="grid"):
         write_volume_maps(tmp_path / "a", off, affine, SHAPE, {"r": np.zeros(5)})
     assert not any(tmp_path.iterdir())  # nothing written on error
+
+
+def _fsaverage_layout() -> SurfaceLayout:
+    """5 voxels on lh (of 20 vertices) and 3 on rh (of 20), vertices unsorted like a mask's could never be."""
+    lh, rh = np.array([0, 3, 7, 12, 19]), np.array([1, 2, 18])
+    index = np.full((8, 3), -1)
+    index[:, 0] = np.r_[lh, rh]
+    return SurfaceLayout("fsaverage", np.array(["lh"] * 5 + ["rh"] * 3, dtype=object), index, {"lh": 20, "rh": 20})
+
+
+def test_mgh_overlays_per_hemisphere_load_back(tmp_path):
+    layout = _fsaverage_layout()
+    values = np.arange(1.0, 9.0)
+    paths = write_surface_maps(tmp_path / "nsd__subj01", layout, {"r_test": values, "layer": np.r_[0, 1, 2, 0, 1, 2, 0, 1]})
+    assert [p.name for p in paths] == ["lh.nsd__subj01_r_test.mgh", "rh.nsd__subj01_r_test.mgh",
+                                       "lh.nsd__subj01_layer.mgh", "rh.nsd__subj01_layer.mgh"]
+    lh = nib.load(tmp_path / "lh.nsd__subj01_r_test.mgh")
+    assert isinstance(lh, nib.MGHImage) and lh.shape == (20, 1, 1)  # FreeSurfer's surface overlay shape
+    data = np.asarray(lh.dataobj)[:, 0, 0]
+    np.testing.assert_array_equal(data[[0, 3, 7, 12, 19]], values[:5])
+    assert np.isnan(np.delete(data, [0, 3, 7, 12, 19])).all()  # vertices without a voxel
+    rh = np.asarray(nib.load(tmp_path / "rh.nsd__subj01_r_test.mgh").dataobj)[:, 0, 0]
+    np.testing.assert_array_equal(rh[[1, 2, 18]], values[5:])
+    with pytest.raises(ValueError, match="shape"):
+        write_surface_maps(tmp_path / "x", layout, {"r": np.zeros(7)})
+    twice = SurfaceLayout("fsaverage", layout.structure, np.where(np.arange(8)[:, None] == 1, 0, layout.index),
+                          layout.n_vertices)
+    with pytest.raises(ValueError, match="one lh vertex"):
+        write_surface_maps(tmp_path / "x", twice, {"r": np.zeros(8)})
+
+
+def _cifti_layout() -> tuple[SurfaceLayout, np.ndarray]:
+    """Grayordinates as an HCP file has them (cortex vertices, then thalamus voxels), a subset of them kept."""
+    affine = np.diag([1.6, 1.6, 1.6, 1.0])
+    affine[:3, 3] = [-90, -126, -72]
+    left = np.zeros(30, bool)
+    left[[2, 5, 6, 11]] = True
+    right = np.zeros(30, bool)
+    right[[0, 29]] = True
+    vol = np.zeros((4, 5, 3), bool)
+    vol[1, 2, 0] = vol[3, 4, 2] = True
+    bm = (nib.cifti2.BrainModelAxis.from_mask(left, name="CortexLeft")
+          + nib.cifti2.BrainModelAxis.from_mask(right, name="CortexRight")
+          + nib.cifti2.BrainModelAxis.from_mask(vol, name="ThalamusLeft", affine=affine))
+    index = np.full((len(bm), 3), -1)
+    surface = bm.vertex >= 0
+    index[surface, 0] = bm.vertex[surface]
+    index[~surface] = bm.voxel[~surface]
+    layout = SurfaceLayout("cifti", np.asarray(bm.name, dtype=object), index,
+                           {k: int(v) for k, v in bm.nvertices.items()}, affine, (4, 5, 3))
+    return layout, bm
+
+
+def test_cifti_dscalar_loads_back_on_the_same_grayordinates(tmp_path):
+    layout, bm = _cifti_layout()
+    n = len(bm)
+    maps = {"r_test": np.linspace(-0.2, 0.8, n), "roi": np.r_[np.ones(4), np.full(n - 4, np.nan)]}
+    path = write_cifti_maps(tmp_path / "hcp__group.dscalar.nii", layout, maps)
+    image = nib.load(path)
+    assert isinstance(image, nib.Cifti2Image)
+    assert int(image.nifti_header["intent_code"]) == 3006  # NIFTI_INTENT_CONNECTIVITY_DENSE_SCALARS
+    scalars, models = image.header.get_axis(0), image.header.get_axis(1)
+    assert isinstance(scalars, nib.cifti2.ScalarAxis) and list(scalars.name) == ["r_test", "roi"]
+    assert isinstance(models, nib.cifti2.BrainModelAxis) and models == bm  # structures, vertices, voxels, affine
+    data = np.asarray(image.dataobj)
+    assert data.shape == (2, n)
+    np.testing.assert_allclose(data[0], maps["r_test"], rtol=1e-6)
+    np.testing.assert_array_equal(np.isnan(data[1]), np.isnan(maps["roi"]))
+    with pytest.raises(ValueError, match="dscalar"):
+        write_cifti_maps(tmp_path / "x.nii", layout, maps)

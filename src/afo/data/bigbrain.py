@@ -234,8 +234,9 @@ class _RecordingWriter:
     def append(self, responses, trial_image, trial_split) -> None:
         self._inner.append(responses, trial_image, trial_split)
 
-    def finish(self, coords, rois=None, noise_ceiling=None, attrs=None) -> dict:
-        self._reports[self._name] = self._inner.finish(coords, rois=rois, noise_ceiling=noise_ceiling, attrs=attrs)
+    def finish(self, coords, rois=None, noise_ceiling=None, attrs=None, layout=None) -> dict:
+        self._reports[self._name] = self._inner.finish(coords, rois=rois, noise_ceiling=noise_ceiling, attrs=attrs,
+                                                       layout=layout)
         return self._reports[self._name]
 
 

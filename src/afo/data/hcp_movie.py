@@ -92,7 +92,7 @@ from afo.data._common import (
     warn,
 )
 from afo.data.bigbrain import DirectTarget
-from afo.data.store import SPLIT_CODE, StoreWriter
+from afo.data.store import SPLIT_CODE, StoreWriter, SurfaceLayout
 
 ADAPTER = "hcp_movie"
 CHUNK_TRS = 128
@@ -573,6 +573,21 @@ class CiftiSpace:
                 out[rows] = xyz[bm.vertex]
         return out[self.columns].astype(np.float32)
 
+    def layout(self) -> SurfaceLayout:
+        """The kept grayordinates on the CIFTI brain-model axis (structure, vertex or voxel i, j, k), so maps are
+        written back as CIFTI dscalar files on the same grayordinates."""
+        volume = self.axis.volume_mask[self.columns]
+        index = np.full((self.columns.size, 3), -1, dtype=np.int64)
+        index[~volume, 0] = self.axis.vertex[self.columns][~volume]
+        index[volume] = self.axis.voxel[self.columns][volume]
+        has_volume = self.axis.volume_shape is not None and bool(self.axis.volume_mask.any())
+        return SurfaceLayout(
+            "cifti", np.asarray(self.axis.name[self.columns], dtype=object), index,
+            {str(k): int(v) for k, v in self.axis.nvertices.items()},
+            volume_affine=np.asarray(self.axis.affine) if has_volume else None,
+            volume_shape=tuple(int(x) for x in self.axis.volume_shape) if has_volume else None,
+        )
+
     def rois(self) -> dict[str, list[str]]:
         sets = {"structure": [_short(s) for s in self.axis.name[self.columns]]}
         if self.roi_labels is not None:
@@ -810,6 +825,10 @@ def _write_subjects(target, ds: Opened, coords: np.ndarray, rois: dict) -> list[
     """Group averages (one per content group) or one subject each; returns subjects left without any run."""
     empty = []
     opts = ds.opts
+    layout = ds.space.layout() if isinstance(ds.space, CiftiSpace) else None
+    # volume runs: the grid, so NIfTI maps can be written in the subjects' (MNI) space
+    grid = {} if layout is not None else {"affine": np.asarray(ds.space.affine, dtype=np.float64).ravel(),
+                                          "volume_shape": np.asarray(ds.space.shape[:3], dtype=np.int64)}
     for name, members, gp in progress(ds.units(), "hcp subjects", unit="subject"):
         if not any(ds.files[s][p.run] is not None for s in members for p in gp.plans):
             empty.append(name)
@@ -823,7 +842,8 @@ def _write_subjects(target, ds: Opened, coords: np.ndarray, rois: dict) -> list[
                 w.append(mean[trs], plan.image_of_frame, plan.split_of_frame)
         w.finish(coords, rois=rois, attrs={"members": len(members), "delay_s": float(opts["delay_s"]),
                                            "tr_s": float(ds.tr), "space": opts["space"],
-                                           "movie_versions": ",".join(v.name for v in gp.group.versions)})
+                                           "movie_versions": ",".join(v.name for v in gp.group.versions), **grid},
+                 layout=layout)
     return empty
 
 

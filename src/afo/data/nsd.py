@@ -3,6 +3,10 @@
 Files read under ``root`` (the NSD bucket layout, as ``aws s3 sync s3://natural-scenes-dataset`` leaves it)::
 
     nsddata/experiments/nsd/nsd_expdesign.mat                     masterordering (1, 30000), subjectim (8, 10000)
+    nsddata/experiments/nsd/nsd_stim_info_merged.csv              optional: one row per image, columns nsdId
+                                                                  (0-based row of imgBrick) and cocoId; gives each
+                                                                  image's COCO id, so images shared with BOLD5000
+                                                                  are found by identity (afo.data.overlap)
     nsddata_stimuli/stimuli/nsd/nsd_stimuli.hdf5                   imgBrick uint8 (73000, 425, 425, 3)
     nsddata_betas/ppdata/subjXX/<space>/<betas>/betas_sessionNN.nii.gz   int16 (X, Y, Z, 750)
                                               or betas_sessionNN.hdf5    /betas int16 (750, Z, Y, X) in h5py
@@ -67,7 +71,8 @@ from afo.data._common import (
 )
 from afo.data.bigbrain import DirectTarget
 from afo.data.noise_ceiling import ncsnr_to_nc
-from afo.data.store import SPLIT_CODE, StoreWriter
+from afo.data.overlap import coco_source
+from afo.data.store import SPLIT_CODE, StoreWriter, SurfaceLayout
 
 ADAPTER = "nsd"
 SESSIONS_PER_SUBJECT = (40, 40, 32, 30, 40, 32, 40, 30)
@@ -397,6 +402,14 @@ class SurfaceSource:
             right = right + np.array([left[:, 0].max() - right[:, 0].min() + 0.5 * width, 0.0, 0.0])
         return np.concatenate([left, right]).astype(np.float32)
 
+    def layout(self) -> SurfaceLayout:
+        """Hemisphere and fsaverage vertex of each stored voxel (left then right), for MGH maps on fsaverage."""
+        vertices = [np.flatnonzero(self.masks[h]) for h in self.HEMIS]
+        index = np.full((sum(v.size for v in vertices), 3), -1, dtype=np.int64)
+        index[:, 0] = np.concatenate(vertices)
+        structure = np.concatenate([np.full(v.size, h, dtype=object) for h, v in zip(self.HEMIS, vertices)])
+        return SurfaceLayout("fsaverage", structure, index, dict(self.n_vertices))
+
     def rois(self) -> dict[str, list[str]]:
         out = {}
         for roi in self.opts["roi_sets"] or []:
@@ -493,6 +506,33 @@ def _images(root: Path, ids: np.ndarray):
                 yield image
 
 
+def stim_info_path(root: Path) -> Path:
+    return root / "nsddata" / "experiments" / "nsd" / "nsd_stim_info_merged.csv"
+
+
+def coco_sources(root: Path, image_ids: np.ndarray) -> list[str] | None:
+    """``coco:<cocoId>`` of each 0-based NSD image id from nsd_stim_info_merged.csv; None (with a warning) when
+    the file is not there, so shared images are then found by their pixels only."""
+    import pandas as pd
+
+    path = stim_info_path(root)
+    if not path.is_file():
+        warn(f"{path} not found: NSD images are matched with other datasets' (BOLD5000's COCO images) by their "
+             "pixels only, which misses NSD's square crops; download it to match them by COCO id")
+        return None
+    expected = "a CSV with columns nsdId (0-based image) and cocoId"
+    with reading(path, "NSD stimulus information", expected):
+        table = pd.read_csv(path, usecols=lambda c: c in ("nsdId", "cocoId"))
+    if not {"nsdId", "cocoId"} <= set(table.columns):
+        raise format_error(path, "nsdId/cocoId", "are missing", expected)
+    coco = dict(zip(table["nsdId"].astype(int), table["cocoId"].astype(int)))
+    missing = [int(i) for i in image_ids if int(i) not in coco]
+    if missing:
+        raise format_error(path, "nsdId", f"lacks {len(missing)} image(s) of the design, e.g. {missing[:3]}",
+                           "a row for every one of the 73000 images")
+    return [coco_source(coco[int(i)]) for i in image_ids]
+
+
 def prepare(root, out, *, image_size: int, options: dict) -> dict:
     """Prepare NSD under ``root`` into the store ``out``; returns a report per subject."""
     root = Path(root)
@@ -519,7 +559,8 @@ def prepare(root, out, *, image_size: int, options: dict) -> dict:
 
     report: dict[str, Any] = {"dataset": ADAPTER, "n_images": int(image_ids.size), "subjects": {}}
     with StoreWriter(out, name=opts["name"], modality="fmri", source=ADAPTER, image_size=image_size) as writer:
-        writer.write_images(_images(root, image_ids), [f"nsd{int(i):05d}" for i in image_ids])
+        writer.write_images(_images(root, image_ids), [f"nsd{int(i):05d}" for i in image_ids],
+                            coco_sources(root, image_ids))
         target = DirectTarget(writer)
         for source in sources:
             report["subjects"][source.name] = _write_subject(target, source, sessions[source.name],
@@ -551,6 +592,7 @@ def _write_subject(target, source, sessions, ids, row_of, split_of, opts) -> dic
         attrs={"sessions": np.asarray(sessions), "space": opts["space"], "betas_format": source.format,
                "zscored": bool(opts["zscore"]), "mask_roi": str(opts["mask_roi"] or ""),
                **_volume_attrs(source)},
+        layout=source.layout() if isinstance(source, SurfaceSource) else None,
     )
     result["sessions"] = list(sessions)
     return result

@@ -5,6 +5,9 @@ Layout (format version 1)::
     /                       attrs: format_version, name, modality (fmri|eeg|meg), source, image_size
     /images                 uint8 [n_images, image_size, image_size, 3]   stimuli at model resolution
     /image_names            str   [n_images]                               file name / id of each stimulus
+    /image_sources          str   [n_images]  optional: where the stimulus comes from, across datasets
+                                              (``coco:<id>``, ``things:<file stem>``, ``imagenet:<stem>``; '' =
+                                              unknown); read by the overlap step (afo.data.overlap)
     /subjects/<s>/responses       float32 [n_trials, n_voxels]  NaN = missing (masked in every loss and score)
     /subjects/<s>/trial_image     int64   [n_trials]            row of /images shown on the trial
     /subjects/<s>/trial_split     int8    [n_trials]            0 train, 1 val, 2 test (constant per image)
@@ -13,8 +16,14 @@ Layout (format version 1)::
     /subjects/<s>/bad_voxel       bool    [n_voxels]            True = never usable (no finite value, constant,
                                                                 or no finite value on any training trial)
     /subjects/<s>/rois/<set>      str     [n_voxels]            ROI label per voxel ('' = none), one per ROI set
+    /subjects/<s>/layout/         optional, surface and grayordinate subjects (:class:`SurfaceLayout`):
+        structure  str   [n_voxels]     fsaverage hemisphere (lh, rh) or CIFTI structure (CIFTI_STRUCTURE_...)
+        index      int64 [n_voxels, 3]  vertex index in column 0 (columns 1-2 = -1), or a CIFTI voxel's i, j, k
+        attrs: kind (fsaverage | cifti), n_vertices (json: structure -> vertices of the whole surface),
+               volume_affine (16 numbers) and volume_shape (3) of a CIFTI file's volume part (absent without one)
     subject attrs: nc_source (given|repeats|none), n_bad_voxels, bad_voxel_reasons (json: all_nan, constant,
-                            no_train -> voxel indices), n_inf_values (+-inf in the input, stored as NaN)
+                            no_train -> voxel indices), n_inf_values (+-inf in the input, stored as NaN);
+                            volumetric subjects: affine (16 numbers, voxel -> mm) and volume_shape (3)
 
 Writers go through :class:`StoreWriter`, which writes into ``<path>.tmp`` and renames on
 :meth:`StoreWriter.close`, so a killed ``prepare`` never leaves a half-written store behind.
@@ -47,6 +56,51 @@ _STR = h5py.string_dtype("utf-8")
 
 class StoreError(UserError, ValueError):
     """A prepared store, or the data offered to one, breaks the store's contract."""
+
+
+LAYOUT_KINDS = ("fsaverage", "cifti")
+
+
+@dataclass(frozen=True)
+class SurfaceLayout:
+    """Where each voxel of a surface or grayordinate subject sits in its dataset's own space.
+
+    What brain maps in that space need (:mod:`afo.figures.brainmaps`): MGH files on fsaverage, CIFTI-2 dscalar
+    files on the CIFTI file's grayordinates.
+
+    Attributes:
+        kind: ``fsaverage`` (vertices of the fsaverage hemispheres) or ``cifti`` (a CIFTI brain-model axis).
+        structure: str [n_voxels]: hemisphere (``lh``/``rh``) or CIFTI structure (``CIFTI_STRUCTURE_...``).
+        index: int64 [n_voxels, 3]: the vertex in column 0 (columns 1-2 = -1) for surface voxels, i, j, k of
+            the CIFTI volume for subcortical voxels.
+        n_vertices: surface structure -> number of vertices of the whole surface (what a map file must hold).
+        volume_affine: [4, 4] voxel -> mm of the CIFTI volume part, None without volume voxels.
+        volume_shape: its (X, Y, Z), None without volume voxels.
+    """
+
+    kind: str
+    structure: np.ndarray
+    index: np.ndarray
+    n_vertices: dict
+    volume_affine: np.ndarray | None = None
+    volume_shape: tuple | None = None
+
+    def check(self, n_voxels: int, source: str) -> None:
+        """Refuse a layout that does not describe ``n_voxels`` voxels (a bug in the adapter, named as ``source``)."""
+        if self.kind not in LAYOUT_KINDS:
+            raise StoreError(f"{source}: layout kind {self.kind!r} is not one of {LAYOUT_KINDS}")
+        if np.shape(self.structure) != (n_voxels,) or np.shape(self.index) != (n_voxels, 3):
+            raise StoreError(f"{source}: layout has {np.shape(self.structure)} structures and index "
+                             f"{np.shape(self.index)} for {n_voxels} voxels")
+        surface = np.asarray(self.index)[:, 1] < 0
+        for name in set(np.asarray(self.structure, dtype=object)[surface].tolist()):
+            rows = surface & (np.asarray(self.structure, dtype=object) == name)
+            if name not in self.n_vertices:
+                raise StoreError(f"{source}: layout names surface {name!r} without its vertex count")
+            if np.asarray(self.index)[rows, 0].max(initial=-1) >= int(self.n_vertices[name]):
+                raise StoreError(f"{source}: layout has a vertex beyond {name}'s {self.n_vertices[name]} vertices")
+        if (~surface).any() and (self.volume_affine is None or self.volume_shape is None):
+            raise StoreError(f"{source}: layout has volume voxels but no volume_affine / volume_shape")
 
 
 # Pillow modes whose samples are 16-bit unsigned integers (PNG and TIFF grey images with 16 bits per sample).
@@ -230,8 +284,11 @@ class SubjectWriter:
         rois: dict[str, Sequence[str]] | None = None,
         noise_ceiling: np.ndarray | None = None,
         attrs: dict | None = None,
+        layout: SurfaceLayout | None = None,
     ) -> dict:
         """Write voxel-level arrays, mask bad voxels, compute the noise ceiling if not given.
+
+        ``layout`` places surface and grayordinate voxels in their dataset's own space (see :class:`SurfaceLayout`).
 
         ``noise_ceiling`` [n_voxels] is in percent (0-100; NaN = unknown) and checked to be so. Bad voxels (no
         finite value, constant, or no finite value on a training trial) and +-inf values are masked, reported
@@ -252,6 +309,8 @@ class SubjectWriter:
         _check_split_by_image(trial_image, trial_split)
         _check_splits_present(trial_split, self.source)
         g.create_dataset("coords", data=coords)
+        if layout is not None:
+            _write_layout(g, layout, self._n_voxels, self.source)
         roi_group = g.create_group("rois")
         for set_name, labels in (rois or {}).items():
             labels = np.asarray([str(x) for x in labels], dtype=object)
@@ -297,6 +356,18 @@ class SubjectWriter:
         for line in masking_report(self.source, report):
             print(line, file=sys.stderr)
         return report
+
+
+def _write_layout(group: h5py.Group, layout: SurfaceLayout, n_voxels: int, source: str) -> None:
+    layout.check(n_voxels, source)
+    g = group.create_group("layout")
+    g.create_dataset("structure", data=np.asarray([str(x) for x in layout.structure], dtype=object), dtype=_STR)
+    g.create_dataset("index", data=np.asarray(layout.index, dtype=np.int64))
+    g.attrs["kind"] = layout.kind
+    g.attrs["n_vertices"] = json.dumps({str(k): int(v) for k, v in layout.n_vertices.items()})
+    if layout.volume_affine is not None and layout.volume_shape is not None:
+        g.attrs["volume_affine"] = np.asarray(layout.volume_affine, dtype=np.float64).ravel()
+        g.attrs["volume_shape"] = np.asarray(layout.volume_shape, dtype=np.int64)
 
 
 def masking_report(source: str, report: dict) -> list[str]:
@@ -366,9 +437,18 @@ class StoreWriter:
         self._n_images: int | None = None
         self._file.create_group("subjects")
 
-    def write_images(self, images: Iterable[Image.Image | np.ndarray], names: Sequence[str]) -> None:
-        """Resize and store every stimulus, in the order of ``names`` (row i = names[i])."""
+    def write_images(
+        self, images: Iterable[Image.Image | np.ndarray], names: Sequence[str], sources: Sequence[str] | None = None
+    ) -> None:
+        """Resize and store every stimulus, in the order of ``names`` (row i = names[i]).
+
+        ``sources`` [n] names where each stimulus comes from across datasets (``coco:<id>``, ``things:<stem>``,
+        '' = unknown; :mod:`afo.data.overlap` makes them), so images shared with another dataset are found by
+        identity; without it they are found by their pixels only.
+        """
         n = len(names)
+        if sources is not None and len(sources) != n:
+            raise StoreError(f"{len(sources)} image sources for {n} names")
         s = self.image_size
         ensure_space(self._tmp, n * s * s * 3)  # uncompressed size: an upper bound
         ds = self._file.create_dataset(
@@ -383,6 +463,9 @@ class StoreWriter:
         if count != n:
             raise StoreError(f"{count} images for {n} names")
         self._file.create_dataset("image_names", data=np.asarray(list(names), dtype=object), dtype=_STR)
+        if sources is not None:
+            self._file.create_dataset("image_sources", data=np.asarray([str(x) for x in sources], dtype=object),
+                                      dtype=_STR)
         self._n_images = n
 
     def subject(self, name: str, n_voxels: int, chunk_rows: int = 256, source: str | None = None) -> SubjectWriter:
@@ -460,6 +543,12 @@ class PreparedStore:
     def image_names(self) -> list[str]:
         return [x.decode() if isinstance(x, bytes) else str(x) for x in self._file["image_names"][:]]
 
+    def image_sources(self) -> list[str]:
+        """Where each stimulus comes from across datasets ('' = unknown; all '' when the store records none)."""
+        if "image_sources" not in self._file:
+            return [""] * self.n_images
+        return [x.decode() if isinstance(x, bytes) else str(x) for x in self._file["image_sources"][:]]
+
     def info(self, subject: str) -> SubjectInfo:
         g = self._group(subject)
         return SubjectInfo(
@@ -504,6 +593,24 @@ class PreparedStore:
         if roi_set not in g:
             raise StoreError(f"{self.path}: subject {subject!r} has no ROI set {roi_set!r}; it has {sorted(g)}")
         return np.asarray([x.decode() if isinstance(x, bytes) else str(x) for x in g[roi_set][:]], dtype=object)
+
+    def layout(self, subject: str) -> SurfaceLayout | None:
+        """Where a surface or grayordinate subject's voxels sit in its dataset's space; None for other subjects."""
+        g = self._group(subject)
+        if "layout" not in g:
+            return None
+        lg = g["layout"]
+        affine = lg.attrs.get("volume_affine")
+        shape = lg.attrs.get("volume_shape")
+        return SurfaceLayout(
+            kind=str(lg.attrs["kind"]),
+            structure=np.asarray([x.decode() if isinstance(x, bytes) else str(x) for x in lg["structure"][:]],
+                                 dtype=object),
+            index=lg["index"][:],
+            n_vertices={k: int(v) for k, v in json.loads(lg.attrs["n_vertices"]).items()},
+            volume_affine=None if affine is None else np.asarray(affine, dtype=np.float64).reshape(4, 4),
+            volume_shape=None if shape is None else tuple(int(x) for x in np.asarray(shape).ravel()),
+        )
 
     def subject_attrs(self, subject: str) -> dict:
         return dict(self._group(subject).attrs)

@@ -4,15 +4,18 @@
   the dataset has a simulated ground truth (``<root>/<subject>/ground_truth.csv`` with u_x, u_y, level), a
   second panel plots the learned u of the early (level 0) voxels against their true receptive-field centres;
 - LayerSelector (Figure 5): the expected layer and each layer's weight over the voxel coordinates;
-- brain maps: test r and ROI label over the voxel coordinates (PNG, every subject) and, for volumetric subjects,
-  NIfTI maps in the subject's space (r_test, r_test_norm, roi, u_x, u_y, layer) that open in any viewer;
+- brain maps: test r and ROI label over the voxel coordinates (PNG, every subject) and maps in each dataset's
+  own space (r_test, r_test_norm, roi, u_x, u_y, layer; :mod:`afo.figures.brainmaps`): NIfTI for volumetric
+  subjects, MGH per hemisphere for fsaverage subjects (surface NSD), a CIFTI-2 dscalar for grayordinate
+  subjects (HCP);
 - the veROI dendrogram with its cut (Figure 6);
 - per-ROI encoding and retrieval scores (Figure 8).
 
 Volumetric subjects: a subject is volumetric when its prepared store keeps the volume's voxel-to-mm affine and
 grid shape as subject attributes ``affine`` (16 numbers or 4 x 4, row-major) and ``volume_shape`` (3 integers),
-with the voxel coordinates in mm on that grid. Subjects without them (surfaces, EEG/MEG, the synthetic brain)
-get PNG maps only; the NIfTI folder's README.txt lists which subjects got maps and why others did not.
+with the voxel coordinates in mm on that grid. Surface and grayordinate subjects keep a layout
+(:class:`afo.data.store.SurfaceLayout`). Subjects with neither (EEG/MEG, the synthetic brain) get PNG maps
+only; the map folder's README.txt lists which subjects got which files and why others got none.
 
 Figure files are named ``<dataset>__<subject>.png`` (brain maps: ``<dataset>__<subject>.<map>.png``).
 """
@@ -152,8 +155,9 @@ def brain_maps(
     nifti_dir: str | Path,
     model: str,
 ) -> dict:
-    """PNG maps of test r and ROI per subject; NIfTI maps for volumetric subjects (see the module docstring)."""
-    from afo.figures.brainmaps import write_volume_maps
+    """PNG maps of test r and ROI per subject; maps in each subject's own space (NIfTI, MGH, CIFTI) under
+    ``nifti_dir`` (see the module docstring)."""
+    from afo.figures.brainmaps import write_cifti_maps, write_surface_maps, write_volume_maps
     from afo.data.store import PreparedStore
     from afo.figures.plots import plot_brain_scores
 
@@ -176,12 +180,14 @@ def brain_maps(
             notes.append(f"{dataset}/{subject}: no prepared store given, no NIfTI maps")
             continue
         with PreparedStore(stores[dataset]) as store:
-            geometry = volume_geometry(store.subject_attrs(subject)) if subject in store.subjects else None
-            store_coords = store.coords(subject) if geometry else None
-        if geometry is None:
-            notes.append(f"{dataset}/{subject}: not volumetric (its store keeps no affine / volume_shape), no NIfTI maps")
+            known = subject in store.subjects
+            geometry = volume_geometry(store.subject_attrs(subject)) if known else None
+            layout = store.layout(subject) if known else None
+            store_coords = store.coords(subject) if known else None
+        if geometry is None and layout is None:
+            notes.append(f"{dataset}/{subject}: no volume grid or surface layout in its store (EEG/MEG, or a "
+                         "layout-free dataset), PNG maps only")
             continue
-        affine, shape = geometry
         if len(frame) != len(store_coords) or not np.array_equal(frame["voxel"].to_numpy(), np.arange(len(store_coords))):
             raise ValueError(f"{voxels_csv}: {dataset}/{subject} does not list every voxel of its store once")
         maps = {
@@ -189,12 +195,20 @@ def brain_maps(
             "u_x": frame["u_x"].to_numpy(dtype=np.float64), "u_y": frame["u_y"].to_numpy(dtype=np.float64),
             "layer": pd.to_numeric(frame["layer"], errors="coerce").to_numpy(dtype=np.float64),
         }
-        niftis += write_volume_maps(nifti_dir / stem, store_coords, affine, shape, maps)
+        if geometry is not None:
+            files = write_volume_maps(nifti_dir / stem, store_coords, *geometry, maps)
+        elif layout.kind == "fsaverage":
+            files = write_surface_maps(nifti_dir / stem, layout, maps)
+        else:
+            files = [write_cifti_maps(nifti_dir / f"{stem}.dscalar.nii", layout, maps)]
+        niftis += files
         atomic_write_text(nifti_dir / f"{stem}_roi.json", json.dumps({str(k): v for k, v in table.items()}, indent=1))
-        notes.append(f"{dataset}/{subject}: {', '.join(f'{stem}_{m}.nii.gz' for m in maps)}")
+        notes.append(f"{dataset}/{subject}: {', '.join(p.name for p in files)}")
     readme = (
-        f"NIfTI maps of model {model} for volumetric subjects, in each subject's own space (float32, NaN = not a "
-        "voxel; roi codes are listed in <subject>_roi.json; layer 0 = shallowest).\n\n" + "\n".join(notes) + "\n"
+        f"Maps of model {model} in each subject's own space: NIfTI (.nii.gz) for volumes, MGH per hemisphere "
+        "(lh./rh. ... .mgh) on fsaverage, a CIFTI-2 dscalar (.dscalar.nii, one row per map) on grayordinates. "
+        "float32, NaN = not a voxel; roi codes are listed in <subject>_roi.json; layer 0 = shallowest.\n\n"
+        + "\n".join(notes) + "\n"
     )
     atomic_write_text(nifti_dir / "README.txt", readme)
     return {"png": len(pngs), "nifti": len(niftis)}
