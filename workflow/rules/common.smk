@@ -14,6 +14,7 @@ DATASETS = config["datasets"]
 TRAIN_DATASETS = sorted(n for n, d in DATASETS.items() if d["role"] == "train")
 ALL_DATASETS = sorted(DATASETS)
 AFO = config["afo"]
+OVERLAP = config["overlap"]
 COMPUTE = config["compute"]
 TRAIN_THREADS = COMPUTE["train_threads"]
 TRAIN_MEM_MB = COMPUTE["train_mem_mb"]
@@ -66,6 +67,16 @@ def stores(datasets=TRAIN_DATASETS) -> list:
 
 def feature_caches(datasets=TRAIN_DATASETS) -> list:
     return expand("results/features/{dataset}.h5", dataset=datasets)
+
+
+def overlap_input() -> list:
+    """overlap.csv for the jobs that leave out shared test images (none when overlap.exclude is off)."""
+    return ["results/data/overlap.csv"] if OVERLAP["exclude"] else []
+
+
+def overlap_trained_on() -> list:
+    """The datasets whose training images are left out of other datasets' tests (a param: a role change reruns)."""
+    return TRAIN_DATASETS if OVERLAP["exclude"] else []
 
 
 # -- training ------------------------------------------------------------------------------------------
@@ -276,6 +287,8 @@ def ground_truth_input() -> list:
 def analysis_targets() -> list:
     out = [
         "results/headline.html",
+        "results/data/overlap.csv",
+        "results/data/overlap.html",
         "results/encoding/ablation_table.csv",
         "results/encoding/ablation_table.html",
         "results/encoding/comparison.csv",

@@ -36,3 +36,27 @@ rule prepare:
         "../../envs/afo.yaml"
     script:
         "../scripts/prepare.py"
+
+
+# Images shared between datasets (by source name or perceptual hash); training never waits for it, evaluation and
+# probing read it to leave out test images a training dataset trained on.
+rule overlap:
+    input:
+        stores=stores(ALL_DATASETS),
+    output:
+        csv="results/data/overlap.csv",
+        html=report("results/data/overlap.html", caption="../report/overlap.rst", category="7. Data"),
+    params:
+        max_distance=OVERLAP["max_distance"],
+        min_correlation=OVERLAP["min_correlation"],
+        trained_on=TRAIN_DATASETS,
+        exclude=OVERLAP["exclude"],
+    log:
+        "logs/overlap.log",
+    threads: 1
+    resources:
+        mem_mb=4000,
+    conda:
+        "../../envs/afo.yaml"
+    script:
+        "../scripts/overlap.py"

@@ -25,11 +25,13 @@ rule evaluate:
         predictions=evaluation_predictions,
         rois=evaluation_rois,
         stores=stores(),
+        overlap=overlap_input(),
     output:
         voxels="results/encoding/{name}/voxels.csv",
         summary="results/encoding/{name}/summary.csv",
     params:
         roi_set=AFO["dataset_roi_set"],
+        trained_on=overlap_trained_on(),
     log:
         "logs/evaluate/{name}.log",
     threads: 1

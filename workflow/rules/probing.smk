@@ -7,6 +7,7 @@ rule probe:
         store="results/prepared/{dataset}.h5",
         features=probe_features,
         model=probe_model,
+        overlap=overlap_input(),
     output:
         "results/probing/{extractor}/{dataset}.csv",
     params:
@@ -14,6 +15,7 @@ rule probe:
         settings=probe_settings(),
         role=dataset_role,
         roi_set=AFO["dataset_roi_set"],
+        trained_on=overlap_trained_on(),
     log:
         "logs/probing/{extractor}_{dataset}.log",
     threads: TRAIN_THREADS

@@ -5,12 +5,17 @@ from afo.jobs import named_by_stem, run_job
 
 
 def main(smk):
-    from afo.evaluation.scores import voxel_table, write_tables
+    from afo.data.overlap import left_out_by_dataset
+    from afo.evaluation.scores import left_out_counts, voxel_table, write_tables
 
-    table = voxel_table(list(zip(smk.input.models, smk.input.predictions)), named_by_stem(smk.input.stores),
-                        rois=smk.input.rois[0], dataset_roi_set=smk.params.roi_set)
-    write_tables(table, Path(smk.output.voxels).parent)
-    return {"voxels": len(table), "mean_r_test": float(table["r_test"].mean())}
+    stores = named_by_stem(smk.input.stores)
+    leave_out = left_out_by_dataset(smk.input.overlap, stores, smk.params.trained_on)
+    table = voxel_table(list(zip(smk.input.models, smk.input.predictions)), stores,
+                        rois=smk.input.rois[0], dataset_roi_set=smk.params.roi_set, leave_out=leave_out)
+    counts = left_out_counts(stores, leave_out)
+    write_tables(table, Path(smk.output.voxels).parent, counts)
+    return {"voxels": len(table), "mean_r_test": float(table["r_test"].mean()),
+            "test_images_left_out": {f"{r.dataset}/{r.subject}": int(r.n_test_left_out) for r in counts.itertuples()}}
 
 
 run_job(snakemake, lambda: main(snakemake))

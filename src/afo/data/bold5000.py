@@ -67,6 +67,7 @@ from afo.data._common import (
     zscore_rows,
 )
 from afo.data.bigbrain import DirectTarget
+from afo.data.overlap import bold5000_source
 from afo.data.store import StoreWriter
 
 ADAPTER = "bold5000"
@@ -354,7 +355,8 @@ def prepare(root, out, *, image_size: int, options: dict) -> dict:
     row_of = {p: r for r, p in enumerate(image_paths)}
     report: dict[str, Any] = {"dataset": ADAPTER, "n_images": len(image_paths), "subjects": {}}
     with StoreWriter(out, name=opts["name"], modality="fmri", source=ADAPTER, image_size=image_size) as writer:
-        writer.write_images(lazy_images(image_paths, "bold5000 images"), [p.name for p in image_paths])
+        writer.write_images(lazy_images(image_paths, "bold5000 images"), [p.name for p in image_paths],
+                            [bold5000_source(p.name) for p in image_paths])
         target = DirectTarget(writer)
         for subj in subjects:
             w = target.subject(subj.name, len(subj.ijk))

@@ -59,6 +59,7 @@ from afo.data._common import (
     time_window,
 )
 from afo.data.bigbrain import subject_target
+from afo.data.overlap import things_source
 from afo.data.store import StoreWriter
 
 ADAPTER = "things_eeg2"
@@ -204,7 +205,8 @@ def prepare(root, out, *, image_size: int, options: dict) -> dict:
 
     report: dict[str, Any] = {"dataset": ADAPTER, "n_images": len(names)}
     with StoreWriter(out, name=opts["name"], modality="eeg", source=ADAPTER, image_size=image_size) as writer:
-        writer.write_images(lazy_images([image_dir / n for n in names], "things_eeg2 images"), names)
+        writer.write_images(lazy_images([image_dir / n for n in names], "things_eeg2 images"), names,
+                            [things_source(n) for n in names])
         with subject_target(writer, bool(opts["bigbrain"]), name=opts["name"]) as target:
             for subj in progress(subjects, "things_eeg2 subjects", unit="subject"):
                 _write_subject(target, subj, opts, n_train_img, len(names), split)

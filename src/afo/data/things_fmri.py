@@ -73,6 +73,7 @@ from afo.data._common import (
     zscore_rows,
 )
 from afo.data.bigbrain import DirectTarget
+from afo.data.overlap import things_source
 from afo.data.store import StoreWriter
 
 ADAPTER = "things_fmri"
@@ -412,7 +413,8 @@ def prepare(root, out, *, image_size: int, options: dict) -> dict:
     row_of = {s: r for r, s in enumerate(names)}
     report: dict[str, Any] = {"dataset": ADAPTER, "n_images": len(names), "subjects": {}}
     with StoreWriter(out, name=opts["name"], modality="fmri", source=ADAPTER, image_size=image_size) as writer:
-        writer.write_images(lazy_images([ds.paths[n] for n in names], "things_fmri images"), names)
+        writer.write_images(lazy_images([ds.paths[n] for n in names], "things_fmri images"), names,
+                            [things_source(n) for n in names])
         target = DirectTarget(writer)
         for subj in ds.subjects:
             report["subjects"][subj.name] = _write_subject(target, subj, out, row_of, ds.split_of)

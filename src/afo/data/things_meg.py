@@ -63,6 +63,7 @@ from afo.data._common import (
     zscore_rows,
 )
 from afo.data.bigbrain import subject_target
+from afo.data.overlap import things_source
 from afo.data.store import StoreWriter
 
 ADAPTER = "things_meg"
@@ -226,7 +227,8 @@ def prepare(root, out, *, image_size: int, options: dict) -> dict:
         "catch_trials_dropped": {p.name: int(len(p.epochs) - p.keep.size) for p in participants},
     }
     with StoreWriter(out, name=opts["name"], modality="meg", source=ADAPTER, image_size=image_size) as writer:
-        writer.write_images(lazy_images([files[n] for n in names], "things_meg images"), names)
+        writer.write_images(lazy_images([files[n] for n in names], "things_meg images"), names,
+                            [things_source(n) for n in names])
         with subject_target(writer, bool(opts["bigbrain"]), name=opts["name"]) as target:
             for part in participants:
                 w = target.subject(part.name, part.n_voxels)

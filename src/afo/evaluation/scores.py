@@ -2,7 +2,9 @@
 
 voxels.csv: one row per voxel: dataset, subject, voxel, roi, x, y, z, u_x, u_y, layer, eta_0..eta_{L-1},
 r_val, r_test, nc, r_test_norm (then dataset_roi, the dataset's own label). summary.csv: one row per dataset,
-subject and roi (plus roi = "all"): n_voxels, mean_r_test, median_r_test_norm.
+subject and roi (plus roi = "all"): n_voxels, mean_r_test, median_r_test_norm, n_test_images (the test images
+scored) and n_test_left_out (test images left out because another training dataset trained on them, from
+``results/data/overlap.csv``: :func:`afo.data.overlap.left_out_images`).
 
 r is Pearson's r over the split's images between the prediction and the response averaged over the image's
 repeats; r_test_norm = r_test·|r_test| / (nc / 100), the signed fraction of explainable variance explained
@@ -18,7 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from afo.data.store import PreparedStore
+from afo.data.store import SPLIT_CODE, PreparedStore
 from afo.evaluation.predictions import PredictionError, assemble, split_predictions
 from afo.io.tables import read_roi_table, write_csv
 from afo.metrics import MIN_PAIRS, pearson_r
@@ -49,11 +51,21 @@ def neck_readouts(model_path: str | Path, voxels: Mapping[str, np.ndarray]) -> p
     return pd.concat(frames, ignore_index=True)
 
 
-def split_scores(prediction_files: Sequence[str | Path], stores: Mapping[str, str | Path]) -> pd.DataFrame:
-    """r_val and r_test of every predicted voxel (NaN where a split has fewer than 3 images)."""
+def split_scores(
+    prediction_files: Sequence[str | Path],
+    stores: Mapping[str, str | Path],
+    leave_out: Mapping[str, np.ndarray] | None = None,
+) -> pd.DataFrame:
+    """r_val and r_test of every predicted voxel (NaN where a split has fewer than 3 images).
+
+    ``leave_out``: dataset -> store rows of images left out of the test split (shared with a training dataset).
+    """
     scored = {}
     for split in ("val", "test"):
         for p in split_predictions(prediction_files, stores, split):
+            if split == "test" and leave_out and leave_out.get(p.dataset) is not None:
+                keep = ~np.isin(p.images, leave_out[p.dataset])
+                p.images, p.predicted, p.measured = p.images[keep], p.predicted[keep], p.measured[keep]
             r = pearson_r(p.predicted, p.measured) if p.images.size >= MIN_PAIRS else np.full(p.voxels.size, np.nan)
             frame = scored.setdefault(p.key, pd.DataFrame({"dataset": p.dataset, "subject": p.subject, "voxel": p.voxels}))
             frame[f"r_{split}"] = r
@@ -67,13 +79,15 @@ def voxel_table(
     stores: Mapping[str, str | Path],
     rois: str | Path | None = None,
     dataset_roi_set: str = "roi",
+    leave_out: Mapping[str, np.ndarray] | None = None,
 ) -> pd.DataFrame:
     """voxels.csv of a model, or of per-ROI models assembled: ``models`` = [(model file, its prediction file)].
 
     Each voxel's row comes from the one prediction file that holds it (per-ROI models predict their own ROI);
-    ``rois`` (the ROI assignment table) fills the roi column, else the dataset's own labels do.
+    ``rois`` (the ROI assignment table) fills the roi column, else the dataset's own labels do; ``leave_out``
+    (dataset -> store rows) drops shared images from the test split (see :func:`split_scores`).
     """
-    scored = split_scores([p for _, p in models], stores)
+    scored = split_scores([p for _, p in models], stores, leave_out)
     necks = []
     for model_path, prediction_file in models:
         predicted = {key: voxels for key, (_, voxels, _) in assemble([prediction_file]).items()}
@@ -114,18 +128,35 @@ def normalised_score(r: np.ndarray, nc: np.ndarray) -> np.ndarray:
     return np.where(nc > 0, score, np.nan)
 
 
-def summary_table(voxels: pd.DataFrame) -> pd.DataFrame:
-    """summary.csv: per dataset, subject and roi (and 'all'): n_voxels, mean_r_test, median_r_test_norm."""
+def left_out_counts(stores: Mapping[str, str | Path], leave_out: Mapping[str, np.ndarray] | None = None) -> pd.DataFrame:
+    """Per dataset and subject: n_test_images (test images scored) and n_test_left_out (shared ones left out)."""
+    rows = []
+    for dataset, path in sorted(stores.items()):
+        dropped = np.asarray((leave_out or {}).get(dataset, []), dtype=np.int64)
+        with PreparedStore(path) as store:
+            for subject in store.subjects:
+                test = np.unique(store.trial_image(subject)[store.trial_split(subject) == SPLIT_CODE["test"]])
+                n_out = int(np.isin(test, dropped).sum())
+                rows.append({"dataset": dataset, "subject": subject, "n_test_images": int(test.size) - n_out,
+                             "n_test_left_out": n_out})
+    return pd.DataFrame(rows, columns=["dataset", "subject", "n_test_images", "n_test_left_out"])
+
+
+def summary_table(voxels: pd.DataFrame, counts: pd.DataFrame | None = None) -> pd.DataFrame:
+    """summary.csv: per dataset, subject and roi (and 'all'): n_voxels, mean_r_test, median_r_test_norm, and the
+    subject's ``counts`` (n_test_images, n_test_left_out; :func:`left_out_counts`) when given."""
     frames = [voxels.assign(roi=voxels["roi"].fillna("").astype(str)), voxels.assign(roi="all")]
     both = pd.concat(frames, ignore_index=True)
     both = both[both["roi"] != ""]
     out = both.groupby(["dataset", "subject", "roi"], sort=True).agg(
         n_voxels=("voxel", "size"), mean_r_test=("r_test", "mean"), median_r_test_norm=("r_test_norm", "median")
-    )
-    return out.reset_index()
+    ).reset_index()
+    if counts is not None:
+        out = out.merge(counts.astype({"subject": str}), on=["dataset", "subject"], how="left")
+    return out
 
 
-def write_tables(voxels: pd.DataFrame, out_dir: str | Path) -> tuple[Path, Path]:
-    """Write voxels.csv and summary.csv atomically into ``out_dir``."""
+def write_tables(voxels: pd.DataFrame, out_dir: str | Path, counts: pd.DataFrame | None = None) -> tuple[Path, Path]:
+    """Write voxels.csv and summary.csv (with the test-image ``counts`` when given) atomically into ``out_dir``."""
     out_dir = Path(out_dir)
-    return write_csv(voxels, out_dir / "voxels.csv"), write_csv(summary_table(voxels), out_dir / "summary.csv")
+    return write_csv(voxels, out_dir / "voxels.csv"), write_csv(summary_table(voxels, counts), out_dir / "summary.csv")

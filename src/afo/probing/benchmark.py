@@ -20,6 +20,9 @@ cross-validation (himalaya ``RidgeCV``), Pearson r on the test images. Targets a
 image's repeats (train and test); train = the store's train split, test = its test split.
 
 Holdout datasets (``role: holdout``) are probed exactly like training datasets; the model extractor never saw them.
+Test images that a training dataset trained on (``results/data/overlap.csv``, config ``overlap.exclude``) are
+left out of the test split (``leave_out``; their number is the column ``n_test_left_out``), so a holdout score
+never rests on an image the model was trained on.
 """
 
 from __future__ import annotations
@@ -161,11 +164,14 @@ def probe_dataset(
     model_path: str | Path | None = None,
     roi_set: str = "roi",
     device: torch.device | str = "cpu",
+    leave_out: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """Per-voxel test r of one extractor on every subject of one dataset.
 
     Columns: extractor, dataset, role, subject, voxel, dataset_roi, r_test, best_alpha, cv_r2 (cross-validated
-    R^2 at that alpha), alpha_at_edge, n_components, n_train, n_test. Bad voxels (all-NaN, constant) are not probed and have no row.
+    R^2 at that alpha), alpha_at_edge, n_components, n_train, n_test, n_test_left_out (test images in
+    ``leave_out``, store rows shared with a training dataset, not scored). Bad voxels (all-NaN, constant) are not
+    probed and have no row.
     """
     from afo.probing.ridge import linear_probe
 
@@ -177,13 +183,16 @@ def probe_dataset(
     tables = []
     for s in subjects:
         train, test = s.split_images["train"], s.split_images["test"]
+        test_means = s.split_means["test"].numpy()
+        kept = ~np.isin(test, leave_out) if leave_out is not None else np.ones(test.size, dtype=bool)
+        test, test_means = test[kept], test_means[kept]
         name = s.key.split("/", 1)[1]
         if train.size < max(settings.cv, 3) or test.size < 3:
             raise ValueError(f"{dataset}/{name}: {train.size} train and {test.size} test images; linear probing needs "
                              f"at least {max(settings.cv, 3)} and 3")
         result = linear_probe(
             feats[np.searchsorted(needed, train)], s.split_means["train"].numpy(),
-            feats[np.searchsorted(needed, test)], s.split_means["test"].numpy(),
+            feats[np.searchsorted(needed, test)], test_means,
             n_components=min(settings.n_components, train.size, feats.shape[1]),
             alphas=np.asarray(settings.alphas), cv=settings.cv, backend=settings.backend, seed=settings.seed,
         )
@@ -192,7 +201,7 @@ def probe_dataset(
             "extractor": spec.label, "dataset": dataset, "role": role, "subject": name, "voxel": s.voxels,
             "dataset_roi": labels, "r_test": result.r_test, "best_alpha": result.best_alpha,
             "cv_r2": result.cv_score, "alpha_at_edge": result.alpha_at_edge, "n_components": result.n_components,
-            "n_train": train.size, "n_test": test.size,
+            "n_train": train.size, "n_test": test.size, "n_test_left_out": int((~kept).sum()),
         }))
     return pd.concat(tables, ignore_index=True)
 
@@ -210,9 +219,11 @@ def probe_summary(table: pd.DataFrame) -> pd.DataFrame:
     pooled = table.assign(subject="all")
     both = pd.concat([table, pooled], ignore_index=True)
     both["positive_at_edge"] = np.where(both["cv_r2"] > 0, both["alpha_at_edge"].astype(float), np.nan)
+    if "n_test_left_out" not in both:  # tables written before overlap exclusion
+        both["n_test_left_out"] = 0
     out = both.groupby(["dataset", "role", "subject", "extractor"], sort=False).agg(
         n_voxels=("r_test", "size"), median_r=("r_test", "median"), mean_r=("r_test", "mean"),
-        edge_share=("positive_at_edge", "mean"),
+        edge_share=("positive_at_edge", "mean"), n_test_left_out=("n_test_left_out", "max"),
     ).reset_index()
     return out
 
@@ -246,7 +257,8 @@ def write_probe_report(tables: Sequence[str | Path], out: str | Path, summary: s
     counts = probe_summary(table)
     note = ("Median and mean test Pearson r over voxels per feature extractor (PCA + per-voxel ridge); subject all = "
             "voxels pooled; edge_share = share of the voxels with a positive cross-validated R^2 whose alpha is at an "
-            "edge of the grid. ")
+            "edge of the grid; n_test_left_out = test images left out because a training dataset trained on them "
+            "(results/data/overlap.csv; most of any subject for 'all'). ")
     warning = edge_warning(counts)
     if warning:
         logging.getLogger(__name__).warning(warning)
