@@ -65,7 +65,7 @@ def planned_jobs(workdir: Path, *args: str) -> dict[str, int]:
 def test_default_config_dry_run(tmp_path):
     shutil.copy(ROOT / "config.yaml", tmp_path / "config.yaml")
     jobs = planned_jobs(tmp_path)
-    assert jobs["simulate"] == 1 and jobs["prepare"] == 2 and jobs["features"] == 2
+    assert jobs["simulate"] == 1 and jobs["prepare"] == 2 and jobs["features"] == 2 and jobs["overlap"] == 1
 
 
 def test_paper_config_plans_exactly_its_own_datasets(tmp_path):
@@ -78,6 +78,7 @@ def test_paper_config_plans_exactly_its_own_datasets(tmp_path):
     n_ablations = len(paper["ablations"])
     n_extractors = len(paper["probing"]["extractors"])
     assert jobs["prepare"] == 7 and jobs["features"] == 7
+    assert jobs["overlap"] == 1  # images shared between the 7 datasets, after prepare
     assert "simulate" not in jobs and "synthetic_checks" not in jobs
     assert jobs["train_stage0"] == afo["stage0_seeds"] and jobs["train_ablation"] == n_ablations
     assert jobs["veroi"] == 1 and jobs["random_rois"] == 1
@@ -97,6 +98,7 @@ def test_paper_config_plans_exactly_its_own_datasets(tmp_path):
 def test_pilot_config_plans_the_paper_pipeline_on_a_slice(tmp_path):
     jobs = planned_jobs(tmp_path, "--configfile", str(ROOT / "config/pilot.yaml"))
     assert jobs["prepare"] == 2 and jobs["train_stage0"] == 2 and jobs["train_stage1"] == 4 and jobs["train_stage3"] == 1
+    assert jobs["overlap"] == 1
     assert "simulate" not in jobs and "train_ablation" not in jobs
 
 
@@ -185,7 +187,9 @@ def test_end_to_end_outputs(finished_run):
     assert set(voxels["dataset"]) == {"synth_fmri", "synth_eeg"}
     assert voxels["r_test"].notna().mean() > 0.95 and voxels["u_x"].between(-1, 1).all()
     summary = pd.read_csv(finished_run / "results/encoding/afo/summary.csv")
-    assert {"n_voxels", "mean_r_test", "median_r_test_norm"} <= set(summary.columns)
+    assert {"n_voxels", "mean_r_test", "median_r_test_norm", "n_test_images", "n_test_left_out"} <= set(summary.columns)
+    overlap = pd.read_csv(finished_run / "results/data/overlap.csv")
+    assert list(overlap.columns[:4]) == ["dataset_a", "image_a", "name_a", "split_a"]
     comparison = pd.read_csv(finished_run / "results/encoding/comparison.csv")
     assert {"afo", "naivemix", "stage1", "stage2"} <= set(comparison.columns)
     assert "V1" in set(comparison["area"])
