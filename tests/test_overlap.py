@@ -215,3 +215,14 @@ def test_evaluation_and_probing_leave_out_the_given_test_images(folder_dataset, 
     assert (full["n_test"] == images.size).all() and (full["n_test_left_out"] == 0).all()
     assert (fewer["n_test"] == images.size - 1).all() and (fewer["n_test_left_out"] == 1).all()
     assert not np.allclose(full["r_test"], fewer["r_test"])
+
+
+def test_cli_writes_the_overlap_table(shared, tmp_path, capsys):
+    from afo import cli
+
+    stores, table = shared
+    args = ["overlap", "--store", f"a={stores['a']}", "--store", f"b={stores['b']}", "--out", str(tmp_path / "o.csv")]
+    assert cli.main(args) == 0
+    written = read_overlap(tmp_path / "o.csv")
+    assert len(written) == len(table[table["dataset_b"] == "b"]) == 5
+    assert '"pairs": 5' in capsys.readouterr().out

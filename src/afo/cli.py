@@ -82,6 +82,26 @@ def _prepare(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=run)
 
 
+@command("overlap", "find images shared between prepared stores (by source name or perceptual hash) and write overlap.csv")
+def _overlap(p: argparse.ArgumentParser) -> None:
+    from afo.data.overlap import DEFAULT_MAX_DISTANCE, DEFAULT_MIN_CORRELATION
+
+    p.add_argument("--store", action="append", required=True, metavar="NAME=PATH", help="prepared store of dataset NAME (repeat per dataset)")
+    p.add_argument("--out", required=True, type=Path, help="overlap table to write (.csv, docs/design.md)")
+    p.add_argument("--max-distance", type=int, default=DEFAULT_MAX_DISTANCE, help="most differing hash bits (of 64) of a candidate")
+    p.add_argument("--min-correlation", type=float, default=DEFAULT_MIN_CORRELATION, help="least thumbnail r of a pixel match")
+
+    def run(args):
+        from afo.data.overlap import find_overlap
+        from afo.io.tables import write_csv
+
+        table = find_overlap(_named_paths(args.store, "--store"), args.max_distance, args.min_correlation)
+        write_csv(table, args.out)
+        return {"pairs": len(table), "by_method": table["method"].value_counts().to_dict()}
+
+    p.set_defaults(func=run)
+
+
 @command("features", "cache a frozen timm backbone's intermediate layers for every image of a store")
 def _features(p: argparse.ArgumentParser) -> None:
     p.add_argument("--store", required=True, type=Path, help="prepared store (.h5)")
@@ -201,6 +221,11 @@ def _predict(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=run)
 
 
+def _overlap_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--overlap", type=Path, help="overlap.csv (afo overlap): leave out test images a --trained-on dataset trained on")
+    p.add_argument("--trained-on", action="append", metavar="NAME", help="a dataset the model was trained on (repeat)")
+
+
 @command("evaluate", "score a model's prediction file per voxel: voxels.csv and summary.csv")
 def _evaluate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--store", action="append", required=True, metavar="NAME=PATH", help="prepared store of dataset NAME (repeat per dataset)")
@@ -209,13 +234,17 @@ def _evaluate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rois", type=Path, help="ROI assignment table for the roi column (default: the dataset's own labels)")
     p.add_argument("--dataset-roi-set", default="roi", help="ROI set of the store reported as dataset_roi")
     p.add_argument("--out-dir", required=True, type=Path, help="folder for voxels.csv and summary.csv")
+    _overlap_arguments(p)
 
     def run(args):
-        from afo.evaluation.scores import voxel_table, write_tables
+        from afo.data.overlap import left_out_by_dataset
+        from afo.evaluation.scores import left_out_counts, voxel_table, write_tables
 
         models = list(_named_paths(args.model, "--model").items())
-        table = voxel_table(models, _named_paths(args.store, "--store"), rois=args.rois, dataset_roi_set=args.dataset_roi_set)
-        voxels, summary = write_tables(table, args.out_dir)
+        stores = _named_paths(args.store, "--store")
+        leave_out = left_out_by_dataset([args.overlap] if args.overlap else [], stores, args.trained_on or [])
+        table = voxel_table(models, stores, rois=args.rois, dataset_roi_set=args.dataset_roi_set, leave_out=leave_out)
+        voxels, summary = write_tables(table, args.out_dir, left_out_counts(stores, leave_out))
         return {"voxels": str(voxels), "summary": str(summary), "mean_r_test": float(table["r_test"].mean())}
 
     p.set_defaults(func=run)
@@ -297,17 +326,21 @@ def _probe(p: argparse.ArgumentParser) -> None:
     p.add_argument("--roi-set", default="roi", help="ROI set of the store copied to the dataset_roi column")
     p.add_argument("--out", required=True, type=Path, help="CSV to write")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (feature extraction)")
+    _overlap_arguments(p)
     _claim_gpu_argument(p)
 
     def run(args):
+        from afo.data.overlap import left_out_by_dataset
         from afo.probing.benchmark import ExtractorSpec, ProbeSettings, probe_dataset
         from afo.io.tables import write_csv
         from afo.runtime import resolve_device
 
         spec = ExtractorSpec.from_config(args.extractor, args.spec)
+        leave_out = left_out_by_dataset([args.overlap] if args.overlap else [], [args.dataset], args.trained_on or [])
         table = _on_claimed_gpu(args, lambda: probe_dataset(
             spec, args.dataset, args.store, ProbeSettings.from_config({**args.settings, "batch_size": args.batch_size}), role=args.role,
-            features_path=args.features, model_path=args.model, roi_set=args.roi_set, device=resolve_device(args.device)))
+            features_path=args.features, model_path=args.model, roi_set=args.roi_set, device=resolve_device(args.device),
+            leave_out=leave_out.get(args.dataset)))
         write_csv(table, args.out)
         return {"voxels": len(table), "median_r_test": float(table["r_test"].median())}
 
