@@ -25,6 +25,7 @@ def test_channel_time_voxels(eeg_root, tmp_path):
         assert store.modality == "eeg" and store.subjects == ["sub-01", "sub-02"]  # npy and pickle variants
         assert [decode_id(im) for im in store.images()] == list(range(1, 11))
         assert store.image_names()[0] == "training_images/00001_thing0/thing0_01s.jpg"
+        assert store.image_sources()[0] == "things:thing0_01s"  # the THINGS file name, for the overlap step
         for sub, data in truth["subjects"].items():
             tr, te = data["training"], data["test"]
             info = store.info(sub)

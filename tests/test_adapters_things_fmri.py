@@ -33,6 +33,7 @@ def test_things_fmri(tmp_path, table_format, labels):
     with PreparedStore(out) as store:
         assert store.subjects == ["sub-01", "sub-02"]
         names, images = store.image_names(), store.images()
+        assert store.image_sources() == [f"things:{n[:-4]}" for n in names]  # THINGS file names, for the overlap step
         for sub, t in truth["subjects"].items():
             keep = np.flatnonzero(t["member"].any(1))  # visual voxels only
             info = store.info(sub)

@@ -24,6 +24,7 @@ def test_sensor_time_voxels(meg_root, tmp_path):
     with PreparedStore(out) as store:
         assert store.modality == "meg" and store.subjects == ["P1", "P2"]
         names, images = store.image_names(), store.images()
+        assert store.image_sources()[0] == "things:" + names[0].rsplit("/", 1)[1][:-4]  # the THINGS file name
         assert [decode_id(im) for im in images] == [truth["image_id"][n] for n in names]
         times = -0.1 + np.arange(61) / 200.0
         idx = np.flatnonzero((times >= -1e-9) & (times <= 0.1 + 1e-9))  # 21 samples -> 10 bins of 2
