@@ -1,5 +1,5 @@
-# Probing figures (paper Figures 4-6, 8): RetinaMap, LayerSelector, brain maps (and NIfTI maps of volumetric
-# subjects), per-ROI scores, and the veROI dendrogram.
+# Probing figures (paper Figures 4-6, 8): RetinaMap, LayerSelector, brain maps (and maps in each subject's own space:
+# NIfTI, MGH on fsaverage, CIFTI dscalar), per-ROI scores, and the veROI dendrogram.
 
 
 rule model_figures:
