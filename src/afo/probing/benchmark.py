@@ -188,8 +188,9 @@ def probe_dataset(
         test, test_means = test[kept], test_means[kept]
         name = s.key.split("/", 1)[1]
         if train.size < max(settings.cv, 3) or test.size < 3:
-            raise ValueError(f"{dataset}/{name}: {train.size} train and {test.size} test images; linear probing needs "
-                             f"at least {max(settings.cv, 3)} and 3")
+            shared = f" ({int((~kept).sum())} shared test images left out: overlap.exclude)" if (~kept).any() else ""
+            raise ValueError(f"{dataset}/{name}: {train.size} train and {test.size} test images{shared}; linear "
+                             f"probing needs at least {max(settings.cv, 3)} and 3")
         result = linear_probe(
             feats[np.searchsorted(needed, train)], s.split_means["train"].numpy(),
             feats[np.searchsorted(needed, test)], test_means,
