@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from afo.data import algonauts2021 as alg
-from afo.data._common import DatasetFileNotFoundError, DatasetFormatError
+from afo.data.files import DatasetFileNotFoundError, DatasetFormatError
 from afo.data.store import PreparedStore
 from afo.errors import UserError
 from fixtures.formats import IMG, decode_id, write_algonauts2021

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from afo.data import bold5000
-from afo.data._common import DatasetFileNotFoundError, DatasetFormatError
+from afo.data.files import DatasetFileNotFoundError, DatasetFormatError
 from afo.data.store import PreparedStore
 from fixtures.formats import B5K_SHAPE, IMG, decode_id, write_bold5000
 

@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from afo.data._common import DatasetFileNotFoundError, DatasetFormatError
 from afo.data.check import UnsupportedCheckError, check_dataset
+from afo.data.files import DatasetFileNotFoundError, DatasetFormatError
 from afo.errors import UserError
 from conftest import write_folder_dataset
 from fixtures.formats import (

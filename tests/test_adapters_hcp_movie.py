@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from afo.data import hcp_movie
-from afo.data._common import DatasetFormatError
+from afo.data.files import DatasetFormatError
 from afo.data.store import PreparedStore
 from afo.errors import UserError
 from fixtures.formats import HCP_RUNS, HCP_SUBJECTS, IMG, decode_id, write_hcp_movie

@@ -9,7 +9,7 @@ import pytest
 import scipy.io
 
 from afo.data import nsd
-from afo.data._common import DatasetFormatError
+from afo.data.files import DatasetFormatError
 from afo.data.noise_ceiling import ncsnr_to_nc
 from afo.data.store import PreparedStore
 from fixtures.formats import IMG, NSD_TRIALS, decode_id, write_nsd, write_nsd_fsaverage

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from afo.data import things_eeg2
-from afo.data._common import DatasetFormatError
+from afo.data.files import DatasetFormatError
 from afo.data.store import PreparedStore
 from fixtures.formats import EEG_CHANNELS, IMG, decode_id, write_things_eeg2
 

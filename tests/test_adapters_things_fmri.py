@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from afo.data import things_fmri
-from afo.data._common import DatasetFormatError
+from afo.data.files import DatasetFormatError
 from afo.data.store import PreparedStore
 from fixtures.formats import IMG, decode_id, write_things_fmri
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from afo.data import things_meg
-from afo.data._common import DatasetFormatError
+from afo.data.files import DatasetFormatError
 from afo.data.store import PreparedStore
 from fixtures.formats import IMG, MEG_CHANNELS, decode_id, write_things_meg
 

@@ -12,9 +12,11 @@ import pytest
 from PIL import Image
 
 from afo.cli import main
-from afo.data._common import AdapterOptionError, DatasetFormatError, check_choice, load_image, reading, resolve_options
+from afo.data.files import DatasetFormatError, reading
 from afo.data.folder import FolderDatasetError, prepare
+from afo.data.media import load_image
 from afo.data.noise_ceiling import NoiseCeilingError, check_percent
+from afo.data.options import AdapterOptionError, check_choice, resolve_options
 from afo.data.store import PreparedStore, StoreError, StoreWriter, resize_image
 from afo.errors import UserError
 from conftest import write_folder_dataset
@@ -333,7 +335,7 @@ def test_folder_seed_option_must_be_an_integer(folder_dataset, tmp_path):
 
 
 def test_pickle_of_an_unknown_class_names_the_file(tmp_path):
-    from afo.data._common import load_trusted_pickle
+    from afo.data.files import load_trusted_pickle
 
     path = tmp_path / "data.pkl"
     # protocol-0 pickle of an instance of nowhere_module.Gone (written by hand: the class does not exist here)
@@ -343,7 +345,7 @@ def test_pickle_of_an_unknown_class_names_the_file(tmp_path):
 
 
 def test_unreadable_video_names_the_file(tmp_path):
-    from afo.data._common import middle_frame, video_duration
+    from afo.data.media import middle_frame, video_duration
 
     path = tmp_path / "clip.mp4"
     path.write_bytes(b"not a video" * 64)

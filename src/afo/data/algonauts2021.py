@@ -53,21 +53,12 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from afo.data._common import (
-    AdapterOptionError,
-    DatasetFileNotFoundError,
-    as_list,
-    check_choice,
-    format_error,
-    load_trusted_pickle,
-    middle_frame,
-    parse_subject_number,
-    progress,
-    reading,
-    resolve_options,
-    warn,
-)
 from afo.data.bigbrain import subject_target
+from afo.data.files import DatasetFileNotFoundError, format_error, load_trusted_pickle, reading
+from afo.data.media import middle_frame
+from afo.data.options import (
+    AdapterOptionError, as_list, check_choice, parse_subject_number, progress, resolve_options, warn,
+)
 from afo.data.store import SPLIT_CODE, StoreWriter
 
 ADAPTER = "algonauts2021"

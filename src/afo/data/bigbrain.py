@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import h5py
 import numpy as np
 
-from afo.data._common import progress
+from afo.data.options import progress
 from afo.data.store import SPLIT_CODE, StoreError, StoreWriter, real_float32
 
 SUBJECT_ROI_SET = "subject"

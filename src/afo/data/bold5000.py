@@ -47,27 +47,13 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from afo.data._common import (
-    DatasetFileNotFoundError,
-    DatasetFormatError,
-    as_list,
-    check_choice,
-    format_error,
-    index_images,
-    lazy_images,
-    parse_subject_number,
-    progress,
-    read_lines,
-    reading,
-    require_file,
-    resolve_options,
-    split_images,
-    volume_scale,
-    warn,
-    zscore_rows,
-)
 from afo.data.bigbrain import DirectTarget
+from afo.data.files import DatasetFileNotFoundError, DatasetFormatError, format_error, read_lines, reading, require_file
+from afo.data.media import index_images, lazy_images
+from afo.data.options import as_list, check_choice, parse_subject_number, progress, resolve_options, warn
 from afo.data.overlap import bold5000_source
+from afo.data.responses import volume_scale, zscore_rows
+from afo.data.splits import split_images
 from afo.data.store import StoreWriter
 
 ADAPTER = "bold5000"

@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 
 from afo.data import algonauts2021, bold5000, folder, hcp_movie, things_fmri
-from afo.data._common import DatasetFileNotFoundError, resolve_options
+from afo.data.files import DatasetFileNotFoundError
+from afo.data.options import resolve_options
 from afo.data.store import SPLIT_CODE, SPLITS
 from afo.errors import UserError
 

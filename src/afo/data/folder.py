@@ -27,8 +27,9 @@ import pandas as pd
 import yaml
 from tqdm import tqdm
 
-from afo.data._common import AdapterOptionError, load_image, resolve_options
+from afo.data.media import load_image
 from afo.data.noise_ceiling import check_percent
+from afo.data.options import AdapterOptionError, resolve_options
 from afo.data.splits import split_by_image
 from afo.data.store import MODALITIES, SPLIT_CODE, SPLITS, StoreError, StoreWriter
 

@@ -76,22 +76,10 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from afo.data._common import (
-    AdapterOptionError,
-    DatasetFileNotFoundError,
-    DatasetFormatError,
-    as_list,
-    check_choice,
-    format_error,
-    progress,
-    reading,
-    require_file,
-    resolve_options,
-    video_duration,
-    video_frames_at,
-    warn,
-)
 from afo.data.bigbrain import DirectTarget
+from afo.data.files import DatasetFileNotFoundError, DatasetFormatError, format_error, reading, require_file
+from afo.data.media import video_duration, video_frames_at
+from afo.data.options import AdapterOptionError, as_list, check_choice, progress, resolve_options, warn
 from afo.data.store import SPLIT_CODE, StoreWriter, SurfaceLayout
 
 ADAPTER = "hcp_movie"

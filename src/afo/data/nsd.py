@@ -50,28 +50,17 @@ import nibabel as nib
 import numpy as np
 import scipy.io
 
-from afo.data._common import (
-    AdapterOptionError,
-    DatasetFileNotFoundError,
-    DatasetFormatError,
-    as_list,
-    check_choice,
-    format_error,
-    h5_dataset,
-    open_h5,
-    parse_subject_number,
-    progress,
-    reading,
-    require_file,
-    resolve_options,
-    split_images,
-    volume_scale,
-    warn,
-    zscore_rows,
-)
 from afo.data.bigbrain import DirectTarget
+from afo.data.files import (
+    DatasetFileNotFoundError, DatasetFormatError, format_error, h5_dataset, open_h5, reading, require_file,
+)
 from afo.data.noise_ceiling import ncsnr_to_nc
+from afo.data.options import (
+    AdapterOptionError, as_list, check_choice, parse_subject_number, progress, resolve_options, warn,
+)
 from afo.data.overlap import coco_source
+from afo.data.responses import volume_scale, zscore_rows
+from afo.data.splits import split_images
 from afo.data.store import SPLIT_CODE, StoreWriter, SurfaceLayout
 
 ADAPTER = "nsd"

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+from typing import Any
+
 import numpy as np
 
+from afo.data.options import AdapterOptionError
 from afo.data.store import SPLIT_CODE
 
 DEFAULT_FRACTIONS = (0.90, 0.06, 0.04)
@@ -37,3 +41,22 @@ def split_by_image(
     code[rest[n_val : n_val + n_test_extra]] = SPLIT_CODE["test"]
     lookup = dict(zip(images.tolist(), code.tolist()))
     return np.array([lookup[i] for i in trial_image.tolist()], dtype=np.int8)
+
+
+def split_images(
+    images: Sequence[Any], test: Iterable[Any], val_fraction: float, seed: int, train_fraction: float | None = None
+) -> dict[Any, int]:
+    """Split code per image: the dataset's own test images go to test, the rest is shuffled with ``seed``
+    and ``val_fraction`` of it goes to val. Deterministic given the image list (order does not matter).
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise AdapterOptionError(f"option val_fraction must be in [0, 1), got {val_fraction}")
+    test = set(test)
+    unique = sorted(set(images), key=str)
+    rest = [im for im in unique if im not in test]
+    order = np.random.default_rng(seed).permutation(len(rest))
+    n_val = int(round(val_fraction * len(rest)))
+    code = {im: SPLIT_CODE["test"] for im in unique if im in test}
+    for rank, idx in enumerate(order):
+        code[rest[idx]] = SPLIT_CODE["val"] if rank < n_val else SPLIT_CODE["train"]
+    return code

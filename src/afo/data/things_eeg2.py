@@ -40,26 +40,15 @@ from typing import Any
 
 import numpy as np
 
-from afo.data._common import (
-    AdapterOptionError,
-    DatasetFileNotFoundError,
-    DatasetFormatError,
-    apply_window,
-    as_list,
-    find_first,
-    format_error,
-    lazy_images,
-    load_trusted_pickle,
-    parse_subject_number,
-    progress,
-    reading,
-    resolve_options,
-    sensor_time_coords,
-    split_images,
-    time_window,
-)
 from afo.data.bigbrain import subject_target
+from afo.data.files import (
+    DatasetFileNotFoundError, DatasetFormatError, find_first, format_error, load_trusted_pickle, reading,
+)
+from afo.data.media import lazy_images
+from afo.data.options import AdapterOptionError, as_list, parse_subject_number, progress, resolve_options
 from afo.data.overlap import things_source
+from afo.data.responses import SENSOR_OPTIONS, apply_window, sensor_time_coords, time_window
+from afo.data.splits import split_images
 from afo.data.store import StoreWriter
 
 ADAPTER = "things_eeg2"
@@ -67,18 +56,7 @@ PARTS = ("training", "test")
 CHUNK_IMAGES = 512
 
 DEFAULTS: dict[str, Any] = {
-    "name": "things_eeg2",
-    "subjects": None,
-    "data_dir": None,
-    "image_dir": None,
-    "tmin": None,
-    "tmax": None,
-    "decim": 1,
-    "time_mm_per_s": 100.0,
-    "montage": "standard_1020",
-    "val_fraction": 0.06,
-    "seed": 0,
-    "bigbrain": False,
+    **SENSOR_OPTIONS, "name": "things_eeg2", "data_dir": None, "image_dir": None, "montage": "standard_1020",
 }
 
 LAYOUT = (

@@ -54,26 +54,13 @@ import numpy as np
 import pandas as pd
 import tables
 
-from afo.data._common import (
-    DatasetFileNotFoundError,
-    DatasetFormatError,
-    as_list,
-    check_choice,
-    find_first,
-    find_images,
-    format_error,
-    lazy_images,
-    parse_subject_number,
-    progress,
-    reading,
-    require_file,
-    resolve_options,
-    split_images,
-    warn,
-    zscore_rows,
-)
 from afo.data.bigbrain import DirectTarget
+from afo.data.files import DatasetFileNotFoundError, DatasetFormatError, find_first, format_error, reading, require_file
+from afo.data.media import find_images, lazy_images
+from afo.data.options import as_list, check_choice, parse_subject_number, progress, resolve_options, warn
 from afo.data.overlap import things_source
+from afo.data.responses import zscore_rows
+from afo.data.splits import split_images
 from afo.data.store import StoreWriter
 
 ADAPTER = "things_fmri"

@@ -41,29 +41,15 @@ from typing import Any
 
 import numpy as np
 
-from afo.data._common import (
-    AdapterOptionError,
-    DatasetFileNotFoundError,
-    DatasetFormatError,
-    apply_window,
-    as_list,
-    find_first,
-    find_images,
-    format_error,
-    lazy_images,
-    means_bad_file,
-    parse_subject_number,
-    progress,
-    raised_inside,
-    resolve_options,
-    sensor_time_coords,
-    split_images,
-    time_window,
-    warn,
-    zscore_rows,
-)
 from afo.data.bigbrain import subject_target
+from afo.data.files import (
+    DatasetFileNotFoundError, DatasetFormatError, find_first, format_error, means_bad_file, raised_inside,
+)
+from afo.data.media import find_images, lazy_images
+from afo.data.options import AdapterOptionError, as_list, parse_subject_number, progress, resolve_options, warn
 from afo.data.overlap import things_source
+from afo.data.responses import SENSOR_OPTIONS, apply_window, sensor_time_coords, time_window, zscore_rows
+from afo.data.splits import split_images
 from afo.data.store import StoreWriter
 
 ADAPTER = "things_meg"
@@ -71,19 +57,8 @@ KEEP_TYPES = ("exp", "test")
 CHUNK_EPOCHS = 256
 
 DEFAULTS: dict[str, Any] = {
-    "name": "things_meg",
-    "subjects": None,
-    "epochs_dir": None,
-    "images_dir": None,
-    "tmin": None,
-    "tmax": None,
-    "decim": 5,
-    "time_mm_per_s": 100.0,
-    "channels": None,
+    **SENSOR_OPTIONS, "name": "things_meg", "epochs_dir": None, "images_dir": None, "decim": 5, "channels": None,
     "zscore": False,
-    "val_fraction": 0.06,
-    "seed": 0,
-    "bigbrain": False,
 }
 
 LAYOUT = "<root>/[derivatives/preprocessed/]preprocessed_P{1-4}-epo.fif and <images_dir>/<image_path>"
