@@ -6,6 +6,14 @@ exactly the one-device batches, and a job trained on 2 devices resumes on 1 (the
 job's settings).
 """
 
+import json
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -66,8 +74,6 @@ def test_two_processes_complete_write_once_and_match_one(data, runs):  # noqa: F
 
 
 def two_topk(work):
-    import json
-
     return json.loads((work / "finished.json").read_text())["topk"]
 
 
@@ -79,6 +85,44 @@ def test_two_device_job_resumes_on_one_device(data, runs, tmp_path):  # noqa: F8
     (out / "two" / "model.pt").unlink()
     again = fit(spec, out / "two", devices=1)  # finished: rebuilds the soup from rank 0's top-k
     assert again["val_r"] == pytest.approx(two["val_r"]) and again["epochs"] == two["epochs"]
+
+
+def test_killed_two_device_job_resumes_and_leaves_no_rank_behind(data, runs, tmp_path):  # noqa: F811
+    """SIGKILL of the job (rank 0) mid-training: rank 1 dies with it; the next run resumes from the last epoch."""
+    out, _, _ = runs
+    spec = _spec(data, train=DDP_TRAIN)
+    code = (
+        "import sys, json; from afo.training.fit import TrainSpec, fit; "
+        "fit(TrainSpec(**json.loads(sys.argv[1])), sys.argv[2], devices=2)"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code, json.dumps(asdict(spec)), str(tmp_path / "m")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = JobPaths.of(spec, tmp_path / "m").last
+    deadline = time.time() + 300
+    while time.time() < deadline and not last.exists() and proc.poll() is None:
+        time.sleep(0.01)
+    ranks = _children(proc.pid)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert last.exists() and not (tmp_path / "m" / "model.pt").exists(), "killed before the first state or after the end"
+    assert ranks, "rank 1 was not running"
+    deadline = time.time() + 30
+    while time.time() < deadline and any(Path(f"/proc/{pid}").exists() for pid in ranks):
+        time.sleep(0.1)
+    assert not any(Path(f"/proc/{pid}").exists() for pid in ranks), "rank 1 outlived its job"
+    fit(spec, tmp_path / "m", devices=2)
+    a = torch.load(tmp_path / "m" / "model.pt", weights_only=True)["state_dict"]
+    b = torch.load(out / "two" / "model.pt", weights_only=True)["state_dict"]
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+    metrics = pd.read_csv(tmp_path / "m" / "metrics.csv")
+    assert metrics["epoch"].tolist() == [0, 1, 2]
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
 
 
 def test_device_count_must_divide_the_batch(data, tmp_path):  # noqa: F811

@@ -94,6 +94,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Linux: the rank process gets SIGKILL when rank 0 dies (a killed job leaves no rank behind)."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: a rank whose rank 0 died fails at its next collective instead
+
+
 def _python_path() -> str:
     """PYTHONPATH for rank processes: this afo first (a source checkout need not be installed), then the caller's."""
     import afo
@@ -143,7 +154,9 @@ def rank_processes(payload: dict, work: Path, devices: int, threads_per_rank: in
     try:
         env = {**os.environ, **base, "PYTHONPATH": _python_path(), "OMP_NUM_THREADS": str(threads_per_rank)}
         for rank in range(1, devices):
-            procs[rank] = subprocess.Popen([sys.executable, "-c", _RANK_CODE, str(path)], env={**env, "LOCAL_RANK": str(rank)})
+            procs[rank] = subprocess.Popen(
+                [sys.executable, "-c", _RANK_CODE, str(path)], env={**env, "LOCAL_RANK": str(rank)}, preexec_fn=_die_with_parent
+            )
         log.info("DDP: %d ranks (this process is rank 0; ranks 1-%d are pids %s)", devices, devices - 1, [p.pid for p in procs.values()])
         os.environ.update(base, LOCAL_RANK="0")
         watchdog.start()
