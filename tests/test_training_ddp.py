@@ -87,6 +87,7 @@ def test_two_device_job_resumes_on_one_device(data, runs, tmp_path):  # noqa: F8
     assert again["val_r"] == pytest.approx(two["val_r"]) and again["epochs"] == two["epochs"]
 
 
+@pytest.mark.slow  # a third 2-process training run
 def test_killed_two_device_job_resumes_and_leaves_no_rank_behind(data, runs, tmp_path):  # noqa: F811
     """SIGKILL of the job (rank 0) mid-training: rank 1 dies with it; the next run resumes from the last epoch."""
     out, _, _ = runs
