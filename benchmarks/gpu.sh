@@ -6,7 +6,7 @@
 #      features from a file (cache: disk) and with a DINOv2-ViT-B/14-shaped backbone in the step (cache: none);
 #      images/s, peak GPU memory, GPU utilisation, and the projected GPU-hours of config/paper.yaml's recipe from
 #      the committed job list benchmarks/jobs_paper.json.
-# About 2-3 minutes on one H100/H200-class GPU (it must stay under 5). Nothing is downloaded or installed: afo is
+# Sized to stay under 5 minutes on one modern GPU (25 steps per configuration; not yet run on a GPU). Nothing is downloaded or installed: afo is
 # used from src/, AdaBelief from the pure-Python wheels in benchmarks/wheels/ when it is not installed.
 #
 #   benchmarks/gpu.sh                 # results in benchmarks/out/gpu/ (readout.txt, gpu_bench.txt, gpu_bench.json)
