@@ -27,7 +27,16 @@ import pytest
 
 from afo import gpu as gpu_mod
 from afo.errors import UserError
-from afo.gpu import GpuClaimTimeout, GpuLockDirError, claim_gpu, default_lock_dir, detect_gpu_count, gpu_env_summary
+from afo.gpu import (
+    GpuClaimTimeout,
+    GpuCountError,
+    GpuLockDirError,
+    claim_gpu,
+    claim_gpus,
+    default_lock_dir,
+    detect_gpu_count,
+    gpu_env_summary,
+)
 
 CTX = mp.get_context("fork")
 ENV_VARS = (
@@ -153,6 +162,48 @@ def test_fourth_claimer_waits_until_one_frees(tmp_path: Path) -> None:
         finally:
             waiter.kill()
             waiter.join(5)
+
+
+def _multi_holder(lock_dir: str, n_gpus: int, count: int, acquired, release) -> None:
+    os.environ.pop("CUDA_VISIBLE_DEVICES", None)  # forked from a claiming test process: be a fresh job
+    try:
+        with claim_gpus(count, lock_dir, n_gpus=n_gpus, timeout=0.3, poll=0.02, job_name="multi") as gpus:
+            acquired.put((gpus, os.environ.get("CUDA_VISIBLE_DEVICES")))
+            if release is not None:
+                release.wait(10)
+    except GpuClaimTimeout as exc:
+        acquired.put((None, str(exc)))
+
+
+def test_multi_gpu_job_claims_all_its_slots_at_once(tmp_path: Path) -> None:
+    # 4 GPUs, one held by a single-GPU job: a 2-GPU job gets two of the free ones, listed in CUDA_VISIBLE_DEVICES.
+    with holders(tmp_path, n_gpus=4, count=1) as held:
+        busy = held[0][1]
+        with claim_gpus(2, tmp_path, n_gpus=4, timeout=1, poll=0.01) as gpus:
+            assert len(gpus) == 2 and busy not in gpus
+            assert os.environ["CUDA_VISIBLE_DEVICES"] == ",".join(map(str, gpus))
+            for g in gpus:
+                assert f"pid={os.getpid()}" in (tmp_path / f"gpu{g}.lock").read_text()
+            # One GPU is left: another 2-GPU job waits, holding nothing meanwhile, and times out...
+            q = CTX.Queue()
+            other = CTX.Process(target=_multi_holder, args=(str(tmp_path), 4, 2, q, None), daemon=True)
+            other.start()
+            got, message = q.get(timeout=5)
+            other.join(5)
+            assert got is None and "no 2 free GPUs after 0.3 s" in message
+            # ...and gave back the one slot it could take: a 1-GPU job gets it.
+            other = CTX.Process(target=_multi_holder, args=(str(tmp_path), 4, 1, q, None), daemon=True)
+            other.start()
+            last, _ = q.get(timeout=5)
+            other.join(5)
+            assert last is not None and last[0] not in gpus and last[0] != busy
+    assert "CUDA_VISIBLE_DEVICES" not in os.environ
+
+
+def test_job_needing_more_gpus_than_the_machine_has_fails_at_once(tmp_path: Path) -> None:
+    with pytest.raises(GpuCountError, match="needs 4 GPUs but only 2 can be claimed.*compute.train_devices"):
+        with claim_gpus(4, tmp_path, n_gpus=2, timeout=60):
+            pytest.fail("should not start")
 
 
 def test_killed_holder_frees_its_slot(tmp_path: Path) -> None:

@@ -235,7 +235,8 @@ ANALYSIS_OF_AFO = {"evaluate", "summary_html", "ablation_table", "comparison_htm
         # A stage-3 setting reruns stage 3, its prediction file and what reads them.
         (lambda c: c["afo"].setdefault("stages", {}).update(stage3={"lr": 0.02}), {"train_stage3", "predict"} | ANALYSIS_OF_AFO),
         # How jobs use the machine changes no result: nothing reruns.
-        (lambda c: c["compute"].update(train_threads=2, feature_batch_size=7, device="cpu", readout_chunk=5, num_workers=1), set()),
+        (lambda c: c["compute"].update(train_threads=2, feature_batch_size=7, device="cpu", readout_chunk=5, num_workers=1,
+                                        train_devices=2), set()),
         # The permutation null's seed reruns only the synthetic checks.
         (lambda c: c["evaluation"].update(null_seed=3), {"synthetic_checks", "headline", "all"}),
         # The randROI seed: the tiny config has no randROI baseline, so nothing reads it.
@@ -268,7 +269,7 @@ def _gpu_rules_of_the_workflow() -> set[str]:
     for block in blocks:
         head = block.splitlines()[0]
         if m := re.match(r"(?:rule|checkpoint) (\w+):", head):
-            if re.search(r"^\s+gpu=\d*[1-9]", block, re.M):
+            if re.search(r"^\s+gpu=(\d*[1-9]|TRAIN_DEVICES)", block, re.M):  # training: compute.train_devices
                 gpu.add(m.group(1))
         elif m := re.match(r"use rule (\w+) as (\w+) with:", head):
             parent[m.group(2)] = m.group(1)
@@ -278,6 +279,31 @@ def _gpu_rules_of_the_workflow() -> set[str]:
         if base in gpu:
             gpu.add(child)
     return gpu
+
+
+def test_multi_device_training_jobs_ask_for_n_gpus_threads_and_memory(tmp_path):
+    """compute.train_devices: N: every training job declares gpu=N, N x train_threads, N x train_mem_mb; others not."""
+    config = {**TINY, "compute": {**TINY.get("compute", {}), "train_devices": 2, "train_threads": 3, "train_mem_mb": 1000}}
+    write_config(tmp_path, config)
+    out = snakemake(tmp_path, "-n", "--forceall", "--cores", "16").stdout  # 2 cores would cap the threads
+    jobs = re.split(r"\n(?=(?:rule|localrule) )", out)
+    train = [j for j in jobs if re.match(r"(?:local)?rule train_", j)]
+    assert train and all(re.search(r"threads: 6\b", j) and re.search(r"\bgpu=2\b", j) and "mem_mb=2000" in j for j in train)
+    others = [j for j in jobs if re.match(r"(?:local)?rule (features|predict|dark_knowledge)\b", j)]
+    assert others and all(re.search(r"\bgpu=1\b", j) for j in others)
+
+
+def test_slurm_profile_keeps_each_training_job_on_one_node():
+    """A multi-GPU training job's ranks are processes of one job: its GPUs must be on one node."""
+    from yte import process_yaml
+
+    with open(ROOT / "workflow/profiles/slurm/config.yaml") as f:
+        profile = process_yaml(f)
+    resources = profile["set-resources"]
+    trains = [r for r in resources if r.startswith("train_")]
+    assert set(trains) == {r for r in _gpu_rules_of_the_workflow() if r.startswith("train_")}
+    assert all(resources[r]["nodes"] == 1 for r in trains)
+    assert all("nodes" not in v for r, v in resources.items() if not r.startswith("train_"))
 
 
 def test_slurm_profile_sends_exactly_the_gpu_rules_to_the_gpu_partition():

@@ -1,4 +1,4 @@
-"""GPU dispatch: every training job claims one free GPU for its lifetime, before CUDA starts.
+"""GPU dispatch: every GPU job claims its free GPUs (one, or N for a multi-GPU training job) for its lifetime, before CUDA starts.
 
 ``snakemake --cores 8 --resources gpu=4`` caps how many GPU jobs run at once, but Snakemake does not say
 *which* GPU a job should use: without help, all four jobs would land on GPU 0. Each training job therefore
@@ -41,6 +41,10 @@ replace another user's); to restrict sharing to a group, create it beforehand wi
 can enter the directory (mode ``666``), so that any user can lock a file another user created. Lock files are
 never opened through a symbolic link. Every problem with the directory or a lock file (not a directory, owned
 by someone else, read-only, not writable, a link) is a :class:`GpuLockDirError` naming the path and the fix.
+
+A job that needs N GPUs (``claim_gpus(N)``: a training job with ``compute.train_devices: N``, which declares
+``resources: gpu=N``) takes N lock files at once, all or nothing, and sets ``CUDA_VISIBLE_DEVICES=<i>,<j>,...``;
+the N training processes it starts inherit that variable and are not claimers themselves.
 
 Limits: one claim per process (``CUDA_VISIBLE_DEVICES`` is process-wide; a nested claim in ``auto`` mode
 sees it set and is a no-op). Children forked while the lock is held (e.g. DataLoader workers) share it;
@@ -100,6 +104,10 @@ _LOCK_FILE_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ELOOP, errno.
 
 class GpuClaimTimeout(TimeoutError):
     """No GPU became free within the timeout."""
+
+
+class GpuCountError(UserError):
+    """A job needs more GPUs than the machine (or the devices made visible to it) has."""
 
 
 class GpuLockDirError(UserError):
@@ -340,24 +348,46 @@ def claim_gpu(
 ) -> Iterator[int | None]:
     """Hold one free GPU for the duration of the ``with`` block; yields its index, or None.
 
+    :func:`claim_gpus` with ``count=1`` (see there for every argument, and the module docstring).
+    """
+    with claim_gpus(1, lock_dir, n_gpus, timeout, poll, job_name=job_name) as gpus:
+        yield None if gpus is None else gpus[0]
+
+
+@contextmanager
+def claim_gpus(
+    count: int = 1,
+    lock_dir: str | Path | None = None,
+    n_gpus: int | None = None,
+    timeout: float = 600.0,
+    poll: float = 0.5,
+    *,
+    job_name: str | None = None,
+) -> Iterator[list[int] | None]:
+    """Hold ``count`` free GPUs for the duration of the ``with`` block; yields their indices, or None.
+
     Yields None, changing nothing, under SLURM (``SLURM_JOB_ID`` set), when ``CUDA_VISIBLE_DEVICES`` is
     already set, or when there is no GPU (see the module docstring, and ``AFO_GPU_CLAIM`` to change this).
-    Otherwise takes the first free ``<lock_dir>/gpu<i>.lock``, sets ``CUDA_VISIBLE_DEVICES=<i>`` (and
-    ``CUDA_DEVICE_ORDER=PCI_BUS_ID`` unless set, so that ``<i>`` is the GPU that ``nvidia-smi`` calls
-    ``<i>``), yields ``i``, and on exit restores both variables and releases the lock. The lock file holds
-    the holder's pid, host, job name and start time while it is held.
+    Otherwise takes the first ``count`` free ``<lock_dir>/gpu<i>.lock`` all at once (a job that finds fewer
+    free releases what it took and tries again, so two multi-GPU jobs never hold half of each other's
+    GPUs), sets ``CUDA_VISIBLE_DEVICES=<i>,<j>,...`` (and ``CUDA_DEVICE_ORDER=PCI_BUS_ID`` unless set, so
+    that ``<i>`` is the GPU that ``nvidia-smi`` calls ``<i>``), yields the indices, and on exit restores both
+    variables and releases the locks. Each lock file holds the holder's pid, host, job name and start time
+    while it is held.
 
     Args:
+        count: GPUs the job needs (a training job with ``compute.train_devices: N`` needs N).
         lock_dir: directory of the lock files (default: :func:`default_lock_dir`). All jobs sharing GPUs
             must use the same directory.
         n_gpus: number of GPUs; None detects it (:func:`detect_gpu_count`) without initialising CUDA.
-        timeout: seconds to wait for a free GPU before raising :class:`GpuClaimTimeout`.
-        poll: seconds between attempts while all GPUs are busy.
-        job_name: written into the lock file for debugging (default: ``$AFO_JOB_NAME``, ``$SLURM_JOB_NAME``
+        timeout: seconds to wait for free GPUs before raising :class:`GpuClaimTimeout`.
+        poll: seconds between attempts while too few GPUs are free.
+        job_name: written into the lock files for debugging (default: ``$AFO_JOB_NAME``, ``$SLURM_JOB_NAME``
             or the command line).
 
     Raises:
-        GpuClaimTimeout: all GPUs stayed busy for ``timeout`` seconds (the message names their holders).
+        GpuClaimTimeout: too few GPUs became free within ``timeout`` seconds (the message names the holders).
+        GpuCountError: the machine has fewer GPUs than ``count`` (it would wait forever).
         GpuLockDirError: the lock directory or a lock file cannot be used (the message names it and the fix).
         RuntimeError: CUDA is already initialised in this process.
     """
@@ -365,10 +395,17 @@ def claim_gpu(
         raise RuntimeError("claim_gpu needs POSIX file locks (fcntl); set AFO_GPU_CLAIM=never on this platform")
     if poll <= 0:
         raise ValueError(f"poll must be > 0 seconds, got {poll!r}")
+    if count < 1:
+        raise ValueError(f"count must be >= 1, got {count!r}")
     candidates = _candidates(n_gpus, _claim_mode())
     if candidates is None:
         yield None
         return
+    if len(candidates) < count:
+        raise GpuCountError(
+            f"this job needs {count} GPUs but only {len(candidates)} can be claimed here ({candidates}); "
+            "lower compute.train_devices, or run it where that many GPUs are free"
+        )
     _ensure_cuda_not_initialised()
     # Only the per-user default is private; a directory named by the caller or AFO_GPU_LOCK_DIR may be shared.
     private = lock_dir is None and not os.environ.get("AFO_GPU_LOCK_DIR")
@@ -380,37 +417,46 @@ def claim_gpu(
         f"since={datetime.datetime.now().astimezone().isoformat(timespec='seconds')}\n"
     )
     deadline = time.monotonic() + max(0.0, timeout)
-    fd: int | None = None
-    gpu = -1
-    while fd is None:
+    held: dict[int, int] = {}  # gpu -> fd holding its lock
+    while True:
         for gpu in candidates:
             fd = _try_lock(_lock_path(directory, gpu))
             if fd is not None:
-                break
-        else:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise GpuClaimTimeout(
-                    f"no free GPU after {timeout:g} s: all {len(candidates)} GPU slots in {directory} are "
-                    f"held ({_describe_holders(directory, candidates)}). Run fewer GPU jobs at once "
-                    "(snakemake --resources gpu=N with N <= the number of GPUs) or raise the timeout."
-                )
-            time.sleep(min(poll, remaining))
+                held[gpu] = fd
+                if len(held) == count:
+                    break
+        if len(held) == count:
+            break
+        # All or nothing: keeping a partial set while waiting could deadlock two jobs that each hold half.
+        for fd in held.values():
+            _release(fd)
+        held = {}
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            wanted = "free GPU" if count == 1 else f"{count} free GPUs"
+            raise GpuClaimTimeout(
+                f"no {wanted} after {timeout:g} s: of the {len(candidates)} GPU slots in {directory}, "
+                f"too few are free ({_describe_holders(directory, candidates)}). Run fewer GPU jobs at once "
+                "(snakemake --resources gpu=N with N <= the number of GPUs) or raise the timeout."
+            )
+        time.sleep(min(poll, remaining))
 
-    assert fd is not None
+    gpus = sorted(held)
     saved = {var: os.environ.get(var) for var in _MANAGED_VARS}
     try:
-        _write_note(fd, note)
-        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
+        for fd in held.values():
+            _write_note(fd, note)
+        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpus)
         os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
-        yield gpu
+        yield gpus
     finally:
         for var, value in saved.items():
             if value is None:
                 os.environ.pop(var, None)
             else:
                 os.environ[var] = value
-        _release(fd)
+        for fd in held.values():
+            _release(fd)
 
 
 def gpu_env_summary() -> str:

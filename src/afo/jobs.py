@@ -3,8 +3,8 @@
 A script hands :func:`run_job` the ``snakemake`` object and the function that does the work. The job's stdout
 and stderr (Python's and C libraries' alike) go to the rule's log file; ``logging`` reports at INFO; a
 :class:`~afo.errors.UserError` (a bad file or config value) ends the job with one line naming the problem and
-its fix; any other exception is a bug and keeps its full traceback in the log. GPU jobs (``resources: gpu``)
-first claim a free GPU (:func:`afo.gpu.claim_gpu`). The work's return value, a small dict, is logged as JSON.
+its fix; any other exception is a bug and keeps its full traceback in the log. GPU jobs (``resources: gpu=N``)
+first claim N free GPUs (:func:`afo.gpu.claim_gpus`). The work's return value, a small dict, is logged as JSON.
 """
 
 from __future__ import annotations
@@ -49,13 +49,15 @@ def run_job(snakemake: Any, work: Callable[[], dict | None]) -> None:
     logging.info("job %s: start, %s thread(s)", name, threads)
     try:
         claim = nullcontext()
-        if int(getattr(snakemake.resources, "gpu", 0) or 0) > 0:
-            from afo.gpu import claim_gpu
+        n_gpus = int(getattr(snakemake.resources, "gpu", 0) or 0)
+        if n_gpus > 0:
+            from afo.gpu import claim_gpus
 
-            claim = claim_gpu(job_name=f"afo {name}")
-        with claim as gpu:
-            if gpu is not None:
-                logging.info("GPU slot: %s", gpu)
+            # A training job with compute.train_devices: N declares gpu=N and takes N slots at once.
+            claim = claim_gpus(n_gpus, job_name=f"afo {name}")
+        with claim as gpus:
+            if gpus is not None:
+                logging.info("GPU slot(s): %s", ",".join(map(str, gpus)))
             result = work()
     except UserError as err:
         print(f"afo {snakemake.rule}: error: {err}", file=sys.stderr, flush=True)

@@ -1,6 +1,10 @@
 # All-ROI models trained on every voxel of every training subject: the stage-0 seeds (the first is also the
 # naivemix baseline) and the TopyNeck ablations of the config. Every training rule of the recipe (afo.smk) is
-# this rule with other inputs and params (`use rule ... with:`); each claims one GPU (gpu=1).
+# this rule with other inputs and params (`use rule ... with:`); each claims compute.train_devices GPUs
+# (gpu=N; default 1) and trains with DDP on them, with N x train_threads threads and N x train_mem_mb memory
+# (each rank is one process with its own data loading). The device count is not a param: it reruns nothing.
+
+TRAIN_DEVICES = COMPUTE["train_devices"]
 
 
 rule train_stage0:
@@ -18,10 +22,10 @@ rule train_stage0:
         target_mode="gt",
     log:
         "logs/train/stage0_seed{seed}.log",
-    threads: TRAIN_THREADS
+    threads: TRAIN_THREADS * TRAIN_DEVICES
     resources:
-        gpu=1,
-        mem_mb=TRAIN_MEM_MB,
+        gpu=TRAIN_DEVICES,
+        mem_mb=TRAIN_MEM_MB * TRAIN_DEVICES,
     conda:
         "../../envs/afo.yaml"
     script:

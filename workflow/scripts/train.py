@@ -21,7 +21,8 @@ def main(smk):
         target_mode=smk.params.target_mode,
         neck_init=optional_input(smk, "neck"),
     )
-    return fit(spec, Path(smk.output.model).parent)
+    # compute.train_devices: DDP on N devices; changes no result, so it is no param and not part of the spec.
+    return fit(spec, Path(smk.output.model).parent, devices=compute["train_devices"])
 
 
 run_job(snakemake, lambda: main(snakemake))

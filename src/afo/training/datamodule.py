@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 
 from afo.data.store import SPLIT_CODE, PreparedStore
@@ -30,6 +29,7 @@ from afo.errors import UserError
 from afo.features import FeatureCache
 from afo.io.predictions import read_predictions
 from afo.io.tables import subject_key
+from afo.training.lightning import pl
 
 
 class TrainingDataError(UserError):
@@ -185,12 +185,18 @@ class MixedBatches(torch.utils.data.Dataset):
     ``max_voxels`` of its voxels in that step. Indexed by ``(epoch, i)`` from :class:`EpochSampler`.
     """
 
-    def __init__(self, subjects: Sequence[SubjectData], bank: FeatureBank, batch_size: int, max_voxels: int, seed: int):
+    def __init__(
+        self, subjects: Sequence[SubjectData], bank: FeatureBank, batch_size: int, max_voxels: int, seed: int,
+        shard: tuple[int, int] = (0, 1),
+    ):
         self.subjects = list(subjects)
         self.bank = bank
         self.batch_size = batch_size
         self.max_voxels = max_voxels
         self.seed = seed
+        # DDP (compute.train_devices = N): rank r of N reads rows r, r + N, ... of every global batch, with the
+        # voxels the whole batch samples, so the N ranks together see exactly the one-device batch.
+        self.rank, self.world = shard
         self._offsets = np.cumsum([0] + [len(s.train_images) for s in self.subjects])
         if self._offsets[-1] == 0:
             raise TrainingDataError("no training trial in any subject: check the stores' train split")
@@ -207,14 +213,18 @@ class MixedBatches(torch.utils.data.Dataset):
         rng = np.random.default_rng([self.seed, epoch, i])
         picks = np.sort(rng.integers(0, self.n_trials, size=self.batch_size))
         owner = np.searchsorted(self._offsets, picks, side="right") - 1
+        mine = np.arange(picks.size) % self.world == self.rank  # this rank's rows of the global batch
         feats: list[list[torch.Tensor]] = []
         batch = Batch(features=[])
         start = 0
         for j in np.unique(owner):
             s = self.subjects[j]
-            trials = picks[owner == j] - self._offsets[j]
             n = s.voxels.size
+            # Drawn for every subject of the global batch on every rank, so all ranks sample the same voxels.
             voxel = np.sort(rng.choice(n, size=min(n, self.max_voxels), replace=False)) if n > self.max_voxels else np.arange(n)
+            trials = picks[(owner == j) & mine] - self._offsets[j]
+            if trials.size == 0:
+                continue
             vi = torch.from_numpy(voxel)
             images = s.train_images[trials]
             feats.append(self.bank.get(s.dataset, images))
@@ -331,7 +341,10 @@ class TrainingData(pl.LightningDataModule):
         return {s.key: s.coords for s in self.subjects}
 
     def train_dataloader(self) -> torch.utils.data.DataLoader:
-        batches = MixedBatches(self.subjects, self.bank, self.batch_size, self.max_voxels, seed=self.seed)
+        # Under DDP each rank reads its share of every batch (see MixedBatches); one epoch has the same steps.
+        trainer = self.trainer
+        shard = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        batches = MixedBatches(self.subjects, self.bank, self.batch_size, self.max_voxels, seed=self.seed, shard=shard)
         sampler = EpochSampler(batches.n_trials, self.batch_size, self.epoch_fraction)
         return torch.utils.data.DataLoader(
             batches, sampler=sampler, batch_size=None, num_workers=self.num_workers, persistent_workers=self.num_workers > 0

@@ -17,7 +17,6 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import pytorch_lightning as pl
 import torch
 
 from afo.data.store import PreparedStore
@@ -27,6 +26,8 @@ from afo.io.tables import read_roi_selection, subject_key
 from afo.model import EncodingModel, subject_frame
 from afo.runtime import resolve_precision
 from afo.training.datamodule import TrainingData
+from afo.training.ddp import check_devices, ddp_settings, rank_processes
+from afo.training.lightning import pl
 from afo.training.modelfile import ModelConfig, ModelFile, load_model, save_model
 from afo.training.monitor import EpochLog, job_loggers, log_to_stderr_unless_configured
 from afo.training.resume import Finished, ResumeCheckpoint, TopK, training_lock, write_metrics
@@ -113,15 +114,20 @@ def store_frames(stores: dict[str, str]) -> dict:
     return frames
 
 
-def _trainer_settings(train: dict) -> dict:
-    gpu = torch.cuda.is_available() and train.get("accelerator", "auto") in ("auto", "gpu")
+def _uses_gpu(train: dict) -> bool:
+    return torch.cuda.is_available() and train.get("accelerator", "auto") in ("auto", "gpu")
+
+
+def _trainer_settings(train: dict, devices: int = 1) -> dict:
+    gpu = _uses_gpu(train)
     precision = resolve_precision(train.get("precision", "auto"), "cuda" if gpu else "cpu")
     return {
         "accelerator": "gpu" if gpu else "cpu",
-        "devices": 1,
+        "devices": devices,
         "precision": precision,
         # CUDA grid_sample backward is nondeterministic; on the CPU every run is exactly repeatable.
         "deterministic": "warn" if gpu else True,
+        **ddp_settings(devices, gpu),
     }
 
 
@@ -168,12 +174,9 @@ def build_task(spec: TrainSpec, model: EncodingModel, data: TrainingData) -> Enc
     )
 
 
-def train_model(spec: TrainSpec, task: EncodingTask, data: TrainingData, paths: JobPaths) -> Finished:
-    """Fit with Lightning (resuming from ``last.ckpt``) and record the top-k; returns what the soup needs."""
+def _fit_trainer(spec: TrainSpec, task: EncodingTask, data: TrainingData, paths: JobPaths, devices: int, resume: Path | None) -> tuple[pl.Trainer, TopK]:
+    """Build the job's trainer and fit (every DDP rank runs this); returns the trainer and its top-k."""
     train = spec.train
-    resume = paths.last if paths.last.exists() else None
-    if resume is None and paths.topk.exists():
-        shutil.rmtree(paths.topk)  # checkpoints of an attempt killed before its first resume state
     top_k = TopK(
         dirpath=paths.topk, filename="epoch{epoch:04d}", auto_insert_metric_name=False,
         monitor="val_r", mode="max", save_top_k=int(train["top_k"]), save_weights_only=True,
@@ -188,14 +191,48 @@ def train_model(spec: TrainSpec, task: EncodingTask, data: TrainingData, paths: 
         enable_model_summary=False,
         enable_progress_bar=sys.stderr.isatty(),
         log_every_n_steps=max(1, min(50, data.batches_per_epoch())),
-        **_trainer_settings(train),
+        **_trainer_settings(train, devices),
     )
+    trainer.fit(task, datamodule=data, ckpt_path=resume, weights_only=True)
+    return trainer, top_k
+
+
+def train_model(spec: TrainSpec, task: EncodingTask, data: TrainingData, paths: JobPaths, devices: int = 1) -> Finished:
+    """Fit with Lightning (resuming from ``last.ckpt``) on ``devices`` devices and record the top-k; returns what
+    the soup needs. This process is rank 0 of a multi-device job (:mod:`afo.training.ddp`)."""
+    resume = paths.last if paths.last.exists() else None
+    if resume is None and paths.topk.exists():
+        shutil.rmtree(paths.topk)  # checkpoints of an attempt killed before its first resume state
     if resume is not None:
         log.info("resuming from %s", resume)
-    trainer.fit(task, datamodule=data, ckpt_path=resume, weights_only=True)
+    threads = torch.get_num_threads()
+    # The job's CPU threads are shared by its ranks (on GPUs they feed the data loading and the optimizer).
+    per_rank = max(1, threads // devices)
+    payload = {"spec": asdict(spec), "out": str(paths.out), "work": str(paths.work), "resume": resume is not None}
+    torch.set_num_threads(per_rank)
+    try:
+        with rank_processes(payload, paths.work, devices, per_rank):
+            trainer, top_k = _fit_trainer(spec, task, data, paths, devices, resume)
+    finally:
+        torch.set_num_threads(threads)
     finished = Finished(epochs=int(trainer.current_epoch), topk=top_k.scores())
     finished.write(paths.work)
     return finished
+
+
+def run_rank(payload_path: str) -> None:
+    """Rank 1..N-1 of a multi-device job (started by :func:`afo.training.ddp.rank_processes`): rebuild the job's
+    data, model and task as rank 0 did, and train; rank 0 alone writes the outputs."""
+    log_to_stderr_unless_configured()
+    payload = json.loads(Path(payload_path).read_text())
+    torch.set_num_threads(int(payload["threads"]))
+    spec = TrainSpec(**payload["spec"])
+    paths = JobPaths(Path(payload["out"]), Path(payload["work"]))
+    pl.seed_everything(int(spec.train["seed"]), workers=True, verbose=False)
+    data = job_data(spec)
+    _, model = build_model(spec, data)
+    task = build_task(spec, model, data)
+    _fit_trainer(spec, task, data, paths, int(payload["devices"]), paths.last if payload["resume"] else None)
 
 
 def soup(model: EncodingModel, data: TrainingData, finished: Finished, paths: JobPaths, device: torch.device) -> dict:
@@ -217,13 +254,18 @@ def write_outputs(paths: JobPaths, model_file: ModelFile) -> None:
     save_model(paths.out / "model.pt", model_file)
 
 
-def fit(spec: TrainSpec, out_dir: str | Path, *, lock_timeout: float | None = None) -> dict:
+def fit(spec: TrainSpec, out_dir: str | Path, *, lock_timeout: float | None = None, devices: int = 1) -> dict:
     """Train, soup and write ``<out_dir>/model.pt`` and ``<out_dir>/metrics.csv``; returns a report.
 
     One trainer per ``out_dir`` at a time: a second waits for the first, at most ``lock_timeout`` seconds (None:
     as long as it takes), then fails with :class:`afo.training.resume.TrainingLocked`.
+
+    ``devices`` > 1 trains with DDP on that many GPUs (or CPU processes without a GPU), see
+    :mod:`afo.training.ddp`. It changes no result beyond float rounding, so it is not part of the spec: a job
+    resumes on another device count, and the workflow reads it from ``compute.train_devices``.
     """
     log_to_stderr_unless_configured()
+    check_devices(devices, int(spec.train["batch_size"]), _uses_gpu(spec.train))
     paths = JobPaths.of(spec, out_dir)
     with training_lock(paths.work.parent, lock_timeout):
         started = time.time()
@@ -235,7 +277,7 @@ def fit(spec: TrainSpec, out_dir: str | Path, *, lock_timeout: float | None = No
         task = build_task(spec, model, data)
         finished = Finished.read(paths.work)
         if finished is None:
-            finished = train_model(spec, task, data, paths)
+            finished = train_model(spec, task, data, paths, devices)
         else:
             log.info("%s: training had finished (%d epochs); rebuilding the soup and the outputs", paths.work, finished.epochs)
         summary = soup(model, data, finished, paths, task.device)

@@ -12,8 +12,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
+
+from afo.training.lightning import pl, tensorboard_installed
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,8 @@ class EpochLog(pl.Callback):
         self._steps += 1
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return  # one line per epoch in the job's log, not one per DDP rank
         seconds = time.monotonic() - self._start
         self._durations.append(seconds)
         score = trainer.callback_metrics.get(self.monitor)
@@ -86,9 +89,7 @@ class EpochLog(pl.Callback):
 
 
 def tensorboard_available() -> bool:
-    from lightning_fabric.loggers.tensorboard import _TENSORBOARD_AVAILABLE, _TENSORBOARDX_AVAILABLE
-
-    return bool(_TENSORBOARD_AVAILABLE or _TENSORBOARDX_AVAILABLE)
+    return tensorboard_installed()
 
 
 def job_loggers(work: str | Path, tensorboard_dir: str | Path) -> list[pl.loggers.Logger]:

@@ -27,10 +27,10 @@ from typing import Any
 
 import filelock
 import pandas as pd
-import pytorch_lightning as pl
 
 from afo.errors import UserError
 from afo.io import atomic_path, atomic_write_text
+from afo.training.lightning import pl
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ class TopK(pl.callbacks.ModelCheckpoint):
         self.best_k_models = {p: s for p, s in named.items() if Path(p).exists()}
         for stray in folder.glob("*.ckpt"):
             if str(stray) not in self.best_k_models:
-                stray.unlink()
+                stray.unlink(missing_ok=True)  # under DDP every rank loads this state: another may be first
         self.current_score = state_dict.get("current_score")
         if self.best_k_models:
             better, worse = (max, min) if self.mode == "max" else (min, max)
@@ -127,6 +127,10 @@ class ResumeCheckpoint(pl.callbacks.Checkpoint):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         for logger in trainer.loggers:
             logger.save()
+        if not trainer.is_global_zero:
+            # Under DDP every rank calls save_checkpoint (it ends in a barrier) but only rank 0 writes the file.
+            trainer.save_checkpoint(self.path, weights_only=False)
+            return
         with atomic_path(self.path, suffix=".ckpt") as tmp:
             trainer.save_checkpoint(tmp, weights_only=False)
 

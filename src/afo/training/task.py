@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
@@ -14,6 +13,7 @@ from afo.errors import UserError
 from afo.metrics import pearson_r
 from afo.model import EncodingModel
 from afo.training.datamodule import Batch, SubjectData, TrainingDataError, ValChunk
+from afo.training.lightning import pl
 
 
 def masked_smooth_l1(pred: torch.Tensor, target: torch.Tensor, beta: float, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -130,7 +130,8 @@ class EncodingTask(pl.LightningModule):
     def on_validation_epoch_end(self) -> None:
         score = pooled_validation_r(self._val_predictions, self.val_subjects)
         self._val_predictions = {}
-        self.log("val_r", score, prog_bar=True, batch_size=1)
+        # Under DDP every rank scores all validation images with the same weights: the mean over ranks is the score.
+        self.log("val_r", score, prog_bar=True, batch_size=1, sync_dist=True)
 
     def configure_optimizers(self):
         from adabelief_pytorch import AdaBelief
