@@ -237,3 +237,35 @@ def test_readme_api_example_runs_as_written(trained, tmp_path):
     (tmp_path / "resources/synthetic/fmri").mkdir(parents=True)
     (tmp_path / "resources/synthetic/fmri/images").symlink_to(trained / "ds" / "images")
     subprocess.run([sys.executable, "-c", block.group(1)], check=True, cwd=tmp_path, timeout=300)
+
+
+def test_finetune_fits_new_subjects_on_the_frozen_core(trained, tmp_path, capsys):
+    """`afo finetune` on a folder dataset: new subjects join the model file; core and base subjects stay as they were."""
+    import afo
+    from afo.cli import main
+    from conftest import write_folder_dataset
+
+    lab = write_folder_dataset(tmp_path / "lab", n_images=30, n_voxels=8, subjects=("subj01",), n_repeated=4, n_val=6, seed=5)
+    (lab / "dataset.yaml").write_text("name: newlab\nmodality: fmri\n")
+    out = tmp_path / "ft" / "model.pt"
+    args = ["finetune", "--model", str(trained / "m" / "model.pt"), "--dataset", str(lab), "--out", str(out),
+            "--train-config", json.dumps({"max_epochs": 2}), "--device", "cpu"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    report = json.loads(printed[printed.index("{\n"):])  # AdaBelief prints its settings first
+    assert report["new_subjects"] == ["newlab/subj01"] and report["epochs"] == 2
+    base, tuned = read_model_file(trained / "m" / "model.pt"), read_model_file(out)
+    assert sorted(tuned.voxels) == ["newlab/subj01", "tiny/subj01", "tiny/subj02"]
+    for key, value in base.state_dict.items():  # the core and the base subjects' necks and heads, bit for bit
+        assert torch.equal(tuned.state_dict[key], value), key
+    assert tuned.inputs.backbone == base.inputs.backbone and tuned.inputs.subjects["newlab/subj01"].rois["roi"][0] == "early"
+    assert (out.parent / "metrics.csv").is_file()
+    m = afo.load(out, device="cpu")
+    files = sorted((lab / "images").glob("*.png"))
+    assert m.predict(files, subject="newlab/subj01").shape == (30, 8)
+    np.testing.assert_allclose(m.predict(files[:4], subject="tiny/subj01"),
+                               afo.load(trained / "m" / "model.pt", device="cpu").predict(files[:4], subject="tiny/subj01"), rtol=1e-5, atol=1e-6)
+    # A dataset named like one the model has is refused (its subjects would collide).
+    (lab / "dataset.yaml").write_text("name: tiny\nmodality: fmri\n")
+    assert main([*args[:6], str(tmp_path / "again" / "model.pt"), *args[7:]]) == 2
+    assert "already in" in capsys.readouterr().err

@@ -223,6 +223,32 @@ def _predict(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=run)
 
 
+@command("finetune", "fit new subjects on a trained model's frozen backbone and conv blocks (a TopyNeck and head each)")
+def _finetune(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, type=Path, help="the trained model file (model.pt) whose core is kept")
+    p.add_argument("--dataset", required=True, type=Path,
+                   help="the new data: a folder dataset (docs/folder-dataset.md), a prepared store (.h5), or with --format "
+                        "a dataset in an adapter's format")
+    p.add_argument("--out", required=True, type=Path, help="model file to write (base subjects + the new ones); metrics.csv "
+                                                           "and work/ (prepared data, features, resume state) go beside it")
+    p.add_argument("--format", default="auto", help="auto (store or folder), or an adapter's format (docs/datasets.md)")
+    p.add_argument("--options", type=_json_arg, default={}, help="JSON object of adapter options")
+    p.add_argument("--name", help="dataset name in the subject keys (default: the dataset's own name)")
+    p.add_argument("--train-config", type=_json_arg, default={},
+                   help="JSON: training settings over the base model's own (e.g. {\"max_epochs\": 20, \"lr\": 0.01})")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (feature extraction; training uses the GPU when there is one)")
+    _claim_gpu_argument(p)
+
+    def run(args):
+        from afo.training.finetune import finetune_dataset
+
+        return _on_claimed_gpu(args, lambda: finetune_dataset(
+            args.model, args.dataset, args.out, train=args.train_config, fmt=args.format, options=args.options,
+            name=args.name, device=args.device))
+
+    p.set_defaults(func=run)
+
+
 @command("evaluate", "score a model's prediction file per voxel: voxels.csv and summary.csv")
 def _evaluate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--store", action="append", required=True, metavar="NAME=PATH", help="prepared store of dataset NAME (repeat per dataset)")
