@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,3 +39,25 @@ def test_finetune_rule_follows_the_config(tmp_path):
     assert bad.returncode != 0 and "role holdout" in bad.stdout + bad.stderr
     bad = _plan(tmp_path, finetune={"enabled": True, "model": "stage1", "datasets": ["lab"]})
     assert bad.returncode != 0 and "single models" in bad.stdout + bad.stderr
+
+
+@pytest.mark.slow
+def test_finetune_rule_runs_and_writes_a_model_file_afo_load_takes(tmp_path):
+    """The cheapest base (naivemix: one stage-0 model) on the tiny config, fitted on a holdout folder dataset."""
+    import numpy as np
+
+    import afo
+
+    sections = {"finetune": {"enabled": True, "model": "naivemix", "datasets": ["lab"], "train": {"max_epochs": 2}},
+                "compute": {**TINY["compute"], "device": "cpu"}}
+    assert _plan(tmp_path, **sections).returncode == 0
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "AFO_GPU_CLAIM": "never"}
+    cmd = [str(BIN / "snakemake"), "--snakefile", str(ROOT / "Snakefile"), "--directory", str(tmp_path), "--cores", "2",
+           "results/models/finetune/naivemix/model.pt"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    m = afo.load(tmp_path / "results/models/finetune/naivemix/model.pt", device="cpu")
+    assert "lab/subjA" in m.subjects and "synth_fmri/subj01" in m.subjects
+    images = sorted((tmp_path / "holdout" / "images").glob("*.png"))[:3]
+    assert np.isfinite(m.predict(images, subject="lab/subjA")).all()
+    assert (tmp_path / "logs/train/finetune_naivemix.log").is_file()
