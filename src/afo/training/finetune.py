@@ -55,6 +55,7 @@ class FinetuneSpec:
         """The :class:`TrainSpec` of the new subjects' data (the base model's configuration and training settings
         with ``train`` on top)."""
         base_train = json.loads(base.info["spec"])["train"] if "spec" in base.info else {}
+        base_train.pop("data_seed", None)  # a stage-0 seed's batch order; here `seed` alone sets init and batches
         return TrainSpec(stores=dict(self.stores), features=dict(self.features), model=base.config.as_dict(),
                          train={**base_train, **self.train})
 

@@ -157,7 +157,8 @@ class BackboneRecord:
         return cls(
             name=str(attrs["backbone"]), layers=tuple(int(i) for i in json.loads(attrs["layers"])),
             resolution=int(attrs["resolution"]), model_kwargs=json.loads(attrs.get("model_kwargs", "{}")),
-            pretrained=source == "timm", weights_file=weights,
+            # Absolute: a config names it relative to the workflow folder, a user loads the model from anywhere.
+            pretrained=source == "timm", weights_file=str(Path(weights).resolve()) if weights else None,
             weights_sha256=file_sha256(weights) if weights else None,
         )
 
