@@ -10,7 +10,7 @@ with the same data, batch size, epochs (patience = max_epochs: no early stop) an
 optimiser steps. Score: Pearson r per voxel on the holdout subject's test images (repeat-averaged), as in
 voxels.csv; mean over voxels, and the median of r_test_norm.
 
-    python benchmarks/finetune.py --out /tmp/afo-finetune-bench            # three seeds, about 25 minutes on a busy 2-core machine
+    python benchmarks/finetune.py --out /tmp/afo-finetune-bench            # three seeds, about 20 minutes on a busy 2-core machine
     python benchmarks/finetune.py --out DIR --seeds 0 1 2 3 4 --epochs 10
 """
 
@@ -69,8 +69,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="work folder")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, default=15, help="epochs of each holdout fit (finetune and scratch alike)")
-    parser.add_argument("--base-epochs", type=int, default=25, help="max epochs of the released model (patience 8)")
+    parser.add_argument("--epochs", type=int, default=10, help="epochs of each holdout fit (finetune and scratch alike)")
+    parser.add_argument("--base-epochs", type=int, default=12, help="max epochs of the released model (patience 6, half an epoch each)")
     args = parser.parse_args()
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     out = args.out
@@ -94,12 +94,12 @@ def main() -> None:
     base = out / "models" / "released" / "model.pt"
     if not base.exists():
         fit(TrainSpec({"synth": str(stores["synth"])}, {"synth": str(features["synth"])}, MODEL,
-                      {**TRAIN, "max_epochs": args.base_epochs, "patience": 8}), base.parent)
+                      {**TRAIN, "max_epochs": args.base_epochs, "patience": 6, "epoch_fraction": 0.5}), base.parent)
     rows = []
     holdout_train = {**TRAIN, "max_epochs": args.epochs, "patience": args.epochs}
     for seed in args.seeds:
         for method in ("finetune", "scratch"):
-            work = out / "models" / f"{method}_seed{seed}"
+            work = out / "models" / f"{method}_e{args.epochs}_seed{seed}"
             model = work / "model.pt"
             t0 = time.time()
             if method == "finetune":
