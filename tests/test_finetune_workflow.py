@@ -20,7 +20,7 @@ def _plan(tmp_path: Path, **sections) -> subprocess.CompletedProcess:
 
     holdout = tmp_path / "holdout"
     if not holdout.exists():
-        write_folder_dataset(holdout, n_images=20, n_voxels=6, subjects=("subjA",))
+        write_folder_dataset(holdout, n_images=30, n_voxels=6, subjects=("subjA",), n_val=5)
     config = {**TINY, "datasets": {**TINY["datasets"], "lab": {"format": "folder", "root": str(holdout), "role": "holdout"}}, **sections}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
