@@ -25,6 +25,7 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/probing.smk"
 include: "workflow/rules/decoding.smk"
 include: "workflow/rules/figures.smk"
+include: "workflow/rules/finetune.smk"
 
 
 rule all:

@@ -196,20 +196,42 @@ def _train(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=run)
 
 
-@command("predict", "predict responses per image of a store with a model file (HDF5 prediction file)")
+@command("predict", "predict responses with a model file: for a folder of your images (--images), or per image of a store")
 def _predict(p: argparse.ArgumentParser) -> None:
-    _data_arguments(p)
     p.add_argument("--model", required=True, type=Path, help="model file (model.pt)")
+    p.add_argument("--out", required=True, type=Path, help="prediction file to write (.h5)")
+    p.add_argument("--images", type=Path, help="a folder of your images: every subject's predicted response to each "
+                                               "(the model file alone; no store or feature cache)")
+    p.add_argument("--subject", action="append", help="with --images: only this subject (<dataset>/<subject>; repeat)")
+    p.add_argument("--maps", type=Path, help="with --images: one NIfTI map per image for volumetric subjects, in this folder")
+    p.add_argument("--weights", type=Path, help="with --images: the backbone weights file, if it moved since training")
+    p.add_argument("--batch-size", type=int, default=32, help="with --images: images per backbone pass")
+    p.add_argument("--store", action="append", metavar="NAME=PATH", help="prepared store of dataset NAME (repeat per dataset)")
+    p.add_argument("--features", action="append", metavar="NAME=PATH", help="feature cache of dataset NAME (repeat per dataset)")
     p.add_argument("--splits", default="train,val", help="comma-separated splits whose images are predicted (train, val, test)")
     p.add_argument("--rois", type=Path, help="ROI assignment table; with --roi, predict only that ROI's voxels")
     p.add_argument("--roi", help="ROI whose voxels are predicted (dark knowledge of a stage-1/2 model)")
-    p.add_argument("--out", required=True, type=Path, help="prediction file to write (.h5)")
     p.add_argument("--dtype", choices=["float16", "float32"], default="float32", help="float32 for evaluation, float16 for dark knowledge")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     _claim_gpu_argument(p)
 
     def run(args):
         from afo.runtime import resolve_device
+
+        if args.images is not None:
+            if args.store or args.features or args.rois or args.roi:
+                raise CliError("--images predicts a folder from the model file alone: drop --store/--features/--rois/--roi")
+            from afo.api import predict_folder
+            from afo.training.monitor import log_to_stderr_unless_configured
+
+            log_to_stderr_unless_configured()  # a progress line per batch
+            return _on_claimed_gpu(args, lambda: predict_folder(
+                args.model, args.images, args.out, subjects=args.subject, maps_dir=args.maps, batch_size=args.batch_size,
+                device=args.device, weights=args.weights))
+        if not (args.store and args.features):
+            raise CliError("give --images DIR, or --store and --features (the store-based form the workflow uses)")
+        if args.subject or args.maps or args.weights:
+            raise CliError("--subject, --maps and --weights go with --images")
         from afo.training.predict import predict_file
 
         splits = [s.strip() for s in args.splits.split(",") if s.strip()]
@@ -224,6 +246,32 @@ def _predict(p: argparse.ArgumentParser) -> None:
 def _overlap_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overlap", type=Path, help="overlap.csv (afo overlap): leave out test images a --trained-on dataset trained on")
     p.add_argument("--trained-on", action="append", metavar="NAME", help="a dataset the model was trained on (repeat)")
+
+
+@command("finetune", "fit new subjects on a trained model's frozen backbone and conv blocks (a TopyNeck and head each)")
+def _finetune(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, type=Path, help="the trained model file (model.pt) whose core is kept")
+    p.add_argument("--dataset", required=True, type=Path,
+                   help="the new data: a folder dataset (docs/folder-dataset.md), a prepared store (.h5), or with --format "
+                        "a dataset in an adapter's format")
+    p.add_argument("--out", required=True, type=Path, help="model file to write (base subjects + the new ones); metrics.csv "
+                                                           "and work/ (prepared data, features, resume state) go beside it")
+    p.add_argument("--format", default="auto", help="auto (store or folder), or an adapter's format (docs/datasets.md)")
+    p.add_argument("--options", type=_json_arg, default={}, help="JSON object of adapter options")
+    p.add_argument("--name", help="dataset name in the subject keys (default: the dataset's own name)")
+    p.add_argument("--train-config", type=_json_arg, default={},
+                   help="JSON: training settings over the base model's own (e.g. {\"max_epochs\": 20, \"lr\": 0.01})")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (feature extraction; training uses the GPU when there is one)")
+    _claim_gpu_argument(p)
+
+    def run(args):
+        from afo.training.finetune import finetune_dataset
+
+        return _on_claimed_gpu(args, lambda: finetune_dataset(
+            args.model, args.dataset, args.out, train=args.train_config, fmt=args.format, options=args.options,
+            name=args.name, device=args.device))
+
+    p.set_defaults(func=run)
 
 
 @command("evaluate", "score a model's prediction file per voxel: voxels.csv and summary.csv")
@@ -258,10 +306,11 @@ def _decode(p: argparse.ArgumentParser) -> None:
                    help="NumPy file [n_voxels] or [n_queries, n_voxels]: one value per modelled voxel or per voxel of the "
                         "subject's dataset (responses.npy column order); NaN = missing")
     p.add_argument("--subject", required=True, help="subject key as in the model: <dataset>/<subject>")
-    p.add_argument("--config", type=Path, help="the workflow config the model was trained with (its backbone and prepare "
-                                               "sections; default: ./config.yaml)")
-    p.add_argument("--backbone", type=_json_arg, help="JSON backbone section instead of --config")
-    p.add_argument("--image-size", type=int, help="resize stimuli to this size first (default: the config's prepare.image_size)")
+    p.add_argument("--config", type=Path, help="only for version-1 model files (which do not record their backbone): the "
+                                               "workflow config the model was trained with")
+    p.add_argument("--backbone", type=_json_arg, help="only for version-1 model files: JSON backbone section instead of --config")
+    p.add_argument("--image-size", type=int, help="only for version-1 model files: the config's prepare.image_size")
+    p.add_argument("--weights", type=Path, help="the backbone weights file, if it moved since training")
     p.add_argument("--rois", type=Path, help="ROI table; with --roi, match only that ROI's voxels")
     p.add_argument("--roi", help="ROI label to match (needs --rois)")
     p.add_argument("--out", type=Path, help="CSV of the full ranking (query, rank, image, r)")
@@ -271,36 +320,31 @@ def _decode(p: argparse.ArgumentParser) -> None:
     def run(args):
         import numpy as np
 
-        from afo.decoding.retrieval import rank_user_images
+        from afo.api import list_images, load
+        from afo.decoding.retrieval import DecodeInputError, rank_user_images
         from afo.io.tables import write_csv
-        from afo.runtime import resolve_device
-        from afo.training.modelfile import load_model
 
-        image_size = args.image_size
-        if args.backbone is not None:
-            backbone = args.backbone
-        else:
+        backbone, image_size = args.backbone, args.image_size
+        if backbone is None and args.config is not None:  # used only when the model file does not record its own
             from afo.config import load_config
 
-            config_path = args.config or Path("config.yaml")
-            if not config_path.is_file():
-                raise CliError(f"{config_path}: give the workflow config the model was trained with (--config) or --backbone JSON")
-            config = load_config(config_path)
-            backbone = config["backbone"]
-            image_size = image_size or config["prepare"]["image_size"]
+            config = load_config(args.config)
+            backbone, image_size = config["backbone"], image_size or config["prepare"]["image_size"]
+        model = load(args.model, device=args.device, weights=args.weights, backbone=backbone, image_size=image_size)
+        if args.subject not in model.subjects:
+            raise DecodeInputError(f"subject {args.subject!r} is not in {args.model}; it has {model.subjects}")
+        voxels = model.voxels(args.subject)["voxel"].to_numpy()
         mask = None
         if args.roi is not None or args.rois is not None:
             if not (args.roi is not None and args.rois is not None):
                 raise CliError("--roi and --rois go together")
             from afo.io.tables import read_roi_selection
 
-            _, payload = load_model(args.model)
-            if args.subject not in payload.voxels:
-                raise CliError(f"subject {args.subject!r} is not in {args.model}; it has {sorted(payload.voxels)}")
             wanted = read_roi_selection(args.rois, args.roi).get(args.subject, np.empty(0, dtype=np.int64))
-            mask = np.isin(payload.voxels[args.subject].numpy(), wanted)
-        ranking = rank_user_images(args.model, args.subject, args.images, np.load(args.response), backbone, image_size,
-                                   voxel_mask=mask, device=resolve_device(args.device))
+            mask = np.isin(voxels, wanted)
+        files = list_images(args.images)
+        predicted = model.predict(files, subject=args.subject)
+        ranking = rank_user_images(predicted, [f.name for f in files], np.load(args.response), voxels, args.subject, voxel_mask=mask)
         if args.out:
             write_csv(ranking, args.out)
         best = ranking[ranking["rank"] < args.top]

@@ -194,10 +194,30 @@ def _check_model_names() -> None:
 
 _check_model_names()
 
+FINETUNE = config["finetune"]
+
+
+def _check_finetune() -> None:
+    """Fine-tuning fits datasets the recipe did not train on, on the core of a single evaluated model."""
+    if not FINETUNE["enabled"]:
+        return
+    if FINETUNE["model"] not in SINGLE:
+        raise ConfigError(f"config key `finetune.model`: {FINETUNE['model']!r} is not one of the single models {list(SINGLE)}")
+    if not FINETUNE["datasets"]:
+        raise ConfigError("config key `finetune.datasets`: name at least one dataset (role holdout) to fit")
+    for name in FINETUNE["datasets"]:
+        if name not in DATASETS or name in TRAIN_DATASETS:
+            raise ConfigError(f"config key `finetune.datasets`: {name!r} must be a dataset of `datasets:` with role holdout "
+                              f"(the model already has the training datasets' subjects)")
+
+
+_check_finetune()
+
 
 wildcard_constraints:
     name="|".join(EVALUATED),
     ablation="|".join(config["ablations"]) or "^$",
+    base="|".join(SINGLE),
     model_dir=r"(stage0/seed\d+|ablation/[a-z0-9_]+|(afo|randroi)/(stage1|stage2|stage2plus|nodk)/roi[A-Za-z0-9_\-]+|(afo|randroi)/stage3)",
 
 
@@ -305,6 +325,8 @@ def analysis_targets() -> list:
         out.append(f"results/brainmaps/{name}")
     if SYNTHETIC:
         out += ["results/analysis/synthetic_checks.json", "results/analysis/synthetic_checks.html"]
+    if FINETUNE["enabled"]:
+        out.append(f"results/models/finetune/{FINETUNE['model']}/model.pt")
     return out
 
 

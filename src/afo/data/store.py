@@ -35,7 +35,7 @@ import json
 import os
 import shutil
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -496,6 +496,23 @@ class StoreWriter:
             self.close()
         else:
             self.abort()
+
+
+def volume_geometry(attrs: Mapping) -> tuple[np.ndarray, tuple[int, int, int]] | None:
+    """(affine [4, 4], shape) from a subject's store attributes ``affine`` (16 numbers or 4 x 4, row-major, or
+    their JSON) and ``volume_shape`` (3 integers), or None when the subject is not volumetric."""
+    if "affine" not in attrs or "volume_shape" not in attrs:
+        return None
+    affine, shape = attrs["affine"], attrs["volume_shape"]
+    if isinstance(affine, (str, bytes)):
+        affine = json.loads(affine)
+    if isinstance(shape, (str, bytes)):
+        shape = json.loads(shape)
+    affine = np.asarray(affine, dtype=np.float64).reshape(4, 4)
+    shape = tuple(int(s) for s in np.asarray(shape).reshape(-1))
+    if len(shape) != 3:
+        raise ValueError(f"store attribute volume_shape must hold 3 integers, got {shape}")
+    return affine, shape  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from afo.data.store import PreparedStore
 from afo.decoding.ranking import rank_candidates, retrieval_accuracy
@@ -35,9 +34,6 @@ from afo.metrics import MIN_PAIRS
 
 class DecodeInputError(UserError, ValueError):
     """A user's candidate images, response pattern or subject do not fit the model; the message says how."""
-
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
 def roi_labels_from_stores(stores: Mapping[str, str | Path], roi_set: str) -> pd.DataFrame:
@@ -96,17 +92,6 @@ def retrieval_table(
 # -- a user's own images and response ---------------------------------------------------------------------
 
 
-def list_images(folder: str | Path) -> list[Path]:
-    """Image files of a folder (PIL-readable suffixes), sorted by name."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise DecodeInputError(f"{folder}: no such folder of candidate images")
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise DecodeInputError(f"{folder}: no image files ({', '.join(IMAGE_SUFFIXES)})")
-    return files
-
-
 def _match_response(response: np.ndarray, model_voxels: np.ndarray, subject: str) -> np.ndarray:
     """The response restricted to the model's voxels: [Q, n_model_voxels].
 
@@ -130,65 +115,32 @@ def _match_response(response: np.ndarray, model_voxels: np.ndarray, subject: str
 
 
 def rank_user_images(
-    model_path: str | Path,
-    subject: str,
-    images_dir: str | Path,
+    predicted: np.ndarray,
+    names: Sequence[str],
     response: np.ndarray,
-    backbone: Mapping,
-    image_size: int | None = None,
+    model_voxels: np.ndarray,
+    subject: str,
     voxel_mask: np.ndarray | None = None,
-    batch_size: int = 32,
-    device: torch.device | str = "cpu",
 ) -> pd.DataFrame:
-    """Rank a folder of candidate images for measured response pattern(s) of one subject.
+    """Rank a user's candidate images for measured response pattern(s) of one subject (``afo decode``).
 
     Args:
-        model_path: model file (model.pt).
-        subject: subject key as in the model ("<dataset>/<subject>").
-        images_dir: folder of candidate images.
+        predicted: [C, n] the model's predictions for the C candidates (``afo.api.Model.predict``), n = modelled voxels.
+        names: [C] the candidates' names (file names).
         response: [V] or [Q, V] measured (repeat-averaged) responses, see :func:`_match_response`; NaN = missing.
-        backbone: the workflow's ``backbone`` config section (the model was trained on its features).
-        image_size: stimuli are first resized to this size like the prepared store (``prepare.image_size``);
-            None = the backbone resolution.
+        model_voxels: [n] the subject's modelled voxels (indices of its dataset).
+        subject: subject key, for messages.
         voxel_mask: optional bool mask over the model's voxels of the subject (an ROI).
-        batch_size: images per backbone pass.
-        device: torch device.
 
     Returns:
-        one row per query and candidate: query, rank (0 = best), image (file name), r.
+        one row per query and candidate: query, rank (0 = best), image (name), r.
     """
-    from PIL import Image
-
-    from afo.data.store import resize_image
-    from afo.features import BackboneSpec, backbone_features, create_backbone
-    from afo.training.modelfile import load_model
-
-    device = torch.device(device)
-    model, payload = load_model(model_path)
-    if subject not in model.subjects:
-        raise DecodeInputError(f"subject {subject!r} is not in {model_path}; it has {model.subjects}")
-    measured = _match_response(response, payload.voxels[subject].numpy(), subject)
-    spec = BackboneSpec.from_config(dict(backbone))
-    size = int(image_size or spec.resolution)
-    files = list_images(images_dir)
-    net = create_backbone(spec).to(device)
-    model.to(device)
-    preds = []
-    for start in range(0, len(files), batch_size):
-        batch = np.stack([resize_image(Image.open(f), size) for f in files[start : start + batch_size]])
-        feats = backbone_features(net, batch, spec, device)
-        shapes = [tuple(f.shape[1:]) for f in feats]
-        if shapes != [tuple(s) for s in model.layer_shapes]:
-            raise DecodeInputError(f"backbone gives layers {shapes} but the model was trained on {model.layer_shapes}: "
-                             "use the backbone config the model was trained with")
-        with torch.no_grad():
-            preds.append(model(feats, subject).float().cpu().numpy())
-    predicted = np.concatenate(preds)
-    order, scores = rank_candidates(predicted, measured, voxel_mask=voxel_mask)
+    measured = _match_response(response, np.asarray(model_voxels), subject)
+    order, scores = rank_candidates(np.asarray(predicted), measured, voxel_mask=voxel_mask)
     rows = []
     for q in range(order.shape[0]):
         for rank, c in enumerate(order[q]):
-            rows.append({"query": q, "rank": rank, "image": files[c].name, "r": scores[q, c]})
+            rows.append({"query": q, "rank": rank, "image": names[c], "r": scores[q, c]})
     return pd.DataFrame(rows)
 
 

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from afo.data.store import volume_geometry
 from afo.io import atomic_write_text
 from afo.io.tables import ordered, read_table, read_voxels
 
@@ -130,22 +131,6 @@ def roi_codes(labels: np.ndarray) -> tuple[np.ndarray, dict[int, str]]:
     lookup = {v: k for k, v in table.items()}
     codes = np.array([lookup.get(x, np.nan) for x in labels], dtype=np.float64)
     return codes, table
-
-
-def volume_geometry(attrs: Mapping) -> tuple[np.ndarray, tuple[int, int, int]] | None:
-    """(affine [4, 4], shape) from a subject's store attributes, or None when it is not volumetric."""
-    if "affine" not in attrs or "volume_shape" not in attrs:
-        return None
-    affine, shape = attrs["affine"], attrs["volume_shape"]
-    if isinstance(affine, (str, bytes)):
-        affine = json.loads(affine)
-    if isinstance(shape, (str, bytes)):
-        shape = json.loads(shape)
-    affine = np.asarray(affine, dtype=np.float64).reshape(4, 4)
-    shape = tuple(int(s) for s in np.asarray(shape).reshape(-1))
-    if len(shape) != 3:
-        raise ValueError(f"store attribute volume_shape must hold 3 integers, got {shape}")
-    return affine, shape  # type: ignore[return-value]
 
 
 def brain_maps(

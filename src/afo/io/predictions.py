@@ -24,10 +24,13 @@ REBUILD = "rerun the workflow (its predict or dark_knowledge rule), or `afo pred
 Prediction = tuple[np.ndarray, np.ndarray, np.ndarray]  # (images [m], voxels [n], pred [m, n])
 
 
-def write_predictions(path: str | Path, predictions: Mapping[str, Prediction], dtype: str = "float16") -> None:
-    """Write predictions per subject key atomically, ``pred`` stored as ``dtype`` (float16 or float32)."""
+def write_predictions(path: str | Path, predictions: Mapping[str, Prediction], dtype: str = "float16",
+                      attrs: Mapping[str, str | int | float] | None = None) -> None:
+    """Write predictions per subject key atomically, ``pred`` stored as ``dtype`` (float16 or float32); ``attrs``
+    become root attributes (e.g. the image names of a folder's predictions, :func:`afo.api.predict_folder`)."""
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
+            f.attrs.update(dict(attrs or {}))
             for key, (images, voxels, pred) in sorted(predictions.items()):
                 arrays = (np.asarray(images, dtype=np.int64), np.asarray(voxels, dtype=np.int64), np.asarray(pred, dtype=dtype))
                 g = f.create_group(key)

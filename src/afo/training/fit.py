@@ -28,7 +28,7 @@ from afo.runtime import resolve_precision
 from afo.training.datamodule import TrainingData
 from afo.training.ddp import check_devices, ddp_settings, rank_processes
 from afo.training.lightning import pl
-from afo.training.modelfile import ModelConfig, ModelFile, load_model, save_model
+from afo.training.modelfile import ModelConfig, ModelFile, ModelInputs, load_model, save_model
 from afo.training.monitor import EpochLog, job_loggers, log_to_stderr_unless_configured
 from afo.training.resume import Finished, ResumeCheckpoint, TopK, training_lock, write_metrics
 from afo.training.soup import soup_checkpoints
@@ -288,5 +288,7 @@ def fit(spec: TrainSpec, out_dir: str | Path, *, lock_timeout: float | None = No
             "spec": json.dumps(asdict(spec), sort_keys=True),
         }
         voxels = {s.key: torch.from_numpy(s.voxels) for s in data.subjects}
-        write_outputs(paths, ModelFile.of(model.cpu(), config, voxels, info))
+        # The backbone, preprocessing and subject records make the model file usable on raw images alone.
+        inputs = ModelInputs.of(spec.stores, spec.features, voxels)
+        write_outputs(paths, ModelFile.of(model.cpu(), config, voxels, info, inputs=inputs))
     return {k: v for k, v in info.items() if k != "spec"}

@@ -1,20 +1,31 @@
 """Model files: the typed model configuration and the payload of ``model.pt``.
 
-A model file holds everything needed to rebuild and use a trained model, in types that
+A model file holds everything needed to run a trained model on raw images, in types that
 ``torch.load(..., weights_only=True)`` accepts: the model configuration, the feature layer shapes, per-subject
-coordinates and voxel indices, the state dict, and how it was made (validation score, soup members).
+coordinates and voxel indices, the state dict, how it was made (validation score, soup members) and, from
+version 2, where its inputs came from: the frozen backbone (:class:`BackboneRecord`: timm name, tapped layers,
+resolution, model_kwargs, weights source and the SHA-256 of a local weights file), the image preprocessing
+(:class:`Preprocessing`), each subject's dataset, modality, ROI labels and volume geometry
+(:class:`SubjectRecord`) and the afo version that wrote it.
+
 On disk it is a plain dict (keys ``format, version, layer_shapes, model_args, subject_coords, voxels,
-state_dict, info``); :class:`ModelFile` is its typed view.
+state_dict, info, sha256`` and, from version 2, ``backbone, preprocessing, subjects, afo_version``);
+:class:`ModelFile` is its typed view. Version-1 files still load; they lack the version-2 records
+(:meth:`ModelFile.require_inputs` says so in one line).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import pickle
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+import h5py
+import numpy as np
 import torch
 
 from afo.errors import UserError
@@ -22,7 +33,8 @@ from afo.io import atomic_path
 from afo.model import EncodingModel
 
 MODEL_FORMAT = "afo-encoding-model"
-MODEL_VERSION = 1
+MODEL_VERSION = 2  # 2: backbone, preprocessing, subjects, afo_version (a self-contained file)
+FEATURE_DTYPE = "float16"  # the workflow caches backbone features in float16 (afo.features) and the model reads them so
 REBUILD = "rerun the workflow rule that trains it (snakemake rebuilds a missing model.pt from the job's work/ folder)"
 
 
@@ -68,6 +80,210 @@ class ModelConfig:
         return EncodingModel(layer_shapes, subject_coords, frames=frames, **self.as_dict())
 
 
+class WeightsFileError(UserError):
+    """The local backbone weights file a model was trained with is missing or is not the same file."""
+
+
+def file_sha256(path: str | Path, block: int = 1 << 22) -> str:
+    """SHA-256 of a file's bytes (read in 4 MiB blocks: a ViT-B weights file is ~350 MB)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class BackboneRecord:
+    """The frozen backbone a model was trained on (the fields of :class:`afo.features.BackboneSpec`).
+
+    ``weights_file`` is the local weights file as it was named when the features were computed and
+    ``weights_sha256`` its hash; ``pretrained`` means timm's own download; neither: timm's random
+    initialisation with afo's fixed seed (:data:`afo.features.RANDOM_INIT_SEED`), the same on every machine.
+    """
+
+    name: str
+    layers: tuple[int, ...]
+    resolution: int
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    pretrained: bool = False
+    weights_file: str | None = None
+    weights_sha256: str | None = None
+
+    @property
+    def weights_source(self) -> str:
+        if self.weights_file:
+            return f"file:{self.weights_file}"
+        return "timm" if self.pretrained else "random-init"
+
+    def as_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["layers"] = list(self.layers)
+        out["model_kwargs"] = json.dumps(self.model_kwargs, sort_keys=True)  # any JSON value, one plain string
+        return out
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> BackboneRecord:
+        kwargs = d.get("model_kwargs") or "{}"
+        return cls(
+            name=str(d["name"]), layers=tuple(int(i) for i in d["layers"]), resolution=int(d["resolution"]),
+            model_kwargs=json.loads(kwargs) if isinstance(kwargs, str) else dict(kwargs),
+            pretrained=bool(d.get("pretrained", False)), weights_file=d.get("weights_file") or None,
+            weights_sha256=d.get("weights_sha256") or None,
+        )
+
+    def spec(self, weights_file: str | Path | None = None):
+        """The :class:`afo.features.BackboneSpec` that rebuilds this backbone.
+
+        ``weights_file`` replaces the recorded path (the file moved, or another machine); either way the file
+        must have the recorded SHA-256, else :class:`WeightsFileError` naming the file and the expected hash.
+        """
+        from afo.features import BackboneSpec
+
+        path = str(weights_file) if weights_file else self.weights_file
+        if path:
+            check_weights_file(path, self.weights_sha256, self.name)
+        return BackboneSpec(self.name, self.layers, self.resolution, pretrained=self.pretrained,
+                            pretrained_path=path, model_kwargs=dict(self.model_kwargs))
+
+    @classmethod
+    def from_cache_attrs(cls, attrs: Mapping[str, Any], where: str) -> BackboneRecord:
+        """From a feature cache's attributes (``afo.features``); hashes the named local weights file."""
+        source = str(attrs["pretrained_source"])
+        weights = source[len("file:"):] if source.startswith("file:") else None
+        if weights is not None and not Path(weights).is_file():
+            raise WeightsFileError(f"{where}: its features were computed with the weights file {weights}, which is gone; "
+                                   "restore it (the model file records its hash) or rerun the features rule")
+        return cls(
+            name=str(attrs["backbone"]), layers=tuple(int(i) for i in json.loads(attrs["layers"])),
+            resolution=int(attrs["resolution"]), model_kwargs=json.loads(attrs.get("model_kwargs", "{}")),
+            # Absolute: a config names it relative to the workflow folder, a user loads the model from anywhere.
+            pretrained=source == "timm", weights_file=str(Path(weights).resolve()) if weights else None,
+            weights_sha256=file_sha256(weights) if weights else None,
+        )
+
+
+def check_weights_file(path: str | Path, expected: str | None, backbone: str) -> None:
+    """:class:`WeightsFileError` unless ``path`` is a file whose SHA-256 is ``expected`` (None: not recorded)."""
+    if not Path(path).is_file():
+        raise WeightsFileError(f"{path}: the {backbone} weights file this model was trained with is not here (expected "
+                               f"SHA-256 {expected}); copy it there or pass its new location (afo.load(..., weights=PATH), "
+                               "--weights PATH)")
+    if expected is not None:
+        found = file_sha256(path)
+        if found != expected:
+            raise WeightsFileError(f"{path}: not the {backbone} weights file this model was trained with (SHA-256 {found}, "
+                                   f"expected {expected}); give the original file")
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How the workflow turns an image file into backbone input, exactly (``afo.data`` then ``afo.features``):
+
+    1. read as 8-bit RGB (16-bit and float samples scaled, :func:`afo.data.store.to_rgb8`);
+    2. squashed (no crop) to ``image_size`` x ``image_size`` with PIL bicubic (:func:`afo.data.store.resize_image`),
+       as the prepared store holds it;
+    3. divided by 255, resized to the backbone's resolution with torch bicubic (align_corners False, clamped to
+       [0, 1]) when it differs, normalised with ``mean`` / ``std`` per channel (the timm model's);
+    4. backbone layers rounded to ``feature_dtype`` (the feature cache's), which the model reads.
+    """
+
+    image_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    feature_dtype: str = FEATURE_DTYPE
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"image_size": self.image_size, "mean": list(self.mean), "std": list(self.std), "feature_dtype": self.feature_dtype,
+                "resize": "squash, PIL bicubic, then torch bicubic to the backbone resolution"}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Preprocessing:
+        return cls(int(d["image_size"]), tuple(float(v) for v in d["mean"]), tuple(float(v) for v in d["std"]),  # type: ignore[arg-type]
+                   str(d.get("feature_dtype", FEATURE_DTYPE)))
+
+
+@dataclass(frozen=True)
+class SubjectRecord:
+    """What a model knows about one subject beyond its voxels' indices and coordinates.
+
+    rois: ROI set -> label of each modelled voxel ('' = none), in the model's voxel order.
+    affine / volume_shape: the voxel-to-mm affine [4, 4] and grid (X, Y, Z) of a volumetric subject (None else).
+    """
+
+    dataset: str
+    subject: str
+    modality: str
+    rois: dict[str, list[str]] = field(default_factory=dict)
+    affine: list[list[float]] | None = None
+    volume_shape: tuple[int, int, int] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["volume_shape"] = list(self.volume_shape) if self.volume_shape else None
+        return out
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> SubjectRecord:
+        shape = d.get("volume_shape")
+        return cls(str(d["dataset"]), str(d["subject"]), str(d["modality"]), {k: list(v) for k, v in (d.get("rois") or {}).items()},
+                   d.get("affine"), tuple(int(v) for v in shape) if shape else None)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class ModelInputs:
+    """Where a model's inputs came from: backbone, preprocessing, subjects (model file version 2)."""
+
+    backbone: BackboneRecord
+    preprocessing: Preprocessing
+    subjects: dict[str, SubjectRecord]
+
+    @classmethod
+    def of(cls, stores: Mapping[str, str | Path], features: Mapping[str, str | Path], voxels: Mapping[str, Any]) -> ModelInputs:
+        """From a job's prepared stores and feature caches (dataset -> path) and the model's voxels per subject key."""
+        from afo.data.store import PreparedStore, volume_geometry
+
+        records, sizes = {}, set()
+        for dataset, path in sorted(stores.items()):
+            with PreparedStore(path) as store:
+                sizes.add(store.image_size)
+                for name in store.subjects:
+                    key = f"{dataset}/{name}"
+                    if key not in voxels:
+                        continue
+                    index = np.asarray(voxels[key], dtype=np.int64)
+                    sets = store.info(name).roi_sets
+                    geometry = volume_geometry(store.subject_attrs(name))
+                    records[key] = SubjectRecord(
+                        dataset, name, store.modality,
+                        rois={s: [str(x) for x in store.rois(name, s)[index]] for s in sets},
+                        affine=geometry[0].tolist() if geometry else None,
+                        volume_shape=geometry[1] if geometry else None,
+                    )
+        backbones = {}
+        for dataset, path in sorted(features.items()):
+            with h5py.File(path, "r") as f:
+                backbones[dataset] = BackboneRecord.from_cache_attrs(dict(f.attrs), str(path))
+        distinct = list({json.dumps(b.as_dict(), sort_keys=True): b for b in backbones.values()}.values())
+        if len(distinct) != 1 or len(sizes) != 1:
+            raise ModelFileError(f"the job's feature caches and stores disagree on the backbone or image size "
+                                 f"({ {d: b.name for d, b in backbones.items()} }, image sizes {sorted(sizes)}); one model "
+                                 "reads one backbone: compute every dataset's features with the same backbone section")
+        backbone = distinct[0]
+        mean, std = backbone_normalisation(backbone)
+        return cls(backbone, Preprocessing(sizes.pop(), mean, std), records)
+
+
+def backbone_normalisation(backbone: BackboneRecord) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The per-channel mean and std :func:`afo.features.backbone_features` applies for this backbone (timm's)."""
+    from afo.features import BackboneSpec, _normalisation, create_backbone
+
+    # Built without weights: the normalisation comes from the model's name, not from its weights.
+    net = create_backbone(BackboneSpec(backbone.name, backbone.layers, backbone.resolution, model_kwargs=dict(backbone.model_kwargs)))
+    mean, std = _normalisation(net)
+    return tuple(float(v) for v in mean.flatten()), tuple(float(v) for v in std.flatten())
+
+
 @dataclass
 class ModelFile:
     """The content of a model file. Shapes: n = voxels of a subject."""
@@ -78,10 +294,17 @@ class ModelFile:
     voxels: dict[str, torch.Tensor]  # subject key -> int64 [n]: the model's voxel i is the store's voxels[i]
     info: dict[str, Any] = field(default_factory=dict)  # val_r, soup members, epochs, seconds, spec (JSON)
     state_dict: dict[str, torch.Tensor] = field(default_factory=dict)  # empty once loaded into a model
+    inputs: ModelInputs | None = None  # None in version-1 files
+    afo_version: str | None = None  # the afo that wrote the file (None in version-1 files)
+    version: int = MODEL_VERSION
 
     @classmethod
-    def of(cls, model: EncodingModel, config: ModelConfig, voxels: dict[str, torch.Tensor], info: dict[str, Any]) -> ModelFile:
-        """The model file of a trained model (weights and coordinates copied to the CPU)."""
+    def of(
+        cls, model: EncodingModel, config: ModelConfig, voxels: dict[str, torch.Tensor], info: dict[str, Any],
+        inputs: ModelInputs | None = None,
+    ) -> ModelFile:
+        """The model file of a trained model (weights and coordinates copied to the CPU); ``inputs``: see
+        :meth:`ModelInputs.of` (the workflow always records them)."""
         return cls(
             config=config,
             layer_shapes=[tuple(int(v) for v in s) for s in model.layer_shapes],
@@ -89,9 +312,12 @@ class ModelFile:
             voxels={k: torch.as_tensor(v, dtype=torch.long) for k, v in voxels.items()},
             info=dict(info),
             state_dict={k: v.detach().cpu() for k, v in model.state_dict().items()},
+            inputs=inputs,
+            afo_version=_afo_version(),
         )
 
     def to_payload(self) -> dict[str, Any]:
+        inputs = self.inputs
         return {
             "format": MODEL_FORMAT,
             "version": MODEL_VERSION,
@@ -102,6 +328,10 @@ class ModelFile:
             "state_dict": self.state_dict,
             "info": self.info,
             "sha256": content_checksum(self.state_dict, self.voxels),
+            "backbone": inputs.backbone.as_dict() if inputs else None,
+            "preprocessing": inputs.preprocessing.as_dict() if inputs else None,
+            "subjects": {k: r.as_dict() for k, r in inputs.subjects.items()} if inputs else None,
+            "afo_version": self.afo_version or _afo_version(),
         }
 
     @classmethod
@@ -112,8 +342,19 @@ class ModelFile:
         if "sha256" in payload and payload["sha256"] != content_checksum(payload.get("state_dict", {}), payload.get("voxels", {})):
             raise ModelFileError(f"{path}: the weights do not match the file's checksum (the file was damaged); delete it "
                                  f"and {REBUILD}")
-        if payload.get("version", 0) > MODEL_VERSION:
-            raise ModelFileError(f"{path}: model file version {payload['version']} is newer than this afo reads ({MODEL_VERSION}); update afo")
+        version = int(payload.get("version", 0))
+        if version > MODEL_VERSION:
+            raise ModelFileError(f"{path}: model file version {version} is newer than this afo reads ({MODEL_VERSION}); update afo")
+        inputs = None
+        if version >= 2 and payload.get("backbone") is not None:
+            try:
+                inputs = ModelInputs(
+                    BackboneRecord.from_dict(payload["backbone"]), Preprocessing.from_dict(payload["preprocessing"]),
+                    {k: SubjectRecord.from_dict(v) for k, v in payload["subjects"].items()},
+                )
+            except (KeyError, TypeError, ValueError) as err:
+                raise ModelFileError(f"{path}: its backbone / preprocessing / subjects records are incomplete ({err!r}); "
+                                     f"{REBUILD}") from err
         return cls(
             config=ModelConfig.from_dict(payload["model_args"], where=f"{path}: model_args"),
             layer_shapes=[tuple(int(v) for v in s) for s in payload["layer_shapes"]],
@@ -121,13 +362,32 @@ class ModelFile:
             voxels=payload["voxels"],
             info=payload.get("info", {}),
             state_dict=payload.get("state_dict", {}),
+            inputs=inputs,
+            afo_version=payload.get("afo_version"),
+            version=version,
         )
+
+    def require_inputs(self, path: str | Path) -> ModelInputs:
+        """The backbone / preprocessing / subject records, or a :class:`ModelFileError` for a file without them."""
+        if self.inputs is None:
+            raise ModelFileError(
+                f"{path}: a version-{self.version} model file, which does not record its backbone and preprocessing; "
+                "retrain it with this afo (snakemake reruns nothing else: delete the model.pt and the job rebuilds it from "
+                "its work/ folder), or give the backbone yourself (`afo decode --config` / afo.load(..., backbone=, image_size=))"
+            )
+        return self.inputs
 
     def build(self) -> EncodingModel:
         """The model with this file's weights, in eval mode."""
         model = self.config.build(self.layer_shapes, self.subject_coords)
         model.load_state_dict(self.state_dict)
         return model.eval()
+
+
+def _afo_version() -> str:
+    import afo
+
+    return afo.__version__
 
 
 def save_model(path: str | Path, model_file: ModelFile) -> None:
