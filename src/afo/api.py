@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 
+from afo.data.media import IMAGE_EXTENSIONS, load_image
 from afo.errors import UserError
 
 if TYPE_CHECKING:  # torch and PIL load on first use, never at `import afo`
@@ -39,7 +40,6 @@ if TYPE_CHECKING:  # torch and PIL load on first use, never at `import afo`
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 ImageLike = Union[str, Path, "Image.Image", np.ndarray]
 _MAP_NAME = re.compile(r"[^A-Za-z0-9_.-]")
 
@@ -53,9 +53,9 @@ def list_images(folder: str | Path) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise ImageInputError(f"{folder}: no such folder of images")
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
     if not files:
-        raise ImageInputError(f"{folder}: no image files ({', '.join(IMAGE_SUFFIXES)})")
+        raise ImageInputError(f"{folder}: no image files ({', '.join(IMAGE_EXTENSIONS)})")
     return files
 
 
@@ -131,7 +131,6 @@ class Model:
 
     def preprocess(self, images: ImageLike | Iterable[ImageLike]) -> np.ndarray:
         """Images -> uint8 [B, S, S, 3] as the prepared store holds them (S = the recorded image size)."""
-        from afo.data.media import load_image
         from afo.data.store import resize_image
 
         size = self.inputs.preprocessing.image_size
