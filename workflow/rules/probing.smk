@@ -14,6 +14,7 @@ rule probe:
         settings=probe_settings(),
         role=dataset_role,
         roi_set=AFO["dataset_roi_set"],
+        backbone=probe_backbone,  # backbone.cache none: a backbone/model extractor runs the backbone itself
     log:
         "logs/probing/{extractor}_{dataset}.log",
     threads: TRAIN_THREADS

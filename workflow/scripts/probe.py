@@ -12,7 +12,8 @@ def main(smk):
     settings = ProbeSettings.from_config({**smk.params.settings, "batch_size": compute["feature_batch_size"]})
     table = probe_dataset(spec, smk.wildcards.dataset, smk.input.store, settings, role=smk.params.role,
                           features_path=(smk.input.features or [None])[0], model_path=(smk.input.model or [None])[0],
-                          roi_set=smk.params.roi_set, device=resolve_device(compute["device"]))
+                          roi_set=smk.params.roi_set, device=resolve_device(compute["device"]),
+                          backbone=dict(smk.params.backbone) or None)
     write_csv(table, smk.output[0])
     return {"voxels": len(table), "median_r_test": float(table["r_test"].median())}
 

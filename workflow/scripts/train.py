@@ -20,6 +20,7 @@ def main(smk):
         dark_knowledge=list(smk.input.get("dk", [])),
         target_mode=smk.params.target_mode,
         neck_init=optional_input(smk, "neck"),
+        backbone=dict(smk.params.backbone) or None,  # backbone.cache none: features from the stores' images
     )
     return fit(spec, Path(smk.output.model).parent)
 
