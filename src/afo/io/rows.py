@@ -36,13 +36,14 @@ class RowReader:
         self.path, self.name, self.what, self.rebuild = str(path), name, what, rebuild
         self._pid: int | None = None
         self._file: h5py.File | None = None
+        self._map: np.memmap | None = None
 
     def __getstate__(self) -> dict:
         return {k: getattr(self, k) for k in ("path", "name", "what", "rebuild")}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
-        self._pid, self._file = None, None
+        self._pid, self._file, self._map = None, None, None
 
     def close(self) -> None:
         """Drop this process's handle and map (the next read opens them again)."""
@@ -107,10 +108,12 @@ class RowReader:
 
     # -- reading -----------------------------------------------------------------------------------------
 
-    def __len__(self) -> int:
+    @property
+    def mapped(self) -> bool:
+        """Whether rows come from the memory map (False: h5py reads them)."""
         if self._pid != os.getpid():
             self._open()
-        return int(self.shape[0])
+        return self._map is not None
 
     def read(self, rows: np.ndarray | list[int]) -> np.ndarray:
         """Rows ``rows`` (any order, repeats allowed) as a new array [len(rows), *shape[1:]]."""
