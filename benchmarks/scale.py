@@ -60,8 +60,8 @@ class Shape:
     image_size: int = 16  # stored stimuli (cache disk: no job reads them)
     # The job: batch, sampled voxels per subject and a small model (the data path is measured, not the conv blocks).
     batch: int = 32
-    max_voxels: int = 4000
-    steps: int = 30
+    max_voxels: int = 1000
+    steps: int = 20
     loader_batches: int = 20
     model: tuple = (("conv_width", 32), ("out_dim", 32), ("n_convs", 1), ("kernel_size", 1), ("pe_frequencies", 8),
                     ("mlp_width", 32), ("sigma", 0.01))
@@ -160,9 +160,12 @@ def _memory(pid: int) -> dict[str, int]:
 
 
 class PeakMemory:
-    """Samples :func:`_memory` of this process tree every ``interval`` s in a thread; peaks per phase."""
+    """Samples :func:`_memory` of this process tree every ``interval`` s in a thread; peaks per phase.
 
-    def __init__(self, interval: float = 0.05):
+    Reading smaps_rollup walks the page tables of the mapped inputs, so it is sampled at 4 Hz, not faster.
+    """
+
+    def __init__(self, interval: float = 0.25):
         self.interval, self.phase, self.peaks = interval, "setup", {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -258,7 +261,8 @@ def run_size(root: Path, shape: Shape, workers: int) -> dict:
     started = time.perf_counter()
     trainer.fit(task, datamodule=data)
     train_seconds = time.perf_counter() - started
-    waits, steps = np.asarray(clock.waits[1:]), np.asarray(clock.steps[1:])  # the first step starts the workers
+    # waits[k] is the wait before step k + 2; the first step (worker start-up) is left out.
+    waits, steps = np.asarray(clock.waits), np.asarray(clock.steps[1:])
 
     memory.start("predict")
     model_path = root / "model.pt"

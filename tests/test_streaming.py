@@ -176,3 +176,14 @@ def test_backbone_on_the_fly_gives_the_cached_features_and_trains(data, tmp_path
 
     with pytest.raises(FeatureSourceError, match="no feature cache for dataset"):
         TrainingData({"ds": data / "store.h5"}, {}, 8, 6, 0.5, 0).setup()
+
+
+def test_probing_the_backbone_without_a_cache(data):  # noqa: F811
+    from afo.probing.benchmark import ExtractorSpec, ProbeSettings, probe_dataset
+
+    spec = ExtractorSpec.from_config("backbone", {"source": "backbone"})
+    settings = ProbeSettings(n_components=5, cv=3, pool_grid=1)
+    cached = probe_dataset(spec, "ds", data / "store.h5", settings, features_path=data / "features.h5")
+    fly = probe_dataset(spec, "ds", data / "store.h5", settings, backbone=BACKBONE)
+    assert len(fly) == len(cached) == 20
+    np.testing.assert_allclose(fly["r_test"], cached["r_test"], atol=0.05)
