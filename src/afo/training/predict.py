@@ -7,7 +7,7 @@ so memory is one chunk's, whatever the number of images.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -25,30 +25,38 @@ SPLITS = ("train", "val", "test")
 
 
 class ImageChunks(torch.utils.data.Dataset):
-    """The inputs of ``images`` (rows of a dataset's store) in chunks of ``chunk``: item k = chunk k's inputs."""
+    """The inputs of each (dataset, image rows) job in chunks of ``chunk`` images: item k = (job, chunk k's inputs).
 
-    def __init__(self, bank: FeatureSource, dataset: str, images: np.ndarray, chunk: int):
-        self.bank, self.dataset, self.images, self.chunk = bank, dataset, images, chunk
+    One dataset for every subject of a prediction pass, so DataLoader workers start once.
+    """
+
+    def __init__(self, bank: FeatureSource, jobs: Sequence[tuple[str, np.ndarray]], chunk: int):
+        self.bank, self.jobs, self.chunk = bank, list(jobs), chunk
+        self.items = [(j, start) for j, (_, images) in enumerate(self.jobs) for start in range(0, len(images), chunk)]
 
     def __len__(self) -> int:
-        return -(-len(self.images) // self.chunk)
+        return len(self.items)
 
-    def __getitem__(self, k: int) -> list[torch.Tensor]:
-        return self.bank.get(self.dataset, self.images[k * self.chunk : (k + 1) * self.chunk])
+    def __getitem__(self, k: int) -> tuple[int, list[torch.Tensor]]:
+        j, start = self.items[k]
+        dataset, images = self.jobs[j]
+        return j, self.bank.get(dataset, images[start : start + self.chunk])
 
 
 @torch.no_grad()
 def predicted_chunks(
-    model: EncodingModel, bank: FeatureSource, subject: SubjectData, images: np.ndarray, device: torch.device,
+    model: EncodingModel, bank: FeatureSource, jobs: Sequence[tuple[SubjectData, np.ndarray]], device: torch.device,
     chunk: int = 64, num_workers: int = 0,
-):
-    """Predictions float32 [b, n] per chunk of the image rows [m] of the subject's dataset, in order, eval mode."""
+) -> Iterator[tuple[int, np.ndarray]]:
+    """(job index, predictions float32 [b, n]) per chunk of each job's image rows [m] (a subject and rows of its
+    dataset), in order, eval mode (no jitter)."""
     was_training = model.training
     model.eval()
-    loader = torch.utils.data.DataLoader(ImageChunks(bank, subject.dataset, images, chunk), batch_size=None, num_workers=num_workers)
+    chunks = ImageChunks(bank, [(s.dataset, images) for s, images in jobs], chunk)
+    loader = torch.utils.data.DataLoader(chunks, batch_size=None, num_workers=num_workers)
     try:
-        for inputs in loader:
-            yield model(bank.features([f.to(device) for f in inputs]), subject.key).float().cpu().numpy()
+        for j, inputs in loader:
+            yield j, model(bank.features([f.to(device) for f in inputs]), jobs[j][0].key).float().cpu().numpy()
     finally:
         model.train(was_training)
 
@@ -57,7 +65,7 @@ def predict_images(
     model: EncodingModel, bank: FeatureSource, subject: SubjectData, images: np.ndarray, device: torch.device, chunk: int = 64
 ) -> np.ndarray:
     """Predictions float32 [m, n] for the given image rows [m] of the subject's dataset, eval mode (no jitter)."""
-    out = list(predicted_chunks(model, bank, subject, images, device, chunk))
+    out = [pred for _, pred in predicted_chunks(model, bank, [(subject, images)], device, chunk)]
     if not out:
         return np.zeros((0, subject.voxels.size), dtype=np.float32)
     return np.concatenate(out)
@@ -119,17 +127,23 @@ def predict_file(
         raise TrainingDataError(f"{model_path}: no subject of the given stores has a selected, usable voxel of this model")
     datasets = sorted({s.dataset for s, _ in subjects})
     bank = feature_source({d: stores[d] for d in datasets}, features, backbone)
-    n_images = 0
+    subjects = sorted(subjects, key=lambda x: x[0].key)
+    jobs = [(s, np.unique(np.concatenate([s.split_images[x] for x in splits]))) for s, _ in subjects]
     try:
         with writing_predictions(out, dtype) as writer:
-            for s, index in sorted(subjects, key=lambda x: x[0].key):
-                images = np.unique(np.concatenate([s.split_images[x] for x in splits]))
-                part = writer.subject(s.key, images, s.voxels)
-                for pred in predicted_chunks(model, bank, s, images, device, chunk, num_workers):
-                    part.write(pred[:, index])
-                n_images += images.size
+            # Chunks arrive job by job, in order: each subject's group is written whole before the next opens
+            # (a subject without images still gets its empty group).
+            opened, part = -1, None
+            for j, pred in predicted_chunks(model, bank, jobs, device, chunk, num_workers):
+                while opened < j:
+                    opened += 1
+                    part = writer.subject(jobs[opened][0].key, jobs[opened][1], jobs[opened][0].voxels)
+                part.write(pred[:, subjects[j][1]])
+            for s, images in jobs[opened + 1 :]:
+                writer.subject(s.key, images, s.voxels)
     finally:
         bank.close()
         for s, _ in subjects:
             s.responses.close()
+    n_images = sum(images.size for _, images in jobs)
     return {"subjects": len(subjects), "images": int(n_images)}
