@@ -133,10 +133,12 @@ def test_validation_runs_through_a_real_loader_of_every_validation_image(data):
     for s in dm.subjects:
         rows = torch.cat([c.features[0] for c in chunks if c.key == s.key])
         assert torch.equal(rows, dm.bank.get(s.dataset, s.split_images["val"])[0])
+        targets = torch.cat([c.targets for c in chunks if c.key == s.key]).numpy()
+        np.testing.assert_array_equal(targets, s.split_means("val"))
     torch.manual_seed(0)
     model = ModelConfig.from_dict(MODEL).build(dm.layer_shapes, dm.coords)
     device = torch.device("cpu")
     direct = np.concatenate([
-        pearson_r(predict_images(model, dm.bank, s, s.split_images["val"], device), s.split_means["val"].numpy()) for s in dm.subjects
+        pearson_r(predict_images(model, dm.bank, s, s.split_images["val"], device), s.split_means("val")) for s in dm.subjects
     ])
     assert validation_score(model, dm.val_dataloader(), dm.subjects, device) == pytest.approx(float(np.nanmean(direct)), abs=1e-6)

@@ -121,6 +121,16 @@ def test_dag_shape_for_k_rois(tmp_path, k):
     assert jobs["evaluate"] == 9
 
 
+def test_backbone_cache_none_plans_no_features_job(tmp_path):
+    """backbone.cache none: training, prediction, dark knowledge and probing run the backbone; nothing is cached."""
+    config = yaml.safe_load(yaml.safe_dump(TINY))
+    config["backbone"]["cache"] = "none"
+    write_config(tmp_path, config)
+    jobs = planned_jobs(tmp_path)
+    assert "features" not in jobs
+    assert jobs["train_stage0"] >= 1 and jobs["dark_knowledge"] >= 1 and jobs["predict"] >= 1 and jobs["train_stage3"] == 1
+
+
 def test_lint_is_clean(tmp_path):
     write_config(tmp_path, TINY)
     proc = snakemake(tmp_path, "--lint", check=False)

@@ -151,7 +151,9 @@ def _named_paths(items: list[str] | None, flag: str) -> dict[str, str]:
 
 def _data_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--store", action="append", required=True, metavar="NAME=PATH", help="prepared store of dataset NAME (repeat per dataset)")
-    p.add_argument("--features", action="append", required=True, metavar="NAME=PATH", help="feature cache of dataset NAME (repeat per dataset)")
+    p.add_argument("--features", action="append", metavar="NAME=PATH", help="feature cache of dataset NAME (repeat per dataset)")
+    p.add_argument("--backbone-config", type=_json_arg, help='JSON: the config\'s `backbone` section with "cache": "none" '
+                   "instead of --features: the backbone runs on the stores' images inside each batch")
 
 
 @command("train", "train one encoding model (Lightning), keep its top-k checkpoints and write their greedy soup")
@@ -190,6 +192,7 @@ def _train(p: argparse.ArgumentParser) -> None:
             target_mode=args.target_mode,
             neck_init=str(args.neck_init) if args.neck_init else None,
             freeze_neck=not args.train_neck,
+            backbone=args.backbone_config,
         )
         return _on_claimed_gpu(args, lambda: fit(spec, args.out))
 
@@ -237,7 +240,7 @@ def _predict(p: argparse.ArgumentParser) -> None:
         splits = [s.strip() for s in args.splits.split(",") if s.strip()]
         return _on_claimed_gpu(args, lambda: predict_file(
             args.model, _named_paths(args.store, "--store"), _named_paths(args.features, "--features"), splits, args.out,
-            rois=args.rois, roi=args.roi, dtype=args.dtype, device=resolve_device(args.device),
+            rois=args.rois, roi=args.roi, dtype=args.dtype, device=resolve_device(args.device), backbone=args.backbone_config,
         ))
 
     p.set_defaults(func=run)

@@ -1,12 +1,20 @@
-"""Frozen-backbone features, computed once per dataset and cached for every later job.
+"""Frozen-backbone features: computed once per dataset and cached for every later job (``backbone.cache: disk``),
+or computed inside each batch from the store's images (``backbone.cache: none``).
 
 Cache layout (HDF5, one file per dataset and backbone)::
 
     /layer_<k>    float16 [n_images, C_k, h_k, w_k]   k = 0..L-1 in the order of ``layers`` (0 = shallowest)
     attrs:        backbone, layers (json), resolution, pretrained_source, store (path), n_images, format_version
 
-Row i of every layer is image i of the prepared store. float16 halves the disk and page-cache footprint;
-models cast to float32 (or autocast) when they read it.
+Row i of every layer is image i of the prepared store, one HDF5 chunk per image and layer, uncompressed: jobs
+read the rows of a batch from a memory map (:mod:`afo.io.rows`), never the whole cache. float16 halves the disk and
+page-cache footprint; models cast to float32 (or autocast) when they read it.
+
+A job reads features through a *feature source*: :class:`FeatureBank` (the caches) or :class:`OnTheFlyFeatures`
+(the stores' uint8 images and the frozen backbone). ``source.get(dataset, rows)`` gives a batch's inputs (read in
+DataLoader workers); ``source.features(inputs)`` turns them into the layers [B, C_k, h_k, w_k] float16 on the
+inputs' device (the identity for the caches, the backbone for on the fly). Both give the same numbers up to the
+backbone's floating-point noise between batch compositions and devices.
 """
 
 from __future__ import annotations
@@ -14,7 +22,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,7 +34,9 @@ from tqdm import tqdm
 
 from afo.backbone_weights import load_backbone_weights
 from afo.data.store import PreparedStore
+from afo.errors import UserError
 from afo.io import CorruptFileError, MissingFileError, reading_hdf5
+from afo.io.rows import RowReader
 
 FEATURES_FORMAT_VERSION = 1
 REBUILD = "rerun the workflow's features rule (or `afo features`)"
@@ -108,10 +118,14 @@ def _normalisation(model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @torch.no_grad()
-def backbone_features(model: torch.nn.Module, images: np.ndarray, spec: BackboneSpec, device: torch.device) -> list[torch.Tensor]:
-    """images uint8 [B, H, W, 3] -> list over ``spec.layers`` of float [B, C_k, h_k, w_k]."""
+def backbone_features(
+    model: torch.nn.Module, images: np.ndarray | torch.Tensor, spec: BackboneSpec, device: torch.device
+) -> list[torch.Tensor]:
+    """images uint8 [B, H, W, 3] (array, or tensor on any device) -> list over ``spec.layers`` of float [B, C_k, h_k, w_k]."""
     mean, std = _normalisation(model)
-    x = torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2).float().div_(255.0)
+    if not isinstance(images, torch.Tensor):
+        images = torch.from_numpy(np.ascontiguousarray(images))
+    x = images.to(device).permute(0, 3, 1, 2).float().div_(255.0)
     if x.shape[-1] != spec.resolution or x.shape[-2] != spec.resolution:
         x = F.interpolate(x, size=(spec.resolution, spec.resolution), mode="bicubic", align_corners=False).clamp_(0, 1)
     x = (x - mean.to(device)) / std.to(device)
@@ -165,7 +179,7 @@ def extract_features(
 
 
 class FeatureCache:
-    """Read access to a feature cache; :meth:`load` pulls it into memory for fast random batches."""
+    """A feature cache's description; :meth:`readers` read its rows per batch, :meth:`load` some rows at once."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
@@ -180,18 +194,102 @@ class FeatureCache:
             self.backbone = str(f.attrs["backbone"])
             self.layers = json.loads(f.attrs["layers"])
 
+    def readers(self) -> list[RowReader]:
+        """One row reader per layer (picklable; each process maps the file on first use)."""
+        return [RowReader(self.path, f"layer_{k}", "feature cache", REBUILD) for k in range(len(self.layer_shapes))]
+
     def load(self, index: Sequence[int] | np.ndarray | None = None) -> list[torch.Tensor]:
-        """float16 tensors [n, C_k, h_k, w_k] per layer for the given image rows (all when None)."""
-        with reading_hdf5(self.path, "feature cache", REBUILD), h5py.File(self.path, "r") as f:
-            if index is None:
-                return [torch.from_numpy(f[f"layer_{k}"][:]) for k in range(len(self.layer_shapes))]
-            index = np.asarray(index)
-            order = np.argsort(index)
-            inverse = np.empty_like(order)
-            inverse[order] = np.arange(order.size)
-            uniq, uniq_inv = np.unique(index[order], return_inverse=True)
-            out = []
-            for k in range(len(self.layer_shapes)):
-                block = f[f"layer_{k}"][uniq]  # h5py wants increasing, unique indices
-                out.append(torch.from_numpy(block[uniq_inv][inverse]))
-            return out
+        """float16 tensors [n, C_k, h_k, w_k] per layer for the given image rows (all when None: small caches only)."""
+        rows = np.arange(self.n_images) if index is None else np.asarray(index)
+        out = []
+        for reader in self.readers():
+            out.append(torch.from_numpy(reader.read(rows)))
+            reader.close()
+        return out
+
+
+class FeatureSourceError(UserError):
+    """The feature caches or stores of a job do not describe one backbone."""
+
+
+class FeatureBank:
+    """``backbone.cache: disk``: the feature caches of a job's datasets, read per batch (see the module docstring)."""
+
+    def __init__(self, caches: Mapping[str, str | os.PathLike]):
+        self.readers: dict[str, list[RowReader]] = {}
+        shapes = None
+        for dataset, path in sorted(caches.items()):
+            cache = FeatureCache(path)
+            if shapes is not None and cache.layer_shapes != shapes:
+                raise FeatureSourceError(f"{path}: layer shapes {cache.layer_shapes} differ from other datasets' {shapes}; use one backbone spec")
+            shapes = cache.layer_shapes
+            self.readers[dataset] = cache.readers()
+        self.layer_shapes: list[tuple[int, int, int]] = shapes or []
+
+    def get(self, dataset: str, rows: np.ndarray | torch.Tensor) -> list[torch.Tensor]:
+        """float16 [len(rows), C_k, h_k, w_k] per layer, read from the cache."""
+        rows = np.asarray(rows, dtype=np.int64)
+        return [torch.from_numpy(r.read(rows)) for r in self.readers[dataset]]
+
+    def features(self, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+        return inputs
+
+    def close(self) -> None:
+        for readers in self.readers.values():
+            for r in readers:
+                r.close()
+
+
+class OnTheFlyFeatures:
+    """``backbone.cache: none``: the stores' uint8 images read per batch, the frozen backbone run on their device.
+
+    The backbone is built on first use in the process that computes features (the trainer's, on the GPU when
+    there is one), never in DataLoader workers, which only read images.
+    """
+
+    def __init__(self, stores: Mapping[str, str | os.PathLike], spec: BackboneSpec):
+        self.spec = spec
+        self.readers: dict[str, RowReader] = {}
+        sizes = set()
+        for dataset, path in sorted(stores.items()):
+            with PreparedStore(path) as store:
+                self.readers[dataset] = store.image_reader()
+                sizes.add(store.image_size)
+        self._model: torch.nn.Module | None = None
+        # One image through the backbone gives the layer shapes the model is built for.
+        probe = torch.zeros((1, max(sizes) if sizes else spec.resolution, max(sizes) if sizes else spec.resolution, 3), dtype=torch.uint8)
+        self.layer_shapes: list[tuple[int, int, int]] = [tuple(f.shape[1:]) for f in self.features([probe])]
+
+    def __getstate__(self) -> dict:
+        return {"spec": self.spec, "readers": self.readers, "layer_shapes": self.layer_shapes, "_model": None}
+
+    def get(self, dataset: str, rows: np.ndarray | torch.Tensor) -> list[torch.Tensor]:
+        """[uint8 images [len(rows), S, S, 3]]: the batch's input to :meth:`features`."""
+        return [torch.from_numpy(self.readers[dataset].read(np.asarray(rows, dtype=np.int64)))]
+
+    def features(self, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+        """float16 layers [B, C_k, h_k, w_k] on the images' device (float16 as in a cache: the same model input)."""
+        (images,) = inputs
+        if self._model is None:
+            self._model = create_backbone(self.spec)
+        self._model.to(images.device)
+        return [f.to(torch.float16) for f in backbone_features(self._model, images, self.spec, images.device)]
+
+    def close(self) -> None:
+        for r in self.readers.values():
+            r.close()
+
+
+def feature_source(
+    stores: Mapping[str, str | os.PathLike], caches: Mapping[str, str | os.PathLike], backbone: Mapping | None = None
+) -> FeatureBank | OnTheFlyFeatures:
+    """The feature source of a job: the caches (``backbone.cache: disk``) or the backbone on the fly (``none``).
+
+    ``backbone`` is the config's ``backbone`` section; on the fly when its ``cache`` is ``none``.
+    """
+    if backbone is not None and backbone.get("cache", "disk") == "none":
+        return OnTheFlyFeatures(stores, BackboneSpec.from_config(dict(backbone)))
+    missing = sorted(set(stores) - set(caches))
+    if missing:
+        raise FeatureSourceError(f"no feature cache for dataset(s) {missing}: give their caches, or set backbone.cache: none")
+    return FeatureBank({d: caches[d] for d in stores})

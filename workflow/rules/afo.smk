@@ -18,6 +18,7 @@ use rule train_stage0 as train_stage1 with:
         roi="{roi}",
         own_roi=None,
         target_mode="gt",
+        backbone=online_backbone(),  # backbone.cache none: the job runs the backbone itself
     log:
         "logs/train/{recipe}_stage1_roi{roi}.log",
 
@@ -38,6 +39,7 @@ use rule train_stage0 as train_stage2 with:
         roi=None,
         own_roi="{roi}",
         target_mode="helpers",
+        backbone=online_backbone(),  # backbone.cache none: the job runs the backbone itself
     log:
         "logs/train/{recipe}_{stage2}_roi{roi}.log",
 
@@ -57,6 +59,7 @@ use rule train_stage0 as train_nodk with:
         roi=None,
         own_roi="{roi}",
         target_mode="gt",
+        backbone=online_backbone(),  # backbone.cache none: the job runs the backbone itself
     log:
         "logs/train/{recipe}_nodk_roi{roi}.log",
 
@@ -77,6 +80,7 @@ use rule train_stage0 as train_stage3 with:
         roi=None,
         own_roi=None,
         target_mode="gt+dk",
+        backbone=online_backbone(),  # backbone.cache none: the job runs the backbone itself
     log:
         "logs/train/{recipe}_stage3.log",
 
@@ -93,6 +97,7 @@ rule dark_knowledge:
         splits=["train", "val"],
         roi="{roi}",
         dtype="float16",
+        backbone=online_backbone(),  # backbone.cache none: the job runs the backbone itself
     wildcard_constraints:
         stage="stage1|stage2|stage2plus",
     log:

@@ -33,9 +33,19 @@ wildcard_constraints:
 # -- data ----------------------------------------------------------------------------------------------
 
 
+FEATURES_CACHED = config["backbone"]["cache"] == "disk"
+
+
 def backbone_params() -> dict:
-    """What a feature cache depends on: model, layers, resolution, weights (not batch size or device)."""
-    return dict(config["backbone"])
+    """What a feature cache depends on: model, layers, resolution, weights (not batch size, device, or where
+    features come from: `cache` changes no result)."""
+    return {k: v for k, v in config["backbone"].items() if k != "cache"}
+
+
+def online_backbone() -> dict:
+    """The backbone a job runs itself when nothing is cached (backbone.cache: none), as a param (its settings
+    change the job's outputs); {} with the disk cache, whose file is the job's input instead."""
+    return {} if FEATURES_CACHED else {**backbone_params(), "cache": "none"}
 
 
 def prepare_input(wildcards) -> list:
@@ -66,7 +76,8 @@ def stores(datasets=TRAIN_DATASETS) -> list:
 
 
 def feature_caches(datasets=TRAIN_DATASETS) -> list:
-    return expand("results/features/{dataset}.h5", dataset=datasets)
+    """The feature caches a job reads; none with backbone.cache: none (the features rule is then never required)."""
+    return expand("results/features/{dataset}.h5", dataset=datasets) if FEATURES_CACHED else []
 
 
 def overlap_input() -> list:
@@ -286,9 +297,17 @@ def probe_settings() -> dict:
     return {k: PROBING[k] for k in ("n_components", "alphas", "cv", "pool_grid", "backend", "seed")}
 
 
+def probe_uses_backbone(wildcards) -> bool:
+    return PROBING["extractors"][wildcards.extractor]["source"] in ("backbone", "model")
+
+
 def probe_features(wildcards) -> list:
-    source = PROBING["extractors"][wildcards.extractor]["source"]
-    return [f"results/features/{wildcards.dataset}.h5"] if source in ("backbone", "model") else []
+    return feature_caches([wildcards.dataset]) if probe_uses_backbone(wildcards) else []
+
+
+def probe_backbone(wildcards) -> dict:
+    """The workflow backbone a backbone/model extractor runs itself when nothing is cached ({} otherwise)."""
+    return online_backbone() if probe_uses_backbone(wildcards) else {}
 
 
 def probe_model(wildcards) -> list:

@@ -15,6 +15,7 @@ use rule dark_knowledge as predict with:
         splits=["val", "test"],
         roi=predict_roi,
         dtype="float32",
+        backbone=online_backbone(),  # backbone.cache none: the job runs the backbone itself
     log:
         "logs/predict/{model_dir}.log",
 

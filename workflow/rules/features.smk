@@ -1,4 +1,6 @@
 # Prepared store -> frozen-backbone features, cached once per dataset and shared by every training job.
+# With backbone.cache: none no job asks for a cache (common.smk feature_caches), so this rule never runs: training,
+# prediction, dark knowledge and probing run the backbone on the store's images inside each batch.
 
 
 rule features:

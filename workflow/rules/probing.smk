@@ -16,6 +16,7 @@ rule probe:
         role=dataset_role,
         roi_set=AFO["dataset_roi_set"],
         trained_on=overlap_trained_on(),
+        backbone=probe_backbone,  # backbone.cache none: a backbone/model extractor runs the backbone itself
     log:
         "logs/probing/{extractor}_{dataset}.log",
     threads: TRAIN_THREADS

@@ -20,6 +20,7 @@ rule train_stage0:
         roi=None,
         own_roi=None,
         target_mode="gt",
+        backbone=online_backbone(),  # backbone.cache none: the job runs the backbone itself
     log:
         "logs/train/stage0_seed{seed}.log",
     threads: TRAIN_THREADS * TRAIN_DEVICES
@@ -42,5 +43,6 @@ use rule train_stage0 as train_ablation with:
         roi=None,
         own_roi=None,
         target_mode="gt",
+        backbone=online_backbone(),  # backbone.cache none: the job runs the backbone itself
     log:
         "logs/train/ablation_{ablation}.log",

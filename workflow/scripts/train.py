@@ -20,6 +20,7 @@ def main(smk):
         dark_knowledge=list(smk.input.get("dk", [])),
         target_mode=smk.params.target_mode,
         neck_init=optional_input(smk, "neck"),
+        backbone=dict(smk.params.backbone) or None,  # backbone.cache none: features from the stores' images
     )
     # compute.train_devices: DDP on N devices; changes no result, so it is no param and not part of the spec.
     return fit(spec, Path(smk.output.model).parent, devices=compute["train_devices"])

@@ -44,10 +44,13 @@ import numpy as np
 from PIL import Image
 
 from afo.data.noise_ceiling import check_percent, noise_ceiling_from_repeats
+from afo.data.repeats import mean_over_repeats
 from afo.errors import UserError
 from afo.io import reading_hdf5
+from afo.io.rows import RowReader
 
 FORMAT_VERSION = 1
+REBUILD = "rerun the workflow's prepare rule (or `afo prepare`)"
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 SPLIT_CODE = {name: code for code, name in enumerate(SPLITS)}
 MODALITIES = ("fmri", "eeg", "meg")
@@ -532,7 +535,7 @@ class PreparedStore:
         self.path = Path(path)
         if not self.path.exists():
             raise StoreError(f"{self.path}: no prepared store here; run the workflow's prepare rule (or `afo prepare`)")
-        with reading_hdf5(self.path, "prepared store", "rerun the workflow's prepare rule (or `afo prepare`)"):
+        with reading_hdf5(self.path, "prepared store", REBUILD):
             self._file = h5py.File(self.path, "r")
         version = int(self._file.attrs.get("format_version", -1))
         if version != FORMAT_VERSION:
@@ -589,6 +592,27 @@ class PreparedStore:
 
     def responses_dataset(self, subject: str) -> h5py.Dataset:
         return self._group(subject)["responses"]
+
+    def response_reader(self, subject: str) -> RowReader:
+        """Trial rows of a subject's responses read per batch from any process (see :mod:`afo.io.rows`)."""
+        self._group(subject)  # a clear error for an unknown subject
+        return RowReader(self.path, f"subjects/{subject}/responses", "prepared store", REBUILD)
+
+    def image_reader(self) -> RowReader:
+        """Rows of /images (uint8 [n, H, W, 3]) read per batch from any process."""
+        return RowReader(self.path, "images", "prepared store", REBUILD)
+
+    def split_means(self, subject: str, voxels: np.ndarray, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """(images [m], repeat-averaged responses [m, n] float32) of ``voxels`` over the trials of ``split``.
+
+        The split's trials are read in blocks: memory is the result, not the subject's responses.
+        """
+        rows = np.flatnonzero(self.trial_split(subject) == SPLIT_CODE[split])
+        reader = self.response_reader(subject)
+        try:
+            return mean_over_repeats(lambda r: reader.read(r)[:, voxels], rows, self.trial_image(subject)[rows], len(voxels))
+        finally:
+            reader.close()
 
     def trial_image(self, subject: str) -> np.ndarray:
         return self._group(subject)["trial_image"][:]

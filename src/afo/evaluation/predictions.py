@@ -14,8 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from afo.data.repeats import average_repeats
-from afo.data.store import SPLIT_CODE, PreparedStore
+from afo.data.store import PreparedStore
 from afo.errors import UserError
 from afo.io.predictions import read_predictions
 
@@ -63,13 +62,6 @@ def assemble(paths: Sequence[str | Path]) -> dict[str, tuple[np.ndarray, np.ndar
     return out
 
 
-def split_means(store: PreparedStore, subject: str, voxels: np.ndarray, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """(images [m], repeat-averaged responses [m, n]) of ``voxels`` over the trials of ``split``."""
-    rows = store.trial_split(subject) == SPLIT_CODE[split]
-    responses = store.responses(subject)[:, voxels][rows]
-    return average_repeats(responses, store.trial_image(subject)[rows])
-
-
 def split_predictions(
     prediction_files: Sequence[str | Path], stores: Mapping[str, str | Path], split: str
 ) -> list[SubjectPredictions]:
@@ -86,7 +78,7 @@ def split_predictions(
                 if key not in predictions:
                     continue
                 images, voxels, pred = predictions[key]
-                split_images, measured = split_means(store, subject, voxels, split)
+                split_images, measured = store.split_means(subject, voxels, split)
                 missing = np.setdiff1d(split_images, images)
                 if missing.size:
                     raise PredictionError(

@@ -7,7 +7,8 @@ Extractors (``probing.extractors`` in the config, name -> spec):
   ``pretrained_path`` is given, as for the workflow's ``backbone``), run on the prepared store's images; the
   blocks ``layers`` (forward_intermediates indices, negative from the end) are tapped; ``resolution`` null = the
   store's image size;
-- ``{source: backbone}``: the workflow's frozen backbone, read from its feature cache (all cached layers);
+- ``{source: backbone}``: the workflow's frozen backbone, read from its feature cache (all cached layers), or run
+  on the store's images when the workflow caches nothing (``backbone.cache: none``);
 - ``{source: model, model: afo}``: our trained backbone + conv blocks: the cached backbone layers of the dataset
   go through the trained model's ``core`` (the conv blocks shared by all subjects; subject-free, so holdout
   datasets work too), giving one ``[D, h, w]`` map per layer.
@@ -113,8 +114,13 @@ def extract(
     features_path: str | Path | None = None,
     model_path: str | Path | None = None,
     device: torch.device | str = "cpu",
+    backbone: Mapping | None = None,
 ) -> np.ndarray:
-    """Pooled features ``[len(image_rows), F]`` (float32) of the store's images ``image_rows`` (sorted, unique)."""
+    """Pooled features ``[len(image_rows), F]`` (float32) of the store's images ``image_rows`` (sorted, unique).
+
+    Sources backbone and model read ``features_path`` (the cache), or, with ``backbone`` (the workflow's section,
+    ``cache: none``), run that backbone on the store's images.
+    """
     device = torch.device(device)
     image_rows = np.asarray(image_rows, dtype=np.int64)
     bs = settings.batch_size
@@ -130,11 +136,11 @@ def extract(
                 maps = backbone_features(net, store.images(image_rows[start : start + bs]), bspec, device)
                 chunks.append(pool_maps(maps, settings.pool_grid).cpu())
     else:
-        from afo.features import FeatureCache
+        from afo.features import feature_source
 
-        if features_path is None:
-            raise ValueError(f"extractor {spec.label}: source {spec.source} needs the dataset's feature cache")
-        cache = FeatureCache(features_path)
+        if features_path is None and not backbone:
+            raise ValueError(f"extractor {spec.label}: source {spec.source} needs the dataset's feature cache or backbone.cache: none")
+        bank = feature_source({"probe": store_path}, {"probe": features_path} if features_path else {}, backbone)
         core = None
         if spec.source == "model":
             if model_path is None:
@@ -143,12 +149,15 @@ def extract(
 
             core, _ = load_model(model_path)
             core.to(device)
-        for start in range(0, image_rows.size, bs):
-            maps = cache.load(image_rows[start : start + bs])
-            with torch.no_grad():
-                if core is not None:
-                    maps = core.core([m.to(device) for m in maps])
-                chunks.append(pool_maps(list(maps), settings.pool_grid).cpu())
+        try:
+            for start in range(0, image_rows.size, bs):
+                with torch.no_grad():
+                    maps = bank.features([m.to(device) for m in bank.get("probe", image_rows[start : start + bs])])
+                    if core is not None:
+                        maps = core.core(maps)
+                    chunks.append(pool_maps(list(maps), settings.pool_grid).cpu())
+        finally:
+            bank.close()
     if not chunks:
         raise ValueError(f"extractor {spec.label}: no image to extract")
     return torch.cat(chunks).numpy()
@@ -165,6 +174,7 @@ def probe_dataset(
     roi_set: str = "roi",
     device: torch.device | str = "cpu",
     leave_out: np.ndarray | None = None,
+    backbone: Mapping | None = None,
 ) -> pd.DataFrame:
     """Per-voxel test r of one extractor on every subject of one dataset.
 
@@ -177,13 +187,13 @@ def probe_dataset(
 
     subjects = load_subjects({dataset: store_path})
     needed = np.unique(np.concatenate([np.concatenate([s.split_images["train"], s.split_images["test"]]) for s in subjects]))
-    feats = extract(spec, store_path, needed, settings, features_path, model_path, device)
+    feats = extract(spec, store_path, needed, settings, features_path, model_path, device, backbone)
     with PreparedStore(store_path) as store:
         own = {name: (store.rois(name, roi_set) if roi_set in store.info(name).roi_sets else None) for name in store.subjects}
     tables = []
     for s in subjects:
         train, test = s.split_images["train"], s.split_images["test"]
-        test_means = s.split_means["test"].numpy()
+        test_means = s.split_means("test")
         kept = ~np.isin(test, leave_out) if leave_out is not None else np.ones(test.size, dtype=bool)
         test, test_means = test[kept], test_means[kept]
         name = s.key.split("/", 1)[1]
@@ -192,7 +202,7 @@ def probe_dataset(
             raise ValueError(f"{dataset}/{name}: {train.size} train and {test.size} test images{shared}; linear "
                              f"probing needs at least {max(settings.cv, 3)} and 3")
         result = linear_probe(
-            feats[np.searchsorted(needed, train)], s.split_means["train"].numpy(),
+            feats[np.searchsorted(needed, train)], s.split_means("train"),
             feats[np.searchsorted(needed, test)], test_means,
             n_components=min(settings.n_components, train.size, feats.shape[1]),
             alphas=np.asarray(settings.alphas), cv=settings.cv, backend=settings.backend, seed=settings.seed,

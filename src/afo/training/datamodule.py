@@ -1,9 +1,13 @@
-"""The data of a training job, as a LightningDataModule: subjects, targets, features, batches.
+"""The data of a training job, as a LightningDataModule: subjects, targets, features, batches — read per batch.
 
-One job reads the chosen voxels of every subject of its stores (:func:`load_subjects`), optionally a dark-knowledge
-target per image (:func:`attach_dark_knowledge`), and the backbone features of every image in memory
-(:class:`FeatureBank`). Training batches mix subjects (:class:`MixedBatches`, one epoch = :class:`EpochSampler`);
-validation runs over chunks of each subject's validation images (:class:`ValidationChunks`).
+One job describes the chosen voxels of every subject of its stores (:func:`load_subjects`: indices and per-voxel
+vectors only), optionally where each helper voxel's dark knowledge is (:func:`attach_dark_knowledge`), and a feature
+source (:mod:`afo.features`: the feature caches, or the stores' images and the backbone on the fly). Nothing is
+loaded whole: every training batch (:class:`MixedBatches`, one epoch = :class:`EpochSampler`) and every validation
+chunk (:class:`ValidationChunks`) reads its features, trial responses, repeat-averaged targets and dark knowledge
+from the files (memory-mapped rows, :mod:`afo.io.rows`), in the DataLoader's worker processes
+(``compute.num_workers``). A job's anonymous memory is set by the batch size, ``max_voxels`` and the model, not by
+the number of images, trials or subjects (``benchmarks/scale.py`` measures it).
 
 A *subject key* is ``"<dataset>/<subject>"``, unique across datasets. Every job names the voxels it
 models per subject (all usable voxels, or one ROI's); the model's voxel i of a subject is ``voxels[i]``
@@ -16,20 +20,23 @@ image; dark knowledge is a prediction per image. Training uses single trials (no
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from afo.data.repeats import mean_over_repeats
 from afo.data.store import SPLIT_CODE, PreparedStore
-from afo.data.repeats import average_repeats
 from afo.errors import UserError
-from afo.features import FeatureCache
-from afo.io.predictions import read_predictions
+from afo.features import FeatureBank, OnTheFlyFeatures, feature_source
+from afo.io.predictions import PredictionPart, prediction_parts
+from afo.io.rows import RowReader
 from afo.io.tables import subject_key
 from afo.training.lightning import pl
+
+FeatureSource = FeatureBank | OnTheFlyFeatures
 
 
 class TrainingDataError(UserError):
@@ -37,20 +44,62 @@ class TrainingDataError(UserError):
 
 
 @dataclass
+class DarkKnowledge:
+    """Where one subject's dark knowledge is: per prediction file, the model columns it covers (sorted) and their
+    columns in the file. :meth:`read` gives a batch's targets; nothing is held but these indices."""
+
+    parts: list[tuple[PredictionPart, np.ndarray, np.ndarray]] = field(default_factory=list)
+
+    def read(self, images: np.ndarray, columns: np.ndarray) -> torch.Tensor:
+        """float32 [len(images), len(columns)] for image rows of the dataset and model columns; NaN where none."""
+        out = np.full((images.size, columns.size), np.nan, dtype=np.float32)
+        for part, model_cols, file_cols in self.parts:
+            take = np.flatnonzero(np.isin(columns, model_cols))
+            where = np.searchsorted(part.images, images)
+            found = np.flatnonzero((where < part.images.size) & (part.images[np.minimum(where, part.images.size - 1)] == images))
+            if take.size == 0 or found.size == 0:
+                continue
+            rows = part.pred.read(where[found])  # [f, n_file] in the file's dtype
+            cols = file_cols[np.searchsorted(model_cols, columns[take])]
+            out[np.ix_(found, take)] = rows[:, cols]
+        return torch.from_numpy(out)
+
+
+@dataclass
 class SubjectData:
-    """One subject's data for one job. Shapes: n = modelled voxels, t = training trials, m = images."""
+    """One subject's data for one job: indices into its files, never its responses.
+
+    Shapes: n = modelled voxels, t = training trials, m = a split's unique images.
+    """
 
     key: str
     dataset: str
     voxels: np.ndarray  # int [n] voxel indices into the prepared store
     coords: np.ndarray  # float32 [n, 3]
+    train_trials: np.ndarray  # int [t] response row (in the store) of each training trial
     train_images: np.ndarray  # int [t] image row (in the dataset's store) of each training trial
-    train_responses: torch.Tensor  # float32 [t, n], NaN = missing
-    split_images: dict[str, np.ndarray]  # split -> int [m] unique image rows
-    split_means: dict[str, torch.Tensor]  # split -> float32 [m, n] repeat-averaged responses
+    split_images: dict[str, np.ndarray]  # split -> int [m] unique image rows (sorted)
+    split_trials: dict[str, np.ndarray]  # split -> int [t_split] response rows of the split's trials (ascending)
+    trial_image: np.ndarray  # int [n_trials] image row of every trial of the store
     noise_ceiling: np.ndarray  # float32 [n] percent, NaN = unknown
     own: np.ndarray  # bool [n]: ground-truth loss and checkpointing on these voxels (stage 2: the own ROI)
-    dk: torch.Tensor | None = None  # float32 [n_images_of_dataset, n] dark knowledge per image, NaN = none
+    responses: RowReader  # rows of the store's responses [n_trials, all voxels]
+    dk: DarkKnowledge | None = None  # dark knowledge per image (helper voxels' targets), read per batch
+
+    def trial_responses(self, trials: np.ndarray) -> np.ndarray:
+        """float32 [len(trials), n]: the modelled voxels' responses on response rows ``trials``."""
+        return self.responses.read(trials)[:, self.voxels]
+
+    def split_means(self, split: str, images: np.ndarray | None = None) -> np.ndarray:
+        """float32 [m, n] repeat-averaged responses of ``images`` (sorted rows of the split; default all of them).
+
+        Averaged in trial order, exactly as :func:`afo.data.repeats.average_repeats` over the whole split.
+        """
+        rows = self.split_trials[split]
+        if images is not None:
+            rows = rows[np.isin(self.trial_image[rows], images)]
+        _, means = mean_over_repeats(self.trial_responses, rows, self.trial_image[rows], self.voxels.size)
+        return means
 
 
 def load_subjects(
@@ -58,7 +107,7 @@ def load_subjects(
     selection: Mapping[str, np.ndarray] | None = None,
     own: Mapping[str, np.ndarray] | None = None,
 ) -> list[SubjectData]:
-    """Read every subject of every store (dataset name -> store path).
+    """Describe every subject of every store (dataset name -> store path); reads indices, never responses.
 
     ``selection`` (subject key -> voxel indices) restricts the voxels; subjects absent from it are skipped.
     ``own`` (subject key -> voxel indices, a subset of the selection) marks the ground-truth voxels; default all.
@@ -78,16 +127,9 @@ def load_subjects(
                     continue
                 if voxels.size == 0:
                     continue
-                responses = store.responses(name)[:, voxels]
                 trial_image = store.trial_image(name)
                 split = store.trial_split(name)
-                split_images, split_means = {}, {}
-                for split_name, code in SPLIT_CODE.items():
-                    rows = split == code
-                    images, means = average_repeats(responses[rows], trial_image[rows])
-                    split_images[split_name] = images
-                    split_means[split_name] = torch.from_numpy(means)
-                train = split == SPLIT_CODE["train"]
+                split_trials = {split_name: np.flatnonzero(split == code) for split_name, code in SPLIT_CODE.items()}
                 own_mask = np.ones(voxels.size, dtype=bool)
                 if own is not None:
                     own_mask = np.isin(voxels, own.get(key, np.empty(0, dtype=np.int64)))
@@ -97,12 +139,14 @@ def load_subjects(
                         dataset=dataset,
                         voxels=voxels,
                         coords=store.coords(name)[voxels],
-                        train_images=trial_image[train],
-                        train_responses=torch.from_numpy(np.ascontiguousarray(responses[train], dtype=np.float32)),
-                        split_images=split_images,
-                        split_means=split_means,
+                        train_trials=split_trials["train"],
+                        train_images=trial_image[split_trials["train"]],
+                        split_images={k: np.unique(trial_image[rows]) for k, rows in split_trials.items()},
+                        split_trials=split_trials,
+                        trial_image=trial_image,
                         noise_ceiling=store.noise_ceiling(name)[voxels],
                         own=own_mask,
+                        responses=store.response_reader(name),
                     )
                 )
     if not subjects:
@@ -110,55 +154,68 @@ def load_subjects(
     return subjects
 
 
-def attach_dark_knowledge(subjects: Sequence[SubjectData], dk_paths: Sequence[str | Path], n_images: Mapping[str, int]) -> None:
-    """Fill ``subject.dk`` from dark-knowledge files (see :mod:`afo.io.predictions`); NaN where none covers."""
-    for s in subjects:
-        s.dk = torch.full((n_images[s.dataset], s.voxels.size), float("nan"))
+#: Training images whose dark knowledge is checked per block when a job starts.
+_DK_CHECK_ROWS = 1024
+
+
+def attach_dark_knowledge(subjects: Sequence[SubjectData], dk_paths: Sequence[str | Path]) -> None:
+    """Point ``subject.dk`` at the dark-knowledge files (see :mod:`afo.io.predictions`) that cover its voxels.
+
+    Each file's checksum is verified, and every helper (not ``own``) voxel must have a finite prediction on every
+    training image of its subject; both checks read the files in row blocks.
+    """
     by_key = {s.key: s for s in subjects}
-    for path in dk_paths:
-        for key, (images, voxels, pred) in read_predictions(path).items():
-            if key not in by_key:
-                continue
-            s = by_key[key]
-            cols = np.searchsorted(s.voxels, voxels)
-            keep = (cols < s.voxels.size) & (s.voxels[np.minimum(cols, s.voxels.size - 1)] == voxels)
-            s.dk[np.ix_(images.astype(np.int64), cols[keep])] = torch.from_numpy(pred[:, keep])
+    covered = {s.key: np.zeros(s.voxels.size, dtype=bool) for s in subjects}
     for s in subjects:
-        uncovered = ~torch.isfinite(s.dk[s.train_images]).all(0) & torch.from_numpy(~s.own)
-        if bool(uncovered.any()):
+        s.dk = DarkKnowledge()
+    for path in dk_paths:
+        for key, part in prediction_parts(path, keys=set(by_key)).items():
+            s = by_key[key]
+            cols = np.searchsorted(s.voxels, part.voxels)
+            keep = (cols < s.voxels.size) & (s.voxels[np.minimum(cols, s.voxels.size - 1)] == part.voxels)
+            if not keep.any():
+                continue
+            model_cols, file_cols = cols[keep], np.flatnonzero(keep)
+            order = np.argsort(model_cols)
+            model_cols, file_cols = model_cols[order], file_cols[order]
+            twice = np.intersect1d(model_cols, np.flatnonzero(covered[key] | _in_parts(s.dk, s.voxels.size)))
+            if twice.size:
+                raise TrainingDataError(f"{path}: predicts voxel {int(s.voxels[twice[0]])} of {key}, which another "
+                                        "dark-knowledge file predicts too; give each ROI model's dark knowledge once")
+            s.dk.parts.append((part, model_cols, file_cols))
+            covered[key][model_cols] = _finite_on(part, np.unique(s.train_images), file_cols)
+    for s in subjects:
+        uncovered = ~covered[s.key] & ~s.own
+        if uncovered.any():
             raise TrainingDataError(
                 f"dark knowledge does not cover {int(uncovered.sum())} helper voxel(s) of {s.key} on its training images; "
                 "every stage-1 ROI model must dump its predictions"
             )
 
 
-class FeatureBank:
-    """Features of every dataset a job reads, in memory (float16) for fast random batches."""
+def _in_parts(dk: DarkKnowledge, n: int) -> np.ndarray:
+    mask = np.zeros(n, dtype=bool)
+    for _, model_cols, _ in dk.parts:
+        mask[model_cols] = True
+    return mask
 
-    def __init__(self, caches: Mapping[str, str | Path]):
-        self.layers: dict[str, list[torch.Tensor]] = {}
-        shapes = None
-        for dataset, path in sorted(caches.items()):
-            cache = FeatureCache(path)
-            if shapes is not None and cache.layer_shapes != shapes:
-                raise TrainingDataError(f"{path}: layer shapes {cache.layer_shapes} differ from other datasets' {shapes}; use one backbone spec")
-            shapes = cache.layer_shapes
-            self.layers[dataset] = cache.load()
-        self.layer_shapes: list[tuple[int, int, int]] = shapes or []
 
-    def n_images(self, dataset: str) -> int:
-        return int(self.layers[dataset][0].shape[0])
-
-    def get(self, dataset: str, rows: np.ndarray | torch.Tensor) -> list[torch.Tensor]:
-        rows = torch.as_tensor(rows, dtype=torch.long)
-        return [layer[rows] for layer in self.layers[dataset]]
+def _finite_on(part: PredictionPart, images: np.ndarray, file_cols: np.ndarray) -> np.ndarray:
+    """bool [len(file_cols)]: finite on every one of ``images`` (all False when the file lacks one of them)."""
+    where = np.searchsorted(part.images, images)
+    if images.size and (where.max() >= part.images.size or not np.array_equal(part.images[where], images)):
+        return np.zeros(file_cols.size, dtype=bool)
+    finite = np.ones(file_cols.size, dtype=bool)
+    for start in range(0, where.size, _DK_CHECK_ROWS):
+        finite &= np.isfinite(part.pred.read(where[start : start + _DK_CHECK_ROWS])[:, file_cols]).all(0)
+    return finite
 
 
 @dataclass
 class Batch:
     """A mixed-subject training batch: per subject, trial targets and the image rows they saw."""
 
-    features: list[torch.Tensor]  # per layer [B, C, h, w], rows grouped by subject in ``parts`` order
+    features: list[torch.Tensor]  # per layer [B, C, h, w] (on the fly: [uint8 images]), rows grouped in ``parts`` order
     parts: list[tuple[str, int, int]] = field(default_factory=list)  # (subject key, start, stop) rows of features
     targets: dict[str, torch.Tensor] = field(default_factory=dict)  # key -> [b, n_sampled]
     voxel_index: dict[str, torch.Tensor] = field(default_factory=dict)  # key -> [n_sampled] model voxel index
@@ -182,11 +239,12 @@ class MixedBatches(torch.utils.data.Dataset):
 
     Trials are drawn uniformly from the pooled training trials of all subjects, so larger datasets weigh
     more, as in the paper's mixed mini-batches; each subject then trains a random subset of at most
-    ``max_voxels`` of its voxels in that step. Indexed by ``(epoch, i)`` from :class:`EpochSampler`.
+    ``max_voxels`` of its voxels in that step. Indexed by ``(epoch, i)`` from :class:`EpochSampler`; each item
+    reads its rows from the files, so the worker that builds it holds one batch.
     """
 
     def __init__(
-        self, subjects: Sequence[SubjectData], bank: FeatureBank, batch_size: int, max_voxels: int, seed: int,
+        self, subjects: Sequence[SubjectData], bank: FeatureSource, batch_size: int, max_voxels: int, seed: int,
         shard: tuple[int, int] = (0, 1),
     ):
         self.subjects = list(subjects)
@@ -225,16 +283,15 @@ class MixedBatches(torch.utils.data.Dataset):
             trials = picks[(owner == j) & mine] - self._offsets[j]
             if trials.size == 0:
                 continue
-            vi = torch.from_numpy(voxel)
             images = s.train_images[trials]
             feats.append(self.bank.get(s.dataset, images))
             batch.parts.append((s.key, start, start + trials.size))
             start += trials.size
-            batch.targets[s.key] = s.train_responses[torch.from_numpy(trials)][:, vi]
-            batch.voxel_index[s.key] = vi
+            batch.targets[s.key] = torch.from_numpy(np.ascontiguousarray(s.trial_responses(s.train_trials[trials])[:, voxel]))
+            batch.voxel_index[s.key] = torch.from_numpy(voxel)
             batch.own[s.key] = torch.from_numpy(s.own[voxel])
             if s.dk is not None:
-                batch.dk[s.key] = s.dk[torch.from_numpy(images)][:, vi]
+                batch.dk[s.key] = s.dk.read(images, voxel)
         batch.features = [torch.cat([f[k] for f in feats]) for k in range(len(feats[0]))]
         return batch
 
@@ -263,23 +320,25 @@ class EpochSampler(torch.utils.data.Sampler):
 
 @dataclass
 class ValChunk:
-    """Up to ``chunk`` validation images of one subject: the model's input for them."""
+    """Up to ``chunk`` validation images of one subject: the model's input and the repeat-averaged targets."""
 
     key: str  # subject key
-    features: list[torch.Tensor]  # per layer [b, C, h, w]
+    features: list[torch.Tensor]  # per layer [b, C, h, w] (on the fly: [uint8 images])
+    targets: torch.Tensor  # float32 [b, n] repeat-averaged responses of the subject's modelled voxels
 
     def to(self, device: torch.device) -> ValChunk:
-        return ValChunk(self.key, [f.to(device, non_blocking=True) for f in self.features])
+        return ValChunk(self.key, [f.to(device, non_blocking=True) for f in self.features], self.targets)
 
 
 class ValidationChunks(torch.utils.data.Dataset):
     """Every scored subject's validation images in order, in chunks of ``chunk`` images.
 
     A subject is scored when it has at least 3 validation images and ground-truth (``own``) voxels; the per-voxel
-    correlation needs all of a subject's images together, so the task gathers the chunks of an epoch before scoring.
+    correlation is accumulated over a subject's chunks (:class:`afo.metrics.PearsonAccumulator`), so no chunk
+    outlives its step.
     """
 
-    def __init__(self, subjects: Sequence[SubjectData], bank: FeatureBank, chunk: int = 64):
+    def __init__(self, subjects: Sequence[SubjectData], bank: FeatureSource, chunk: int = 64):
         self.scored = [s for s in subjects if s.split_images["val"].size >= 3 and s.own.any()]
         self.bank = bank
         self.items = [(s, start) for s in self.scored for start in range(0, s.split_images["val"].size, chunk)]
@@ -290,16 +349,21 @@ class ValidationChunks(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> ValChunk:
         s, start = self.items[index]
-        return ValChunk(s.key, self.bank.get(s.dataset, s.split_images["val"][start : start + self.chunk]))
+        images = s.split_images["val"][start : start + self.chunk]
+        return ValChunk(s.key, self.bank.get(s.dataset, images), torch.from_numpy(s.split_means("val", images)))
 
 
 class TrainingData(pl.LightningDataModule):
     """The data of one training job: mixed-subject training batches and chunked validation images.
 
-    stores / features: dataset name -> prepared store / feature cache. selection / own: subject key -> voxel
-    indices (see :func:`load_subjects`). dark_knowledge: prediction files (see :func:`attach_dark_knowledge`).
-    ``seed`` fixes the batches (the model's initialisation is seeded separately). :meth:`setup` loads everything
-    once; call it before building the model, which needs the subjects' coordinates and the feature shapes.
+    stores / features: dataset name -> prepared store / feature cache (``{}`` with ``backbone.cache: none``).
+    backbone: the config's ``backbone`` section; with ``cache: none`` features are computed from the stores'
+    images in each batch, on the trainer's device (:meth:`on_after_batch_transfer`). selection / own: subject key
+    -> voxel indices (see :func:`load_subjects`). dark_knowledge: prediction files (see
+    :func:`attach_dark_knowledge`). ``seed`` fixes the batches (the model's initialisation is seeded separately).
+    :meth:`setup` describes the data once (indices, shapes; nothing is loaded whole); call it before building the
+    model, which needs the subjects' coordinates and the feature shapes. Batches are read in ``num_workers``
+    DataLoader workers (0: in the training process).
     """
 
     def __init__(
@@ -314,22 +378,33 @@ class TrainingData(pl.LightningDataModule):
         own: Mapping[str, np.ndarray] | None = None,
         dark_knowledge: Sequence[str | Path] = (),
         num_workers: int = 0,
+        backbone: Mapping | None = None,
     ):
         super().__init__()
         self.stores, self.features = dict(stores), dict(features)
+        self.backbone = dict(backbone) if backbone else None
         self.selection, self.own, self.dark_knowledge = selection, own, list(dark_knowledge)
         self.batch_size, self.max_voxels, self.epoch_fraction = batch_size, max_voxels, epoch_fraction
         self.seed, self.num_workers = seed, num_workers
         self.subjects: list[SubjectData] = []
-        self.bank: FeatureBank | None = None
+        self.bank: FeatureSource | None = None
 
     def setup(self, stage: str | None = None) -> None:
         if self.bank is not None:
             return
         self.subjects = load_subjects(self.stores, selection=self.selection, own=self.own)
-        self.bank = FeatureBank(self.features)
+        self.bank = feature_source(self.stores, self.features, self.backbone)
         if self.dark_knowledge:
-            attach_dark_knowledge(self.subjects, self.dark_knowledge, {d: self.bank.n_images(d) for d in self.features})
+            attach_dark_knowledge(self.subjects, self.dark_knowledge)
+
+    def teardown(self, stage: str | None = None) -> None:
+        """Close this process's file handles and maps (workers close theirs when they exit)."""
+        if self.bank is not None:
+            self.bank.close()
+        for s in self.subjects:
+            s.responses.close()
+            for part, _, _ in s.dk.parts if s.dk is not None else ():
+                part.pred.close()
 
     @property
     def layer_shapes(self) -> list[tuple[int, int, int]]:
@@ -340,24 +415,37 @@ class TrainingData(pl.LightningDataModule):
         """Subject key -> voxel coordinates [n, 3], the model's subjects."""
         return {s.key: s.coords for s in self.subjects}
 
+    def _loader(self, dataset: torch.utils.data.Dataset, sampler: torch.utils.data.Sampler | None = None) -> torch.utils.data.DataLoader:
+        return torch.utils.data.DataLoader(
+            dataset, sampler=sampler, batch_size=None, num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
     def train_dataloader(self) -> torch.utils.data.DataLoader:
         # Under DDP each rank reads its share of every batch (see MixedBatches); one epoch has the same steps.
         trainer = self.trainer
         shard = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         batches = MixedBatches(self.subjects, self.bank, self.batch_size, self.max_voxels, seed=self.seed, shard=shard)
-        sampler = EpochSampler(batches.n_trials, self.batch_size, self.epoch_fraction)
-        return torch.utils.data.DataLoader(
-            batches, sampler=sampler, batch_size=None, num_workers=self.num_workers, persistent_workers=self.num_workers > 0
-        )
+        return self._loader(batches, EpochSampler(batches.n_trials, self.batch_size, self.epoch_fraction))
 
     def val_dataloader(self) -> torch.utils.data.DataLoader:
         chunks = ValidationChunks(self.subjects, self.bank)
         if not chunks.scored:
             raise TrainingDataError("no subject has 3 or more validation images and monitored voxels: cannot checkpoint")
-        return torch.utils.data.DataLoader(chunks, batch_size=None)
+        return self._loader(chunks)
 
     def transfer_batch_to_device(self, batch: Batch | ValChunk, device: torch.device, dataloader_idx: int) -> Batch | ValChunk:
         return batch.to(device)
+
+    def on_after_batch_transfer(self, batch: Batch | ValChunk, dataloader_idx: int) -> Batch | ValChunk:
+        """The batch's features on its device: read from the caches, or the backbone run on the images (cache none)."""
+        batch.features = self.bank.features(batch.features)
+        return batch
+
+    def on_device(self, loader: Iterable[Batch | ValChunk], device: torch.device) -> Iterator[Batch | ValChunk]:
+        """A loader's batches on ``device`` with their features, outside a trainer (the soup's validation)."""
+        for batch in loader:
+            yield self.on_after_batch_transfer(batch.to(device), 0)
 
     def batches_per_epoch(self) -> int:
         return epoch_batches(sum(len(s.train_images) for s in self.subjects), self.batch_size, self.epoch_fraction)

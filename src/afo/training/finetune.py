@@ -88,7 +88,7 @@ def finetune(spec: FinetuneSpec, model_out: str | Path, *, lock_timeout: float |
     log_to_stderr_unless_configured()
     model_out = Path(model_out)
     base = read_model_file(spec.model)
-    inputs = base.require_inputs(spec.model)
+    base.require_inputs(spec.model)  # a version-1 file has no backbone record to fine-tune with
     check_features_fit(base, spec.features, spec.model)
     train_spec = spec.train_spec(base)
     paths = JobPaths(model_out.parent, model_out.parent / "work" / spec.digest(train_spec))

@@ -65,6 +65,8 @@ class TrainSpec:
     target_mode: str = "gt"
     neck_init: str | None = None
     freeze_neck: bool = True
+    # backbone.cache none (issue 10): the config's backbone section; features come from the stores' images per batch.
+    backbone: dict | None = None
 
     def input_files(self) -> list[str]:
         files = [*self.stores.values(), *self.features.values(), *self.dark_knowledge]
@@ -145,6 +147,7 @@ def job_data(spec: TrainSpec) -> TrainingData:
         own=read_roi_selection(spec.rois, spec.own_roi) if spec.own_roi else None,
         dark_knowledge=spec.dark_knowledge,
         num_workers=int(train.get("num_workers", 0)),
+        backbone=spec.backbone,
     )
     data.setup("fit")
     return data
@@ -241,7 +244,7 @@ def soup(model: EncodingModel, data: TrainingData, finished: Finished, paths: Jo
 
     def held_out(state: dict) -> float:
         model.load_state_dict(state)
-        return validation_score(model.to(device), val_loader, data.subjects, device)
+        return validation_score(model.to(device), data.on_device(val_loader, device), data.subjects, device)
 
     state, summary = soup_checkpoints(finished.checkpoints(paths.topk), held_out)
     model.load_state_dict(state)
@@ -289,6 +292,6 @@ def fit(spec: TrainSpec, out_dir: str | Path, *, lock_timeout: float | None = No
         }
         voxels = {s.key: torch.from_numpy(s.voxels) for s in data.subjects}
         # The backbone, preprocessing and subject records make the model file usable on raw images alone.
-        inputs = ModelInputs.of(spec.stores, spec.features, voxels)
+        inputs = ModelInputs.of(spec.stores, spec.features, voxels, backbone=spec.backbone)
         write_outputs(paths, ModelFile.of(model.cpu(), config, voxels, info, inputs=inputs))
     return {k: v for k, v in info.items() if k != "spec"}

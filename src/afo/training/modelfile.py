@@ -147,6 +147,16 @@ class BackboneRecord:
                             pretrained_path=path, model_kwargs=dict(self.model_kwargs))
 
     @classmethod
+    def from_config(cls, section: Mapping[str, Any]) -> BackboneRecord:
+        """From a config's ``backbone`` section (``backbone.cache: none``: no feature cache records it)."""
+        from afo.features import BackboneSpec
+
+        spec = BackboneSpec.from_config(dict(section))
+        attrs = {"pretrained_source": spec.pretrained_source, "backbone": spec.name, "layers": json.dumps(list(spec.layers)),
+                 "resolution": spec.resolution, "model_kwargs": json.dumps(spec.model_kwargs)}
+        return cls.from_cache_attrs(attrs, "the config's backbone section (pretrained_path)")
+
+    @classmethod
     def from_cache_attrs(cls, attrs: Mapping[str, Any], where: str) -> BackboneRecord:
         """From a feature cache's attributes (``afo.features``); hashes the named local weights file."""
         source = str(attrs["pretrained_source"])
@@ -239,8 +249,12 @@ class ModelInputs:
     subjects: dict[str, SubjectRecord]
 
     @classmethod
-    def of(cls, stores: Mapping[str, str | Path], features: Mapping[str, str | Path], voxels: Mapping[str, Any]) -> ModelInputs:
-        """From a job's prepared stores and feature caches (dataset -> path) and the model's voxels per subject key."""
+    def of(
+        cls, stores: Mapping[str, str | Path], features: Mapping[str, str | Path], voxels: Mapping[str, Any],
+        backbone: Mapping[str, Any] | None = None,
+    ) -> ModelInputs:
+        """From a job's prepared stores and feature caches (dataset -> path) and the model's voxels per subject key;
+        ``backbone``: the config's backbone section when the job ran it on the fly (``backbone.cache: none``)."""
         from afo.data.store import PreparedStore, volume_geometry
 
         records, sizes = {}, set()
@@ -260,7 +274,8 @@ class ModelInputs:
                         affine=geometry[0].tolist() if geometry else None,
                         volume_shape=geometry[1] if geometry else None,
                     )
-        backbones = {}
+        on_the_fly = backbone is not None and backbone.get("cache", "disk") == "none"
+        backbones = {"(backbone.cache none)": BackboneRecord.from_config(backbone)} if on_the_fly else {}
         for dataset, path in sorted(features.items()):
             with h5py.File(path, "r") as f:
                 backbones[dataset] = BackboneRecord.from_cache_attrs(dict(f.attrs), str(path))

@@ -3,14 +3,14 @@ and the validation score that checkpoints and the soup are judged by."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from afo.errors import UserError
-from afo.metrics import pearson_r
+from afo.metrics import PearsonAccumulator
 from afo.model import EncodingModel
 from afo.training.datamodule import Batch, SubjectData, TrainingDataError, ValChunk
 from afo.training.lightning import pl
@@ -34,35 +34,44 @@ def _forward_chunk(model: EncodingModel, chunk: ValChunk, device: torch.device) 
     return model([f.to(device) for f in chunk.features], chunk.key).float().cpu()
 
 
-def pooled_validation_r(predictions: Mapping[str, Sequence[torch.Tensor]], subjects: Sequence[SubjectData]) -> float:
-    """Mean Pearson r over the ``own`` voxels of all subjects on the validation images (repeat-averaged).
+class ValidationR:
+    """The validation score, accumulated chunk by chunk: per subject a :class:`afo.metrics.PearsonAccumulator`
+    over its ``own`` voxels, so no subject's predictions or targets are held whole."""
 
-    predictions: subject key -> the chunks [b, n] of its validation images in order (see ValidationChunks).
-    Voxels are pooled across subjects, so each voxel counts once, as in the paper's tables.
-    """
-    scores = []
-    for s in subjects:
-        if s.key not in predictions:
-            continue
-        pred = torch.cat(list(predictions[s.key])).numpy()
-        r = pearson_r(pred[:, s.own], s.split_means["val"].numpy()[:, s.own])
-        scores.append(r[np.isfinite(r)])
-    pooled = np.concatenate(scores) if scores else np.empty(0)
-    if pooled.size == 0:
-        raise TrainingDataError("no validation images with finite responses on the monitored voxels: cannot checkpoint")
-    return float(pooled.mean())
+    def __init__(self, subjects: Sequence[SubjectData]):
+        self.subjects = {s.key: s for s in subjects}
+        self.acc: dict[str, PearsonAccumulator] = {}
+
+    def add(self, chunk: ValChunk, pred: torch.Tensor) -> None:
+        own = self.subjects[chunk.key].own
+        acc = self.acc.setdefault(chunk.key, PearsonAccumulator(int(own.sum())))
+        acc.add(pred.numpy()[:, own], chunk.targets.numpy()[:, own])
+
+    def pooled(self) -> float:
+        """Mean Pearson r over the ``own`` voxels of all subjects on the validation images (repeat-averaged).
+
+        Voxels are pooled across subjects, so each voxel counts once, as in the paper's tables.
+        """
+        scores = [r[np.isfinite(r)] for r in (acc.r() for acc in self.acc.values())]
+        pooled = np.concatenate(scores) if scores else np.empty(0)
+        if pooled.size == 0:
+            raise TrainingDataError("no validation images with finite responses on the monitored voxels: cannot checkpoint")
+        return float(pooled.mean())
 
 
 @torch.no_grad()
 def validation_score(model: EncodingModel, loader: Iterable[ValChunk], subjects: Sequence[SubjectData], device: torch.device) -> float:
-    """:func:`pooled_validation_r` of ``model`` (eval mode) over a validation loader, outside the trainer (the soup)."""
+    """:meth:`ValidationR.pooled` of ``model`` (eval mode) over a validation loader, outside the trainer (the soup).
+
+    The chunks' features must be on ``device`` already (:meth:`afo.training.datamodule.TrainingData.on_device`).
+    """
     was_training = model.training
     model.eval()
-    predictions: dict[str, list[torch.Tensor]] = {}
+    score = ValidationR(subjects)
     for chunk in loader:
-        predictions.setdefault(chunk.key, []).append(_forward_chunk(model, chunk, device))
+        score.add(chunk, _forward_chunk(model, chunk, device))
     model.train(was_training)
-    return pooled_validation_r(predictions, subjects)
+    return score.pooled()
 
 
 class EncodingTask(pl.LightningModule):
@@ -93,7 +102,7 @@ class EncodingTask(pl.LightningModule):
             raise UserError(f"target_mode {target_mode!r} is not gt, helpers or gt+dk")
         self.model = model
         self.val_subjects = list(val_subjects)
-        self._val_predictions: dict[str, list[torch.Tensor]] = {}
+        self._val = ValidationR(self.val_subjects)
         self.lr, self.weight_decay, self.betas = lr, weight_decay, tuple(betas)
         self.lambda_entropy, self.beta = lambda_entropy, smoothl1_beta
         self.target_mode, self.dk_weight = target_mode, dk_weight
@@ -121,15 +130,15 @@ class EncodingTask(pl.LightningModule):
         return loss
 
     def on_validation_epoch_start(self) -> None:
-        self._val_predictions = {}
+        self._val = ValidationR(self.val_subjects)
 
     def validation_step(self, batch: ValChunk, batch_idx: int) -> None:
-        # Per-voxel r needs all of a subject's images together: gather the chunks, score at the epoch's end.
-        self._val_predictions.setdefault(batch.key, []).append(_forward_chunk(self.model, batch, self.device))
+        # Per-voxel r over all of a subject's images, accumulated chunk by chunk, scored at the epoch's end.
+        self._val.add(batch, _forward_chunk(self.model, batch, self.device))
 
     def on_validation_epoch_end(self) -> None:
-        score = pooled_validation_r(self._val_predictions, self.val_subjects)
-        self._val_predictions = {}
+        score = self._val.pooled()
+        self._val = ValidationR(self.val_subjects)
         # Under DDP every rank scores all validation images with the same weights: the mean over ranks is the score.
         self.log("val_r", score, prog_bar=True, batch_size=1, sync_dist=True)
 
