@@ -165,6 +165,12 @@ def test_backbone_on_the_fly_gives_the_cached_features_and_trains(data, tmp_path
     fly_report = fit(spec, tmp_path / "fly")
     disk_report = fit(_spec(data), tmp_path / "disk")
     assert fly_report["val_r"] == pytest.approx(disk_report["val_r"], abs=0.02)
+    from afo.training.modelfile import read_model_file
+
+    # The model file of a job without caches records the backbone it ran, as a cached job's does.
+    fly_backbone = read_model_file(tmp_path / "fly" / "model.pt").inputs.backbone
+    assert fly_backbone == read_model_file(tmp_path / "disk" / "model.pt").inputs.backbone
+    assert fly_backbone.name == BACKBONE["name"] and list(fly_backbone.layers) == list(BACKBONE["layers"])
     predict_file(tmp_path / "fly" / "model.pt", {"ds": data / "store.h5"}, {}, ["val", "test"], tmp_path / "fly.h5",
                  dtype="float32", backbone=BACKBONE)
     predict_file(tmp_path / "fly" / "model.pt", {"ds": data / "store.h5"}, {"ds": data / "features.h5"}, ["val", "test"],
