@@ -259,6 +259,28 @@ def report(args: argparse.Namespace) -> None:
         tests.to_csv(out / "tests.csv", index=False)
 
 
+def compare(args: argparse.Namespace) -> None:
+    """Variants against the base run, per seed: mean test r per dataset (and group) of the chosen models."""
+    rows = []
+    for tag in args.tags:
+        root = Path(args.out) / tag if tag != "base" else Path(args.out)
+        for seed in args.seeds:
+            work = root / f"seed{seed}"
+            if not (work / "results" / "encoding").is_dir():
+                continue
+            cells = cell_means(load_seed(work))
+            for model in args.models:
+                c = cells[cells.model == model]
+                if c.empty:
+                    continue
+                row = {"variant": tag, "seed": seed, "model": model}
+                row.update({f"{d} {g}": r for d, g, r in zip(c.dataset, c.group, c.r)})
+                rows.append(row)
+    table = pd.DataFrame(rows)
+    keep = ["variant", "seed", "model"] + [c for c in table.columns if c.endswith(" all") or c.startswith(tuple(args.detail))]
+    print(table[keep].to_markdown(index=False, floatfmt=".3f"))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -278,8 +300,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "out" / "recipe"))
     p.add_argument("--tag", default="")
     p.add_argument("--csv", action="store_true", help="also write cells.csv and tests.csv beside the runs")
+    c = sub.add_parser("compare", help="variants (tags) against the base run, per seed")
+    c.add_argument("--out", default=str(ROOT / "benchmarks" / "out" / "recipe"))
+    c.add_argument("--tags", nargs="+", default=["base"], help="'base' = the runs directly under --out")
+    c.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    c.add_argument("--models", nargs="+", default=["naivemix", "stage1", "stage2", "afo"])
+    c.add_argument("--detail", nargs="*", default=["nsd"], help="datasets shown per group, not only 'all'")
     args = parser.parse_args(argv)
-    run(args) if args.command == "run" else report(args)
+    {"run": run, "report": report, "compare": compare}[args.command](args)
 
 
 if __name__ == "__main__":
