@@ -121,7 +121,7 @@ def run(args: argparse.Namespace) -> None:
         names = args.models or model_names(config)
         targets = [f"results/encoding/{n}/voxels.csv" for n in names]
         cmd = [sys.executable, "-m", "snakemake", *targets, "-s", str(ROOT / "Snakefile"), "-d", str(work), "--configfile",
-               str(work / "config.yaml"), "--cores", str(args.cores)]  # fmt: skip
+               str(work / "config.yaml"), "--cores", str(args.cores), "--rerun-incomplete"] + (["--nolock"] if args.nolock else [])  # fmt: skip
         start = time.time()
         print(f"[recipe] seed {seed}: {' '.join(cmd)}", flush=True)
         env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
@@ -215,7 +215,7 @@ def markdown_table(cells: pd.DataFrame, rows: list[tuple[str, str]], columns: li
         for d, g in columns:
             if (model, d, g) in stats.index:
                 m, s, n = stats.loc[(model, d, g)]
-                vals.append(f"{m:.3f} ± {s:.3f}" if n > 1 else f"{m:.3f}")
+                vals.append(f"{m:.3f} ± {s:.3f} (n={int(n)})" if n > 1 else f"{m:.3f} (n=1)")
             else:
                 vals.append("")
         lines.append(f"| {label} | " + " | ".join(vals) + " |")
@@ -224,7 +224,7 @@ def markdown_table(cells: pd.DataFrame, rows: list[tuple[str, str]], columns: li
 
 def report(args: argparse.Namespace) -> None:
     out = Path(args.out) / args.tag if args.tag else Path(args.out)
-    seeds = sorted(out.glob("seed*/results/encoding"))
+    seeds = sorted(e for e in out.glob("seed*/results/encoding") if any(e.glob("*/voxels.csv")))
     frames = []
     walls = {}
     for enc in seeds:
@@ -243,10 +243,19 @@ def report(args: argparse.Namespace) -> None:
         columns += [(d, "all")] + [(d, g) for g in groups]
     tests = paired_tests(table)
     print(f"Seeds: {sorted(walls)}; wall seconds per seed: {walls}; machine: {platform.node()} ({os.cpu_count()} CPUs)\n")
-    print("Table 3 (recipe), mean test r, mean ± sd over seeds\n")
-    print(markdown_table(cells, TABLE3, columns))
-    print("\nTable 2 (TopyNeck), mean test r, mean ± sd over seeds\n")
-    print(markdown_table(cells, TABLE2, columns))
+    blocks = [("all voxels of each dataset", [c for c in columns if c[1] == "all"])]
+    for kind, names in (("fMRI", ("nsd", "hcp")), ("EEG/MEG", ("eeg", "meg"))):
+        sub = [c for c in columns if c[1] != "all" and c[0] in names]
+        if sub:
+            blocks.append((f"{kind} by early/mid/late group", sub))
+    others = [c for c in columns if c[1] != "all" and c[0] not in ("nsd", "hcp", "eeg", "meg")]
+    if others:
+        blocks.append(("other datasets by group", others))
+    for title, rows in (("Table 3 (recipe)", TABLE3), ("Table 2 (TopyNeck)", TABLE2)):
+        for what, cols in blocks:
+            print(f"{title}, {what}: mean test r, mean ± sd over seeds (n = seeds with that model)\n")
+            print(markdown_table(cells, rows, cols))
+            print()
     print("\nPaired tests across voxels (Wilcoxon signed-rank, all seeds' voxels pooled)\n")
     if not tests.empty:
         t = tests.copy()
@@ -266,7 +275,7 @@ def compare(args: argparse.Namespace) -> None:
         root = Path(args.out) / tag if tag != "base" else Path(args.out)
         for seed in args.seeds:
             work = root / f"seed{seed}"
-            if not (work / "results" / "encoding").is_dir():
+            if not any((work / "results" / "encoding").glob("*/voxels.csv")):
                 continue
             cells = cell_means(load_seed(work))
             for model in args.models:
@@ -292,6 +301,7 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--cores", type=int, default=2)
     r.add_argument("--s2-plus-one", action="store_true", help="also S2+1 (then afo = S3 distilled from S2+1)")
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="change the generated config")
+    r.add_argument("--nolock", action="store_true", help="run beside another run of the same seed (distinct models)")
     r.add_argument("--models", nargs="+", help="evaluate only these models (default: every model of the config)")
     r.add_argument("--reuse-from", action="store_true", help="hard-link the base run's (<out>/seed<N>) outputs first")
     r.add_argument("--reuse", nargs="+", default=["data", "stage0", "stage1"], choices=sorted(REUSABLE),
