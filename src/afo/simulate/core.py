@@ -99,6 +99,9 @@ def simulate(out: str | os.PathLike, config: SimulationConfig | None = None) -> 
         <out>/eeg/...                  the same for EEG subjects; eeg/images holds hard links to fmri/images
                                        (copies where links are impossible)
 
+    With ``config.datasets`` (a heterogeneous experiment) the folders are ``<out>/<dataset name>/`` instead, one
+    per dataset, each with its image set's files (``<set>_<index>.<png|jpg>``); stimuli.csv gains an
+    ``image_set`` column and simulation.yaml lists the images each set reuses from another.
     A folder without subjects of a modality (n_fmri_subjects or n_eeg_subjects = 0) is not written. The tree is
     built beside ``out`` and moved into place at the end, so a crash never leaves a half-written dataset; an
     earlier simulation at ``out`` is replaced, any other existing non-empty folder is an error.
