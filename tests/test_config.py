@@ -50,6 +50,11 @@ def test_semantic_rules(config):
     bad["datasets"]["mine"] = {"format": "nsd"}
     with pytest.raises(ConfigError, match=r"datasets.mine.root"):
         validate_config(bad)
+    # A synthetic dataset's part must be one of the simulated datasets (or fmri/eeg without them).
+    bad = copy.deepcopy(config)
+    bad["datasets"]["synth_holdout"]["part"] = "holdot"
+    with pytest.raises(ConfigError, match=r"datasets.synth_holdout.part.*'holdot' is not a simulated dataset"):
+        validate_config(bad)
 
 
 def test_stage_overrides(config):
@@ -61,6 +66,16 @@ def test_stage_overrides(config):
 
 def test_paper_config_is_valid():
     load_config(ROOT / "config" / "paper.yaml")
+
+
+def test_hetero_config_is_valid_and_simulates():
+    from afo.simulate import SimulationConfig
+
+    config = load_config(ROOT / "config" / "hetero.yaml")
+    sim = SimulationConfig.from_dict(config["simulate"]["options"])
+    parts = {d["part"] for d in config["datasets"].values()}
+    assert parts == {d.name for d in sim.datasets} and {d.modality for d in sim.datasets} == {"fmri", "eeg", "meg"}
+    assert [n for n, d in config["datasets"].items() if d["role"] == "holdout"] == ["bold"]
 
 
 def test_check_config_cli(tmp_path, config, capsys):

@@ -89,3 +89,26 @@ def test_cli_reports_error_without_traceback(folder_dataset, tmp_path, capsys):
 def test_unknown_option_rejected(folder_dataset, tmp_path):
     with pytest.raises(UserError, match="unknown option"):
         prepare(folder_dataset, tmp_path / "s.h5", image_size=8, options={"sed": 1})
+
+
+def test_bigbrain_option_concatenates_subjects(folder_dataset, tmp_path):
+    """Subjects who saw the same images become one subject (paper 4.1): voxels side by side, trials aligned."""
+    report = prepare(folder_dataset, tmp_path / "b.h5", image_size=16, options={"bigbrain": True})
+    assert list(report["subjects"]) == ["bigbrain"] and report["subjects"]["bigbrain"]["subjects"] == ["subj01", "subj02"]
+    with PreparedStore(tmp_path / "b.h5") as store:
+        assert store.subjects == ["bigbrain"]
+        big = store.responses("bigbrain")
+        assert big.shape[1] == 20 and set(store.rois("bigbrain", "roi")) >= {"early"}
+        names = store.image_names()
+        # Each row holds the same (image, presentation) for both subjects: subj01's first presentation of an image
+        # sits beside subj02's first presentation of it.
+        trials = pd.read_csv(folder_dataset / "subj02" / "trials.csv")
+        r2 = np.load(folder_dataset / "subj02" / "responses.npy")
+        first = {img: i for i, img in reversed(list(enumerate(trials["image"])))}
+        rows = {}
+        for row, i in enumerate(store.trial_image("bigbrain")):
+            rows.setdefault(names[i], row)
+        for img, trial in first.items():
+            np.testing.assert_array_equal(big[rows[img], 10:], r2[trial])
+    with pytest.raises(UserError, match="bigbrain must be true or false"):
+        prepare(folder_dataset, tmp_path / "c.h5", image_size=16, options={"bigbrain": "yes"})

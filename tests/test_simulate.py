@@ -284,3 +284,115 @@ def test_default_config_is_demo_sized():
     n_voxels = sum(a.grid[0] * a.grid[1] for a in config.areas) * (1 - config.voxel_dropout)
     assert 300 <= n_voxels <= 500 and 600 <= config.n_images <= 800 and 64 <= config.image_size <= 96
     assert config.n_fmri_subjects == 3 and config.n_eeg_subjects == 1 and len(config.eeg_channels) == 17
+
+
+# -- heterogeneous experiments (image_sets + datasets) ----------------------------------------------------
+
+HETERO = {
+    "image_size": 48, "feature_grid": 16,
+    "image_sets": [
+        {"name": "big", "n_images": 80, "n_test_images": 8},
+        {"name": "shared", "n_images": 60, "n_test_images": 6},
+        {"name": "held", "n_images": 50, "n_test_images": 6, "file_format": "jpeg", "file_size": 64, "reuse_from": "big", "n_reused": 3},
+    ],
+    "datasets": [
+        {"name": "nsd", "modality": "fmri", "image_set": "big", "n_subjects": 2, "test_repeats": 3},
+        {"name": "hcp", "modality": "fmri", "image_set": "big", "n_subjects": 1, "n_average": 4, "snr_scale": 0.3, "test_repeats": 4,
+         "overrides": {"voxel_mm": 1.6, "areas": [{**DEFAULT_AREAS[0].__dict__, "grid": [5, 6]}, {**DEFAULT_AREAS[4].__dict__, "grid": [4, 6]}]}},
+        {"name": "eeg", "modality": "eeg", "image_set": "shared", "n_subjects": 1, "test_repeats": 5, "overrides": {"eeg_n_times": 6}},
+        {"name": "meg", "modality": "meg", "image_set": "shared", "n_subjects": 2, "test_repeats": 3,
+         "overrides": {"eeg_n_times": 6, "eeg_topo_sigma_mm": 30.0, "eeg_channels": ["O1", "Oz", "O2", "PO7", "PO8", "P9", "P10"]}},
+        {"name": "bold", "modality": "fmri", "image_set": "held", "n_subjects": 1, "snr_scale": 0.5, "test_repeats": 4},
+    ],
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def hetero(tmp_path_factory) -> tuple[Path, SimulationConfig, dict]:
+    config = SimulationConfig.from_dict(HETERO)
+    out = tmp_path_factory.mktemp("hetero") / "synthetic"
+    return out, config, simulate(out, config)
+
+
+def test_hetero_datasets_are_folder_datasets_with_their_own_design(hetero):
+    out, config, report = hetero
+    assert list(report["datasets"]) == ["nsd", "hcp", "eeg", "meg", "bold"]
+    for spec in config.datasets:
+        root = out / spec.name
+        meta = yaml.safe_load((root / "dataset.yaml").read_text())
+        assert meta == {**meta, "name": f"synthetic_{spec.name}", "modality": spec.modality}
+        found = subjects(root)
+        assert [p.name for p in found] == [f"subj{i + 1:02d}" for i in range(spec.n_subjects)]
+        image_set = config.image_set(spec.image_set)
+        files = sorted(p.name for p in (root / "images").iterdir())
+        assert len(files) == image_set.n_images and all(f.startswith(f"{image_set.name}_") for f in files)
+        for subject in found:
+            d = load(subject)
+            assert set(d["trials"].image) <= set(files) and np.isfinite(d["responses"]).all()
+            counts = d["trials"].image.value_counts()
+            test = d["trials"][d["trials"].split == "test"].image.unique()
+            assert len(test) == image_set.n_test_images and (counts[test] == spec.test_repeats).all()
+    # Layouts differ: the HCP-like subject has its own two areas; MEG and EEG subjects their own sensors and ROIs.
+    assert set(load(out / "hcp" / "subj01")["rois"].roi) == {"V1", "LO"}
+    assert load(out / "hcp" / "subj01")["responses"].shape[1] <= 5 * 6 + 4 * 6
+    meg = load(out / "meg" / "subj01")
+    assert meg["responses"].shape[1] == 7 * 6 and set(meg["rois"].roi) <= {"MEG_early", "MEG_mid", "MEG_late"}
+    assert set(load(out / "eeg" / "subj01")["rois"].roi) <= {"EEG_early", "EEG_mid", "EEG_late"}
+    # EEG and MEG subjects saw the same image set with the same split (so the big-brain option applies).
+    split = lambda s: load(s)["trials"].drop_duplicates("image").set_index("image").split.sort_index()  # noqa: E731
+    assert split(out / "eeg" / "subj01").equals(split(out / "meg" / "subj02"))
+
+
+def test_hetero_snr_follows_the_dataset(hetero):
+    out, _, _ = hetero
+    snr = {name: pd.concat(load(s)["truth"] for s in subjects(out / name)).groupby("area").snr.median() for name in ("nsd", "hcp", "bold")}
+    # snr_scale 0.3 on 4 averaged individuals (x sqrt(4), less what misaligned maps cancel) and 0.5 stay below NSD's.
+    assert (snr["hcp"]["V1"] < snr["nsd"]["V1"]) and (snr["bold"]["V1"] < 0.7 * snr["nsd"]["V1"])
+    assert snr["bold"]["V1"] == pytest.approx(0.5 * snr["nsd"]["V1"], rel=0.3)
+    # Noise ceilings from the repeats agree with the truth for the group average too.
+    d = load(out / "hcp" / "subj01")
+    split = d["trials"].split.map({"train": 0, "val": 1, "test": 2}).to_numpy()
+    nc = noise_ceiling_from_repeats(d["responses"], pd.factorize(d["trials"].image)[0], split)
+    assert np.corrcoef(nc, d["truth"].nc_true)[0, 1] > 0.5
+
+
+def distance(a: Image.Image, b: Image.Image) -> float:
+    """Mean absolute RGB difference (0-255) after resizing ``a`` to ``b``'s size."""
+    a = np.asarray(a.convert("RGB").resize(b.size, Image.Resampling.BILINEAR), dtype=float)
+    return float(np.abs(a - np.asarray(b.convert("RGB"), dtype=float)).mean())
+
+
+def test_hetero_holdout_reuses_images_as_shipped(hetero):
+    out, config, report = hetero
+    reused = report["image_sets"]["held"]["reused"]
+    assert len(reused) == 3 and all(r["source_set"] == "big" for r in reused)
+    for r in reused:
+        held = Image.open(out / "bold" / "images" / r["image"])
+        assert held.format == "JPEG" and held.size == (64, 64) and r["image"].endswith(".jpg")
+        source = Image.open(out / "nsd" / "images" / r["source_image"])
+        assert source.size == (48, 48)
+        # The same picture, re-encoded and resized: close in pixels, not identical bytes.
+        assert distance(held, source) < 3
+    # Any other holdout image is far from every image of the training set.
+    held_names = {r["image"] for r in reused}
+    sources = [Image.open(p) for p in sorted((out / "nsd" / "images").iterdir())]
+    for other in sorted((out / "bold" / "images").iterdir())[:5]:
+        if other.name not in held_names:
+            assert min(distance(Image.open(other), s) for s in sources) > 3
+    # A dataset's image set written once: the second dataset of a set links (or copies) the same bytes.
+    assert (out / "hcp" / "images" / "big_00000.png").read_bytes() == (out / "nsd" / "images" / "big_00000.png").read_bytes()
+
+
+def test_hetero_config_round_trip_and_errors(hetero):
+    _, config, _ = hetero
+    assert SimulationConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ValueError, match="image_set 'nope' is not one of"):
+        SimulationConfig.from_dict({**HETERO, "datasets": [{**HETERO["datasets"][0], "image_set": "nope"}]})
+    with pytest.raises(ValueError, match="reuse_from 'held' must name an earlier image set"):
+        SimulationConfig.from_dict({**HETERO, "image_sets": [{**HETERO["image_sets"][0], "reuse_from": "held", "n_reused": 2}, *HETERO["image_sets"][1:]]})
+    with pytest.raises(ValueError, match="n_average applies to fMRI only"):
+        SimulationConfig.from_dict({**HETERO, "datasets": [{**HETERO["datasets"][2], "n_average": 3}]})
+    with pytest.raises(ValueError, match=r"overrides \['n_images'\] not allowed"):
+        SimulationConfig.from_dict({**HETERO, "datasets": [{**HETERO["datasets"][0], "overrides": {"n_images": 3}}]})
+    with pytest.raises(ValueError, match="modality must be one of"):
+        SimulationConfig.from_dict({**HETERO, "datasets": [{**HETERO["datasets"][0], "modality": "pet"}]})

@@ -65,7 +65,9 @@ def planned_jobs(workdir: Path, *args: str) -> dict[str, int]:
 def test_default_config_dry_run(tmp_path):
     shutil.copy(ROOT / "config.yaml", tmp_path / "config.yaml")
     jobs = planned_jobs(tmp_path)
-    assert jobs["simulate"] == 1 and jobs["prepare"] == 2 and jobs["features"] == 2 and jobs["overlap"] == 1
+    # synth_fmri, synth_eeg and the holdout synth_holdout (probing only: no model trains on it)
+    assert jobs["simulate"] == 1 and jobs["prepare"] == 3 and jobs["features"] == 3 and jobs["overlap"] == 1
+    assert jobs["probe"] == 3 * len(yaml.safe_load((ROOT / "config.yaml").read_text())["probing"]["extractors"])
 
 
 def test_paper_config_plans_exactly_its_own_datasets(tmp_path):

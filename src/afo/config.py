@@ -98,6 +98,12 @@ def _check_semantics(config: dict) -> None:
     for name, ds in config["datasets"].items():
         if ds["format"] == "synthetic" and "part" not in ds:
             raise ConfigError(f"config key `datasets.{name}.part`: required for format synthetic (fmri or eeg)")
+        if ds["format"] == "synthetic":
+            # The simulator writes one folder per simulated dataset (simulate.options.datasets), or fmri/eeg.
+            simulated = (config.get("simulate", {}).get("options") or {}).get("datasets") or []
+            parts = [d.get("name") for d in simulated if isinstance(d, dict)] or ["fmri", "eeg"]
+            if ds["part"] not in parts:
+                raise ConfigError(f"config key `datasets.{name}.part`: {ds['part']!r} is not a simulated dataset; one of {parts}")
         if ds["format"] != "synthetic" and "root" not in ds:
             raise ConfigError(f"config key `datasets.{name}.root`: required for format {ds['format']} (the downloaded folder)")
     if not any(ds["role"] == "train" for ds in config["datasets"].values()):

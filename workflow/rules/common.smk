@@ -20,6 +20,8 @@ TRAIN_THREADS = COMPUTE["train_threads"]
 TRAIN_MEM_MB = COMPUTE["train_mem_mb"]
 LAST_STAGE2 = "stage2plus" if AFO["s2_plus_one"] else "stage2"
 SYNTHETIC = {n: f"resources/synthetic/{d['part']}" for n, d in sorted(DATASETS.items()) if d["format"] == "synthetic"}
+# The synthetic checks compare trained models' voxels with the truth: holdout datasets have no such voxels.
+SYNTHETIC_TRAIN = {n: p for n, p in SYNTHETIC.items() if n in TRAIN_DATASETS}
 
 
 wildcard_constraints:

@@ -108,7 +108,7 @@ rule synthetic_checks:
         json="results/analysis/synthetic_checks.json",
         html=report("results/analysis/synthetic_checks.html", caption="../report/synthetic_checks.rst", category="6. Synthetic-brain checks"),
     params:
-        ground_truth=SYNTHETIC,
+        ground_truth=SYNTHETIC_TRAIN,
         permutations=config["evaluation"]["null_permutations"],
         seed=config["evaluation"]["null_seed"],
     log:

@@ -19,6 +19,7 @@ dropped: voxel indices stay those of the user's files. +-inf values are masked l
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 
@@ -27,14 +28,18 @@ import pandas as pd
 import yaml
 from tqdm import tqdm
 
+from afo.data.bigbrain import BigBrain
 from afo.data.media import load_image
 from afo.data.noise_ceiling import check_percent
 from afo.data.options import AdapterOptionError, resolve_options
 from afo.data.splits import split_by_image
 from afo.data.store import MODALITIES, SPLIT_CODE, SPLITS, StoreError, StoreWriter
 
-OPTIONS = {"seed": "seed of the default split (used only when trials.csv has no split column)"}
-DEFAULTS = {"seed": 0}
+OPTIONS = {
+    "seed": "seed of the default split (used only when trials.csv has no split column)",
+    "bigbrain": "true: the subjects (who saw the same images) become one subject, `bigbrain` (paper 4.1; afo.data.bigbrain)",
+}
+DEFAULTS = {"seed": 0, "bigbrain": False}
 SUBJECT_FILES = ("responses.npy", "trials.csv", "coords.npy", "rois.csv", "noise_ceiling.npy")
 
 
@@ -110,12 +115,14 @@ def _read_csv(path: Path, dtype, layout: str) -> pd.DataFrame:
         raise _fail(path, f"not a readable CSV table ({type(err).__name__}: {err})", f"write a CSV with {layout}") from err
 
 
-def _read_seed(options: dict | None, root: Path) -> int:
-    """The default split's seed from the dataset's options (an integer)."""
-    seed = resolve_options(f"folder dataset {root}", options, DEFAULTS)["seed"]
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise AdapterOptionError(f"folder dataset {root}: option seed must be an integer, got {seed!r}")
-    return seed
+def _read_options(options: dict | None, root: Path) -> dict:
+    """The dataset's options: the default split's seed (an integer) and bigbrain (a boolean)."""
+    opts = resolve_options(f"folder dataset {root}", options, DEFAULTS)
+    if isinstance(opts["seed"], bool) or not isinstance(opts["seed"], int):
+        raise AdapterOptionError(f"folder dataset {root}: option seed must be an integer, got {opts['seed']!r}")
+    if not isinstance(opts["bigbrain"], bool):
+        raise AdapterOptionError(f"folder dataset {root}: option bigbrain must be true or false, got {opts['bigbrain']!r}")
+    return opts
 
 
 def _trial_split(path: Path, trials: pd.DataFrame, trial_image: np.ndarray, seed: int) -> np.ndarray:
@@ -227,7 +234,8 @@ def _plan_subject(sub_dir: Path, image_files: set[str], seed: int) -> dict:
 def prepare(root: str | Path, out: str | Path, *, image_size: int, options: dict | None = None) -> dict:
     """Read a folder dataset and write its prepared store to ``out``; returns a report per subject."""
     root = Path(root)
-    seed = _read_seed(options, root)
+    opts = _read_options(options, root)
+    seed = opts["seed"]
     meta = read_dataset_yaml(root)
     images_dir = root / "images"
     if not images_dir.is_dir():
@@ -246,17 +254,25 @@ def prepare(root: str | Path, out: str | Path, *, image_size: int, options: dict
         writer.write_images(
             (load_image(images_dir / n) for n in tqdm(used, desc=f"{meta['name']}: images", file=sys.stderr, disable=None)), used
         )
-        for plan in plans:
-            sub_dir, responses, split = plan["dir"], plan["responses"], plan["split"]
-            subject = str(sub_dir.relative_to(root)).replace("/", "_")
-            trial_image = plan["trials"]["image"].map(index).to_numpy()
-            # the store reports masked voxels and inf values on stderr (the prepare log), naming this file
-            sw = writer.subject(subject, responses.shape[1], source=str(sub_dir / "responses.npy"))
-            for start in range(0, responses.shape[0], 1024):
-                stop = start + 1024
-                sw.append(responses[start:stop], trial_image[start:stop], split[start:stop])
-            rois = plan["rois"]
-            report["subjects"][subject] = sw.finish(
-                plan["coords"], rois={"roi": rois} if rois is not None else None, noise_ceiling=plan["nc"]
-            )
+        # Big brain: subjects are spooled and concatenated into one subject when the block closes.
+        big = BigBrain(writer) if opts["bigbrain"] else contextlib.nullcontext()
+        with big:
+            for plan in plans:
+                sub_dir, responses, split = plan["dir"], plan["responses"], plan["split"]
+                subject = str(sub_dir.relative_to(root)).replace("/", "_")
+                trial_image = plan["trials"]["image"].map(index).to_numpy()
+                # the store reports masked voxels and inf values on stderr (the prepare log), naming this file
+                if opts["bigbrain"]:
+                    sw = big.subject(subject, responses.shape[1])
+                else:
+                    sw = writer.subject(subject, responses.shape[1], source=str(sub_dir / "responses.npy"))
+                for start in range(0, responses.shape[0], 1024):
+                    stop = start + 1024
+                    sw.append(responses[start:stop], trial_image[start:stop], split[start:stop])
+                rois = plan["rois"]
+                report["subjects"][subject] = sw.finish(
+                    plan["coords"], rois={"roi": rois} if rois is not None else None, noise_ceiling=plan["nc"]
+                )
+        if opts["bigbrain"]:
+            report["subjects"] = big.reports  # the one concatenated subject
     return report

@@ -78,6 +78,93 @@ DEFAULT_AREAS: tuple[AreaSpec, ...] = (
 )
 
 
+IMAGE_FORMATS: tuple[str, ...] = ("png", "jpeg")
+DATASET_MODALITIES: tuple[str, ...] = ("fmri", "eeg", "meg")
+#: SimulationConfig fields a dataset may override for its own subjects (cortical layout, map variability, sensors).
+DATASET_OVERRIDES: tuple[str, ...] = (
+    "areas", "voxel_mm", "voxel_dropout", "map_rotation_deg", "map_shift", "rf_scatter", "nan_voxels",
+    "eeg_channels", "eeg_n_times", "eeg_tmax", "eeg_snr", "eeg_mm_per_ms", "eeg_topo_sigma_mm",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ImageSetSpec:
+    """One stimulus set of a heterogeneous experiment (as NSD's COCO images, THINGS' object images).
+
+    Every dataset that names the set saw its images with the same train/val/test split. ``reuse_from`` takes
+    ``n_reused`` images of another (earlier) set into this one, under this set's own file names and written in
+    this set's ``file_format`` / ``file_size``: the overlap between public datasets (BOLD5000 shows COCO images
+    that NSD also shows), which an overlap detector has to find from the pixels.
+    """
+
+    name: str = field(metadata={"help": "set name; file names are <name>_<index>.<ext>"})
+    n_images: int = field(metadata={"help": "distinct images in the set (reused ones included)"})
+    n_test_images: int = field(metadata={"help": "images shown repeatedly (split: test)"})
+    val_fraction: float = field(default=0.06, metadata={"help": "fraction of the set shown once as validation"})
+    file_format: str = field(default="png", metadata={"help": "how the images are shipped: png | jpeg (quality 90)"})
+    file_size: int | None = field(default=None, metadata={"help": "side (px) of the shipped files; null = image_size"})
+    reuse_from: str | None = field(default=None, metadata={"help": "an earlier set whose images this set partly reuses"})
+    n_reused: int = field(default=0, metadata={"help": "images taken from reuse_from (0 = none)"})
+
+    def __post_init__(self) -> None:
+        _check(self.name and isinstance(self.name, str) and self.name.isidentifier(),
+               f"image set name must be letters, digits and _, got {self.name!r}")  # fmt: skip
+        _check(self.file_format in IMAGE_FORMATS, f"image set {self.name}: file_format must be one of {IMAGE_FORMATS}")
+        _check(self.file_size is None or self.file_size >= 16, f"image set {self.name}: file_size must be >= 16 px or null")
+        n_val = round(self.val_fraction * self.n_images)
+        _check(0 <= self.val_fraction < 1 and 1 <= self.n_test_images and self.n_test_images + n_val < self.n_images,
+               f"image set {self.name}: n_test_images ({self.n_test_images}) plus val images ({n_val}) must leave "
+               f"training images out of n_images={self.n_images}")  # fmt: skip
+        _check((self.reuse_from is None) == (self.n_reused == 0),
+               f"image set {self.name}: give reuse_from and n_reused > 0 together, or neither")  # fmt: skip
+        _check(0 <= self.n_reused < self.n_images, f"image set {self.name}: n_reused must be in [0, n_images)")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ImageSetSpec:
+        """An image set from a plain mapping; unknown keys raise a ValueError listing the valid ones."""
+        return _from_dict(cls, d, f"image set {d.get('name', '?') if isinstance(d, dict) else '?'!r}")
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """One dataset of a heterogeneous experiment: a modality, an image set, subjects and their SNR.
+
+    ``snr_scale`` multiplies the single-trial SNR of every voxel (fMRI: the areas' ranges; EEG/MEG: ``eeg_snr``);
+    ``n_average`` > 1 makes each subject a group average of that many simulated individuals on one common voxel
+    grid (HCP's group-average data): each individual has its own retinotopic map, RFs and preferences, so the
+    average blurs them, and the trial noise of the average shrinks by sqrt(n_average). ``overrides`` holds
+    SimulationConfig fields that differ for this dataset (see :data:`DATASET_OVERRIDES`), e.g. its own areas.
+    """
+
+    name: str = field(metadata={"help": "folder name of the dataset (the workflow's `part`)"})
+    modality: str = field(metadata={"help": "fmri | eeg | meg (eeg and meg use the sensor simulator)"})
+    image_set: str = field(metadata={"help": "name of the image set its subjects saw"})
+    n_subjects: int = field(default=1, metadata={"help": "subjects (each a group average when n_average > 1)"})
+    test_repeats: int = field(default=3, metadata={"help": "presentations of each test image"})
+    snr_scale: float = field(default=1.0, metadata={"help": "factor on every voxel's single-trial SNR"})
+    n_average: int = field(default=1, metadata={"help": "individuals averaged into each subject (fMRI only)"})
+    overrides: dict = field(default_factory=dict, metadata={"help": "SimulationConfig fields that differ for this dataset"})
+
+    def __post_init__(self) -> None:
+        _check(self.name and isinstance(self.name, str) and self.name.isidentifier(),
+               f"dataset name must be letters, digits and _, got {self.name!r}")  # fmt: skip
+        _check(self.modality in DATASET_MODALITIES, f"dataset {self.name}: modality must be one of {DATASET_MODALITIES}")
+        _check(isinstance(self.n_subjects, int) and self.n_subjects >= 1, f"dataset {self.name}: n_subjects must be >= 1")
+        _check(isinstance(self.test_repeats, int) and self.test_repeats >= 2, f"dataset {self.name}: test_repeats must be >= 2")
+        _check(self.snr_scale > 0, f"dataset {self.name}: snr_scale must be > 0")
+        _check(isinstance(self.n_average, int) and self.n_average >= 1, f"dataset {self.name}: n_average must be >= 1")
+        _check(self.n_average == 1 or self.modality == "fmri", f"dataset {self.name}: n_average applies to fMRI only")
+        _check(isinstance(self.overrides, dict), f"dataset {self.name}: overrides must be a mapping")
+        object.__setattr__(self, "overrides", _plain(self.overrides))  # YAML-like: equal after a round trip
+        unknown = sorted(set(self.overrides) - set(DATASET_OVERRIDES))
+        _check(not unknown, f"dataset {self.name}: overrides {unknown} not allowed; valid: {', '.join(DATASET_OVERRIDES)}")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DatasetSpec:
+        """A dataset from a plain mapping; unknown keys raise a ValueError listing the valid ones."""
+        return _from_dict(cls, d, f"dataset {d.get('name', '?') if isinstance(d, dict) else '?'!r}")
+
+
 @dataclass(frozen=True)
 class SimulationConfig:
     """Everything that defines a synthetic experiment; the same config and seed give the same files.
@@ -116,12 +203,20 @@ class SimulationConfig:
     eeg_snr: float = field(default=0.6, metadata={"help": "single-trial signal/noise SD of the strongest channel x time point"})
     eeg_test_repeats: int = field(default=4, metadata={"help": "presentations of each test image for EEG subjects"})
     eeg_mm_per_ms: float = field(default=0.2, metadata={"help": "EEG voxel z coordinate = latency (ms) x this (mm)"})
+    eeg_topo_sigma_mm: float = field(default=50.0, metadata={"help": "spread of a source over the sensors (mm); MEG smears less"})
+    # Heterogeneous experiments: several image sets and datasets (empty = the two parts `fmri` and `eeg` above)
+    image_sets: tuple[ImageSetSpec, ...] = field(default=(), metadata={"help": "stimulus sets (list of ImageSetSpec mappings)"})
+    datasets: tuple[DatasetSpec, ...] = field(default=(), metadata={"help": "datasets (list of DatasetSpec mappings); needs image_sets"})
 
     def __post_init__(self) -> None:
         # YAML gives lists; store tuples so the config stays hashable and immutable.
         areas = tuple(a if isinstance(a, AreaSpec) else AreaSpec.from_dict(a) for a in self.areas)
         object.__setattr__(self, "areas", areas)
         object.__setattr__(self, "eeg_channels", tuple(self.eeg_channels))
+        sets = tuple(x if isinstance(x, ImageSetSpec) else ImageSetSpec.from_dict(x) for x in self.image_sets)
+        object.__setattr__(self, "image_sets", sets)
+        object.__setattr__(self, "datasets", tuple(x if isinstance(x, DatasetSpec) else DatasetSpec.from_dict(x) for x in self.datasets))
+        self._check_datasets()
         for name in ("seed", "n_images", "image_size", "min_objects", "max_objects", "feature_grid", "n_test_images",
                      "n_test_repeats", "n_fmri_subjects", "nan_voxels", "n_eeg_subjects", "eeg_n_times", "eeg_test_repeats"):  # fmt: skip
             value = getattr(self, name)
@@ -144,9 +239,50 @@ class SimulationConfig:
         _check(self.nan_voxels < n_voxels * (1 - self.voxel_dropout) - 1, "config key `nan_voxels` must leave most voxels finite")
         _check(len(self.eeg_channels) >= 1 or self.n_eeg_subjects == 0, "config key `eeg_channels` must not be empty")
         _check(self.eeg_n_times >= 2 or self.n_eeg_subjects == 0, "config key `eeg_n_times` must be >= 2")
-        _check(self.eeg_tmax > 0 and self.eeg_snr > 0 and self.voxel_mm > 0, "eeg_tmax, eeg_snr and voxel_mm must be > 0")
+        _check(min(self.eeg_tmax, self.eeg_snr, self.voxel_mm, self.eeg_topo_sigma_mm) > 0,
+               "eeg_tmax, eeg_snr, eeg_topo_sigma_mm and voxel_mm must be > 0")  # fmt: skip
         _check(min(self.map_rotation_deg, self.map_shift, self.rf_scatter, self.eeg_mm_per_ms) >= 0,
                "map_rotation_deg, map_shift, rf_scatter and eeg_mm_per_ms must be >= 0")  # fmt: skip
+
+    def _check_datasets(self) -> None:
+        names = [x.name for x in self.image_sets]
+        _check(len(set(names)) == len(names), "config key `image_sets`: names must be unique")
+        _check(not self.image_sets or self.datasets, "config key `image_sets` needs `datasets` that use them")
+        for k, x in enumerate(self.image_sets):
+            _check(x.reuse_from is None or x.reuse_from in names[:k],
+                   f"image set {x.name}: reuse_from {x.reuse_from!r} must name an earlier image set of {names[:k]}")  # fmt: skip
+            if x.reuse_from is not None:
+                source = self.image_sets[names.index(x.reuse_from)]
+                _check(x.n_reused <= source.n_images, f"image set {x.name}: n_reused exceeds {source.name}'s n_images")
+        ds_names = [d.name for d in self.datasets]
+        _check(len(set(ds_names)) == len(ds_names), "config key `datasets`: names must be unique")
+        for d in self.datasets:
+            _check(d.image_set in names, f"dataset {d.name}: image_set {d.image_set!r} is not one of the image_sets {names}")
+            self.for_dataset(d)  # validates the dataset's overrides in context
+
+    def image_set(self, name: str) -> ImageSetSpec:
+        """The image set called ``name``."""
+        return next(x for x in self.image_sets if x.name == name)
+
+    def for_dataset(self, d: DatasetSpec) -> SimulationConfig:
+        """The flat config that simulates dataset ``d``'s subjects: its image set's size and split, its test
+        repeats, its overrides and its SNR scale folded into the single-dataset fields (no datasets of its own)."""
+        images = self.image_set(d.image_set)
+        fields = dict(d.overrides)
+        areas = tuple(a if isinstance(a, AreaSpec) else AreaSpec.from_dict(a) for a in fields.pop("areas", self.areas))
+        if d.snr_scale != 1.0:
+            areas = tuple(dataclasses.replace(a, snr=(a.snr[0] * d.snr_scale, a.snr[1] * d.snr_scale)) for a in areas)
+        sensors = d.modality in ("eeg", "meg")
+        if "eeg_channels" in fields:
+            fields["eeg_channels"] = tuple(fields["eeg_channels"])
+        return dataclasses.replace(
+            self, image_sets=(), datasets=(), areas=areas, n_images=images.n_images, n_test_images=images.n_test_images,
+            val_fraction=images.val_fraction, n_fmri_subjects=0 if sensors else d.n_subjects,
+            n_eeg_subjects=d.n_subjects if sensors else 0,
+            n_test_repeats=self.n_test_repeats if sensors else d.test_repeats,
+            eeg_test_repeats=d.test_repeats if sensors else self.eeg_test_repeats,
+            eeg_snr=fields.pop("eeg_snr", self.eeg_snr) * (d.snr_scale if sensors else 1.0), **fields,
+        )  # fmt: skip
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> SimulationConfig:
@@ -159,15 +295,18 @@ class SimulationConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain types only (lists, not tuples), for YAML/JSON."""
+        return _plain(dataclasses.asdict(self))
 
-        def plain(x: Any) -> Any:
-            if isinstance(x, (tuple, list)):
-                return [plain(v) for v in x]
-            if isinstance(x, dict):
-                return {k: plain(v) for k, v in x.items()}
-            return x
 
-        return plain(dataclasses.asdict(self))
+def _plain(x: Any) -> Any:
+    """Lists, dicts and scalars only (tuples become lists, dataclasses dicts), as YAML gives them."""
+    if dataclasses.is_dataclass(x) and not isinstance(x, type):
+        return _plain(dataclasses.asdict(x))
+    if isinstance(x, (tuple, list)):
+        return [_plain(v) for v in x]
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    return x
 
 
 def _from_dict(cls: type, d: dict[str, Any], what: str) -> Any:
@@ -181,7 +320,7 @@ def _from_dict(cls: type, d: dict[str, Any], what: str) -> Any:
     kwargs = {}
     for key, value in d.items():
         # Lists from YAML become the tuples the dataclass declares (areas are converted in __post_init__).
-        if isinstance(value, list) and str(hints[key]).startswith("tuple") and key != "areas":
+        if isinstance(value, list) and str(hints[key]).startswith("tuple") and key not in ("areas", "image_sets", "datasets"):
             value = tuple(value)
         kwargs[key] = value
     try:

@@ -19,7 +19,9 @@ scale up.) Subjects differ in latencies, amplitudes and topographies.
 
 Coordinates: x, y = the channel's position (mm, mne's standard 10-20 montage, x right, y anterior); z = latency
 (ms) x ``eeg_mm_per_ms``. The channel's full 3-D position is in ground_truth.csv (ch_x, ch_y, ch_z).
-ROIs: latency windows ``EEG_early`` (< 150 ms), ``EEG_mid`` (150-250 ms), ``EEG_late`` (>= 250 ms).
+ROIs: latency windows ``EEG_early`` (< 150 ms), ``EEG_mid`` (150-250 ms), ``EEG_late`` (>= 250 ms); ``MEG_*`` for MEG-like
+subjects, which differ only in their sensors, ``eeg_topo_sigma_mm`` (the skull smears magnetic fields less than
+potentials, so MEG topographies are more focal) and SNR.
 
 ground_truth.csv columns: voxel, area (= the ROI), level and dominant_source (the source with the largest share
 of the voxel's signal), u_x, u_y, rf_size (the sources' RFs weighted by their shares; the high-level sources count
@@ -45,8 +47,8 @@ _SOURCES = (
     ("high_a", 2, (0.0, 0.0), 1.0, ("P7", "P8"), -1.0, 0.180, 0.050),
     ("high_b", 2, (0.0, 0.0), 1.0, ("Pz",), 1.0, 0.350, 0.110),
 )
-_TOPO_SIGMA_MM = 50.0  # volume conduction smears each source over many electrodes
-ROI_WINDOWS = ((0.150, "EEG_early"), (0.250, "EEG_mid"), (np.inf, "EEG_late"))
+# ROI labels: latency windows, prefixed with the modality (EEG_early, MEG_early, ...).
+ROI_WINDOWS = ((0.150, "early"), (0.250, "mid"), (np.inf, "late"))
 
 
 def montage_positions() -> dict[str, np.ndarray]:
@@ -70,9 +72,9 @@ def check_channels(names: tuple[str, ...]) -> dict[str, np.ndarray]:
 
 
 def simulate_eeg_subject(
-    config: SimulationConfig, stim: Stimuli, image_split: np.ndarray, rng: np.random.Generator
+    config: SimulationConfig, stim: Stimuli, image_split: np.ndarray, rng: np.random.Generator, modality: str = "eeg"
 ) -> SubjectData:
-    """One EEG-like subject (see the module docstring for the model)."""
+    """One EEG-like (or MEG-like: ``modality`` only names the ROIs) subject (see the module docstring)."""
     names = config.eeg_channels
     montage = check_channels(names)
     pos = np.array([montage[n] for n in names])  # [C, 3]
@@ -93,7 +95,7 @@ def simulate_eeg_subject(
         drives.append((d - d.mean()) / (d.std() + 1e-12))
         # One Gaussian bump per focus electrode (two for the bilateral source), jittered per subject.
         topo = sum(
-            np.exp(-((pos - montage[f] - rng.normal(0, 5.0, 3)) ** 2).sum(1) / (2 * _TOPO_SIGMA_MM**2)) for f in focus
+            np.exp(-((pos - montage[f] - rng.normal(0, 5.0, 3)) ** 2).sum(1) / (2 * config.eeg_topo_sigma_mm**2)) for f in focus
         )
         topos.append(polarity * np.exp(rng.normal(0, 0.2)) * topo)
         lat = latency + rng.normal(0, 0.008)
@@ -113,7 +115,7 @@ def simulate_eeg_subject(
     ch = np.repeat(np.arange(len(names)), times.size)
     t = np.tile(times, len(names))
     coords = np.stack([pos[ch, 0], pos[ch, 1], 1000.0 * t * config.eeg_mm_per_ms], axis=1).astype(np.float32)
-    rois = np.array([next(label for edge, label in ROI_WINDOWS if tt < edge) for tt in t])
+    rois = np.array([f"{modality.upper()}_" + next(label for edge, label in ROI_WINDOWS if tt < edge) for tt in t])
     # Ground truth "RF" of a channel x time point: the sources' RFs weighted by their share of its signal.
     share = np.abs(loading)  # drives have unit SD, so |loading| is each source's signal SD in the voxel
     share = share / np.maximum(share.sum(0), 1e-12)

@@ -143,15 +143,11 @@ def _unit_sd(x: np.ndarray) -> np.ndarray:
     return np.where(sd > 1e-12, x / np.where(sd > 1e-12, sd, 1.0), 0.0)
 
 
-def simulate_fmri_subject(
-    config: SimulationConfig, stim: Stimuli, image_split: np.ndarray, rng: np.random.Generator
-) -> SubjectData:
-    """One fMRI-like subject (see the module docstring for the model)."""
-    vox = _layout(config, rng)
+def _individual(config: SimulationConfig, stim: Stimuli, vox: pd.DataFrame, ux: np.ndarray, uy: np.ndarray,
+                rng: np.random.Generator) -> dict:
+    """One individual's RFs, feature weights, preferences, noise-free signal [n_images, V] (unit SD) and snr [V]."""
     n_vox = len(vox)
     areas = [config.areas[k] for k in vox.area_index]
-    ux, uy = _retinotopy(config, vox, rng)
-    coords = _coords(config, vox, rng)
     ecc = np.sqrt(ux**2 + uy**2)
     extent = np.array([max(a.field_extent, 0.1) for a in areas])
     lo, hi = np.array([a.rf_sigma for a in areas]).T
@@ -185,21 +181,59 @@ def simulate_fmri_subject(
 
     snr_lo, snr_hi = np.array([a.snr for a in areas]).T
     snr = np.exp(rng.uniform(np.log(snr_lo), np.log(snr_hi)))
+    return {"ux": ux, "uy": uy, "sigma": sigma, "weights": weights, "pref_ori": pref_ori, "pref": pref,
+            "css": css, "signal": signal, "snr": snr}  # fmt: skip
+
+
+def simulate_fmri_subject(
+    config: SimulationConfig, stim: Stimuli, image_split: np.ndarray, rng: np.random.Generator, n_average: int = 1
+) -> SubjectData:
+    """One fMRI-like subject (see the module docstring for the model).
+
+    ``n_average`` > 1: a group average (HCP's group-average data) of that many individuals on this subject's
+    voxel grid. Each individual has its own retinotopic map, RFs, feature weights and preferences; the subject's
+    signal is their mean and its trial noise the mean of their independent noises (SD / sqrt(n_average) when
+    SNRs are equal). Ground truth u, rf_size and weights are then the individuals' means.
+    """
+    vox = _layout(config, rng)
+    n_vox = len(vox)
+    areas = [config.areas[k] for k in vox.area_index]
+    ux, uy = _retinotopy(config, vox, rng)
+    coords = _coords(config, vox, rng)
+    people = [_individual(config, stim, vox, ux, uy, rng)]
+    # Further individuals draw from their own child streams, so that n_average = 1 keeps the single-subject draws.
+    for child in rng.spawn(n_average - 1) if n_average > 1 else []:
+        cux, cuy = _retinotopy(config, vox, child)
+        people.append(_individual(config, stim, vox, cux, cuy, child))
+    if n_average == 1:
+        signal, snr = people[0]["signal"], people[0]["snr"]
+        noise_sd = 1.0 / snr
+    else:
+        # Misaligned maps partly cancel: the mean signal has SD < 1, and its SNR is what the average really has.
+        signal = np.mean([p["signal"] for p in people], axis=0)
+        noise_sd = np.sqrt(np.sum([1.0 / p["snr"] ** 2 for p in people], axis=0)) / n_average
+        snr = signal.std(0) / noise_sd
     trials = trial_schedule(image_split, config.n_test_repeats, rng)
-    responses = signal[trials] + rng.standard_normal((trials.size, n_vox)) / snr
+    responses = signal[trials] + rng.standard_normal((trials.size, n_vox)) / (snr if n_average == 1 else 1.0 / noise_sd)
     responses = responses.astype(np.float32)
     is_nan = np.zeros(n_vox, dtype=bool)
     if config.nan_voxels:  # drawn last, so the option changes nothing else
         is_nan[rng.choice(n_vox, config.nan_voxels, replace=False)] = True
         responses[:, is_nan] = np.nan
 
+    def mean(key: str) -> np.ndarray:
+        return np.mean([p[key] for p in people], axis=0)
+
+    first = people[0]
+    flat = vox[["flat_x", "flat_y"]].to_numpy()
     names = np.array([a.name for a in areas])
     n_rep = config.n_test_repeats
+    weights = mean("weights")
     truth = pd.DataFrame({
         "voxel": np.arange(n_vox), "area": names, "level": [a.level for a in areas],
-        "u_x": ux, "u_y": uy, "rf_size": sigma, "snr": snr, "nc_true": 100 * snr**2 / (snr**2 + 1 / n_rep),
+        "u_x": mean("ux"), "u_y": mean("uy"), "rf_size": mean("sigma"), "snr": snr, "nc_true": 100 * snr**2 / (snr**2 + 1 / n_rep),
         "w_contrast": weights[:, 0], "w_orientation": weights[:, 1], "w_local": weights[:, 2], "w_global": weights[:, 3],
-        "pref_orientation_deg": pref_ori, "pref_feature": np.array(stim.global_names)[pref.argmax(1)],
-        "css_exponent": css, "cortex_x_mm": flat[:, 0], "cortex_y_mm": flat[:, 1], "all_nan": is_nan,
+        "pref_orientation_deg": first["pref_ori"], "pref_feature": np.array(stim.global_names)[mean("pref").argmax(1)],
+        "css_exponent": first["css"], "cortex_x_mm": flat[:, 0], "cortex_y_mm": flat[:, 1], "all_nan": is_nan,
     })  # fmt: skip
     return SubjectData(responses, trials, coords, names, truth)

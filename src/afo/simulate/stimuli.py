@@ -181,3 +181,13 @@ def make_stimuli(n: int, size: int, grid: int, rng: np.random.Generator, min_obj
     local[:, :n_energy] /= max(float(local[:, 0].mean()), 1e-12)
     table = pd.DataFrame(rows)
     return Stimuli(images, local, local_names, global_, tuple(names), table)
+
+
+def subset(own: Stimuli, other: Stimuli, picks: np.ndarray, order: np.ndarray) -> Stimuli:
+    """``own``'s images followed by ``other``'s images ``picks``, rearranged by ``order`` (index into that
+    concatenation per output position): a set that reuses a few images of another set."""
+    images = np.concatenate([own.images, other.images[picks]])[order]
+    local = np.concatenate([own.local, other.local[picks]])[order]
+    global_ = np.concatenate([own.global_, other.global_[picks]])[order]
+    table = pd.concat([own.table, other.table.iloc[picks]], ignore_index=True).iloc[order].reset_index(drop=True)
+    return Stimuli(images, local, own.local_names, global_, own.global_names, table)

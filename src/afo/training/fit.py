@@ -174,6 +174,7 @@ def build_task(spec: TrainSpec, model: EncodingModel, data: TrainingData) -> Enc
         lr=train["lr"], weight_decay=train["weight_decay"], betas=train["betas"],
         lambda_entropy=train["lambda_entropy"], smoothl1_beta=train["smoothl1_beta"],
         target_mode=spec.target_mode, dk_weight=train.get("dk_weight", 0.5),
+        own_weight=train.get("own_weight"),
     )
 
 

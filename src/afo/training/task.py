@@ -81,7 +81,9 @@ class EncodingTask(pl.LightningModule):
     (the LayerSelector regulariser). Targets by mode:
       - ``gt``: ground truth on every modelled voxel;
       - ``helpers``: ground truth on the own voxels, dark knowledge on the others (stage 2; with ground truth
-        as the "dark knowledge" this is the noDK baseline);
+        as the "dark knowledge" this is the noDK baseline). ``own_weight`` None: one mean over all of a subject's
+        voxels (own and helpers alike); a number w: w * mean over its own voxels + (1 - w) * mean over its helper
+        voxels (a subject with only one kind in the batch: that kind's mean);
       - ``gt+dk``: (1 - dk_weight) * loss(ground truth) + dk_weight * loss(dark knowledge) on every voxel (stage 3).
     """
 
@@ -96,6 +98,7 @@ class EncodingTask(pl.LightningModule):
         smoothl1_beta: float,
         target_mode: str = "gt",
         dk_weight: float = 0.5,
+        own_weight: float | None = None,
     ):
         super().__init__()
         if target_mode not in ("gt", "helpers", "gt+dk"):
@@ -106,6 +109,7 @@ class EncodingTask(pl.LightningModule):
         self.lr, self.weight_decay, self.betas = lr, weight_decay, tuple(betas)
         self.lambda_entropy, self.beta = lambda_entropy, smoothl1_beta
         self.target_mode, self.dk_weight = target_mode, dk_weight
+        self.own_weight = own_weight
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         core = self.model.core(batch.features)
@@ -118,8 +122,13 @@ class EncodingTask(pl.LightningModule):
                 fit = masked_smooth_l1(pred, target, self.beta)
             elif self.target_mode == "helpers":
                 own = batch.own[key]
-                composite = torch.where(own.unsqueeze(0), target, batch.dk[key])
-                fit = masked_smooth_l1(pred, composite, self.beta)
+                if self.own_weight is not None and bool(own.any()) and not bool(own.all()):
+                    fit = self.own_weight * masked_smooth_l1(pred, target, self.beta, own) + (
+                        1 - self.own_weight
+                    ) * masked_smooth_l1(pred, batch.dk[key], self.beta, ~own)
+                else:
+                    composite = torch.where(own.unsqueeze(0), target, batch.dk[key])
+                    fit = masked_smooth_l1(pred, composite, self.beta)
             else:
                 fit = (1 - self.dk_weight) * masked_smooth_l1(pred, target, self.beta) + self.dk_weight * masked_smooth_l1(
                     pred, batch.dk[key], self.beta
