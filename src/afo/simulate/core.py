@@ -13,7 +13,7 @@ import pandas as pd
 import yaml
 from PIL import Image
 
-from afo.simulate.config import DatasetSpec, ImageSetSpec, SimulationConfig
+from afo.simulate.config import ImageSetSpec, SimulationConfig
 from afo.simulate.eeg import check_channels, simulate_eeg_subject
 from afo.simulate.fmri import SubjectData, simulate_fmri_subject
 from afo.simulate.stimuli import Stimuli, make_stimuli, subset
