@@ -91,7 +91,7 @@ def test_retrieval_tables_and_figures(run):
     for kind in ("retinamap", "layerselector", "roi_scores"):
         assert len(list((run / f"results/figures/afo/{kind}").glob("*.png"))) == 2
     assert len(list((run / "results/figures/afo/brainmaps").glob("*.png"))) == 4
-    assert "not volumetric" in (run / "results/brainmaps/afo/README.txt").read_text()
+    assert "no volume grid or surface layout" in (run / "results/brainmaps/afo/README.txt").read_text()
 
 
 @pytest.mark.slow

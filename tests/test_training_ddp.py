@@ -7,6 +7,7 @@ job's settings).
 """
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -50,7 +51,10 @@ def runs(data, tmp_path_factory):  # noqa: F811
     """The same job on one process and on two (DDP over gloo)."""
     out = tmp_path_factory.mktemp("ddp")
     one = fit(_spec(data, train=DDP_TRAIN), out / "one")
+    threads, omp = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
     two = fit(_spec(data, train=DDP_TRAIN), out / "two", devices=2)
+    # A later job in this process runs as before the DDP job (Lightning sets threads for its ranks).
+    assert (torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")) == (threads, omp)
     return out, one, two
 
 

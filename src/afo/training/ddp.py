@@ -148,7 +148,10 @@ def rank_processes(payload: dict, work: Path, devices: int, threads_per_rank: in
     path = work / PAYLOAD_NAME
     atomic_write_text(path, json.dumps({**payload, "devices": devices, "threads": threads_per_rank}))
     base = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": str(devices), "NODE_RANK": "0"}
-    saved = {var: os.environ.get(var) for var in _RANK_ENV}
+    saved = {var: os.environ.get(var) for var in (*_RANK_ENV, "OMP_NUM_THREADS")}
+    # Lightning's DDP sets torch's thread count (and OMP_NUM_THREADS) for the ranks; a later job in this process
+    # must run with the threads it had, or its float sums (and so its weights) differ from a one-device run.
+    saved_threads = torch.get_num_threads()
     procs: dict[int, subprocess.Popen] = {}
     watchdog = _Watchdog(procs)
     try:
@@ -179,3 +182,4 @@ def rank_processes(payload: dict, work: Path, devices: int, threads_per_rank: in
                 os.environ.pop(var, None)
             else:
                 os.environ[var] = value
+        torch.set_num_threads(saved_threads)
