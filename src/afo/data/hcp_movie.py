@@ -64,7 +64,6 @@ the report's ``trs_without_frame``).
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import math
 import re
@@ -81,6 +80,7 @@ from afo.data.files import DatasetFileNotFoundError, DatasetFormatError, format_
 from afo.data.media import video_duration, video_frames_at
 from afo.data.options import AdapterOptionError, as_list, check_choice, progress, resolve_options, warn
 from afo.data.store import SPLIT_CODE, StoreWriter, SurfaceLayout
+from afo.io import file_sha256
 
 ADAPTER = "hcp_movie"
 CHUNK_TRS = 128
@@ -369,15 +369,6 @@ def assign_versions(subjects: list[str], versions: list[MovieVersion], stim_dir:
     return {s: by_subject[s] for s in subjects}
 
 
-def _digest(path: Path) -> str:
-    """SHA-256 of a file (read in 1 MiB blocks)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 @dataclass
 class ContentGroup:
     """Subjects who saw the same clips: one or more versions whose movie files are byte-identical for every run."""
@@ -410,7 +401,7 @@ def content_groups(assigned: dict[str, MovieVersion], runs: list[int], stim_dir:
     for version in dict.fromkeys(assigned.values()):
         members = [s for s, v in assigned.items() if v == version]
         movies = _movie_files(version.folder, opts, runs)
-        key = tuple(_digest(movies[r]) for r in runs)
+        key = tuple(file_sha256(movies[r]) for r in runs)
         if key in by_content:
             by_content[key].versions.append(version)
             by_content[key].subjects += members

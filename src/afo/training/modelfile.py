@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from afo.errors import UserError
-from afo.io import atomic_path
+from afo.io import atomic_path, file_sha256
 from afo.model import EncodingModel
 
 MODEL_FORMAT = "afo-encoding-model"
@@ -82,15 +82,6 @@ class ModelConfig:
 
 class WeightsFileError(UserError):
     """The local backbone weights file a model was trained with is missing or is not the same file."""
-
-
-def file_sha256(path: str | Path, block: int = 1 << 22) -> str:
-    """SHA-256 of a file's bytes (read in 4 MiB blocks: a ViT-B weights file is ~350 MB)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(block):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
