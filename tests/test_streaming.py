@@ -13,7 +13,8 @@ from afo.io import CorruptFileError
 from afo.io.predictions import read_predictions, write_predictions, writing_predictions
 from afo.io.rows import RowReader
 from afo.metrics import PearsonAccumulator, pearson_r
-from afo.training.datamodule import TrainingData, TrainingDataError
+from afo.training.datamodule import TrainingData
+from afo.training.subjects import TrainingDataError
 from test_training import MODEL, TRAIN, _spec, data  # noqa: F401  (data: the module's tiny store and feature cache)
 
 BACKBONE = {"name": "vit_tiny_patch16_224", "layers": [0, 1], "resolution": 16,

@@ -280,9 +280,13 @@ class OnTheFlyFeatures:
             r.close()
 
 
+#: Where a job's features come from: the disk caches or the backbone on the fly (same interface).
+FeatureSource = FeatureBank | OnTheFlyFeatures
+
+
 def feature_source(
     stores: Mapping[str, str | os.PathLike], caches: Mapping[str, str | os.PathLike], backbone: Mapping | None = None
-) -> FeatureBank | OnTheFlyFeatures:
+) -> FeatureSource:
     """The feature source of a job: the caches (``backbone.cache: disk``) or the backbone on the fly (``none``).
 
     ``backbone`` is the config's ``backbone`` section; on the fly when its ``cache`` is ``none``.

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from afo.data.store import PreparedStore
-from afo.training.datamodule import load_subjects
+from afo.training.subjects import load_subjects
 
 SOURCES = ("timm", "backbone", "model")
 

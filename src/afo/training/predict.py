@@ -14,11 +14,11 @@ import numpy as np
 import torch
 
 from afo.errors import UserError
-from afo.features import feature_source
+from afo.features import FeatureSource, feature_source
 from afo.io.predictions import writing_predictions
 from afo.io.tables import read_roi_selection
 from afo.model import EncodingModel
-from afo.training.datamodule import FeatureSource, SubjectData, TrainingDataError, load_subjects
+from afo.training.subjects import SubjectData, TrainingDataError, load_subjects
 from afo.training.modelfile import ModelFile, load_model
 
 SPLITS = ("train", "val", "test")

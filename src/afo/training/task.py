@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from afo.errors import UserError
 from afo.metrics import PearsonAccumulator
 from afo.model import EncodingModel
-from afo.training.datamodule import Batch, SubjectData, TrainingDataError, ValChunk
+from afo.training.datamodule import Batch, ValChunk
+from afo.training.subjects import SubjectData, TrainingDataError
 from afo.training.lightning import pl
 
 
