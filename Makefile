@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(CURDIR)/$(VENV)/bin
 CORES ?= 2
+# Tests run in CORES pytest-xdist workers, one test file per worker at a time, so a file's module fixture (a
+# whole workflow run) runs once.
+XDIST ?= -n $(CORES) --dist loadfile
 export PATH := $(BIN):$(PATH)
 
 .PHONY: setup demo test test-fast lint report clean
@@ -22,11 +25,11 @@ demo: setup
 
 # Everything: unit tests, the tiny workflow, the larger end-to-end runs and a one-node SLURM (about 19 minutes on 2 cores).
 test: setup
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(XDIST)
 
 # For development: unit tests and the one tiny workflow run (about 6 minutes on 2 cores).
 test-fast: setup
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -m "not slow" $(XDIST)
 
 lint: setup
 	$(BIN)/snakemake --lint

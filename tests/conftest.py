@@ -71,3 +71,14 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+
+# Files whose module fixture runs a whole workflow (minutes): collected first, so that under pytest-xdist
+# (`make test`: one file per worker at a time) they start at once and the other worker takes the short files.
+_LONG_FILES = ("test_slurm.py", "test_analysis_workflow.py", "test_workflow.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(_LONG_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the order within a file is kept

@@ -175,6 +175,7 @@ def test_pool_maps_and_helpers():
         _match_response(np.arange(4.0), voxels, "s")
 
 
+@pytest.mark.slow  # a multi-process or workflow run: make test, not make test-fast
 def test_analysis_targets_follow_the_config(tmp_path):
     """Switching analysis sections off removes their jobs from the plan; a model name that is not evaluated fails."""
     def plan(**sections) -> str:

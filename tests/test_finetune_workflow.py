@@ -28,6 +28,7 @@ def _plan(tmp_path: Path, **sections) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
 
 
+@pytest.mark.slow  # a multi-process or workflow run: make test, not make test-fast
 def test_finetune_rule_follows_the_config(tmp_path):
     off = _plan(tmp_path)
     assert off.returncode == 0, off.stderr

@@ -6,9 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # a multi-process or workflow run: make test, not make test-fast
 def test_scale_benchmark_tiny(tmp_path):
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "scale.py"), "--tiny", "--sizes", "1,2", "--workers", "1", "--out", str(tmp_path)],

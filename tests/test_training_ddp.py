@@ -58,6 +58,7 @@ def runs(data, tmp_path_factory):  # noqa: F811
     return out, one, two
 
 
+@pytest.mark.slow  # a multi-process or workflow run: make test, not make test-fast
 def test_two_processes_complete_write_once_and_match_one(data, runs):  # noqa: F811
     out, one, two = runs
     for name in ("one", "two"):

@@ -97,6 +97,7 @@ def test_early_stopped_job_is_not_trained_again(data, tmp_path, monkeypatch):  #
     assert all(torch.equal(first[k], again[k]) for k in first)
 
 
+@pytest.mark.slow  # a multi-process or workflow run: make test, not make test-fast
 def test_resume_after_moving_the_project_keeps_the_top_k(data, whole, tmp_path, monkeypatch):  # noqa: F811
     # A project with relative paths, as the workflow runs it; moved (same files, same mtimes) between kill and resume.
     before = tmp_path / "before"
@@ -116,6 +117,7 @@ def test_resume_after_moving_the_project_keeps_the_top_k(data, whole, tmp_path, 
     assert _same_model(after / "out" / "model.pt", whole / "model.pt")
 
 
+@pytest.mark.slow  # a multi-process or workflow run: make test, not make test-fast
 def test_metrics_history_survives_repeated_resumes(data, whole, tmp_path):  # noqa: F811
     spec = _spec(data, train=LONG)
     _kill_after_states(spec, tmp_path / "job", states=2)
@@ -148,6 +150,7 @@ def test_a_second_trainer_on_the_same_work_dir_fails_clearly(data, tmp_path):  #
     assert not (out / "model.pt").exists()
 
 
+@pytest.mark.slow  # a multi-process or workflow run: make test, not make test-fast
 def test_a_second_trainer_waits_for_the_first(data, tmp_path, caplog):  # noqa: F811
     out = tmp_path / "job"
     (out / "work").mkdir(parents=True)
