@@ -23,11 +23,11 @@ demo: setup
 	$(BIN)/snakemake --cores $(CORES) --printshellcmds
 	$(BIN)/snakemake --cores $(CORES) --report results/report.html
 
-# Everything: unit tests, the tiny workflow, the larger end-to-end runs and a one-node SLURM (about 19 minutes on 2 cores).
+# Everything: unit tests, the tiny workflow, the larger end-to-end runs and a one-node SLURM (about 11 minutes on 2 cores).
 test: setup
 	$(BIN)/python -m pytest $(XDIST)
 
-# For development: unit tests and the one tiny workflow run (about 6 minutes on 2 cores).
+# For development: unit tests and the one tiny workflow run (about 3 minutes on 2 cores).
 test-fast: setup
 	$(BIN)/python -m pytest -m "not slow" $(XDIST)
 

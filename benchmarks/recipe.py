@@ -7,12 +7,12 @@ encoding tables are asked for (``results/encoding/<model>/voxels.csv``), not fig
 
 Then, from the voxels.csv of every model and seed:
 
-- Table 3 (recipe): naivemix, S1 (stage1), S2 (stage2), S2+1 (when ``--s2-plus-one``), afo (= S3), NoDK, randROI
-  S1/S2/S3; Table 2 (TopyNeck): FullTopyNeck (= naivemix: the all-ROI stage-0 model), FrozenRM, FrozenLS, NoRegLS
+- Table 3 (recipe): naivemix, S1 (stage1), S2 (stage2), S2+1 and S3 after it (from the variant run ``s2plus``,
+  see EXTRAS), afo (= S3), NoDK, randROI S1/S2/S3; Table 2 (TopyNeck): FullTopyNeck (= naivemix: the all-ROI stage-0 model), FrozenRM, FrozenLS, NoRegLS
   (lambda_entropy 0), NoRegLS-hard (one layer per voxel), w/o GlobalPool. Each cell: mean test r over the
   dataset's (or its early/mid/late group's) voxels, then mean +- sd over seeds.
 - Paired tests across voxels (Wilcoxon signed-rank on per-voxel test r, every seed's voxels pooled, and per
-  seed): afo vs naivemix, S2 vs S1, randROI S2 vs randROI S1.
+  seed): afo vs naivemix, S2 vs S1, S2+1 vs S2, randROI S2 vs randROI S1, NoDK vs S1 and vs S2.
 
 Usage::
 
@@ -42,10 +42,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Table rows: (label, results/encoding/<name>) in the paper's order.
 TABLE3 = [("NaiveMix", "naivemix"), ("S1", "stage1"), ("S2", "stage2"), ("S2+1", "stage2plus"), ("afo (S3)", "afo"),
-          ("NoDK", "nodk"), ("randROI S1", "randroi_stage1"), ("randROI S2", "randroi_stage2"), ("randROI S3", "randroi")]  # fmt: skip
+          ("S3 after S2+1", "afo_s2plus"), ("NoDK", "nodk"), ("randROI S1", "randroi_stage1"), ("randROI S2", "randroi_stage2"),
+          ("randROI S3", "randroi")]  # fmt: skip
 TABLE2 = [("FullTopyNeck", "naivemix"), ("FrozenRM", "frozenrm"), ("FrozenLS", "frozenls"), ("NoRegLS (lambda 0)", "noregls"),
           ("NoRegLS (hard)", "hardls"), ("w/o GlobalPool", "noglobalpool")]  # fmt: skip
-PAIRS = [("afo", "naivemix"), ("stage2", "stage1"), ("randroi_stage2", "randroi_stage1"), ("nodk", "stage1")]
+PAIRS = [("afo", "naivemix"), ("stage2", "stage1"), ("stage2plus", "stage2"), ("randroi_stage2", "randroi_stage1"),
+         ("nodk", "stage1"), ("nodk", "stage2")]
+# Models a variant run adds to the base tables: (tag, model there, name here). S2+1 runs as the variant `s2plus`
+# (--s2-plus-one, reusing the base run's stages 0-2), where `stage2` is S2+1 and `afo` is S3 distilled from it.
+EXTRAS = [("s2plus", "stage2", "stage2plus"), ("s2plus", "afo", "afo_s2plus")]
 
 
 def _set(config: dict, assignment: str) -> None:
@@ -231,6 +236,11 @@ def report(args: argparse.Namespace) -> None:
         work = enc.parents[1]
         seed = int(work.name.removeprefix("seed"))
         frames.append(load_seed(work).assign(seed=seed))
+        for tag, model, name in EXTRAS if not args.tag else ():
+            extra = out / tag / work.name
+            if (extra / "results" / "encoding" / model / "voxels.csv").is_file():
+                t = load_seed(extra)
+                frames.append(t[t.model == model].assign(model=name, seed=seed))
         wall = work / "wall_seconds.txt"
         walls[seed] = int(wall.read_text()) if wall.is_file() else None
     table = pd.concat(frames, ignore_index=True)
