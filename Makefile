@@ -27,7 +27,7 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest $(XDIST)
 
-# For development: unit tests and the one tiny workflow run (about 3 minutes on 2 cores).
+# For development: unit tests and the one tiny workflow run (under 3 minutes on 2 cores).
 test-fast: setup
 	$(BIN)/python -m pytest -m "not slow" $(XDIST)
 

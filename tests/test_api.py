@@ -228,6 +228,7 @@ def test_predict_maps_for_volumetric_subjects(trained, tmp_path):
     np.testing.assert_allclose(values, read_predictions(tmp_path / "p.h5")["tiny/subj01"][2][0], rtol=1e-6)
 
 
+@pytest.mark.slow  # a multi-process or workflow run: make test, not make test-fast
 def test_readme_api_example_runs_as_written(trained, tmp_path):
     """README's Python example, extracted and run in a project-like folder with the tiny model in place."""
     text = (ROOT / "README.md").read_text()

@@ -82,6 +82,7 @@ def two_topk(work):
     return json.loads((work / "finished.json").read_text())["topk"]
 
 
+@pytest.mark.slow  # a multi-process or workflow run: make test, not make test-fast
 def test_two_device_job_resumes_on_one_device(data, runs, tmp_path):  # noqa: F811
     """The device count is no part of the job's settings: the state of a 2-device job is the 1-device job's."""
     out, _, two = runs

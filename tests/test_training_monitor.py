@@ -12,6 +12,7 @@ from afo.training.monitor import tensorboard_available
 from test_training import TRAIN, _spec, data  # noqa: F401  (data: the module's tiny store and feature cache)
 
 
+@pytest.mark.slow  # a multi-process or workflow run: make test, not make test-fast
 def test_job_log_has_one_line_per_epoch(data, tmp_path):  # noqa: F811
     # As the workflow runs a job: a process that configures no logging, its stderr is the job's log.
     spec = _spec(data, train={**TRAIN, "max_epochs": 3})

@@ -64,7 +64,7 @@ def test_dag_shape_for_k_rois(tmp_path, k):
     config["afo"]["s2_plus_one"] = True
     write_config(tmp_path, config)
     jobs = planned_jobs(tmp_path)
-    assert jobs["train_stage0"] == 2 and jobs["veroi"] == 1 and jobs["random_rois"] == 1
+    assert jobs["train_stage0"] == TINY["afo"]["stage0_seeds"] and jobs["veroi"] == 1 and jobs["random_rois"] == 1
     # afo and randroi recipes: stage 1, stage 2 and S2+1 per ROI; noDK per ROI for afo only.
     assert jobs["train_stage1"] == 2 * k
     assert jobs["train_stage2"] == 2 * 2 * k
