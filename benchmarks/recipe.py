@@ -90,9 +90,12 @@ def model_names(config: dict) -> list[str]:
 
 
 # What a variant may take from the base run of its seed (hard links; a model's resumable work/ folder never).
+# A variant that changes the veROIs (afo.veroi.*) must not reuse "rois": a linked file carries no record of the
+# settings it was made with, so Snakemake would not see that it is stale.
 REUSABLE = {
     "data": ["resources", "results/prepared", "results/features"],
-    "stage0": ["results/models/stage0", "results/rois"],
+    "stage0": ["results/models/stage0"],
+    "rois": ["results/rois"],
     "stage1": ["results/models/afo/stage1"],
     "stage2": ["results/models/afo/stage2"],
 }
@@ -132,7 +135,8 @@ def run(args: argparse.Namespace) -> None:
         env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
         subprocess.run(cmd, check=True, env=env)
         seconds = time.time() - start
-        (work / "wall_seconds.txt").write_text(f"{seconds:.0f}\n")
+        with open(work / "wall_seconds.txt", "a") as f:  # one line per call: seconds, then the models asked for
+            f.write(f"{seconds:.0f} {' '.join(names)}\n")
         print(f"[recipe] seed {seed}: done in {seconds:.0f} s", flush=True)
 
 
@@ -242,7 +246,7 @@ def report(args: argparse.Namespace) -> None:
                 t = load_seed(extra)
                 frames.append(t[t.model == model].assign(model=name, seed=seed))
         wall = work / "wall_seconds.txt"
-        walls[seed] = int(wall.read_text()) if wall.is_file() else None
+        walls[seed] = sum(int(line.split()[0]) for line in wall.read_text().splitlines() if line.strip()) if wall.is_file() else None
     table = pd.concat(frames, ignore_index=True)
     table.loc[table.model == "stage2_once", "model"] = "stage2once"
     cells = pd.concat([cell_means(t).assign(seed=s) for s, t in table.groupby("seed")], ignore_index=True)
@@ -252,7 +256,7 @@ def report(args: argparse.Namespace) -> None:
         groups = [g for g in ("early", "mid", "late") if ((cells.dataset == d) & (cells.group == g)).any()]
         columns += [(d, "all")] + [(d, g) for g in groups]
     tests = paired_tests(table)
-    print(f"Seeds: {sorted(walls)}; wall seconds per seed: {walls}; machine: {platform.node()} ({os.cpu_count()} CPUs)\n")
+    print(f"Seeds: {sorted(walls)}; wall seconds per seed (all calls of `run`): {walls}; machine: {platform.node()} ({os.cpu_count()} CPUs)\n")
     blocks = [("all voxels of each dataset", [c for c in columns if c[1] == "all"])]
     for kind, names in (("fMRI", ("nsd", "hcp")), ("EEG/MEG", ("eeg", "meg"))):
         sub = [c for c in columns if c[1] != "all" and c[0] in names]
@@ -314,7 +318,7 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--nolock", action="store_true", help="run beside another run of the same seed (distinct models)")
     r.add_argument("--models", nargs="+", help="evaluate only these models (default: every model of the config)")
     r.add_argument("--reuse-from", action="store_true", help="hard-link the base run's (<out>/seed<N>) outputs first")
-    r.add_argument("--reuse", nargs="+", default=["data", "stage0", "stage1"], choices=sorted(REUSABLE),
+    r.add_argument("--reuse", nargs="+", default=["data", "stage0", "rois", "stage1"], choices=sorted(REUSABLE),
                    help="which of the base run's outputs a variant reuses (with --reuse-from)")
     p = sub.add_parser("report", help="tables and tests from finished runs")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "out" / "recipe"))
