@@ -115,6 +115,10 @@ def link_tree(src: Path, dst: Path) -> None:
 def run(args: argparse.Namespace) -> None:
     base = yaml.safe_load(Path(args.config).read_text())
     out = Path(args.out) / args.tag if args.tag else Path(args.out)
+    stale = {"rois", "stage1", "stage2"} & set(args.reuse)
+    if args.reuse_from and stale and any(a.startswith("afo.veroi.") for a in args.set):
+        raise SystemExit(f"--set afo.veroi.* makes new veROIs: the base run's {sorted(stale)} would be stale; "
+                         "reuse only data and stage0 (--reuse data stage0)")
     for seed in args.seeds:
         work = (out / f"seed{seed}").resolve()
         work.mkdir(parents=True, exist_ok=True)
