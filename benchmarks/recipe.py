@@ -244,10 +244,13 @@ def report(args: argparse.Namespace) -> None:
         work = enc.parents[1]
         seed = int(work.name.removeprefix("seed"))
         frames.append(load_seed(work).assign(seed=seed))
+        variants: dict[str, pd.DataFrame] = {}  # each variant's runs of this seed, read once
         for tag, model, name in EXTRAS if not args.tag else ():
             extra = out / tag / work.name
             if (extra / "results" / "encoding" / model / "voxels.csv").is_file():
-                t = load_seed(extra)
+                if tag not in variants:
+                    variants[tag] = load_seed(extra)
+                t = variants[tag]
                 frames.append(t[t.model == model].assign(model=name, seed=seed))
         wall = work / "wall_seconds.txt"
         walls[seed] = sum(int(line.split()[0]) for line in wall.read_text().splitlines() if line.strip()) if wall.is_file() else None
