@@ -31,7 +31,12 @@ test: setup
 test-fast: setup
 	$(BIN)/python -m pytest -m "not slow" $(XDIST)
 
+# Static checks: ruff (lint and format, line length 120: pyproject.toml), snakefmt over the Snakefile and rules,
+# and Snakemake's own linter.
 lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/snakefmt --check Snakefile workflow/rules
 	$(BIN)/snakemake --lint
 
 clean:

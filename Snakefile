@@ -29,6 +29,6 @@ include: "workflow/rules/finetune.smk"
 
 
 rule all:
+    default_target: True
     input:
         analysis_targets(),
-    default_target: True

@@ -37,8 +37,19 @@ from afo.training.predict import predict_file
 SIMULATION = {"n_images": 160, "n_test_images": 24, "n_fmri_subjects": 4, "n_eeg_subjects": 0, "image_size": 32}
 BACKBONE = BackboneSpec("resnet18", layers=(1, 2), resolution=32)
 MODEL = {"conv_width": 16, "out_dim": 16, "n_convs": 2, "kernel_size": 3, "pe_frequencies": 8, "mlp_width": 32}
-TRAIN = {"lr": 0.01, "weight_decay": 0.0001, "betas": [0.9, 0.999], "batch_size": 16, "max_voxels": 300, "epoch_fraction": 1.0,
-         "top_k": 2, "lambda_entropy": 0.01, "smoothl1_beta": 0.01, "dk_weight": 0.5, "seed": 0}
+TRAIN = {
+    "lr": 0.01,
+    "weight_decay": 0.0001,
+    "betas": [0.9, 0.999],
+    "batch_size": 16,
+    "max_voxels": 300,
+    "epoch_fraction": 1.0,
+    "top_k": 2,
+    "lambda_entropy": 0.01,
+    "smoothl1_beta": 0.01,
+    "dk_weight": 0.5,
+    "seed": 0,
+}
 
 
 def split_dataset(root: Path, subjects: list[str], out: Path, name: str) -> Path:
@@ -61,16 +72,23 @@ def test_scores(model: Path, store: Path, features: Path, dataset: str) -> dict:
     preds = model.with_name("predictions.h5")
     predict_file(model, {dataset: store}, {dataset: features}, ["val", "test"], preds, dtype="float32")
     table = voxel_table([(model, preds)], {dataset: store})
-    return {"mean_r_test": round(float(table["r_test"].mean()), 4), "median_r_test_norm": round(float(table["r_test_norm"].median()), 4),
-            "n_voxels": int(table["r_test"].notna().sum())}
+    return {
+        "mean_r_test": round(float(table["r_test"].mean()), 4),
+        "median_r_test_norm": round(float(table["r_test_norm"].median()), 4),
+        "n_voxels": int(table["r_test"].notna().sum()),
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="work folder")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, default=10, help="epochs of each holdout fit (finetune and scratch alike)")
-    parser.add_argument("--base-epochs", type=int, default=12, help="max epochs of the released model (patience 6, half an epoch each)")
+    parser.add_argument(
+        "--epochs", type=int, default=10, help="epochs of each holdout fit (finetune and scratch alike)"
+    )
+    parser.add_argument(
+        "--base-epochs", type=int, default=12, help="max epochs of the released model (patience 6, half an epoch each)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     out = args.out
@@ -80,8 +98,10 @@ def main() -> None:
     fmri = out / "sim" / "fmri"
     subjects = sorted(p.name for p in fmri.iterdir() if (p / "responses.npy").exists())
     train_subjects, holdout_subject = subjects[:-1], subjects[-1]
-    datasets = {"synth": split_dataset(fmri, train_subjects, out / "data" / "synth", "synth"),
-                "newlab": split_dataset(fmri, [holdout_subject], out / "data" / "newlab", "newlab")}
+    datasets = {
+        "synth": split_dataset(fmri, train_subjects, out / "data" / "synth", "synth"),
+        "newlab": split_dataset(fmri, [holdout_subject], out / "data" / "newlab", "newlab"),
+    }
     stores, features = {}, {}
     for name, root in datasets.items():
         stores[name], features[name] = out / "prepared" / f"{name}.h5", out / "features" / f"{name}.h5"
@@ -93,8 +113,15 @@ def main() -> None:
             extract_features(stores[name], features[name], BACKBONE)
     base = out / "models" / "released" / "model.pt"
     if not base.exists():
-        fit(TrainSpec({"synth": str(stores["synth"])}, {"synth": str(features["synth"])}, MODEL,
-                      {**TRAIN, "max_epochs": args.base_epochs, "patience": 6, "epoch_fraction": 0.5}), base.parent)
+        fit(
+            TrainSpec(
+                {"synth": str(stores["synth"])},
+                {"synth": str(features["synth"])},
+                MODEL,
+                {**TRAIN, "max_epochs": args.base_epochs, "patience": 6, "epoch_fraction": 0.5},
+            ),
+            base.parent,
+        )
     rows = []
     holdout_train = {**TRAIN, "max_epochs": args.epochs, "patience": args.epochs}
     for seed in args.seeds:
@@ -103,20 +130,42 @@ def main() -> None:
             model = work / "model.pt"
             t0 = time.time()
             if method == "finetune":
-                report = finetune(FinetuneSpec(str(base), {"newlab": str(stores["newlab"])}, {"newlab": str(features["newlab"])},
-                                               {**holdout_train, "seed": seed}), model)
+                report = finetune(
+                    FinetuneSpec(
+                        str(base),
+                        {"newlab": str(stores["newlab"])},
+                        {"newlab": str(features["newlab"])},
+                        {**holdout_train, "seed": seed},
+                    ),
+                    model,
+                )
             else:
-                report = fit(TrainSpec({"newlab": str(stores["newlab"])}, {"newlab": str(features["newlab"])}, MODEL,
-                                       {**holdout_train, "seed": seed}), work)
-            row = {"method": method, "seed": seed, "epochs": report["epochs"], "val_r": round(float(report["val_r"]), 4),
-                   **test_scores(model, stores["newlab"], features["newlab"], "newlab"), "seconds": round(time.time() - t0, 1)}
+                report = fit(
+                    TrainSpec(
+                        {"newlab": str(stores["newlab"])},
+                        {"newlab": str(features["newlab"])},
+                        MODEL,
+                        {**holdout_train, "seed": seed},
+                    ),
+                    work,
+                )
+            row = {
+                "method": method,
+                "seed": seed,
+                "epochs": report["epochs"],
+                "val_r": round(float(report["val_r"]), 4),
+                **test_scores(model, stores["newlab"], features["newlab"], "newlab"),
+                "seconds": round(time.time() - t0, 1),
+            }
             print(json.dumps(row), flush=True)
             rows.append(row)
     for method in ("finetune", "scratch"):
         r = [x["mean_r_test"] for x in rows if x["method"] == method]
         print(f"{method}: mean test r {np.mean(r):.4f} +- {np.std(r):.4f} over seeds {args.seeds}")
-    print(f"holdout subject {holdout_subject}, trained on {train_subjects}; {platform.processor() or platform.machine()}, "
-          f"torch {torch.__version__}, {time.time() - started:.0f} s in all")
+    print(
+        f"holdout subject {holdout_subject}, trained on {train_subjects}; {platform.processor() or platform.machine()}, "
+        f"torch {torch.__version__}, {time.time() - started:.0f} s in all"
+    )
 
 
 if __name__ == "__main__":

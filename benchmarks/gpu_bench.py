@@ -59,14 +59,40 @@ HERE = Path(__file__).resolve().parent
 # Paper size (section 4.6): features 4 x 768 x 16 x 16 from DINOv2 ViT-B/14 at 224 px, C = 768, D = 256,
 # batch 128, 8 subjects x 8000 sampled voxels (of 16,000 each here; NSD subjects have ~39,000).
 PAPER = dict(
-    backbone="vit_base_patch14_dinov2", backbone_kwargs={}, layers=(2, 5, 8, 11), image=224, conv=768, dim=256,
-    kernel=5, batch=128, subjects=8, voxels=16_000, max_voxels=8_000, readout_chunk=4096, feature_images=256,
-    workers=4, warmup=5, steps=20,
+    backbone="vit_base_patch14_dinov2",
+    backbone_kwargs={},
+    layers=(2, 5, 8, 11),
+    image=224,
+    conv=768,
+    dim=256,
+    kernel=5,
+    batch=128,
+    subjects=8,
+    voxels=16_000,
+    max_voxels=8_000,
+    readout_chunk=4096,
+    feature_images=256,
+    workers=4,
+    warmup=5,
+    steps=20,
 )
 TINY = dict(
-    backbone="vit_small_patch14_dinov2", backbone_kwargs={"depth": 4, "embed_dim": 16, "num_heads": 2},
-    layers=(0, 1, 2, 3), image=56, conv=16, dim=8, kernel=3, batch=8, subjects=2, voxels=60, max_voxels=40,
-    readout_chunk=None, feature_images=32, workers=0, warmup=1, steps=2,
+    backbone="vit_small_patch14_dinov2",
+    backbone_kwargs={"depth": 4, "embed_dim": 16, "num_heads": 2},
+    layers=(0, 1, 2, 3),
+    image=56,
+    conv=16,
+    dim=8,
+    kernel=3,
+    batch=8,
+    subjects=2,
+    voxels=60,
+    max_voxels=40,
+    readout_chunk=None,
+    feature_images=32,
+    workers=0,
+    warmup=1,
+    steps=2,
 )
 
 
@@ -137,7 +163,9 @@ class StepData(torch.utils.data.Dataset):
             voxels = np.sort(rng.choice(s["voxels"], size=s["max_voxels"], replace=False))
             batch.parts.append((key, j * per, (j + 1) * per if j < s["subjects"] - 1 else s["batch"]))
             stop, start = batch.parts[-1][2], batch.parts[-1][1]
-            batch.targets[key] = torch.from_numpy(rng.standard_normal((stop - start, s["max_voxels"]), dtype=np.float32))
+            batch.targets[key] = torch.from_numpy(
+                rng.standard_normal((stop - start, s["max_voxels"]), dtype=np.float32)
+            )
             batch.voxel_index[key] = torch.from_numpy(voxels)
             batch.own[key] = torch.ones(s["max_voxels"], dtype=torch.bool)
         return batch
@@ -154,8 +182,15 @@ def _image_batch_class():
 
         def to(self, device: torch.device) -> ImageBatch:
             moved = Batch.to(self, device)
-            return ImageBatch(moved.features, moved.parts, moved.targets, moved.voxel_index, moved.own, moved.dk,
-                              images=self.images.to(device, non_blocking=True))
+            return ImageBatch(
+                moved.features,
+                moved.parts,
+                moved.targets,
+                moved.voxel_index,
+                moved.own,
+                moved.dk,
+                images=self.images.to(device, non_blocking=True),
+            )
 
     return ImageBatch
 
@@ -173,8 +208,13 @@ def build_task(size: dict, layer_shapes: list[tuple[int, int, int]], backbone: t
     from afo.training.task import EncodingTask
 
     rng = np.random.default_rng(1)
-    coords = {f"bench/subj{j:02d}": rng.uniform(-50, 50, (size["voxels"], 3)).astype(np.float32) for j in range(size["subjects"])}
-    config = ModelConfig(conv_width=size["conv"], out_dim=size["dim"], kernel_size=size["kernel"], readout_chunk=size["readout_chunk"])
+    coords = {
+        f"bench/subj{j:02d}": rng.uniform(-50, 50, (size["voxels"], 3)).astype(np.float32)
+        for j in range(size["subjects"])
+    }
+    config = ModelConfig(
+        conv_width=size["conv"], out_dim=size["dim"], kernel_size=size["kernel"], readout_chunk=size["readout_chunk"]
+    )
     model = config.build(layer_shapes, coords)
     args = dict(lr=3e-3, weight_decay=1e-4, betas=(0.9, 0.999), lambda_entropy=3e-5, smoothl1_beta=0.01)
     if backbone is None:
@@ -206,7 +246,9 @@ def build_task(size: dict, layer_shapes: list[tuple[int, int, int]], backbone: t
             self.backbone.eval()
             with torch.no_grad():
                 x = (batch.images.permute(0, 3, 1, 2).float().div_(255.0) - self.mean) / self.std
-                batch.features = list(self.backbone.forward_intermediates(x, indices=layers, intermediates_only=True, output_fmt="NCHW"))
+                batch.features = list(
+                    self.backbone.forward_intermediates(x, indices=layers, intermediates_only=True, output_fmt="NCHW")
+                )
             return super().training_step(batch, batch_idx)
 
     return OnTheFlyTask()
@@ -216,7 +258,14 @@ def create_backbone(size: dict) -> torch.nn.Module:
     from afo.features import BackboneSpec
     from afo.features import create_backbone as create
 
-    return create(BackboneSpec(size["backbone"], layers=tuple(size["layers"]), resolution=size["image"], model_kwargs=size["backbone_kwargs"]))
+    return create(
+        BackboneSpec(
+            size["backbone"],
+            layers=tuple(size["layers"]),
+            resolution=size["image"],
+            model_kwargs=size["backbone_kwargs"],
+        )
+    )
 
 
 # -- measuring ---------------------------------------------------------------------------------------------------
@@ -239,8 +288,17 @@ class GpuUtilisation:
             visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")
             physical = visible[index].strip() if index < len(visible) and visible[index].strip() else str(index)
             self._proc = subprocess.Popen(
-                [smi, f"--id={physical}", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", "-lms", "100"],
-                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                [
+                    smi,
+                    f"--id={physical}",
+                    "--query-gpu=utilization.gpu",
+                    "--format=csv,noheader,nounits",
+                    "-lms",
+                    "100",
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
             )
             self._thread = threading.Thread(target=self._read, daemon=True)
         else:
@@ -307,8 +365,16 @@ def _step_timer(device: torch.device, warmup: int, util: GpuUtilisation):
     return StepTimer()
 
 
-def time_training(size: dict, device: torch.device, precision: str, cache: str, feature_file: Path | None,
-                  layer_shapes: list, images: torch.Tensor | None, backbone: torch.nn.Module | None) -> dict:
+def time_training(
+    size: dict,
+    device: torch.device,
+    precision: str,
+    cache: str,
+    feature_file: Path | None,
+    layer_shapes: list,
+    images: torch.Tensor | None,
+    backbone: torch.nn.Module | None,
+) -> dict:
     """Real Lightning training steps of the paper-size task; timings, memory and utilisation."""
     from afo.training.lightning import pl
 
@@ -317,14 +383,28 @@ def time_training(size: dict, device: torch.device, precision: str, cache: str, 
     n = size["warmup"] + size["steps"]
     data = StepData(size, n, feature_file if cache == "disk" else None, images if cache == "none" else None)
     workers = size["workers"] if cache == "disk" else 0
-    loader = torch.utils.data.DataLoader(data, batch_size=None, shuffle=False, num_workers=workers,
-                                         pin_memory=device.type == "cuda", persistent_workers=False)
+    loader = torch.utils.data.DataLoader(
+        data,
+        batch_size=None,
+        shuffle=False,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+    )
     util = GpuUtilisation(device)
     timer = _step_timer(device, size["warmup"], util)
     trainer = pl.Trainer(
-        accelerator="gpu" if device.type == "cuda" else "cpu", devices=1, precision=precision, max_steps=n,
-        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        limit_val_batches=0, num_sanity_val_steps=0, callbacks=[timer],
+        accelerator="gpu" if device.type == "cuda" else "cpu",
+        devices=1,
+        precision=precision,
+        max_steps=n,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        callbacks=[timer],
     )
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -337,12 +417,16 @@ def time_training(size: dict, device: torch.device, precision: str, cache: str, 
     utilisation = util.stop()
     compute, wall = statistics.median(timer.compute), statistics.median(timer.wall)
     result = {
-        "precision": precision, "cache": cache, "steps_timed": len(timer.compute),
-        "step_s": round(wall, 5), "compute_s": round(compute, 5),
+        "precision": precision,
+        "cache": cache,
+        "steps_timed": len(timer.compute),
+        "step_s": round(wall, 5),
+        "compute_s": round(compute, 5),
         "images_per_s": round(size["batch"] / wall, 1),
         "data_wait_share": round(max(0.0, 1 - sum(timer.compute) / sum(timer.wall)), 3),
         "peak_gpu_mib": round(torch.cuda.max_memory_allocated(device) / 2**20) if device.type == "cuda" else None,
-        "gpu_util_percent": utilisation, "gpu_util_source": util.source,
+        "gpu_util_percent": utilisation,
+        "gpu_util_source": util.source,
     }
     del trainer, task
     return result
@@ -371,9 +455,14 @@ def project(jobs: dict, step_s: float, backbone_img_s: float, model_img_s: float
     train_steps = sum(r["jobs"] * r["steps_per_job"] for r in train)
     hours = {
         "train": train_steps * step_s / 3600,
-        "features": sum(r["images_total"] for r in jobs["rules"].values() if r["kind"] == "backbone") / backbone_img_s / 3600,
-        "predict_and_dark_knowledge": sum(r["jobs"] * r["images_per_job"] for r in jobs["rules"].values() if r["kind"] == "forward")
-        / model_img_s / 3600,
+        "features": sum(r["images_total"] for r in jobs["rules"].values() if r["kind"] == "backbone")
+        / backbone_img_s
+        / 3600,
+        "predict_and_dark_knowledge": sum(
+            r["jobs"] * r["images_per_job"] for r in jobs["rules"].values() if r["kind"] == "forward"
+        )
+        / model_img_s
+        / 3600,
     }
     total = sum(hours.values())
     per_epoch = sum(r["jobs"] for r in train) * jobs["steps_per_epoch"] * step_s / 3600
@@ -396,7 +485,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tiny", action="store_true", help="toy sizes on any device (the CPU test)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--jobs", type=Path, default=HERE / "jobs_paper.json", help="the job list (benchmarks/jobs_paper.py)")
+    p.add_argument(
+        "--jobs", type=Path, default=HERE / "jobs_paper.json", help="the job list (benchmarks/jobs_paper.py)"
+    )
     p.add_argument("--out", type=Path, help="write the results here as JSON")
     p.add_argument("--steps", type=int, help="timed steps per configuration")
     a = p.parse_args(argv)
@@ -416,26 +507,47 @@ def main(argv: list[str] | None = None) -> int:
     else:
         machine = f"CPU {platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
         precisions, auto = ["bf16-mixed", "32-true"], "32-true"  # fp16 autocast does not run on the CPU
-    print(f"machine: {machine}; torch {torch.__version__}; lightning {pl.__version__}; python {platform.python_version()}")
+    print(
+        f"machine: {machine}; torch {torch.__version__}; lightning {pl.__version__}; python {platform.python_version()}"
+    )
     if wheels:
         print(f"from benchmarks/wheels: {', '.join(wheels)}")
     label = "TINY (toy sizes, not the paper's)" if a.tiny else "paper size"
-    print(f"size: {label}: features {len(size['layers'])} x C x {size['image'] // 14}^2 from {size['backbone']} at {size['image']} px, "
-          f"conv C={size['conv']}, D={size['dim']}, batch {size['batch']}, {size['subjects']} subjects x {size['max_voxels']} voxels")
+    print(
+        f"size: {label}: features {len(size['layers'])} x C x {size['image'] // 14}^2 from {size['backbone']} at {size['image']} px, "
+        f"conv C={size['conv']}, D={size['dim']}, batch {size['batch']}, {size['subjects']} subjects x {size['max_voxels']} voxels"
+    )
 
     backbone = create_backbone(size).to(device)
     x = torch.zeros(1, 3, size["image"], size["image"], device=device)
     with torch.no_grad():
-        layer_shapes = [tuple(f.shape[1:]) for f in backbone.forward_intermediates(x, indices=list(size["layers"]), intermediates_only=True, output_fmt="NCHW")]
+        layer_shapes = [
+            tuple(f.shape[1:])
+            for f in backbone.forward_intermediates(
+                x, indices=list(size["layers"]), intermediates_only=True, output_fmt="NCHW"
+            )
+        ]
     per_image_mib = sum(math.prod(s) for s in layer_shapes) * 2 / 2**20
-    print(f"features per image: {len(layer_shapes)} x {layer_shapes[0]} float16 = {per_image_mib:.2f} MiB; "
-          f"a batch: {per_image_mib * size['batch']:.0f} MiB")
+    print(
+        f"features per image: {len(layer_shapes)} x {layer_shapes[0]} float16 = {per_image_mib:.2f} MiB; "
+        f"a batch: {per_image_mib * size['batch']:.0f} MiB"
+    )
 
-    results: dict = {"machine": machine, "torch": torch.__version__, "tiny": a.tiny, "size": {k: v for k, v in size.items()}, "runs": []}
+    results: dict = {
+        "machine": machine,
+        "torch": torch.__version__,
+        "tiny": a.tiny,
+        "size": {k: v for k, v in size.items()},
+        "runs": [],
+    }
     with tempfile.TemporaryDirectory() as tmp:
         feature_file = Path(tmp) / "features.h5"
         write_feature_file(feature_file, size["feature_images"], layer_shapes[0], len(layer_shapes))
-        images = torch.from_numpy(np.random.default_rng(2).integers(0, 256, (size["feature_images"], size["image"], size["image"], 3), dtype=np.uint8))
+        images = torch.from_numpy(
+            np.random.default_rng(2).integers(
+                0, 256, (size["feature_images"], size["image"], size["image"], 3), dtype=np.uint8
+            )
+        )
         for cache in ("disk", "none"):
             for precision in precisions:
                 r = time_training(size, device, precision, cache, feature_file, layer_shapes, images, backbone)
@@ -444,19 +556,33 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"cache: {cache:4s} {precision:10s} {r['error']}")
                     continue
                 mem = f"{r['peak_gpu_mib']} MiB" if r["peak_gpu_mib"] is not None else "n/a (CPU)"
-                util = f"{r['gpu_util_percent']}% ({r['gpu_util_source']})" if r["gpu_util_percent"] is not None else "n/a"
-                print(f"cache: {cache:4s} {precision:10s} step {r['step_s'] * 1000:8.1f} ms  {r['images_per_s']:8.1f} images/s  "
-                      f"waiting for data {r['data_wait_share'] * 100:4.1f}%  peak GPU memory {mem}  GPU utilisation {util}", flush=True)
+                util = (
+                    f"{r['gpu_util_percent']}% ({r['gpu_util_source']})" if r["gpu_util_percent"] is not None else "n/a"
+                )
+                print(
+                    f"cache: {cache:4s} {precision:10s} step {r['step_s'] * 1000:8.1f} ms  {r['images_per_s']:8.1f} images/s  "
+                    f"waiting for data {r['data_wait_share'] * 100:4.1f}%  peak GPU memory {mem}  GPU utilisation {util}",
+                    flush=True,
+                )
 
     # Throughput of the float32 forward passes the features and prediction jobs run.
     batch = size["batch"]
     imgs = torch.rand(batch, 3, size["image"], size["image"], device=device)
-    backbone_img_s = time_forward(lambda: backbone.forward_intermediates(imgs, indices=list(size["layers"]), intermediates_only=True), batch, device, 3)
+    backbone_img_s = time_forward(
+        # The backbone is deleted after this call, not before it.
+        lambda: backbone.forward_intermediates(imgs, indices=list(size["layers"]), intermediates_only=True),  # noqa: F821
+        batch,
+        device,
+        3,
+    )
     del backbone
     task = build_task(size, layer_shapes, None).to(device).eval()
     feats = [torch.randn(batch, *s, device=device) for s in layer_shapes]
     model_img_s = time_forward(lambda: task.model.core(feats), batch, device, 3)
-    results["forward_images_per_s"] = {"backbone_fp32": round(backbone_img_s, 1), "model_core_fp32": round(model_img_s, 1)}
+    results["forward_images_per_s"] = {
+        "backbone_fp32": round(backbone_img_s, 1),
+        "model_core_fp32": round(model_img_s, 1),
+    }
     print(f"forward (float32): backbone {backbone_img_s:.1f} images/s, model conv blocks {model_img_s:.1f} images/s")
 
     jobs = json.loads(a.jobs.read_text())
@@ -476,11 +602,13 @@ def main(argv: list[str] | None = None) -> int:
         proj = results["projection"][main_key]
         if a.tiny:
             print("projection from the toy sizes (it only shows the arithmetic runs; the numbers mean nothing):")
-        print(f"projection ({jobs['config']}, cache: disk, {auto}): {proj['train_steps']:,} training steps "
-              f"({jobs['epochs_assumed']} epochs per job, assumed) -> {proj['total_hours']} GPU-hours on this machine "
-              f"(train {proj['hours']['train']}, features {proj['hours']['features']}, prediction + dark knowledge "
-              f"{proj['hours']['predict_and_dark_knowledge']}); {proj['training_hours_per_epoch_of_every_job']} h per epoch "
-              f"of every training job; the paper: ~{jobs['paper_gpu_hours']} h on {jobs['paper_gpu']}")
+        print(
+            f"projection ({jobs['config']}, cache: disk, {auto}): {proj['train_steps']:,} training steps "
+            f"({jobs['epochs_assumed']} epochs per job, assumed) -> {proj['total_hours']} GPU-hours on this machine "
+            f"(train {proj['hours']['train']}, features {proj['hours']['features']}, prediction + dark knowledge "
+            f"{proj['hours']['predict_and_dark_knowledge']}); {proj['training_hours_per_epoch_of_every_job']} h per epoch "
+            f"of every training job; the paper: ~{jobs['paper_gpu_hours']} h on {jobs['paper_gpu']}"
+        )
     for key, proj in results["projection"].items():
         if key != main_key:
             print(f"  {key}: {proj['total_hours']} GPU-hours")

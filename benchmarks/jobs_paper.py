@@ -44,33 +44,54 @@ ROOT = Path(__file__).resolve().parents[1]
 # val = 6% of the non-test images (prepare's default val_fraction); trials are single presentations.
 PAPER_SIZES = {
     "nsd": {
-        "train_trials": 180_200, "val_images": 4_300, "test_images": 1_000, "images": 73_000,
+        "train_trials": 180_200,
+        "val_images": 4_300,
+        "test_images": 1_000,
+        "images": 73_000,
         "source": "8 subjects, 750 trials x 284 sessions = 213,000 trials; ~21,300 of them on the shared1000 test "
-                  "images (3 repeats, fewer for subjects with fewer sessions); 6% of the rest is val; 73,000 images",
+        "images (3 repeats, fewer for subjects with fewer sessions); 6% of the rest is val; 73,000 images",
     },
     "hcp": {
-        "train_trials": 6_240, "val_images": 400, "test_images": 670, "images": 7_310,
+        "train_trials": 6_240,
+        "val_images": 400,
+        "test_images": 670,
+        "images": 7_310,
         "source": "group average per movie version (2 groups) x 3,655 TRs of the 4 runs = 7,310 frames at 1 fps; "
-                  "the test-retest clip (~84 s per run) is the test set; 6% of the rest is val",
+        "the test-retest clip (~84 s per run) is the test set; 6% of the rest is val",
     },
     "alg": {
-        "train_trials": 2_820, "val_images": 60, "test_images": 102, "images": 1_102,
+        "train_trials": 2_820,
+        "val_images": 60,
+        "test_images": 102,
+        "images": 1_102,
         "source": "one big brain of 10 subjects; 1,000 training videos x 3 repeats, one frame each; 102 test videos",
     },
     "meg": {
-        "train_trials": 20_900, "val_images": 1_335, "test_images": 200, "images": 22_448,
+        "train_trials": 20_900,
+        "val_images": 1_335,
+        "test_images": 200,
+        "images": 22_448,
         "source": "one big brain of 4 subjects; 22,248 images seen once, 200 test images x 12 repeats",
     },
     "eeg": {
-        "train_trials": 62_190, "val_images": 990, "test_images": 200, "images": 16_740,
+        "train_trials": 62_190,
+        "val_images": 990,
+        "test_images": 200,
+        "images": 16_740,
         "source": "one big brain of 10 subjects; 16,540 training images x 4 repeats, 200 test images x 80 repeats",
     },
     "bold5000": {
-        "train_trials": 0, "val_images": 0, "test_images": 0, "images": 5_254,
+        "train_trials": 0,
+        "val_images": 0,
+        "test_images": 0,
+        "images": 5_254,
         "source": "holdout (features and probing only): 5,254 images",
     },
     "things_fmri": {
-        "train_trials": 0, "val_images": 0, "test_images": 0, "images": 8_740,
+        "train_trials": 0,
+        "val_images": 0,
+        "test_images": 0,
+        "images": 8_740,
         "source": "holdout (features and probing only): 8,740 images",
     },
 }
@@ -81,8 +102,22 @@ TRAIN_RULES = ("train_stage0", "train_ablation", "train_stage1", "train_stage2",
 def planned_jobs(config: Path) -> dict[str, int]:
     """Jobs per rule of ``snakemake -n`` on ``config`` (run in an empty folder, so nothing counts as done)."""
     with tempfile.TemporaryDirectory() as work:
-        cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", work,
-               "--configfile", str(config.resolve()), "--cores", "1", "-n", "--quiet", "rules"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "--snakefile",
+            str(ROOT / "Snakefile"),
+            "--directory",
+            work,
+            "--configfile",
+            str(config.resolve()),
+            "--cores",
+            "1",
+            "-n",
+            "--quiet",
+            "rules",
+        ]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     jobs = {}
     for line in out.splitlines():
@@ -128,7 +163,7 @@ def job_list(config_path: Path, sizes: dict, epochs: int) -> dict:
         "steps_per_epoch": steps_per_epoch,
         "epochs_assumed": epochs,
         "epochs_note": "early stopping decides the real count (patience "
-                       f"{train['patience']}, at most {train['max_epochs']}); the GPU side also reports hours per epoch",
+        f"{train['patience']}, at most {train['max_epochs']}); the GPU side also reports hours per epoch",
         "rules": rules,
         "jobs_by_rule": jobs,
         "sizes": sizes,
@@ -149,7 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_text(a.out, json.dumps(result, indent=2) + "\n")
     train_jobs = sum(r["jobs"] for r in result["rules"].values() if r["kind"] == "train")
     steps = sum(r["jobs"] * r["steps_per_job"] for r in result["rules"].values() if r["kind"] == "train")
-    print(f"{a.out}: {train_jobs} training jobs x {result['steps_per_epoch']} steps/epoch x {a.epochs} epochs = {steps:,} steps")
+    print(
+        f"{a.out}: {train_jobs} training jobs x {result['steps_per_epoch']} steps/epoch x {a.epochs} epochs = {steps:,} steps"
+    )
     return 0
 
 

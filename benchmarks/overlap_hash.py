@@ -24,8 +24,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from fixtures.images import crop, jpeg, natural_scene  # noqa: E402  (the tests' natural-like scenes)
 
-from afo.data.overlap import (DEFAULT_MAX_DISTANCE, DEFAULT_MIN_CORRELATION, aligned_correlation, fingerprints,
-                              hamming)
+from afo.data.overlap import DEFAULT_MAX_DISTANCE, DEFAULT_MIN_CORRELATION, aligned_correlation, fingerprints, hamming
 
 
 def store_size(image: np.ndarray, size: int) -> np.ndarray:
@@ -52,9 +51,11 @@ def compare(a: list[np.ndarray], b: list[np.ndarray]) -> tuple[np.ndarray, np.nd
 
 def report(label: str, dist: np.ndarray, corr: np.ndarray, max_distance: int, min_corr: float) -> None:
     hit = (dist <= max_distance) & (corr >= min_corr)
-    print(f"{label:42s} distance median {np.median(dist):5.1f} [{dist.min():2d}, {dist.max():2d}]  "
-          f"r median {np.median(corr):.3f} [{corr.min():.3f}, {corr.max():.3f}]  "
-          f"hash-only hit {np.mean(dist <= max_distance):5.1%}  called shared {hit.mean():5.1%}")
+    print(
+        f"{label:42s} distance median {np.median(dist):5.1f} [{dist.min():2d}, {dist.max():2d}]  "
+        f"r median {np.median(corr):.3f} [{corr.min():.3f}, {corr.max():.3f}]  "
+        f"hash-only hit {np.mean(dist <= max_distance):5.1%}  called shared {hit.mean():5.1%}"
+    )
 
 
 def main() -> None:
@@ -90,8 +91,13 @@ def main() -> None:
     np.fill_diagonal(d, 99)
     nearest = d.argmin(1)
     corr = aligned_correlation(gs, gs[nearest])
-    report("distinct: synthetic stimulus vs nearest hash", d[np.arange(n), nearest], corr, args.max_distance,
-           args.min_correlation)
+    report(
+        "distinct: synthetic stimulus vs nearest hash",
+        d[np.arange(n), nearest],
+        corr,
+        args.max_distance,
+        args.min_correlation,
+    )
     copies = [store_size(shipped_copy(np.asarray(Image.fromarray(x).resize((200, 200))), rng), s) for x in stim]
     report("copy: synthetic stimulus shipped", *compare(stim, copies), args.max_distance, args.min_correlation)
     print(f"flat synthetic stimuli (never matched by pixels): {int(flat.sum())} of {n}")
@@ -108,9 +114,11 @@ def main() -> None:
     for start in range(0, many.size, 512):
         hamming(many[start : start + 512], many)
     per_pair = (time.perf_counter() - t0) / many.size**2
-    print(f"speed: {per_image * 1e3:.2f} ms per 224-px image fingerprinted, {per_pair * 1e9:.2f} ns per hash pair; "
-          f"NSD (73k) x THINGS-EEG2 (16.7k): {73000 * per_image + 16740 * per_image:.0f} s + "
-          f"{73000 * 16740 * per_pair:.0f} s")
+    print(
+        f"speed: {per_image * 1e3:.2f} ms per 224-px image fingerprinted, {per_pair * 1e9:.2f} ns per hash pair; "
+        f"NSD (73k) x THINGS-EEG2 (16.7k): {73000 * per_image + 16740 * per_image:.0f} s + "
+        f"{73000 * 16740 * per_pair:.0f} s"
+    )
 
 
 if __name__ == "__main__":

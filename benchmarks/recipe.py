@@ -46,8 +46,14 @@ TABLE3 = [("NaiveMix", "naivemix"), ("S1", "stage1"), ("S2", "stage2"), ("S2+1",
           ("randROI S3", "randroi")]  # fmt: skip
 TABLE2 = [("FullTopyNeck", "naivemix"), ("FrozenRM", "frozenrm"), ("FrozenLS", "frozenls"), ("NoRegLS (lambda 0)", "noregls"),
           ("NoRegLS (hard)", "hardls"), ("w/o GlobalPool", "noglobalpool")]  # fmt: skip
-PAIRS = [("afo", "naivemix"), ("stage2", "stage1"), ("stage2plus", "stage2"), ("randroi_stage2", "randroi_stage1"),
-         ("nodk", "stage1"), ("nodk", "stage2")]
+PAIRS = [
+    ("afo", "naivemix"),
+    ("stage2", "stage1"),
+    ("stage2plus", "stage2"),
+    ("randroi_stage2", "randroi_stage1"),
+    ("nodk", "stage1"),
+    ("nodk", "stage2"),
+]
 # Models a variant run adds to the base tables: (tag, model there, name here). S2+1 runs as the variant `s2plus`
 # (--s2-plus-one, reusing the base run's stages 0-2), where `stage2` is S2+1 and `afo` is S3 distilled from it.
 EXTRAS = [("s2plus", "stage2", "stage2plus"), ("s2plus", "afo", "afo_s2plus")]
@@ -117,8 +123,10 @@ def run(args: argparse.Namespace) -> None:
     out = Path(args.out) / args.tag if args.tag else Path(args.out)
     stale = {"rois", "stage1", "stage2"} & set(args.reuse)
     if args.reuse_from and stale and any(a.startswith("afo.veroi.") for a in args.set):
-        raise SystemExit(f"--set afo.veroi.* makes new veROIs: the base run's {sorted(stale)} would be stale; "
-                         "reuse only data and stage0 (--reuse data stage0)")
+        raise SystemExit(
+            f"--set afo.veroi.* makes new veROIs: the base run's {sorted(stale)} would be stale; "
+            "reuse only data and stage0 (--reuse data stage0)"
+        )
     for seed in args.seeds:
         work = (out / f"seed{seed}").resolve()
         work.mkdir(parents=True, exist_ok=True)
@@ -253,7 +261,11 @@ def report(args: argparse.Namespace) -> None:
                 t = variants[tag]
                 frames.append(t[t.model == model].assign(model=name, seed=seed))
         wall = work / "wall_seconds.txt"
-        walls[seed] = sum(int(line.split()[0]) for line in wall.read_text().splitlines() if line.strip()) if wall.is_file() else None
+        walls[seed] = (
+            sum(int(line.split()[0]) for line in wall.read_text().splitlines() if line.strip())
+            if wall.is_file()
+            else None
+        )
     table = pd.concat(frames, ignore_index=True)
     table.loc[table.model == "stage2_once", "model"] = "stage2once"
     cells = pd.concat([cell_means(t).assign(seed=s) for s, t in table.groupby("seed")], ignore_index=True)
@@ -263,7 +275,9 @@ def report(args: argparse.Namespace) -> None:
         groups = [g for g in ("early", "mid", "late") if ((cells.dataset == d) & (cells.group == g)).any()]
         columns += [(d, "all")] + [(d, g) for g in groups]
     tests = paired_tests(table)
-    print(f"Seeds: {sorted(walls)}; wall seconds per seed (all calls of `run`): {walls}; machine: {platform.node()} ({os.cpu_count()} CPUs)\n")
+    print(
+        f"Seeds: {sorted(walls)}; wall seconds per seed (all calls of `run`): {walls}; machine: {platform.node()} ({os.cpu_count()} CPUs)\n"
+    )
     blocks = [("all voxels of each dataset", [c for c in columns if c[1] == "all"])]
     for kind, names in (("fMRI", ("nsd", "hcp")), ("EEG/MEG", ("eeg", "meg"))):
         sub = [c for c in columns if c[1] != "all" and c[0] in names]
@@ -280,8 +294,9 @@ def report(args: argparse.Namespace) -> None:
     print("\nPaired tests across voxels (Wilcoxon signed-rank, all seeds' voxels pooled)\n")
     if not tests.empty:
         t = tests.copy()
-        for c in ("mean_diff", "median_diff", "frac_a_better"):
-            t[c] = t[c].map(lambda v: f"{v:+.4f}" if c != "frac_a_better" else f"{v:.2f}")
+        for c in ("mean_diff", "median_diff"):
+            t[c] = t[c].map(lambda v: f"{v:+.4f}")
+        t["frac_a_better"] = t["frac_a_better"].map(lambda v: f"{v:.2f}")
         t["p_wilcoxon"] = t["p_wilcoxon"].map(lambda v: f"{v:.2g}")
         print(t.to_markdown(index=False))
     if args.csv:
@@ -307,7 +322,9 @@ def compare(args: argparse.Namespace) -> None:
                 row.update({f"{d} {g}": r for d, g, r in zip(c.dataset, c.group, c.r)})
                 rows.append(row)
     table = pd.DataFrame(rows)
-    keep = ["variant", "seed", "model"] + [c for c in table.columns if c.endswith(" all") or c.startswith(tuple(args.detail))]
+    keep = ["variant", "seed", "model"] + [
+        c for c in table.columns if c.endswith(" all") or c.startswith(tuple(args.detail))
+    ]
     print(table[keep].to_markdown(index=False, floatfmt=".3f"))
 
 
@@ -325,8 +342,13 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--nolock", action="store_true", help="run beside another run of the same seed (distinct models)")
     r.add_argument("--models", nargs="+", help="evaluate only these models (default: every model of the config)")
     r.add_argument("--reuse-from", action="store_true", help="hard-link the base run's (<out>/seed<N>) outputs first")
-    r.add_argument("--reuse", nargs="+", default=["data", "stage0", "rois", "stage1"], choices=sorted(REUSABLE),
-                   help="which of the base run's outputs a variant reuses (with --reuse-from)")
+    r.add_argument(
+        "--reuse",
+        nargs="+",
+        default=["data", "stage0", "rois", "stage1"],
+        choices=sorted(REUSABLE),
+        help="which of the base run's outputs a variant reuses (with --reuse-from)",
+    )
     p = sub.add_parser("report", help="tables and tests from finished runs")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "out" / "recipe"))
     p.add_argument("--tag", default="")

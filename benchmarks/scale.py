@@ -63,12 +63,29 @@ class Shape:
     max_voxels: int = 1000
     steps: int = 20
     loader_batches: int = 20
-    model: tuple = (("conv_width", 32), ("out_dim", 32), ("n_convs", 1), ("kernel_size", 1), ("pe_frequencies", 8),
-                    ("mlp_width", 32), ("sigma", 0.01))
+    model: tuple = (
+        ("conv_width", 32),
+        ("out_dim", 32),
+        ("n_convs", 1),
+        ("kernel_size", 1),
+        ("pe_frequencies", 8),
+        ("mlp_width", 32),
+        ("sigma", 0.01),
+    )
 
 
-TINY = Shape(subjects=2, voxels=300, own_images=24, test_images=6, channels=8, grid=4, batch=8, max_voxels=100, steps=3,
-             loader_batches=3)
+TINY = Shape(
+    subjects=2,
+    voxels=300,
+    own_images=24,
+    test_images=6,
+    channels=8,
+    grid=4,
+    batch=8,
+    max_voxels=100,
+    steps=3,
+    loader_batches=3,
+)
 
 
 # -- inputs ---------------------------------------------------------------------------------------------------
@@ -93,7 +110,9 @@ def write_inputs(root: Path, shape: Shape, scale: int, seed: int = 0) -> dict:
             own = n_test + k * n_own + np.arange(n_own)
             n_val = max(3, int(round(shape.val_share * n_own)))
             images = np.concatenate([np.repeat(np.arange(n_test), shape.repeats), own])
-            split = np.concatenate([np.full(n_test * shape.repeats, "test"), np.full(n_val, "val"), np.full(n_own - n_val, "train")])
+            split = np.concatenate(
+                [np.full(n_test * shape.repeats, "test"), np.full(n_val, "val"), np.full(n_own - n_val, "train")]
+            )
             order = rng.permutation(images.size)  # trials interleaved, as in a session
             sub = w.subject(f"subj{k + 1:02d}", shape.voxels)
             for start in range(0, order.size, 512):
@@ -109,15 +128,26 @@ def write_inputs(root: Path, shape: Shape, scale: int, seed: int = 0) -> dict:
             for start in range(0, n_images, 64):
                 stop = min(n_images, start + 64)
                 ds[start:stop] = np.roll(pool, int(rng.integers(64)), axis=0)[: stop - start]
-        f.attrs.update(backbone="synthetic", layers=json.dumps(list(range(shape.layers))), resolution=224,
-                       pretrained_source="random", model_kwargs="{}", store=str(store), n_images=n_images,
-                       format_version=FEATURES_FORMAT_VERSION)
+        f.attrs.update(
+            backbone="synthetic",
+            layers=json.dumps(list(range(shape.layers))),
+            resolution=224,
+            pretrained_source="random",
+            model_kwargs="{}",
+            store=str(store),
+            n_images=n_images,
+            format_version=FEATURES_FORMAT_VERSION,
+        )
     for path in (store, cache):  # start cold: the pages of these files (only) leave the page cache
         with open(path, "rb") as fh:
             os.fsync(fh.fileno())
             os.posix_fadvise(fh.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
-    return {"images": n_images, "trials_per_subject": n_test * shape.repeats + n_own,
-            "store_bytes": store.stat().st_size, "features_bytes": cache.stat().st_size}
+    return {
+        "images": n_images,
+        "trials_per_subject": n_test * shape.repeats + n_own,
+        "store_bytes": store.stat().st_size,
+        "features_bytes": cache.stat().st_size,
+    }
 
 
 # -- memory ---------------------------------------------------------------------------------------------------
@@ -210,8 +240,15 @@ def run_size(root: Path, shape: Shape, workers: int) -> dict:
     memory = PeakMemory()
     stores, caches = {"nsdlike": str(root / "nsdlike.h5")}, {"nsdlike": str(root / "nsdlike_features.h5")}
     trials = None
-    data = TrainingData(stores, caches, batch_size=shape.batch, max_voxels=shape.max_voxels, epoch_fraction=1.0, seed=0,
-                        num_workers=workers)
+    data = TrainingData(
+        stores,
+        caches,
+        batch_size=shape.batch,
+        max_voxels=shape.max_voxels,
+        epoch_fraction=1.0,
+        seed=0,
+        num_workers=workers,
+    )
     data.setup("fit")
     trials = sum(len(s.train_images) for s in data.subjects)
     # An epoch of exactly `steps` batches, then one validation pass.
@@ -231,16 +268,16 @@ def run_size(root: Path, shape: Shape, workers: int) -> dict:
             nbytes += sum(f.nbytes for f in batch.features) + sum(t.nbytes for t in batch.targets.values())
         seconds = time.perf_counter() - started
         n = max(1, i)
-        loader[label] = {"MiB_per_s": nbytes / MiB / seconds, "images_per_s": n * shape.batch / seconds,
-                         "batches": n}
+        loader[label] = {"MiB_per_s": nbytes / MiB / seconds, "images_per_s": n * shape.batch / seconds, "batches": n}
         del it
 
     memory.start("train")
     torch.manual_seed(0)
     config = ModelConfig.from_dict(dict(shape.model))
     model = config.build(data.layer_shapes, data.coords)
-    task = EncodingTask(model, data.subjects, lr=3e-3, weight_decay=1e-4, betas=(0.9, 0.999), lambda_entropy=3e-5,
-                        smoothl1_beta=0.01)
+    task = EncodingTask(
+        model, data.subjects, lr=3e-3, weight_decay=1e-4, betas=(0.9, 0.999), lambda_entropy=3e-5, smoothl1_beta=0.01
+    )
 
     class StepClock(pl.Callback):
         def __init__(self):
@@ -256,8 +293,17 @@ def run_size(root: Path, shape: Shape, workers: int) -> dict:
             self.steps.append(self._end - self._start)
 
     clock = StepClock()
-    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, callbacks=[clock])
+    trainer = pl.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=[clock],
+    )
     started = time.perf_counter()
     trainer.fit(task, datamodule=data)
     train_seconds = time.perf_counter() - started
@@ -266,10 +312,13 @@ def run_size(root: Path, shape: Shape, workers: int) -> dict:
 
     memory.start("predict")
     model_path = root / "model.pt"
-    save_model(model_path, ModelFile.of(model.cpu(), config, {s.key: torch.from_numpy(s.voxels) for s in data.subjects}, {}))
+    save_model(
+        model_path, ModelFile.of(model.cpu(), config, {s.key: torch.from_numpy(s.voxels) for s in data.subjects}, {})
+    )
     started = time.perf_counter()
-    report = predict_file(model_path, stores, caches, ["val", "test"], root / "predictions.h5", dtype="float32",
-                          num_workers=workers)
+    report = predict_file(
+        model_path, stores, caches, ["val", "test"], root / "predictions.h5", dtype="float32", num_workers=workers
+    )
     predict_seconds = time.perf_counter() - started
     peaks = memory.stop()
     return {
@@ -320,11 +369,17 @@ def table(results: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--sizes", default="1,4,16", help="comma-separated multiples of the 1x image count")
-    p.add_argument("--tiny", action="store_true", help="a tiny shape (2 subjects, 300 voxels): seconds; for the test suite")
+    p.add_argument(
+        "--tiny", action="store_true", help="a tiny shape (2 subjects, 300 voxels): seconds; for the test suite"
+    )
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers of the job (compute.num_workers)")
-    p.add_argument("--out", type=Path, default=Path("scale-benchmark"), help="folder for the inputs (deleted) and results.json")
+    p.add_argument(
+        "--out", type=Path, default=Path("scale-benchmark"), help="folder for the inputs (deleted) and results.json"
+    )
     p.add_argument("--keep", action="store_true", help="keep each size's inputs")
     p.add_argument("--run", type=Path, help=argparse.SUPPRESS)  # internal: one size in a fresh process
     p.add_argument("--shape", help=argparse.SUPPRESS)
@@ -342,19 +397,41 @@ def main(argv: list[str] | None = None) -> int:
         root.mkdir(parents=True)
         started = time.perf_counter()
         sizes = write_inputs(root, shape, scale)
-        print(f"{scale}x: wrote {(sizes['store_bytes'] + sizes['features_bytes']) / (1 << 30):.2f} GiB "
-              f"({sizes['images']} images) in {time.perf_counter() - started:.0f} s", flush=True)
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE.parent / "src"), os.environ.get("PYTHONPATH", "")])}
-        proc = subprocess.run([sys.executable, __file__, "--run", str(root), "--workers", str(args.workers),
-                               "--shape", json.dumps(asdict(shape))], capture_output=True, text=True, env=env)
+        print(
+            f"{scale}x: wrote {(sizes['store_bytes'] + sizes['features_bytes']) / (1 << 30):.2f} GiB "
+            f"({sizes['images']} images) in {time.perf_counter() - started:.0f} s",
+            flush=True,
+        )
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(HERE.parent / "src"), os.environ.get("PYTHONPATH", "")]),
+        }
+        proc = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--run",
+                str(root),
+                "--workers",
+                str(args.workers),
+                "--shape",
+                json.dumps(asdict(shape)),
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+        )
         if proc.returncode != 0:
             print(proc.stdout[-3000:], proc.stderr[-5000:], file=sys.stderr)
             return proc.returncode
         line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
-        result = {"scale": scale, **sizes, **json.loads(line[len("RESULT "):])}
+        result = {"scale": scale, **sizes, **json.loads(line[len("RESULT ") :])}
         results.append(result)
-        print(f"{scale}x: train anon {result['peaks_kB']['train']['pss_anon'] / 1024:.0f} MiB, "
-              f"{result['steps_per_s']:.2f} steps/s, wait {result['wait_share']:.0%}", flush=True)
+        print(
+            f"{scale}x: train anon {result['peaks_kB']['train']['pss_anon'] / 1024:.0f} MiB, "
+            f"{result['steps_per_s']:.2f} steps/s, wait {result['wait_share']:.0%}",
+            flush=True,
+        )
         if not args.keep:
             shutil.rmtree(root)
     base = results[0]["peaks_kB"]["train"]["pss_anon"]
@@ -368,11 +445,15 @@ def main(argv: list[str] | None = None) -> int:
     }
     (args.out / "results.json").write_text(json.dumps(summary, indent=2))
     print(table(results))
-    print(f"train-phase anonymous memory, {results[-1]['scale']}x / {results[0]['scale']}x: "
-          f"{summary['anon_ratio_largest_vs_smallest']:.2f} (target <= 1.3)")
+    print(
+        f"train-phase anonymous memory, {results[-1]['scale']}x / {results[0]['scale']}x: "
+        f"{summary['anon_ratio_largest_vs_smallest']:.2f} (target <= 1.3)"
+    )
     warm = results[-1]["loader"]["warm"]["MiB_per_s"]
-    print(f"loader at {results[-1]['scale']}x: {warm:.0f} MiB/s warm = one paper-size step of features "
-          f"({PAPER_STEP_BYTES / MiB:.0f} MiB) every {PAPER_STEP_BYTES / MiB / warm:.2f} s")
+    print(
+        f"loader at {results[-1]['scale']}x: {warm:.0f} MiB/s warm = one paper-size step of features "
+        f"({PAPER_STEP_BYTES / MiB:.0f} MiB) every {PAPER_STEP_BYTES / MiB / warm:.2f} s"
+    )
     return 0
 
 

@@ -86,16 +86,36 @@ def main() -> None:
         [pd.read_csv(p).assign(subject=p.parent.name) for p in sorted((sim / "fmri").glob("*/ground_truth.csv"))]
     ).rename(columns={"u_x": "true_u_x", "u_y": "true_u_y"})[["subject", "voxel", "area", "true_u_x", "true_u_y"]]
     train = {**cfg["train"], "max_epochs": args.epochs, "seed": args.seed}
-    report = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
-              "epochs": args.epochs, "models": {}}
+    report = {
+        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        "epochs": args.epochs,
+        "models": {},
+    }
     for name, overrides in (("full", {}), ("frozenrm", {"retina_mapper": "frozen"})):
         torch.manual_seed(args.seed)
-        spec = TrainSpec(stores={"synth": str(store)}, features={"synth": str(feats)}, model={**cfg["model"], **overrides}, train=train)
+        spec = TrainSpec(
+            stores={"synth": str(store)},
+            features={"synth": str(feats)},
+            model={**cfg["model"], **overrides},
+            train=train,
+        )
         info = fit(spec, out / name)
-        predict_file(out / name / "model.pt", {"synth": store}, {"synth": feats}, ["val", "test"], out / name / "predictions.h5", dtype="float32")
+        predict_file(
+            out / name / "model.pt",
+            {"synth": store},
+            {"synth": feats},
+            ["val", "test"],
+            out / name / "predictions.h5",
+            dtype="float32",
+        )
         table = voxel_table([(out / name / "model.pt", out / name / "predictions.h5")], {"synth": store})
         table.to_csv(out / name / "voxels.csv", index=False)
-        report["models"][name] = {**quality(table, truth), "val_r": info["val_r"], "epochs_run": info["epochs"], "seconds": info["seconds"]}
+        report["models"][name] = {
+            **quality(table, truth),
+            "val_r": info["val_r"],
+            "epochs_run": info["epochs"],
+            "seconds": info["seconds"],
+        }
     full, frozen = report["models"]["full"], report["models"]["frozenrm"]
     report["checks"] = {
         "u_r >= 0.9 (both axes)": min(full["u_r_x"], full["u_r_y"]) >= TARGETS["u_r_min"],
@@ -105,10 +125,14 @@ def main() -> None:
     }
     report["seconds"] = round(time.time() - started, 1)
     print(json.dumps(report, indent=2))
-    print("\n| model | u r (x, y) | mean layer early / LO | early r | early r / ceiling | val r |\n|---|---|---|---|---|---|")
+    print(
+        "\n| model | u r (x, y) | mean layer early / LO | early r | early r / ceiling | val r |\n|---|---|---|---|---|---|"
+    )
     for name, m in report["models"].items():
-        print(f"| {name} | {m['u_r_x']:.3f}, {m['u_r_y']:.3f} | {m['mean_layer_early']:.2f} / {m['mean_layer_late']:.2f} | "
-              f"{m['early_mean_r']:.3f} | {m['early_r_over_ceiling']:.3f} | {m['val_r']:.3f} |")
+        print(
+            f"| {name} | {m['u_r_x']:.3f}, {m['u_r_y']:.3f} | {m['mean_layer_early']:.2f} / {m['mean_layer_late']:.2f} | "
+            f"{m['early_mean_r']:.3f} | {m['early_r_over_ceiling']:.3f} | {m['val_r']:.3f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -46,13 +46,15 @@ def write_folder_dataset(
         np.save(d / "coords.npy", rng.normal(size=(n_voxels, 3)).astype(np.float32) * 10)
         rows = {"image": [names[i] for i in shown]}
         if with_split:
-            rows["split"] = ["test" if i < n_repeated else ("val" if i < n_repeated + n_val else "train") for i in shown]
+            rows["split"] = [
+                "test" if i < n_repeated else ("val" if i < n_repeated + n_val else "train") for i in shown
+            ]
         import pandas as pd
 
         pd.DataFrame(rows).to_csv(d / "trials.csv", index=False)
-        pd.DataFrame({"voxel": np.arange(n_voxels), "roi": ["early" if v < n_voxels // 2 else "late" for v in range(n_voxels)]}).to_csv(
-            d / "rois.csv", index=False
-        )
+        pd.DataFrame(
+            {"voxel": np.arange(n_voxels), "roi": ["early" if v < n_voxels // 2 else "late" for v in range(n_voxels)]}
+        ).to_csv(d / "rois.csv", index=False)
     return root
 
 
@@ -71,7 +73,6 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
 
 
 # Files whose module fixture runs a whole workflow (minutes): collected first, so that under pytest-xdist

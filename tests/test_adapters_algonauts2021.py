@@ -7,12 +7,12 @@ import pickle
 import nibabel as nib
 import numpy as np
 import pytest
+from fixtures.formats import IMG, decode_id, write_algonauts2021
 
 from afo.data import algonauts2021 as alg
 from afo.data.files import DatasetFileNotFoundError, DatasetFormatError
 from afo.data.store import PreparedStore
 from afo.errors import UserError
-from fixtures.formats import IMG, decode_id, write_algonauts2021
 
 SMALL_SPLIT = {"train_videos": 20, "n_train": 14, "n_val": 3}  # the fixture has 20 videos with fMRI
 
@@ -37,8 +37,9 @@ def test_full_track(alg_root, tmp_path):
             np.testing.assert_allclose(store.responses(sub), t["train"].reshape(60, -1))
             split = store.trial_split(sub)
             np.testing.assert_array_equal(split, np.repeat([0] * 14 + [1] * 3 + [2] * 3, 3))
-            np.testing.assert_allclose(store.coords(sub), nib.affines.apply_affine(np.array(alg.MNI_AFFINE), t["ijk"]),
-                                       atol=1e-4)
+            np.testing.assert_allclose(
+                store.coords(sub), nib.affines.apply_affine(np.array(alg.MNI_AFFINE), t["ijk"]), atol=1e-4
+            )
             labels = store.rois(sub, "algonauts")
             assert set(labels[t["rois"]["V1"]]) == {"V1"} and set(labels[t["rois"]["FFA"]]) == {"FFA"}
             assert set(labels[8:12]) == {""}
@@ -103,8 +104,11 @@ def test_video_count_is_checked_against_the_training_videos(tmp_path):
     write_algonauts2021(root)
     opts = {**SMALL_SPLIT, "track": "full"}
     _rewrite(root / "participants_data_v2021" / "full_track" / "sub01" / "WB.pkl", 19)
-    with pytest.raises(DatasetFormatError, match=r"full_track/sub01/WB\.pkl: field 'train' covers 19 videos; "
-                                                 r"expected 20, one row per training video"):
+    with pytest.raises(
+        DatasetFormatError,
+        match=r"full_track/sub01/WB\.pkl: field 'train' covers 19 videos; "
+        r"expected 20, one row per training video",
+    ):
         alg.prepare(root, tmp_path / "x.h5", image_size=IMG, options=opts)
     _rewrite(root / "participants_data_v2021" / "mini_track" / "sub01" / "FFA.pkl", 19)
     with pytest.raises(DatasetFormatError, match=r"mini_track/sub01/FFA\.pkl: field 'train' covers 19 videos"):

@@ -5,11 +5,11 @@ from __future__ import annotations
 import nibabel as nib
 import numpy as np
 import pytest
+from fixtures.formats import B5K_SHAPE, IMG, decode_id, write_bold5000
 
 from afo.data import bold5000
 from afo.data.files import DatasetFileNotFoundError, DatasetFormatError
 from afo.data.store import PreparedStore
-from fixtures.formats import B5K_SHAPE, IMG, decode_id, write_bold5000
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +83,6 @@ def test_never_nan_mode_and_malformed(b5k, tmp_path):
         bold5000.prepare(root, tmp_path / "bad.h5", image_size=IMG, options={"roi": "x"})
 
 
-
 def test_volume_grid_is_stored_for_brain_maps(b5k):
     """The store keeps the betas' affine and grid, so NIfTI maps can be written in the subject's space."""
     _, _, out, _ = b5k
@@ -133,10 +132,17 @@ def test_brain_mask_that_cannot_place_the_betas(tmp_path):
     good = tmp_path / "masks" / "CSI1_mask.nii.gz"
     good.parent.mkdir()
     nib.save(nib.Nifti1Image(np.ones(B5K_SHAPE, np.uint8), np.diag([2.0, 2, 2, 1])), good)
-    report = bold5000.prepare(root, tmp_path / "ok.h5", image_size=IMG,
-                              options={"brainmask": str(tmp_path / "masks" / "CSI{subject}_mask.nii.gz")})
+    report = bold5000.prepare(
+        root,
+        tmp_path / "ok.h5",
+        image_size=IMG,
+        options={"brainmask": str(tmp_path / "masks" / "CSI{subject}_mask.nii.gz")},
+    )
     assert report["subjects"]["CSI1"]["affine_source"].startswith("CSI1_mask.nii.gz")
     mask.unlink()
-    with pytest.raises(DatasetFileNotFoundError, match=r"CSI1_GLMbetas.*qform_code = sform_code = 0.*"
-                                                       r"CSI1_brainmask\.nii\.gz.*option brainmask"):
+    with pytest.raises(
+        DatasetFileNotFoundError,
+        match=r"CSI1_GLMbetas.*qform_code = sform_code = 0.*"
+        r"CSI1_brainmask\.nii\.gz.*option brainmask",
+    ):
         bold5000.prepare(root, tmp_path / "x.h5", image_size=IMG, options={})

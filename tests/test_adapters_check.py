@@ -9,10 +9,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
-from afo.data.check import UnsupportedCheckError, check_dataset
-from afo.data.files import DatasetFileNotFoundError, DatasetFormatError
-from afo.errors import UserError
 from conftest import write_folder_dataset
 from fixtures.formats import (
     HCP_RUNS,
@@ -23,6 +19,10 @@ from fixtures.formats import (
     write_hcp_movie,
     write_things_fmri,
 )
+
+from afo.data.check import UnsupportedCheckError, check_dataset
+from afo.data.files import DatasetFileNotFoundError, DatasetFormatError
+from afo.errors import UserError
 
 
 def _tree(root: Path) -> dict[str, tuple[int, int]]:

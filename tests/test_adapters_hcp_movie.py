@@ -7,12 +7,12 @@ import math
 import nibabel as nib
 import numpy as np
 import pytest
+from fixtures.formats import HCP_RUNS, HCP_SUBJECTS, IMG, decode_id, write_hcp_movie
 
 from afo.data import hcp_movie
 from afo.data.files import DatasetFormatError
 from afo.data.store import PreparedStore
 from afo.errors import UserError
-from fixtures.formats import HCP_RUNS, HCP_SUBJECTS, IMG, decode_id, write_hcp_movie
 
 OPTS = {"runs": [1, 2], "chunk_s": 8, "val_fraction": 0.2}
 
@@ -95,8 +95,14 @@ def test_group_average_cifti(hcp, tmp_path):
 def test_volume_per_subject(hcp, tmp_path):
     root, truth = hcp
     out = tmp_path / "vol.h5"
-    opts = {**OPTS, "space": "volume", "group_average": False, "zscore": False,
-            "roi_file": str(root / "visual_mni.nii.gz"), "subjects": HCP_SUBJECTS[:2]}
+    opts = {
+        **OPTS,
+        "space": "volume",
+        "group_average": False,
+        "zscore": False,
+        "roi_file": str(root / "visual_mni.nii.gz"),
+        "subjects": HCP_SUBJECTS[:2],
+    }
     hcp_movie.prepare(root, out, image_size=IMG, options=opts)
     mask_ijk = [tuple(v) for v in np.argwhere(truth["vol_mask"])]
     roi_ijk = np.argwhere(truth["vol_roi"] > 0)
@@ -136,8 +142,11 @@ def _table(path, rows):
 
 def test_two_movie_versions_need_the_subject_table(hcp_two_versions, tmp_path):
     root, _ = hcp_two_versions
-    with pytest.raises(DatasetFormatError, match=r"7T_movie_resources: holds 2 versions.*Post_20140821_version.*"
-                                                 r"Pre_20140821_version.*option movie_versions"):
+    with pytest.raises(
+        DatasetFormatError,
+        match=r"7T_movie_resources: holds 2 versions.*Post_20140821_version.*"
+        r"Pre_20140821_version.*option movie_versions",
+    ):
         hcp_movie.prepare(root, tmp_path / "x.h5", image_size=IMG, options=OPTS)
     partial = _table(tmp_path / "v.csv", [("100610", "Pre_20140821_version")])
     with pytest.raises(DatasetFormatError, match=r"v\.csv: field 'subject' has no row for 2 subject"):
@@ -151,8 +160,7 @@ def test_group_average_only_within_a_movie_version(hcp_two_versions, tmp_path):
     """Subjects are averaged only with subjects who saw the same movie files; each group sees its own frames."""
     root, truth = hcp_two_versions
     table = tmp_path / "versions.tsv"  # tab-separated, with the BOM a spreadsheet writes
-    table.write_text("subject\tversion\n100610\tPre_20140821_version\n102311\tV1\n102816\tpost\n",
-                     encoding="utf-8-sig")
+    table.write_text("subject\tversion\n100610\tPre_20140821_version\n102311\tV1\n102816\tpost\n", encoding="utf-8-sig")
     table = str(table)
     out = tmp_path / "hcp.h5"
     report = hcp_movie.prepare(root, out, image_size=IMG, options={**OPTS, "movie_versions": table})
@@ -162,14 +170,15 @@ def test_group_average_only_within_a_movie_version(hcp_two_versions, tmp_path):
         assert sorted(store.subjects) == sorted(members)
         names, images = store.image_names(), store.images()
         for group, subjects in members.items():
-            tag = group[len("group-"):]
+            tag = group[len("group-") :]
             offset = 2000 if tag.startswith("Pre") else 0
             rows = store.trial_image(group)
             assert [names[r] for r in rows] == [f"{tag}_{n}" for n in _expected_names(1) + _expected_names(2)]
             for r in rows:  # the frame of the group's own movie version
                 name = names[r][len(tag) + 1 :]
-                expected = 1000 + int(name[7:]) if name.startswith("retest") else \
-                    offset + int(name[5]) * 100 + int(name[7:])
+                expected = (
+                    1000 + int(name[7:]) if name.startswith("retest") else offset + int(name[5]) * 100 + int(name[7:])
+                )
                 assert decode_id(images[r]) == expected
             resp, start = store.responses(group), 0
             for run, (_, _, n_trs, _) in HCP_RUNS.items():
@@ -193,7 +202,9 @@ def test_identical_movie_versions_are_one_group(tmp_path):
 
 def _run_path(root, subject, run):
     folder = HCP_RUNS[run][0]
-    return root / subject / "MNINonLinear" / "Results" / folder / f"{folder}_Atlas_1.6mm_MSMAll_hp2000_clean.dtseries.nii"
+    return (
+        root / subject / "MNINonLinear" / "Results" / folder / f"{folder}_Atlas_1.6mm_MSMAll_hp2000_clean.dtseries.nii"
+    )
 
 
 def _shorten(path, n_trs):
@@ -218,8 +229,7 @@ def test_short_run_is_dropped_with_a_report_or_an_error(tmp_path):
     out = tmp_path / "hcp.h5"
     with pytest.warns(UserWarning, match=rf"{short.name}: has 30 TRs where run 2 has 36"):
         report = hcp_movie.prepare(root, out, image_size=IMG, options=OPTS)
-    assert report["dropped_runs"] == [{"subject": "102816", "run": 2, "file": str(short), "n_trs": 30,
-                                       "expected": 36}]
+    assert report["dropped_runs"] == [{"subject": "102816", "run": 2, "file": str(short), "n_trs": 30, "expected": 36}]
     with PreparedStore(out) as store:
         rows = store.trial_image("group")
         names = store.image_names()

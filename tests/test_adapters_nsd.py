@@ -7,12 +7,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 import scipy.io
+from fixtures.formats import IMG, NSD_TRIALS, decode_id, write_nsd, write_nsd_fsaverage
 
 from afo.data import nsd
 from afo.data.files import DatasetFormatError
 from afo.data.noise_ceiling import ncsnr_to_nc
 from afo.data.store import PreparedStore
-from fixtures.formats import IMG, NSD_TRIALS, decode_id, write_nsd, write_nsd_fsaverage
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +87,7 @@ def test_splits_noise_ceiling_and_rois(prepared):
     with PreparedStore(out) as store:
         splits = {}
         names = store.image_names()
-        for s, subj in ((1, "subj01"), (2, "subj02")):
+        for _s, subj in ((1, "subj01"), (2, "subj02")):
             split = store.trial_split(subj)
             np.testing.assert_array_equal(split == 2, master <= 1000)  # shared1000 = test
             assert set(np.unique(split[master > 1000])) == {0, 1}
@@ -99,8 +99,7 @@ def test_splits_noise_ceiling_and_rois(prepared):
             np.testing.assert_allclose(nc, expected, rtol=1e-5)
             assert store.subject_attrs(subj)["nc_source"] == "given"
             streams = store.rois(subj, "streams")
-            names_by_value = ["", "early", "midventral", "midlateral", "midparietal", "ventral", "lateral",
-                              "parietal"]
+            names_by_value = ["", "early", "midventral", "midlateral", "midparietal", "ventral", "lateral", "parietal"]
             assert list(streams) == [names_by_value[v] for v in truth["subjects"][subj]["streams"][mask]]
             prf = store.rois(subj, "prf-visualrois")
             assert set(prf) <= {"", "V1v", "V1d", "V2v", "V2d", "V3v", "V3d", "hV4"}

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from fixtures.formats import EEG_CHANNELS, IMG, decode_id, write_things_eeg2
 
 from afo.data import things_eeg2
 from afo.data.files import DatasetFormatError
 from afo.data.store import PreparedStore
-from fixtures.formats import EEG_CHANNELS, IMG, decode_id, write_things_eeg2
 
 
 @pytest.fixture(scope="module")

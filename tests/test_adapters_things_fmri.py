@@ -8,11 +8,11 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+from fixtures.formats import IMG, decode_id, write_things_fmri
 
 from afo.data import things_fmri
 from afo.data.files import DatasetFormatError
 from afo.data.store import PreparedStore
-from fixtures.formats import IMG, decode_id, write_things_fmri
 
 
 def _zscore_by_session(x: np.ndarray, sessions: np.ndarray) -> np.ndarray:
@@ -23,8 +23,9 @@ def _zscore_by_session(x: np.ndarray, sessions: np.ndarray) -> np.ndarray:
     return out
 
 
-@pytest.mark.parametrize(("table_format", "labels"), [("fixed", "int"), ("fixed", "str"), ("table", "str"),
-                                                       ("table", "int")])
+@pytest.mark.parametrize(
+    ("table_format", "labels"), [("fixed", "int"), ("fixed", "str"), ("table", "str"), ("table", "int")]
+)
 def test_things_fmri(tmp_path, table_format, labels):
     """("fixed", "int") is the release: pandas fixed format, columns voxel_id, 0, 1, ... (a pickled index)."""
     truth = write_things_fmri(tmp_path / "root", table_format=table_format, labels=labels)
@@ -46,8 +47,9 @@ def test_things_fmri(tmp_path, table_format, labels):
             split = store.trial_split(sub)
             np.testing.assert_array_equal(split == 2, t["stim"]["trial_type"].to_numpy() == "test")
             np.testing.assert_allclose(store.noise_ceiling(sub), t["vox"]["nc_testset"].to_numpy()[keep], rtol=1e-6)
-            np.testing.assert_allclose(store.coords(sub), nib.affines.apply_affine(truth["affine"], t["xyz"][keep]),
-                                       atol=1e-5)
+            np.testing.assert_allclose(
+                store.coords(sub), nib.affines.apply_affine(truth["affine"], t["xyz"][keep]), atol=1e-5
+            )
             labels = store.rois(sub, "things")
             assert labels[0] == "V2"  # voxel 0 is in V2 and lFFA: the first in visual_rois order wins
             assert set(store.rois(sub, "glasser")) <= {"V1", "FFC"}

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from fixtures.formats import IMG, MEG_CHANNELS, decode_id, write_things_meg
 
 from afo.data import things_meg
 from afo.data.files import DatasetFormatError
 from afo.data.store import PreparedStore
-from fixtures.formats import IMG, MEG_CHANNELS, decode_id, write_things_meg
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +62,7 @@ def test_bigbrain_and_malformed(meg_root, tmp_path):
         rows = store.trial_image("things_meg")
         assert info.n_trials == 16  # same (image, repeat) pairs for both participants: aligned, not stacked
         resp = store.responses("things_meg")
-        for s, (part, t) in enumerate(truth["participants"].items()):
+        for s, (_part, t) in enumerate(truth["participants"].items()):
             md = t["metadata"]
             keep = np.flatnonzero(md["trial_type"] != "catch")
             means = t["data"][keep].mean(-1)
@@ -101,8 +101,9 @@ def test_bigbrain_aligns_presentations_and_fills_gaps(tmp_path):
         # keys in first-seen order: (a,0) (b,0) (a,1) (c,0)
         np.testing.assert_array_equal(store.trial_image("bb"), [0, 1, 0, 2])
         np.testing.assert_array_equal(store.trial_split("bb"), [0, 2, 0, 1])
-        np.testing.assert_array_equal(store.responses("bb"),
-                                      [[1, 1, 10], [2, 2, 20], [3, 3, np.nan], [np.nan, np.nan, 30]])
+        np.testing.assert_array_equal(
+            store.responses("bb"), [[1, 1, 10], [2, 2, 20], [3, 3, np.nan], [np.nan, np.nan, 30]]
+        )
         assert list(store.rois("bb", "subject")) == ["s1", "s1", "s2"]
     assert not list(tmp_path.glob(".*scratch*"))
 

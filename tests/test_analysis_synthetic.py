@@ -22,9 +22,15 @@ def _simulator_folder(root, modality="fmri", n_per_area=30, seed=0):
         (root / subject).mkdir()
         area = np.repeat(AREAS, n_per_area)
         level = np.select([np.isin(area, ["V1", "V2", "V3"]), area == "V4"], [0, 1], 2)
-        pd.DataFrame({"voxel": np.arange(area.size), "area": area, "level": level,
-                      "u_x": rng.uniform(-0.8, 0.8, area.size), "u_y": rng.uniform(-0.8, 0.8, area.size)}).to_csv(
-            root / subject / "ground_truth.csv", index=False)
+        pd.DataFrame(
+            {
+                "voxel": np.arange(area.size),
+                "area": area,
+                "level": level,
+                "u_x": rng.uniform(-0.8, 0.8, area.size),
+                "u_y": rng.uniform(-0.8, 0.8, area.size),
+            }
+        ).to_csv(root / subject / "ground_truth.csv", index=False)
     return root
 
 
@@ -40,22 +46,58 @@ def _inputs(tmp_path, veroi_from_area=True, seed=0):
     u = truth[["u_x", "u_y"]].to_numpy() + 0.05 * rng.normal(size=(len(truth), 2))
     late = truth["level"].to_numpy() == 2
     u[late] *= 0.1  # late voxels crowd the centre
-    voxels = truth[["subject", "voxel"]].assign(dataset="synth_fmri", u_x=u[:, 0], u_y=u[:, 1], roi=veroi["roi"].to_numpy(),
-                                                dataset_roi=truth["area"].to_numpy(), r_test=0.5)
+    voxels = truth[["subject", "voxel"]].assign(
+        dataset="synth_fmri",
+        u_x=u[:, 0],
+        u_y=u[:, 1],
+        roi=veroi["roi"].to_numpy(),
+        dataset_roi=truth["area"].to_numpy(),
+        r_test=0.5,
+    )
     voxels.to_csv(tmp_path / "voxels.csv", index=False)
-    pd.DataFrame([
-        {"dataset": "synth_fmri", "subject": s, "roi_set": "all", "roi": "all", "n_voxels": 150, "n_candidates": 40,
-         "n_queries": 40, "top1": t1, "top5": 0.9, "chance_top1": 1 / 40}
-        for s, t1 in (("subj01", 0.5), ("subj02", 0.3))
-    ] + [{"dataset": "synth_fmri", "subject": "subj01", "roi_set": "veroi", "roi": "0", "n_voxels": 90, "n_candidates": 40,
-          "n_queries": 40, "top1": 0.9, "top5": 1.0, "chance_top1": 1 / 40}]).to_csv(tmp_path / "retrieval.csv", index=False)
+    pd.DataFrame(
+        [
+            {
+                "dataset": "synth_fmri",
+                "subject": s,
+                "roi_set": "all",
+                "roi": "all",
+                "n_voxels": 150,
+                "n_candidates": 40,
+                "n_queries": 40,
+                "top1": t1,
+                "top5": 0.9,
+                "chance_top1": 1 / 40,
+            }
+            for s, t1 in (("subj01", 0.5), ("subj02", 0.3))
+        ]
+        + [
+            {
+                "dataset": "synth_fmri",
+                "subject": "subj01",
+                "roi_set": "veroi",
+                "roi": "0",
+                "n_voxels": 90,
+                "n_candidates": 40,
+                "n_queries": 40,
+                "top1": 0.9,
+                "top5": 1.0,
+                "chance_top1": 1 / 40,
+            }
+        ]
+    ).to_csv(tmp_path / "retrieval.csv", index=False)
     return root
 
 
 def test_good_veroi_beats_chance_and_retinotopy_is_recovered(tmp_path):
     root = _inputs(tmp_path)
-    checks = synthetic_checks({"synth_fmri": root}, tmp_path / "veroi.csv", tmp_path / "voxels.csv",
-                              tmp_path / "retrieval.csv", n_permutations=50)
+    checks = synthetic_checks(
+        {"synth_fmri": root},
+        tmp_path / "veroi.csv",
+        tmp_path / "voxels.csv",
+        tmp_path / "retrieval.csv",
+        n_permutations=50,
+    )
     c = checks["datasets"]["synth_fmri"]
     areas = c["veroi_vs_areas"]["areas"]
     assert areas["ari"] > 0.4 and areas["ari"] > areas["null_q95"] and areas["p"] == pytest.approx(1 / 51)
@@ -73,8 +115,13 @@ def test_good_veroi_beats_chance_and_retinotopy_is_recovered(tmp_path):
 
 def test_random_veroi_is_at_chance(tmp_path):
     root = _inputs(tmp_path, veroi_from_area=False)
-    checks = synthetic_checks({"synth_fmri": root}, tmp_path / "veroi.csv", tmp_path / "voxels.csv",
-                              tmp_path / "retrieval.csv", n_permutations=50)
+    checks = synthetic_checks(
+        {"synth_fmri": root},
+        tmp_path / "veroi.csv",
+        tmp_path / "voxels.csv",
+        tmp_path / "retrieval.csv",
+        n_permutations=50,
+    )
     areas = checks["datasets"]["synth_fmri"]["veroi_vs_areas"]["areas"]
     assert abs(areas["ari"]) < 0.05 and areas["p"] > 0.01
 
@@ -96,8 +143,13 @@ def test_eeg_has_no_retinotopy_check_and_cli_writes_json(tmp_path):
         t["dataset"] = "synth_eeg"
         t.to_csv(tmp_path / f"eeg_{name}", index=False)
     out = tmp_path / "checks.json"
-    checks = synthetic_checks({"synth_eeg": eeg}, tmp_path / "eeg_veroi.csv", tmp_path / "eeg_voxels.csv",
-                              tmp_path / "eeg_retrieval.csv", n_permutations=20)
+    checks = synthetic_checks(
+        {"synth_eeg": eeg},
+        tmp_path / "eeg_veroi.csv",
+        tmp_path / "eeg_voxels.csv",
+        tmp_path / "eeg_retrieval.csv",
+        n_permutations=20,
+    )
     write_synthetic_checks(checks, out, tmp_path / "checks.html")
     checks = json.loads(out.read_text())
     assert checks["datasets"]["synth_eeg"]["retinotopy"] == {}

@@ -15,15 +15,31 @@ GROUPS = {"V1": "early", "V2": "early", "V4": "mid", "LO": "late"}
 
 def _voxels(path, offset: float, seed: int = 0):
     """A voxels.csv of two subjects x 8 voxels; r_test = base + offset, one bad voxel (NaN) per subject."""
-    rng = np.random.default_rng(seed)
     rows = []
     for subject in ("subj02", "subj10"):
         for v in range(8):
             area = ["V1", "V2", "V4", "LO"][v // 2]
             r = np.nan if v == 7 else 0.1 * (v % 4) + offset
-            rows.append({"dataset": "synth", "subject": subject, "voxel": v, "roi": str(v % 2), "x": 0, "y": 0, "z": 0,
-                         "u_x": 0, "u_y": 0, "layer": 0, "eta_0": 1.0, "r_val": r, "r_test": r,
-                         "nc": 50.0 if v < 4 else np.nan, "r_test_norm": (r**2 / 0.5) if v < 4 else np.nan, "dataset_roi": area})
+            rows.append(
+                {
+                    "dataset": "synth",
+                    "subject": subject,
+                    "voxel": v,
+                    "roi": str(v % 2),
+                    "x": 0,
+                    "y": 0,
+                    "z": 0,
+                    "u_x": 0,
+                    "u_y": 0,
+                    "layer": 0,
+                    "eta_0": 1.0,
+                    "r_val": r,
+                    "r_test": r,
+                    "nc": 50.0 if v < 4 else np.nan,
+                    "r_test_norm": (r**2 / 0.5) if v < 4 else np.nan,
+                    "dataset_roi": area,
+                }
+            )
     pd.DataFrame(rows).sample(frac=1, random_state=seed).to_csv(path, index=False)
     return path
 
@@ -31,8 +47,13 @@ def _voxels(path, offset: float, seed: int = 0):
 @pytest.fixture
 def tables(tmp_path):
     files = {"afo": _voxels(tmp_path / "a.csv", 0.2), "naivemix": _voxels(tmp_path / "b.csv", 0.1, seed=1)}
-    veroi = pd.DataFrame([{"dataset": "synth", "subject": s, "voxel": v, "roi": str(v // 4)}
-                          for s in ("subj02", "subj10") for v in range(7)])  # the bad voxel 7 has no veROI
+    veroi = pd.DataFrame(
+        [
+            {"dataset": "synth", "subject": s, "voxel": v, "roi": str(v // 4)}
+            for s in ("subj02", "subj10")
+            for v in range(7)
+        ]
+    )  # the bad voxel 7 has no veROI
     veroi.to_csv(tmp_path / "veroi.csv", index=False)
     return files, tmp_path / "veroi.csv"
 
@@ -70,7 +91,9 @@ def test_without_groups_or_veroi(tables):
 
 def test_writes_csv_html_and_the_comparison_view(tables, tmp_path):
     files, veroi = tables
-    report = write_ablation_outputs(files, veroi, {"V1": "early"}, tmp_path / "t.csv", tmp_path / "t.html", tmp_path / "c.csv")
+    report = write_ablation_outputs(
+        files, veroi, {"V1": "early"}, tmp_path / "t.csv", tmp_path / "t.html", tmp_path / "c.csv"
+    )
     assert report["models"] == ["afo", "naivemix"]
     table = pd.read_csv(tmp_path / "t.csv", dtype={"roi": str})
     assert {"afo", "naivemix"} <= set(table.columns) and "early" in set(table["roi"])

@@ -14,11 +14,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from conftest import write_folder_dataset
 
 from afo.decoding.retrieval import _match_response
 from afo.figures.retrieval import example_queries
 from afo.probing.benchmark import pool_maps
-from conftest import write_folder_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -35,7 +35,16 @@ def _env() -> dict:
 
 
 def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
-    cmd = [str(BIN / "snakemake"), "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir), "--cores", "2", *args]
+    cmd = [
+        str(BIN / "snakemake"),
+        "--snakefile",
+        str(ROOT / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--cores",
+        "2",
+        *args,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=900)
     if proc.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
@@ -46,7 +55,9 @@ def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
 def run(tmp_path_factory) -> Path:
     """The workflow and its report on SMALL, with a holdout folder dataset, run once for the tests below."""
     workdir = tmp_path_factory.mktemp("analysis")
-    holdout = write_folder_dataset(workdir / "holdout", n_images=40, n_voxels=12, subjects=("subjA",), n_repeated=6, n_val=3)
+    holdout = write_folder_dataset(
+        workdir / "holdout", n_images=40, n_voxels=12, subjects=("subjA",), n_repeated=6, n_val=3
+    )
     config = json.loads(json.dumps(SMALL))
     config["datasets"]["extra"] = {"format": "folder", "root": str(holdout), "role": "holdout"}
     (workdir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))  # key order = group order
@@ -82,7 +93,17 @@ def test_probing_covers_holdout(run):
 def test_retrieval_tables_and_figures(run):
     for name in ("afo", "stage1"):
         table = pd.read_csv(run / f"results/decoding/{name}/retrieval.csv", dtype={"roi": str, "subject": str})
-        assert list(table.columns[:9]) == ["dataset", "subject", "roi_set", "roi", "n_voxels", "n_candidates", "n_queries", "top1", "top5"]
+        assert list(table.columns[:9]) == [
+            "dataset",
+            "subject",
+            "roi_set",
+            "roi",
+            "n_voxels",
+            "n_candidates",
+            "n_queries",
+            "top1",
+            "top5",
+        ]
         assert set(table["roi_set"]) == {"all", "veroi", "area"}
         everything = table[table["roi_set"] == "all"]
         assert len(everything) == 2 and (everything["n_candidates"] == 24).all()
@@ -116,10 +137,24 @@ def test_report_embeds_every_figure(run):
     embedded = re.findall(r"data:image/png;charset=utf8;filename=([^;]+);base64,", text)
     assert sorted(embedded) == pngs
     pages = set(re.findall(r"data:text/html;charset=utf8;filename=([^;]+);base64,", text))
-    assert {"ablation_table.html", "comparison.html", "summary.html", "probe_summary.html", "synthetic_checks.html",
-            "headline.html"} <= pages
-    for caption in ("Ablation table in the form", "Linear probing benchmark", "Top retrieved images", "RetinaMap (paper Figure 4)",
-                    "veROI dendrogram", "Per-ROI scores", "LayerSelector (paper Figure 5)", "Checks against the synthetic"):
+    assert {
+        "ablation_table.html",
+        "comparison.html",
+        "summary.html",
+        "probe_summary.html",
+        "synthetic_checks.html",
+        "headline.html",
+    } <= pages
+    for caption in (
+        "Ablation table in the form",
+        "Linear probing benchmark",
+        "Top retrieved images",
+        "RetinaMap (paper Figure 4)",
+        "veROI dendrogram",
+        "Per-ROI scores",
+        "LayerSelector (paper Figure 5)",
+        "Checks against the synthetic",
+    ):
         assert caption in text, caption
 
 
@@ -129,8 +164,8 @@ def test_afo_decode_ranks_users_images(run, tmp_path, capsys):
     from PIL import Image
 
     from afo.cli import main
-    from afo.data.store import PreparedStore
     from afo.data.repeats import average_repeats
+    from afo.data.store import PreparedStore
 
     with PreparedStore(run / "results/prepared/synth_fmri.h5") as store:
         split, trial_image = store.trial_split("subj01"), store.trial_image("subj01")
@@ -143,8 +178,21 @@ def test_afo_decode_ranks_users_images(run, tmp_path, capsys):
         Image.fromarray(p).save(folder / f"img{i:04d}.png")
     np.save(tmp_path / "response.npy", measured[:4])  # 4 queries, one value per voxel of the dataset
     out = tmp_path / "ranking.csv"
-    args = ["decode", "--model", str(run / "results/models/afo/stage3/model.pt"), "--images", str(folder),
-            "--response", str(tmp_path / "response.npy"), "--config", str(run / "config.yaml"), "--out", str(out), "--top", "3"]
+    args = [
+        "decode",
+        "--model",
+        str(run / "results/models/afo/stage3/model.pt"),
+        "--images",
+        str(folder),
+        "--response",
+        str(tmp_path / "response.npy"),
+        "--config",
+        str(run / "config.yaml"),
+        "--out",
+        str(out),
+        "--top",
+        "3",
+    ]
     capsys.readouterr()
     assert main([*args, "--subject", "synth_fmri/subj01"]) == 0
     report = json.loads(capsys.readouterr().out)
@@ -152,7 +200,10 @@ def test_afo_decode_ranks_users_images(run, tmp_path, capsys):
     ranking = pd.read_csv(out)
     assert len(ranking) == 4 * images.size and set(ranking["rank"]) == set(range(images.size))
     # The model recognises the images the responses were measured for (chance: mean rank (n - 1) / 2).
-    true_rank = [int(ranking[(ranking["query"] == q) & (ranking["image"] == f"img{images[q]:04d}.png")]["rank"].iloc[0]) for q in range(4)]
+    true_rank = [
+        int(ranking[(ranking["query"] == q) & (ranking["image"] == f"img{images[q]:04d}.png")]["rank"].iloc[0])
+        for q in range(4)
+    ]
     assert np.mean(true_rank) < images.size / 4
     assert main([*args, "--subject", "nobody/x"]) == 2
     assert "nobody/x" in capsys.readouterr().err
@@ -178,10 +229,20 @@ def test_pool_maps_and_helpers():
 @pytest.mark.slow  # a multi-process or workflow run: make test, not make test-fast
 def test_analysis_targets_follow_the_config(tmp_path):
     """Switching analysis sections off removes their jobs from the plan; a model name that is not evaluated fails."""
+
     def plan(**sections) -> str:
         config = {**json.loads(json.dumps(SMALL)), **sections}
         (tmp_path / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-        cmd = [str(BIN / "snakemake"), "--snakefile", str(ROOT / "Snakefile"), "--directory", str(tmp_path), "-n", "--quiet", "rules"]
+        cmd = [
+            str(BIN / "snakemake"),
+            "--snakefile",
+            str(ROOT / "Snakefile"),
+            "--directory",
+            str(tmp_path),
+            "-n",
+            "--quiet",
+            "rules",
+        ]
         return subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=300)
 
     full = plan().stdout

@@ -24,21 +24,48 @@ from afo.training.modelfile import MODEL_VERSION, ModelFileError, WeightsFileErr
 from afo.training.predict import predict_file
 
 ROOT = Path(__file__).resolve().parents[1]
-MODEL = {"conv_width": 8, "out_dim": 8, "n_convs": 2, "kernel_size": 3, "pe_frequencies": 4, "mlp_width": 16, "sigma": 0.0}
-TRAIN = {
-    "lr": 0.01, "weight_decay": 0.0001, "betas": [0.9, 0.999], "batch_size": 8, "max_voxels": 6,
-    "epoch_fraction": 0.5, "max_epochs": 3, "patience": 10, "top_k": 2, "lambda_entropy": 3e-5,
-    "smoothl1_beta": 0.01, "dk_weight": 0.5, "seed": 0,
+MODEL = {
+    "conv_width": 8,
+    "out_dim": 8,
+    "n_convs": 2,
+    "kernel_size": 3,
+    "pe_frequencies": 4,
+    "mlp_width": 16,
+    "sigma": 0.0,
 }
-BACKBONE = {"name": "vit_tiny_patch16_224", "layers": [0, 1], "resolution": 16,
-            "model_kwargs": {"patch_size": 4, "depth": 2, "embed_dim": 24, "num_heads": 2}}
+TRAIN = {
+    "lr": 0.01,
+    "weight_decay": 0.0001,
+    "betas": [0.9, 0.999],
+    "batch_size": 8,
+    "max_voxels": 6,
+    "epoch_fraction": 0.5,
+    "max_epochs": 3,
+    "patience": 10,
+    "top_k": 2,
+    "lambda_entropy": 3e-5,
+    "smoothl1_beta": 0.01,
+    "dk_weight": 0.5,
+    "seed": 0,
+}
+BACKBONE = {
+    "name": "vit_tiny_patch16_224",
+    "layers": [0, 1],
+    "resolution": 16,
+    "model_kwargs": {"patch_size": 4, "depth": 2, "embed_dim": 24, "num_heads": 2},
+}
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _backbone(weights: Path | None = None) -> BackboneSpec:
-    return BackboneSpec(BACKBONE["name"], tuple(BACKBONE["layers"]), BACKBONE["resolution"], pretrained_path=str(weights) if weights else None,
-                        model_kwargs=BACKBONE["model_kwargs"])
+    return BackboneSpec(
+        BACKBONE["name"],
+        tuple(BACKBONE["layers"]),
+        BACKBONE["resolution"],
+        pretrained_path=str(weights) if weights else None,
+        model_kwargs=BACKBONE["model_kwargs"],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +73,6 @@ def trained(tmp_path_factory):
     """A tiny model trained the workflow's way (prepare -> features -> fit), on a backbone read from a local weights
     file, plus the workflow's own predictions of the test images."""
     import timm
-
     from conftest import write_folder_dataset
 
     root = tmp_path_factory.mktemp("api")
@@ -55,11 +81,18 @@ def trained(tmp_path_factory):
     prepare(root / "ds", root / "store.h5", image_size=12)
     torch.manual_seed(1)
     weights = root / "backbone.pth"
-    torch.save(timm.create_model(BACKBONE["name"], num_classes=0, img_size=16, **BACKBONE["model_kwargs"]).state_dict(), weights)
+    torch.save(
+        timm.create_model(BACKBONE["name"], num_classes=0, img_size=16, **BACKBONE["model_kwargs"]).state_dict(),
+        weights,
+    )
     extract_features(root / "store.h5", root / "features.h5", _backbone(weights))
-    spec = TrainSpec(stores={"tiny": str(root / "store.h5")}, features={"tiny": str(root / "features.h5")}, model=MODEL, train=TRAIN)
+    spec = TrainSpec(
+        stores={"tiny": str(root / "store.h5")}, features={"tiny": str(root / "features.h5")}, model=MODEL, train=TRAIN
+    )
     fit(spec, root / "m")
-    predict_file(root / "m" / "model.pt", spec.stores, spec.features, ["test"], root / "predictions.h5", dtype="float32")
+    predict_file(
+        root / "m" / "model.pt", spec.stores, spec.features, ["test"], root / "predictions.h5", dtype="float32"
+    )
     return root
 
 
@@ -82,13 +115,13 @@ def test_fresh_process_predicts_original_image_files_like_the_workflow(trained, 
     workflow = read_predictions(trained / "predictions.h5")
     with PreparedStore(trained / "store.h5") as store:
         names = store.image_names()
-    for key, (images, voxels, pred) in workflow.items():
+    for key, (images, _voxels, pred) in workflow.items():
         files = [str(trained / "ds" / "images" / names[i]) for i in images]
         code = textwrap.dedent(f"""
             import sys, numpy as np, afo
             assert "torch" not in sys.modules
-            m = afo.load({str(trained / 'm' / 'model.pt')!r}, device="cpu")
-            np.save({str(tmp_path / 'fresh.npy')!r}, m.predict({files!r}, subject={key!r}, batch_size=4))
+            m = afo.load({str(trained / "m" / "model.pt")!r}, device="cpu")
+            np.save({str(tmp_path / "fresh.npy")!r}, m.predict({files!r}, subject={key!r}, batch_size=4))
         """)
         subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path, timeout=300)
         fresh = np.load(tmp_path / "fresh.npy")
@@ -113,7 +146,9 @@ def test_api_inputs_voxels_features(trained):
     # Paths, PIL images and arrays are the same images; one array [B, H, W, 3] is B images.
     from_paths = m.predict(files, subject="tiny/subj01")
     from_pil = m.predict([Image.open(f) for f in files], subject="tiny/subj01")
-    from_arrays = m.predict(np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files]), subject="tiny/subj01", batch_size=2)
+    from_arrays = m.predict(
+        np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files]), subject="tiny/subj01", batch_size=2
+    )
     np.testing.assert_allclose(from_pil, from_paths, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(from_arrays, from_paths, rtol=1e-5, atol=1e-6)
     every = m.predict(files)
@@ -145,8 +180,9 @@ def test_weights_file_missing_or_different_is_one_clear_error(trained, tmp_path)
 
 
 def test_version_1_model_file_loads_with_a_clear_error_or_a_backbone(trained, tmp_path):
-    import afo
     from dataclasses import replace
+
+    import afo
 
     content = read_model_file(trained / "m" / "model.pt")
     old = tmp_path / "v1.pt"
@@ -159,8 +195,12 @@ def test_version_1_model_file_loads_with_a_clear_error_or_a_backbone(trained, tm
         afo.load(old)
     m = afo.load(old, backbone={**BACKBONE, "pretrained_path": str(trained / "backbone.pth")}, image_size=12)
     files = sorted((trained / "ds" / "images").glob("*.png"))[:3]
-    np.testing.assert_allclose(m.predict(files, subject="tiny/subj01"), afo.load(trained / "m" / "model.pt").predict(files, subject="tiny/subj01"),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        m.predict(files, subject="tiny/subj01"),
+        afo.load(trained / "m" / "model.pt").predict(files, subject="tiny/subj01"),
+        rtol=1e-5,
+        atol=1e-6,
+    )
     save_model(tmp_path / "again.pt", content)  # a read file writes back as the current version
     assert read_model_file(tmp_path / "again.pt").inputs == content.inputs
 
@@ -173,8 +213,24 @@ def test_cli_predict_images_and_decode_from_the_model_file(trained, tmp_path, ca
     caplog.set_level(logging.INFO, logger="afo")
     folder = trained / "ds" / "images"
     out = tmp_path / "preds.h5"
-    assert main(["predict", "--model", str(trained / "m" / "model.pt"), "--images", str(folder), "--out", str(out),
-                 "--batch-size", "16", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--model",
+                str(trained / "m" / "model.pt"),
+                "--images",
+                str(folder),
+                "--out",
+                str(out),
+                "--batch-size",
+                "16",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     captured = capsys.readouterr()
     assert json.loads(captured.out)["images"] == 40 and re.search(r"predict: 16/40 images", caplog.text)  # progress
     preds = read_predictions(out)
@@ -184,14 +240,46 @@ def test_cli_predict_images_and_decode_from_the_model_file(trained, tmp_path, ca
     assert preds["tiny/subj01"][2].shape == (40, 10)
     # The store-based form still needs its files; mixing the forms is an argument error.
     assert main(["predict", "--model", str(trained / "m" / "model.pt"), "--out", str(out)]) == 2
-    assert main(["predict", "--model", str(trained / "m" / "model.pt"), "--images", str(folder), "--out", str(out),
-                 "--store", f"tiny={trained / 'store.h5'}"]) == 2
+    assert (
+        main(
+            [
+                "predict",
+                "--model",
+                str(trained / "m" / "model.pt"),
+                "--images",
+                str(folder),
+                "--out",
+                str(out),
+                "--store",
+                f"tiny={trained / 'store.h5'}",
+            ]
+        )
+        == 2
+    )
     capsys.readouterr()
     # decode: the model file alone (no --config, no --backbone) ranks the images for a measured pattern.
     response = preds["tiny/subj01"][2][:3] + 0.01
     np.save(tmp_path / "response.npy", response)
-    assert main(["decode", "--model", str(trained / "m" / "model.pt"), "--images", str(folder), "--response",
-                 str(tmp_path / "response.npy"), "--subject", "tiny/subj01", "--top", "1", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "decode",
+                "--model",
+                str(trained / "m" / "model.pt"),
+                "--images",
+                str(folder),
+                "--response",
+                str(tmp_path / "response.npy"),
+                "--subject",
+                "tiny/subj01",
+                "--top",
+                "1",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     best = json.loads(capsys.readouterr().out)["best"]
     assert [best[str(q)][0]["image"] for q in range(3)] == names[:3]
 
@@ -243,30 +331,51 @@ def test_readme_api_example_runs_as_written(trained, tmp_path):
 
 def test_finetune_fits_new_subjects_on_the_frozen_core(trained, tmp_path, capsys):
     """`afo finetune` on a folder dataset: new subjects join the model file; core and base subjects stay as they were."""
-    import afo
-    from afo.cli import main
     from conftest import write_folder_dataset
 
-    lab = write_folder_dataset(tmp_path / "lab", n_images=30, n_voxels=8, subjects=("subj01",), n_repeated=4, n_val=6, seed=5)
+    import afo
+    from afo.cli import main
+
+    lab = write_folder_dataset(
+        tmp_path / "lab", n_images=30, n_voxels=8, subjects=("subj01",), n_repeated=4, n_val=6, seed=5
+    )
     (lab / "dataset.yaml").write_text("name: newlab\nmodality: fmri\n")
     out = tmp_path / "ft" / "model.pt"
-    args = ["finetune", "--model", str(trained / "m" / "model.pt"), "--dataset", str(lab), "--out", str(out),
-            "--train-config", json.dumps({"max_epochs": 2}), "--device", "cpu"]
+    args = [
+        "finetune",
+        "--model",
+        str(trained / "m" / "model.pt"),
+        "--dataset",
+        str(lab),
+        "--out",
+        str(out),
+        "--train-config",
+        json.dumps({"max_epochs": 2}),
+        "--device",
+        "cpu",
+    ]
     assert main(args) == 0
     printed = capsys.readouterr().out
-    report = json.loads(printed[printed.index("{\n"):])  # AdaBelief prints its settings first
+    report = json.loads(printed[printed.index("{\n") :])  # AdaBelief prints its settings first
     assert report["new_subjects"] == ["newlab/subj01"] and report["epochs"] == 2
     base, tuned = read_model_file(trained / "m" / "model.pt"), read_model_file(out)
     assert sorted(tuned.voxels) == ["newlab/subj01", "tiny/subj01", "tiny/subj02"]
     for key, value in base.state_dict.items():  # the core and the base subjects' necks and heads, bit for bit
         assert torch.equal(tuned.state_dict[key], value), key
-    assert tuned.inputs.backbone == base.inputs.backbone and tuned.inputs.subjects["newlab/subj01"].rois["roi"][0] == "early"
+    assert (
+        tuned.inputs.backbone == base.inputs.backbone
+        and tuned.inputs.subjects["newlab/subj01"].rois["roi"][0] == "early"
+    )
     assert (out.parent / "metrics.csv").is_file()
     m = afo.load(out, device="cpu")
     files = sorted((lab / "images").glob("*.png"))
     assert m.predict(files, subject="newlab/subj01").shape == (30, 8)
-    np.testing.assert_allclose(m.predict(files[:4], subject="tiny/subj01"),
-                               afo.load(trained / "m" / "model.pt", device="cpu").predict(files[:4], subject="tiny/subj01"), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        m.predict(files[:4], subject="tiny/subj01"),
+        afo.load(trained / "m" / "model.pt", device="cpu").predict(files[:4], subject="tiny/subj01"),
+        rtol=1e-5,
+        atol=1e-6,
+    )
     # A dataset named like one the model has is refused (its subjects would collide).
     (lab / "dataset.yaml").write_text("name: tiny\nmodality: fmri\n")
     assert main([*args[:6], str(tmp_path / "again" / "model.pt"), *args[7:]]) == 2

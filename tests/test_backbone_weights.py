@@ -217,9 +217,16 @@ def test_missing_and_unexpected_keys_are_named(tmp_path):
 def test_weights_of_another_size_are_named(tmp_path):
     """ViT-S weights configured as a narrower model: the error lists the keys of another shape."""
     path = _write(_dinov2_hub_layout(_source()), tmp_path / "vits.pth")
-    narrow = BackboneSpec("vit_small_patch14_dinov2", layers=(0,), resolution=RES, pretrained_path=path,
-                          model_kwargs={"depth": 2, "embed_dim": 24, "num_heads": 3})
-    with pytest.raises(BackboneWeightsError, match=r"vits\.pth \(dinov2-hub layout\).*other shapes \[.*\(model \(1, 1, 24\)\)"):
+    narrow = BackboneSpec(
+        "vit_small_patch14_dinov2",
+        layers=(0,),
+        resolution=RES,
+        pretrained_path=path,
+        model_kwargs={"depth": 2, "embed_dim": 24, "num_heads": 3},
+    )
+    with pytest.raises(
+        BackboneWeightsError, match=r"vits\.pth \(dinov2-hub layout\).*other shapes \[.*\(model \(1, 1, 24\)\)"
+    ):
         create_backbone(narrow)
 
 
@@ -238,7 +245,9 @@ def test_unreadable_files_are_user_errors(tmp_path):
         load_backbone_weights(_source(), good)
     hf = _huggingface_layout(_source())
     del hf["encoder.layer.1.attention.attention.key.bias"]
-    with pytest.raises(BackboneWeightsError, match=r"hf.safetensors: blocks.1.attn.qkv.bias needs .*'key'.*only \['query', 'value'\]"):
+    with pytest.raises(
+        BackboneWeightsError, match=r"hf.safetensors: blocks.1.attn.qkv.bias needs .*'key'.*only \['query', 'value'\]"
+    ):
         load_backbone_weights(_source(), _write(hf, tmp_path / "hf.safetensors"))
 
 
@@ -246,5 +255,9 @@ def test_wrapped_training_checkpoint(tmp_path):
     """``{"model": state_dict}`` (a training checkpoint) is unwrapped."""
     source = _source()
     torch.save({"model": _dinov2_hub_layout(source)}, tmp_path / "ckpt.pth")
-    assert load_backbone_weights(timm.create_model("vit_small_patch14_dinov2", img_size=RES, num_classes=0, **TINY),
-                                 tmp_path / "ckpt.pth") == "dinov2-hub"
+    assert (
+        load_backbone_weights(
+            timm.create_model("vit_small_patch14_dinov2", img_size=RES, num_classes=0, **TINY), tmp_path / "ckpt.pth"
+        )
+        == "dinov2-hub"
+    )

@@ -64,7 +64,7 @@ def test_round_trip_values_affine_and_fill(tmp_path):
     paths = write_volume_maps(tmp_path / "maps" / "S1", coords, affine, SHAPE, maps)
     assert [p.name for p in paths] == ["S1_score.nii.gz", "S1_veroi.nii.gz", "S1_u_x.nii.gz", "S1_layer.nii.gz"]
     assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == sorted(p.name for p in paths)  # no temp files
-    for path, (name, values) in zip(paths, maps.items()):
+    for path, (_name, values) in zip(paths, maps.items()):
         assert path.read_bytes()[:2] == b"\x1f\x8b"  # gzip
         img = nib.load(path)
         assert img.shape == SHAPE
@@ -84,8 +84,9 @@ def test_round_trip_values_affine_and_fill(tmp_path):
 def test_fill_value_folder_prefix_and_sheared_affine(tmp_path):
     affine = np.array([[2.0, 0.4, 0, -10], [0, 2.0, 0, -20], [0, 0, 2.0, 5], [0, 0, 0, 1]])
     ijk, coords = _voxels(affine, n=10)
-    (path,) = write_volume_maps(str(tmp_path / "out") + "/", coords, affine, SHAPE, {"r": np.arange(1.0, 11.0)},
-                                fill_value=0.0)
+    (path,) = write_volume_maps(
+        str(tmp_path / "out") + "/", coords, affine, SHAPE, {"r": np.arange(1.0, 11.0)}, fill_value=0.0
+    )
     assert path == tmp_path / "out" / "r.nii.gz"
     img = nib.load(path)
     np.testing.assert_allclose(img.affine, affine, atol=1e-6)  # the sform keeps the shear exactly
@@ -124,9 +125,15 @@ def _fsaverage_layout() -> SurfaceLayout:
 def test_mgh_overlays_per_hemisphere_load_back(tmp_path):
     layout = _fsaverage_layout()
     values = np.arange(1.0, 9.0)
-    paths = write_surface_maps(tmp_path / "nsd__subj01", layout, {"r_test": values, "layer": np.r_[0, 1, 2, 0, 1, 2, 0, 1]})
-    assert [p.name for p in paths] == ["lh.nsd__subj01_r_test.mgh", "rh.nsd__subj01_r_test.mgh",
-                                       "lh.nsd__subj01_layer.mgh", "rh.nsd__subj01_layer.mgh"]
+    paths = write_surface_maps(
+        tmp_path / "nsd__subj01", layout, {"r_test": values, "layer": np.r_[0, 1, 2, 0, 1, 2, 0, 1]}
+    )
+    assert [p.name for p in paths] == [
+        "lh.nsd__subj01_r_test.mgh",
+        "rh.nsd__subj01_r_test.mgh",
+        "lh.nsd__subj01_layer.mgh",
+        "rh.nsd__subj01_layer.mgh",
+    ]
     lh = nib.load(tmp_path / "lh.nsd__subj01_r_test.mgh")
     assert isinstance(lh, nib.MGHImage) and lh.shape == (20, 1, 1)  # FreeSurfer's surface overlay shape
     data = np.asarray(lh.dataobj)[:, 0, 0]
@@ -136,8 +143,9 @@ def test_mgh_overlays_per_hemisphere_load_back(tmp_path):
     np.testing.assert_array_equal(rh[[1, 2, 18]], values[5:])
     with pytest.raises(ValueError, match="shape"):
         write_surface_maps(tmp_path / "x", layout, {"r": np.zeros(7)})
-    twice = SurfaceLayout("fsaverage", layout.structure, np.where(np.arange(8)[:, None] == 1, 0, layout.index),
-                          layout.n_vertices)
+    twice = SurfaceLayout(
+        "fsaverage", layout.structure, np.where(np.arange(8)[:, None] == 1, 0, layout.index), layout.n_vertices
+    )
     with pytest.raises(ValueError, match="one lh vertex"):
         write_surface_maps(tmp_path / "x", twice, {"r": np.zeros(8)})
 
@@ -152,15 +160,23 @@ def _cifti_layout() -> tuple[SurfaceLayout, np.ndarray]:
     right[[0, 29]] = True
     vol = np.zeros((4, 5, 3), bool)
     vol[1, 2, 0] = vol[3, 4, 2] = True
-    bm = (nib.cifti2.BrainModelAxis.from_mask(left, name="CortexLeft")
-          + nib.cifti2.BrainModelAxis.from_mask(right, name="CortexRight")
-          + nib.cifti2.BrainModelAxis.from_mask(vol, name="ThalamusLeft", affine=affine))
+    bm = (
+        nib.cifti2.BrainModelAxis.from_mask(left, name="CortexLeft")
+        + nib.cifti2.BrainModelAxis.from_mask(right, name="CortexRight")
+        + nib.cifti2.BrainModelAxis.from_mask(vol, name="ThalamusLeft", affine=affine)
+    )
     index = np.full((len(bm), 3), -1)
     surface = bm.vertex >= 0
     index[surface, 0] = bm.vertex[surface]
     index[~surface] = bm.voxel[~surface]
-    layout = SurfaceLayout("cifti", np.asarray(bm.name, dtype=object), index,
-                           {k: int(v) for k, v in bm.nvertices.items()}, affine, (4, 5, 3))
+    layout = SurfaceLayout(
+        "cifti",
+        np.asarray(bm.name, dtype=object),
+        index,
+        {k: int(v) for k, v in bm.nvertices.items()},
+        affine,
+        (4, 5, 3),
+    )
     return layout, bm
 
 

@@ -35,6 +35,21 @@ def test_check_data_names_the_first_problem(folder_dataset, tmp_path, capsys):
 
 
 def test_argument_conflicts_are_one_line(tmp_path, capsys):
-    code = main(["train", "--store", "a=a.h5", "--features", "a=f.h5", "--model-config", "{}", "--train-config", "{}",
-                 "--out", str(tmp_path), "--roi", "1"])
+    code = main(
+        [
+            "train",
+            "--store",
+            "a=a.h5",
+            "--features",
+            "a=f.h5",
+            "--model-config",
+            "{}",
+            "--train-config",
+            "{}",
+            "--out",
+            str(tmp_path),
+            "--roi",
+            "1",
+        ]
+    )
     assert code == 2 and "--rois" in capsys.readouterr().err

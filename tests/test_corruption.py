@@ -69,7 +69,9 @@ def test_damaged_model_files_are_named(tmp_path):
     from afo.model import EncodingModel
     from afo.training.modelfile import ModelConfig, ModelFile, ModelFileError, load_model, save_model
 
-    config = ModelConfig.from_dict({"conv_width": 4, "out_dim": 4, "n_convs": 1, "kernel_size": 3, "pe_frequencies": 2, "mlp_width": 8})
+    config = ModelConfig.from_dict(
+        {"conv_width": 4, "out_dim": 4, "n_convs": 1, "kernel_size": 3, "pe_frequencies": 2, "mlp_width": 8}
+    )
     coords = {"d/s": torch.randn(5, 3)}
     model = config.build([(3, 4, 4)], coords)
     path = tmp_path / "model.pt"

@@ -89,12 +89,24 @@ def test_headline_numbers(tmp_path):
     from afo.evaluation.headline import headline_table, write_headline
 
     pd.DataFrame({"dataset": ["a", "a"], "area": ["all", "V1"], "afo": [0.5, 0.6], "naivemix": [0.4, 0.5]}).to_csv(
-        tmp_path / "c.csv", index=False)
-    pd.DataFrame({"dataset": "a", "subject": ["1", "2", "1"], "roi_set": ["all", "all", "veroi"], "roi": ["all", "all", "0"],
-                  "top1": [0.2, 0.4, 0.9], "chance_top1": 0.1}).to_csv(tmp_path / "r.csv", index=False)
-    pd.DataFrame({"extractor": "afo", "dataset": "h", "role": ["holdout"] * 3 + ["train"], "r_test": [0.1, 0.2, 0.3, 0.9]}).to_csv(
-        tmp_path / "p.csv", index=False)
-    (tmp_path / "s.json").write_text(json.dumps({"datasets": {"a": {"retinotopy": {"mean_r_x": 0.9, "mean_r_y": 0.8}}}}))
+        tmp_path / "c.csv", index=False
+    )
+    pd.DataFrame(
+        {
+            "dataset": "a",
+            "subject": ["1", "2", "1"],
+            "roi_set": ["all", "all", "veroi"],
+            "roi": ["all", "all", "0"],
+            "top1": [0.2, 0.4, 0.9],
+            "chance_top1": 0.1,
+        }
+    ).to_csv(tmp_path / "r.csv", index=False)
+    pd.DataFrame(
+        {"extractor": "afo", "dataset": "h", "role": ["holdout"] * 3 + ["train"], "r_test": [0.1, 0.2, 0.3, 0.9]}
+    ).to_csv(tmp_path / "p.csv", index=False)
+    (tmp_path / "s.json").write_text(
+        json.dumps({"datasets": {"a": {"retinotopy": {"mean_r_x": 0.9, "mean_r_y": 0.8}}}})
+    )
     table = headline_table(tmp_path / "c.csv", tmp_path / "r.csv", tmp_path / "p.csv", tmp_path / "s.json")
     values = dict(zip(table["section"], zip(table["value"], table["reference"])))
     assert values["Encoding"] == (0.5, 0.4)

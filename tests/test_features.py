@@ -48,18 +48,24 @@ def test_backbone_is_frozen_and_deterministic(store, tmp_path):
 def test_local_weights_file_is_loaded(tmp_path):
     source = timm.create_model("resnet18", pretrained=False, num_classes=0)
     torch.save(source.state_dict(), tmp_path / "w.pth")
-    model = create_backbone(BackboneSpec("resnet18", layers=(1, 2), resolution=32, pretrained_path=str(tmp_path / "w.pth")))
+    model = create_backbone(
+        BackboneSpec("resnet18", layers=(1, 2), resolution=32, pretrained_path=str(tmp_path / "w.pth"))
+    )
     torch.testing.assert_close(model.conv1.weight, source.conv1.weight)
     # A classifier the backbone is built without (num_classes=0) is dropped, not an error.
     with_head = timm.create_model("resnet18", pretrained=False)
     torch.save(with_head.state_dict(), tmp_path / "head.pth")
-    model = create_backbone(BackboneSpec("resnet18", layers=(1, 2), resolution=32, pretrained_path=str(tmp_path / "head.pth")))
+    model = create_backbone(
+        BackboneSpec("resnet18", layers=(1, 2), resolution=32, pretrained_path=str(tmp_path / "head.pth"))
+    )
     torch.testing.assert_close(model.layer4[1].conv2.weight, with_head.layer4[1].conv2.weight)
 
 
 def test_missing_weights_file_is_a_clear_error(tmp_path):
     with pytest.raises(UserError, match="backbone.pretrained_path: .*nope.pth does not exist"):
-        create_backbone(BackboneSpec("resnet18", layers=(1,), resolution=32, pretrained_path=str(tmp_path / "nope.pth")))
+        create_backbone(
+            BackboneSpec("resnet18", layers=(1,), resolution=32, pretrained_path=str(tmp_path / "nope.pth"))
+        )
 
 
 def test_cnn_layers_of_different_sizes(store, tmp_path):

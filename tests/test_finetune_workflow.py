@@ -21,10 +21,23 @@ def _plan(tmp_path: Path, **sections) -> subprocess.CompletedProcess:
     holdout = tmp_path / "holdout"
     if not holdout.exists():
         write_folder_dataset(holdout, n_images=30, n_voxels=6, subjects=("subjA",), n_val=5)
-    config = {**TINY, "datasets": {**TINY["datasets"], "lab": {"format": "folder", "root": str(holdout), "role": "holdout"}}, **sections}
+    config = {
+        **TINY,
+        "datasets": {**TINY["datasets"], "lab": {"format": "folder", "root": str(holdout), "role": "holdout"}},
+        **sections,
+    }
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
-    cmd = [str(BIN / "snakemake"), "--snakefile", str(ROOT / "Snakefile"), "--directory", str(tmp_path), "-n", "--quiet", "rules"]
+    cmd = [
+        str(BIN / "snakemake"),
+        "--snakefile",
+        str(ROOT / "Snakefile"),
+        "--directory",
+        str(tmp_path),
+        "-n",
+        "--quiet",
+        "rules",
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
 
 
@@ -49,12 +62,22 @@ def test_finetune_rule_runs_and_writes_a_model_file_afo_load_takes(tmp_path):
 
     import afo
 
-    sections = {"finetune": {"enabled": True, "model": "naivemix", "datasets": ["lab"], "train": {"max_epochs": 2}},
-                "compute": {**TINY["compute"], "device": "cpu"}}
+    sections = {
+        "finetune": {"enabled": True, "model": "naivemix", "datasets": ["lab"], "train": {"max_epochs": 2}},
+        "compute": {**TINY["compute"], "device": "cpu"},
+    }
     assert _plan(tmp_path, **sections).returncode == 0
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "AFO_GPU_CLAIM": "never"}
-    cmd = [str(BIN / "snakemake"), "--snakefile", str(ROOT / "Snakefile"), "--directory", str(tmp_path), "--cores", "2",
-           "results/models/finetune/naivemix/model.pt"]
+    cmd = [
+        str(BIN / "snakemake"),
+        "--snakefile",
+        str(ROOT / "Snakefile"),
+        "--directory",
+        str(tmp_path),
+        "--cores",
+        "2",
+        "results/models/finetune/naivemix/model.pt",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     m = afo.load(tmp_path / "results/models/finetune/naivemix/model.pt", device="cpu")

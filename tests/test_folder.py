@@ -1,12 +1,12 @@
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import write_folder_dataset
 
 from afo.cli import main
 from afo.data.folder import FolderDatasetError, prepare
 from afo.data.store import PreparedStore
 from afo.errors import UserError
-from conftest import write_folder_dataset
 
 
 def test_round_trip(folder_dataset, tmp_path):
@@ -60,14 +60,30 @@ def test_all_nan_voxel_masked_and_reported(folder_dataset, tmp_path, capsys):
     "damage, match",
     [
         (lambda root: (root / "subj01" / "coords.npy").unlink(), r"coords.npy: missing"),
-        (lambda root: np.save(root / "subj01" / "coords.npy", np.zeros((9, 3), np.float32)), r"coords.npy: shape \(9, 3\) but responses.npy has 10 voxels"),
-        (lambda root: (root / "images" / "img_007.png").unlink(), r"trials.csv: field `image` names 1 file\(s\) absent from images/"),
-        (lambda root: np.save(root / "subj01" / "coords.npy", np.full((10, 3), np.inf, np.float32)), r"coords.npy: non-finite coordinates"),
         (
-            lambda root: pd.read_csv(root / "subj01" / "trials.csv").assign(split="training").to_csv(root / "subj01" / "trials.csv", index=False),
+            lambda root: np.save(root / "subj01" / "coords.npy", np.zeros((9, 3), np.float32)),
+            r"coords.npy: shape \(9, 3\) but responses.npy has 10 voxels",
+        ),
+        (
+            lambda root: (root / "images" / "img_007.png").unlink(),
+            r"trials.csv: field `image` names 1 file\(s\) absent from images/",
+        ),
+        (
+            lambda root: np.save(root / "subj01" / "coords.npy", np.full((10, 3), np.inf, np.float32)),
+            r"coords.npy: non-finite coordinates",
+        ),
+        (
+            lambda root: (
+                pd.read_csv(root / "subj01" / "trials.csv")
+                .assign(split="training")
+                .to_csv(root / "subj01" / "trials.csv", index=False)
+            ),
             r"trials.csv: field `split` has unknown label\(s\) \['training'\]",
         ),
-        (lambda root: (root / "dataset.yaml").write_text("name: x\nmodality: pet\n"), r"dataset.yaml: field `modality`"),
+        (
+            lambda root: (root / "dataset.yaml").write_text("name: x\nmodality: pet\n"),
+            r"dataset.yaml: field `modality`",
+        ),
         (lambda root: (root / "subj01" / "trials.csv").unlink(), r"trials.csv: missing"),
     ],
 )
@@ -81,7 +97,9 @@ def test_bad_input_names_file_field_and_fix(folder_dataset, tmp_path, damage, ma
 
 def test_cli_reports_error_without_traceback(folder_dataset, tmp_path, capsys):
     (folder_dataset / "subj01" / "coords.npy").unlink()
-    code = main(["prepare", "folder", "--root", str(folder_dataset), "--out", str(tmp_path / "s.h5"), "--image-size", "8"])
+    code = main(
+        ["prepare", "folder", "--root", str(folder_dataset), "--out", str(tmp_path / "s.h5"), "--image-size", "8"]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "coords.npy: missing" in err and "Traceback" not in err
 
@@ -94,7 +112,10 @@ def test_unknown_option_rejected(folder_dataset, tmp_path):
 def test_bigbrain_option_concatenates_subjects(folder_dataset, tmp_path):
     """Subjects who saw the same images become one subject (paper 4.1): voxels side by side, trials aligned."""
     report = prepare(folder_dataset, tmp_path / "b.h5", image_size=16, options={"bigbrain": True})
-    assert list(report["subjects"]) == ["bigbrain"] and report["subjects"]["bigbrain"]["subjects"] == ["subj01", "subj02"]
+    assert list(report["subjects"]) == ["bigbrain"] and report["subjects"]["bigbrain"]["subjects"] == [
+        "subj01",
+        "subj02",
+    ]
     with PreparedStore(tmp_path / "b.h5") as store:
         assert store.subjects == ["bigbrain"]
         big = store.responses("bigbrain")

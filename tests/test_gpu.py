@@ -115,8 +115,7 @@ def test_concurrent_claims_never_share_a_gpu(tmp_path: Path) -> None:
     n_gpus, n_workers, hold = 3, 7, 0.2
     start, results = CTX.Event(), CTX.Queue()
     procs = [
-        CTX.Process(target=_timed_worker, args=(str(tmp_path), n_gpus, hold, start, results))
-        for _ in range(n_workers)
+        CTX.Process(target=_timed_worker, args=(str(tmp_path), n_gpus, hold, start, results)) for _ in range(n_workers)
     ]
     for p in procs:
         p.start()
@@ -343,7 +342,9 @@ def test_refuses_when_cuda_already_initialised(tmp_path: Path, monkeypatch: pyte
             pass
     assert "torch_cuda_initialized=True" in gpu_env_summary()
     # nothing was left locked
-    monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(cuda=types.SimpleNamespace(is_initialized=lambda: False)))
+    monkeypatch.setitem(
+        sys.modules, "torch", types.SimpleNamespace(cuda=types.SimpleNamespace(is_initialized=lambda: False))
+    )
     with claim_gpu(tmp_path, n_gpus=1, timeout=0) as gpu:
         assert gpu == 0
 
@@ -463,10 +464,14 @@ def two_users() -> Iterator[str]:
     try:
         src = str(Path(gpu_mod.__file__).resolve().parents[1])
         for python in (sys.executable, "/usr/bin/python3", shutil.which("python3") or ""):
-            ok = python and subprocess.run(
-                ["runuser", "-u", USERS[0], "--", "env", f"PYTHONPATH={src}", python, "-c", "import afo.gpu"],
-                capture_output=True,
-            ).returncode == 0
+            ok = (
+                python
+                and subprocess.run(
+                    ["runuser", "-u", USERS[0], "--", "env", f"PYTHONPATH={src}", python, "-c", "import afo.gpu"],
+                    capture_output=True,
+                ).returncode
+                == 0
+            )
             if ok:
                 break
         else:
@@ -480,9 +485,24 @@ def two_users() -> Iterator[str]:
 def _as_user(python: str, user: str, lock_dir: str, n_gpus: str, hold: bool = False) -> subprocess.Popen:
     src = str(Path(gpu_mod.__file__).resolve().parents[1])
     return subprocess.Popen(
-        ["runuser", "-u", user, "--", "env", f"PYTHONPATH={src}", f"AFO_GPU_LOCK_DIR={lock_dir}", python, "-c",
-         _CLAIM_SCRIPT, n_gpus, "hold" if hold else "once"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            "runuser",
+            "-u",
+            user,
+            "--",
+            "env",
+            f"PYTHONPATH={src}",
+            f"AFO_GPU_LOCK_DIR={lock_dir}",
+            python,
+            "-c",
+            _CLAIM_SCRIPT,
+            n_gpus,
+            "hold" if hold else "once",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 

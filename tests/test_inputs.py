@@ -9,6 +9,7 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import write_folder_dataset
 from PIL import Image
 
 from afo.cli import main
@@ -19,7 +20,6 @@ from afo.data.noise_ceiling import NoiseCeilingError, check_percent
 from afo.data.options import AdapterOptionError, check_choice, resolve_options
 from afo.data.store import PreparedStore, StoreError, StoreWriter, resize_image
 from afo.errors import UserError
-from conftest import write_folder_dataset
 
 # ---------------------------------------------------------------------------------------------------- images
 
@@ -241,10 +241,19 @@ def _edit_rois(root, edit) -> None:
 @pytest.mark.parametrize(
     "edit, match",
     [
-        (lambda t: t.assign(voxel=t["voxel"].astype(float).where(t.index != 3, 0.5)), r"line 5: field `voxel` is '0\.5', not an integer"),
-        (lambda t: t.assign(voxel=t["voxel"].astype(str).where(t.index != 1, "v1")), r"line 3: field `voxel` is 'v1', not an integer"),
+        (
+            lambda t: t.assign(voxel=t["voxel"].astype(float).where(t.index != 3, 0.5)),
+            r"line 5: field `voxel` is '0\.5', not an integer",
+        ),
+        (
+            lambda t: t.assign(voxel=t["voxel"].astype(str).where(t.index != 1, "v1")),
+            r"line 3: field `voxel` is 'v1', not an integer",
+        ),
         (lambda t: pd.concat([t, t.iloc[[2]].assign(roi="late")]), r"voxel 2 has 2 rows \(lines \[4, 12\]\)"),
-        (lambda t: t.assign(voxel=t["voxel"].where(t.index != 9, 10)), r"line 11: field `voxel` is 10, outside \[0, 10\)"),
+        (
+            lambda t: t.assign(voxel=t["voxel"].where(t.index != 9, 10)),
+            r"line 11: field `voxel` is 10, outside \[0, 10\)",
+        ),
         (lambda t: t.assign(voxel=t["voxel"].where(t.index != 0, -1)), r"line 2: field `voxel` is -1, outside"),
     ],
     ids=["fraction", "text", "duplicate", "too-large", "negative"],
@@ -272,7 +281,9 @@ def test_subject_folder_without_responses_reported(folder_dataset, tmp_path):
     sub.mkdir()
     for name in ("trials.csv", "coords.npy"):
         (sub / name).write_bytes((folder_dataset / "subj01" / name).read_bytes())
-    with pytest.raises(FolderDatasetError, match=r"subj03: a subject folder without responses\.npy .*Fix: add responses\.npy"):
+    with pytest.raises(
+        FolderDatasetError, match=r"subj03: a subject folder without responses\.npy .*Fix: add responses\.npy"
+    ):
         prepare(folder_dataset, tmp_path / "s.h5", image_size=8)
 
 
@@ -308,7 +319,9 @@ def test_adapter_option_errors_are_user_errors(folder_dataset, tmp_path, capsys)
     with pytest.raises(AdapterOptionError, match=r"option space='x' is not one of"):
         check_choice("nsd", "space", "x", ["func1pt8mm"])
     assert issubclass(AdapterOptionError, UserError)
-    code = main(["prepare", "folder", "--root", str(folder_dataset), "--out", str(tmp_path / "s.h5"), "--options", '{"sed": 1}'])
+    code = main(
+        ["prepare", "folder", "--root", str(folder_dataset), "--out", str(tmp_path / "s.h5"), "--options", '{"sed": 1}']
+    )
     err = capsys.readouterr().err
     assert code == 2 and "unknown option(s) ['sed']" in err and "Traceback" not in err
 
@@ -317,9 +330,18 @@ def test_adapter_option_errors_are_user_errors(folder_dataset, tmp_path, capsys)
     "damage, match",
     [
         (lambda root: (root / "dataset.yaml").write_text("name: [unclosed\n"), r"dataset\.yaml: not valid YAML"),
-        (lambda root: (root / "subj01" / "trials.csv").write_bytes(b""), r"subj01/trials\.csv: not a readable CSV table \(EmptyDataError"),
-        (lambda root: (root / "subj01" / "rois.csv").write_bytes(b'voxel,roi\n1,"early\n'), r"subj01/rois\.csv: not a readable CSV table \(ParserError"),
-        (lambda root: (root / "subj01" / "rois.csv").write_bytes(b"voxel,roi\n1,\xff\xfe\n"), r"subj01/rois\.csv: not a readable CSV table \(UnicodeDecodeError"),
+        (
+            lambda root: (root / "subj01" / "trials.csv").write_bytes(b""),
+            r"subj01/trials\.csv: not a readable CSV table \(EmptyDataError",
+        ),
+        (
+            lambda root: (root / "subj01" / "rois.csv").write_bytes(b'voxel,roi\n1,"early\n'),
+            r"subj01/rois\.csv: not a readable CSV table \(ParserError",
+        ),
+        (
+            lambda root: (root / "subj01" / "rois.csv").write_bytes(b"voxel,roi\n1,\xff\xfe\n"),
+            r"subj01/rois\.csv: not a readable CSV table \(UnicodeDecodeError",
+        ),
     ],
     ids=["yaml", "empty-trials", "unclosed-quote", "not-utf8"],
 )

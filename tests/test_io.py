@@ -22,7 +22,9 @@ def test_failed_write_leaves_neither_file_nor_temporary(tmp_path):
 
 def test_stale_temporaries_of_dead_writers_are_removed_on_the_next_write(tmp_path):
     target = tmp_path / "t.csv"
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    ).stdout.strip()
     stale = tmp_path / f".t.csv.{dead}.abc.tmp"
     stale.write_text("left by a killed job")
     live = tmp_path / f".t.csv.{os.getpid()}.def.tmp"

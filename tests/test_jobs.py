@@ -10,7 +10,7 @@ from snakemake.iocontainers import Namedlist
 
 from afo.jobs import named_by_stem, optional_input
 
-RUN = textwrap.dedent('''
+RUN = textwrap.dedent("""
     import sys
     from types import SimpleNamespace
     from afo.errors import UserError
@@ -24,7 +24,7 @@ RUN = textwrap.dedent('''
             return 1 / 0
         return {"ok": True}
     run_job(smk, work)
-''')
+""")
 
 
 def _run(tmp_path, mode):
@@ -51,9 +51,13 @@ def test_a_bug_keeps_its_traceback(tmp_path):
 def test_optional_and_named_inputs():
     from types import SimpleNamespace
 
-    smk = SimpleNamespace(rule="r", input=Namedlist(fromdict={"rois": "t.csv", "neck": Namedlist([]), "dk": Namedlist(["a.h5"])}))
+    smk = SimpleNamespace(
+        rule="r", input=Namedlist(fromdict={"rois": "t.csv", "neck": Namedlist([]), "dk": Namedlist(["a.h5"])})
+    )
     assert optional_input(smk, "rois") == "t.csv"
     assert optional_input(smk, "neck") is None and optional_input(smk, "absent") is None
     assert optional_input(smk, "dk") == "a.h5"
     assert named_by_stem(["results/prepared/nsd.h5", "results/prepared/eeg.h5"]) == {
-        "nsd": "results/prepared/nsd.h5", "eeg": "results/prepared/eeg.h5"}
+        "nsd": "results/prepared/nsd.h5",
+        "eeg": "results/prepared/eeg.h5",
+    }

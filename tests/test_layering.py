@@ -50,7 +50,9 @@ def test_import_afo_stays_light():
 def test_jobs_that_only_read_models_start_without_lightning_or_timm():
     """Prediction, dark knowledge, evaluation and probing jobs import neither Lightning nor timm (with torchvision,
     several seconds per job; a workflow runs dozens of such jobs)."""
-    code = ("import sys, afo.training.predict, afo.evaluation.scores, afo.probing.benchmark, afo.rois.veroi; "
-            "print(sorted(m for m in ('pytorch_lightning', 'lightning', 'timm', 'torchvision') if m in sys.modules))")
+    code = (
+        "import sys, afo.training.predict, afo.evaluation.scores, afo.probing.benchmark, afo.rois.veroi; "
+        "print(sorted(m for m in ('pytorch_lightning', 'lightning', 'timm', 'torchvision') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

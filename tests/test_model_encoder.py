@@ -416,7 +416,9 @@ def test_bad_frames_rejected():
         EncodingModel(VIT_LIKE, {"s1": a}, **SMALL, frames={"s1": (np.zeros(2), np.ones(2))})
     # A (lo, hi) pair of arrays is a frame too.
     pair = EncodingModel(VIT_LIKE, {"s1": a}, **SMALL, frames={"s1": (a.min(0), a.max(0))})
-    torch.testing.assert_close(pair.necks["s1"].encode(), EncodingModel(VIT_LIKE, {"s1": a}, **SMALL).necks["s1"].encode())
+    torch.testing.assert_close(
+        pair.necks["s1"].encode(), EncodingModel(VIT_LIKE, {"s1": a}, **SMALL).necks["s1"].encode()
+    )
 
 
 # -- learning -----------------------------------------------------------------------------------------
@@ -442,8 +444,16 @@ def test_fits_voxels_that_read_known_places():
     y = torch.stack([feats[1][:, c, r, col] for c, r, col in targets], dim=1)  # [B, 3]
     coords = np.array([[0.0, 0, 0], [10, 0, 0], [0, 10, 0]], dtype=np.float32)
     model = EncodingModel(
-        shapes, {"s": coords}, conv_width=8, out_dim=8, n_convs=1, kernel_size=1,
-        pe_frequencies=4, mlp_width=16, sigma=0.0, global_pool=False,
+        shapes,
+        {"s": coords},
+        conv_width=8,
+        out_dim=8,
+        n_convs=1,
+        kernel_size=1,
+        pe_frequencies=4,
+        mlp_width=16,
+        sigma=0.0,
+        global_pool=False,
     )
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     losses = []

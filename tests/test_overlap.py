@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from fixtures.images import crop, jpeg, natural_scene, shipped_copy
 from PIL import Image
 
 from afo.data.overlap import (
@@ -24,7 +25,6 @@ from afo.data.overlap import (
 from afo.data.store import PreparedStore, StoreWriter
 from afo.io.tables import write_csv
 from afo.simulate.stimuli import make_stimuli
-from fixtures.images import crop, jpeg, natural_scene, shipped_copy
 
 SIZE = 48  # prepare.image_size of the test stores
 
@@ -48,16 +48,21 @@ def test_source_names():
     assert bold5000_source("n01440764_10110.JPEG") == "imagenet:n01440764_10110"
     assert bold5000_source("airplanecabin1.jpg") == ""
     # THINGS-fMRI names the file, THINGS-MEG a path, THINGS-EEG2 training_images/<nnnnn_concept>/<file>
-    assert (things_source("aardvark_01b.jpg") == things_source("images_meg/aardvark/aardvark_01b.jpg")
-            == things_source("training_images/00001_aardvark/aardvark_01b.jpg") == "things:aardvark_01b")
+    assert (
+        things_source("aardvark_01b.jpg")
+        == things_source("images_meg/aardvark/aardvark_01b.jpg")
+        == things_source("training_images/00001_aardvark/aardvark_01b.jpg")
+        == "things:aardvark_01b"
+    )
 
 
 def test_hash_is_robust_to_resizing_and_jpeg_and_hamming_counts_bits():
     rng = np.random.default_rng(0)
     image = natural_scene(rng, 120, 160)
     small = np.asarray(Image.fromarray(image).resize((SIZE, SIZE), Image.BICUBIC))
-    copy = np.asarray(jpeg(np.asarray(Image.fromarray(image).resize((80, 60))), 75).convert("RGB")
-                      .resize((SIZE, SIZE), Image.BICUBIC))
+    copy = np.asarray(
+        jpeg(np.asarray(Image.fromarray(image).resize((80, 60))), 75).convert("RGB").resize((SIZE, SIZE), Image.BICUBIC)
+    )
     hashes, grey, flat = fingerprints([small, copy, np.full((SIZE, SIZE, 3), 128, np.uint8)])
     assert grey.shape == (3, 32, 32) and flat.tolist() == [False, False, True]
     assert hamming(hashes[:1], hashes[1:2])[0, 0] <= 4
@@ -96,14 +101,20 @@ def shared(tmp_path_factory):
         scenes[3][:, 40:360],  # 5: a3's scene shifted by 12.5 % of its width: another picture
         np.ascontiguousarray(scenes[4][::-1, ::-1][:, :320]),  # 6: another part of a4's texture
         *[stim[j] for _, j in close],  # 7-10: the synthetic look-alikes of a's 8-11
-        view[8], view[9],  # 11, 12: b's own images
+        view[8],
+        view[9],  # 11, 12: b's own images
     ]
     b_splits = ["test"] * 4 + ["train"] + ["test"] * 6 + ["train", "train"]
     b = _store(tmp / "b.h5", "b", b_images, b_splits)
     # c names its images' source: its first is COCO 36 cut to a square like NSD's crops (no pixel match).
     nsd_like = Image.fromarray(crop(view[0], 0.0, 0.0, 0.2, 0.2))
-    c = _store(tmp / "c.h5", "c", [nsd_like, view[9][::2, ::2], scenes[5]], ["test", "train", "train"],
-               sources=["coco:36", "", ""])
+    c = _store(
+        tmp / "c.h5",
+        "c",
+        [nsd_like, view[9][::2, ::2], scenes[5]],
+        ["test", "train", "train"],
+        sources=["coco:36", "", ""],
+    )
     table = find_overlap({"a": a, "b": b, "c": c})
     return {"a": a, "b": b, "c": c}, table
 
@@ -113,7 +124,10 @@ def test_shipped_copies_are_found_and_look_alikes_are_not(shared):
     assert list(table.columns) == list(COLUMNS)
     pairs = {(r.dataset_a, r.image_a, r.dataset_b, r.image_b, r.method) for r in table.itertuples()}
     assert pairs == {
-        ("a", 0, "b", 0, "hash"), ("a", 1, "b", 1, "hash"), ("a", 6, "b", 2, "hash"), ("a", 7, "b", 3, "hash"),
+        ("a", 0, "b", 0, "hash"),
+        ("a", 1, "b", 1, "hash"),
+        ("a", 6, "b", 2, "hash"),
+        ("a", 7, "b", 3, "hash"),
         ("a", 2, "b", 4, "hash"),
         ("a", 0, "c", 0, "source"),
         ("b", 12, "c", 1, "hash"),  # b's own image, halved in size by c
@@ -154,8 +168,9 @@ def test_no_shared_image_writes_a_header_only_table(tmp_path):
 
 def test_adapters_record_source_names(tmp_path):
     """BOLD5000 names its COCO images in the file name; NSD's cocoId comes from nsd_stim_info_merged.csv."""
-    from afo.data import bold5000, nsd
     from fixtures.formats import IMG, write_bold5000, write_nsd
+
+    from afo.data import bold5000, nsd
 
     write_bold5000(tmp_path / "b5k")
     bold5000.prepare(tmp_path / "b5k", tmp_path / "b5k.h5", image_size=IMG, options={})
@@ -165,7 +180,9 @@ def test_adapters_record_source_names(tmp_path):
 
     write_nsd(tmp_path / "nsd", n_sessions=1, formats=("nifti",))
     info = tmp_path / "nsd" / "nsddata" / "experiments" / "nsd" / "nsd_stim_info_merged.csv"
-    pd.DataFrame({"cocoId": 500000 + np.arange(73000), "cocoSplit": "train2017", "nsdId": np.arange(73000)}).to_csv(info)
+    pd.DataFrame({"cocoId": 500000 + np.arange(73000), "cocoSplit": "train2017", "nsdId": np.arange(73000)}).to_csv(
+        info
+    )
     nsd.prepare(tmp_path / "nsd", tmp_path / "nsd.h5", image_size=IMG, options={})
     with PreparedStore(tmp_path / "nsd.h5") as store:
         for name, source in zip(store.image_names(), store.image_sources()):
@@ -199,7 +216,9 @@ def test_evaluation_and_probing_leave_out_the_given_test_images(folder_dataset, 
     leave_out = {"tiny": images[:1]}
     scores = split_scores([tmp_path / "p.h5"], {"tiny": tmp_path / "tiny.h5"}, leave_out)
     _, means, pred = measured["subj01"]
-    np.testing.assert_allclose(scores[scores["subject"] == "subj01"]["r_test"], pearson_r(pred[1:], means[1:]), rtol=1e-5)
+    np.testing.assert_allclose(
+        scores[scores["subject"] == "subj01"]["r_test"], pearson_r(pred[1:], means[1:]), rtol=1e-5
+    )
     counts = left_out_counts({"tiny": tmp_path / "tiny.h5"}, leave_out)
     assert counts[["n_test_images", "n_test_left_out"]].values.tolist() == [[images.size - 1, 1]] * 2
     voxels = scores.assign(roi="", r_test_norm=np.nan)

@@ -78,14 +78,16 @@ def test_dendrogram(tmp_path, rng):
 
 
 def test_roi_scores(tmp_path):
-    table = pd.DataFrame({
-        "roi": ["veROI_1", "veROI_2", "veROI_3"],
-        "mean_r": [0.5, 0.3, np.nan],
-        "sem_r": [0.01, 0.02, np.nan],
-        "top1": [0.6, 0.2, 0.05],
-        "top5": [0.9, 0.5, 0.2],
-        "n_candidates": [100, 100, 100],
-    })
+    table = pd.DataFrame(
+        {
+            "roi": ["veROI_1", "veROI_2", "veROI_3"],
+            "mean_r": [0.5, 0.3, np.nan],
+            "sem_r": [0.01, 0.02, np.nan],
+            "top1": [0.6, 0.2, 0.05],
+            "top5": [0.9, 0.5, 0.2],
+            "n_candidates": [100, 100, 100],
+        }
+    )
     out = tmp_path / "roi.png"
     _assert_png(plots.plot_roi_scores(table, out), out)
     with pytest.raises(ValueError, match="top5"):

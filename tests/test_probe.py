@@ -196,12 +196,19 @@ def test_edge_share_counts_positively_scored_voxels_and_warns():
     from afo.probing.benchmark import edge_warning, probe_summary
 
     n = 40
-    table = pd.DataFrame({
-        "extractor": "x", "dataset": "d", "role": "train", "subject": ["s1"] * 20 + ["s2"] * 20, "voxel": np.arange(n),
-        "r_test": 0.3, "cv_r2": [0.2] * 30 + [-0.1] * 10,
-        # 3 of the 30 positive voxels at an edge (10%); the negative ones at the edge do not count.
-        "alpha_at_edge": [True] * 3 + [False] * 27 + [True] * 10,
-    })
+    table = pd.DataFrame(
+        {
+            "extractor": "x",
+            "dataset": "d",
+            "role": "train",
+            "subject": ["s1"] * 20 + ["s2"] * 20,
+            "voxel": np.arange(n),
+            "r_test": 0.3,
+            "cv_r2": [0.2] * 30 + [-0.1] * 10,
+            # 3 of the 30 positive voxels at an edge (10%); the negative ones at the edge do not count.
+            "alpha_at_edge": [True] * 3 + [False] * 27 + [True] * 10,
+        }
+    )
     summary = probe_summary(table)
     pooled = summary[summary["subject"] == "all"].iloc[0]
     assert pooled["edge_share"] == pytest.approx(3 / 30)

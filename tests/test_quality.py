@@ -25,7 +25,12 @@ from synthetic_quality import quality  # noqa: E402
 @pytest.mark.slow
 def test_small_synthetic_brain_is_recovered(tmp_path):
     cfg = load_config(ROOT / "config.yaml")
-    simulate(tmp_path / "sim", SimulationConfig.from_dict({"seed": 1, "n_images": 360, "n_test_images": 32, "n_fmri_subjects": 1, "n_eeg_subjects": 0}))
+    simulate(
+        tmp_path / "sim",
+        SimulationConfig.from_dict(
+            {"seed": 1, "n_images": 360, "n_test_images": 32, "n_fmri_subjects": 1, "n_eeg_subjects": 0}
+        ),
+    )
     prepare(tmp_path / "sim" / "fmri", tmp_path / "store.h5", image_size=cfg["prepare"]["image_size"])
     torch.manual_seed(0)
     extract_features(tmp_path / "store.h5", tmp_path / "features.h5", BackboneSpec.from_config(cfg["backbone"]))
@@ -33,13 +38,22 @@ def test_small_synthetic_brain_is_recovered(tmp_path):
     results = {}
     for name, overrides in (("full", {}), ("frozenrm", {"retina_mapper": "frozen"})):
         torch.manual_seed(0)
-        spec = TrainSpec(stores={"s": str(tmp_path / "store.h5")}, features={"s": str(tmp_path / "features.h5")}, model={**cfg["model"], **overrides}, train=train)
+        spec = TrainSpec(
+            stores={"s": str(tmp_path / "store.h5")},
+            features={"s": str(tmp_path / "features.h5")},
+            model={**cfg["model"], **overrides},
+            train=train,
+        )
         fit(spec, tmp_path / name)
         stores, caches = {"s": tmp_path / "store.h5"}, {"s": tmp_path / "features.h5"}
-        predict_file(tmp_path / name / "model.pt", stores, caches, ["val", "test"], tmp_path / name / "pred.h5", dtype="float32")
+        predict_file(
+            tmp_path / name / "model.pt", stores, caches, ["val", "test"], tmp_path / name / "pred.h5", dtype="float32"
+        )
         table = voxel_table([(tmp_path / name / "model.pt", tmp_path / name / "pred.h5")], stores)
         truth = pd.read_csv(tmp_path / "sim" / "fmri" / "subj01" / "ground_truth.csv").assign(subject="subj01")
-        truth = truth.rename(columns={"u_x": "true_u_x", "u_y": "true_u_y"})[["subject", "voxel", "area", "true_u_x", "true_u_y"]]
+        truth = truth.rename(columns={"u_x": "true_u_x", "u_y": "true_u_y"})[
+            ["subject", "voxel", "area", "true_u_x", "true_u_y"]
+        ]
         results[name] = quality(table, truth)
     full = results["full"]
     assert min(full["u_r_x"], full["u_r_y"]) >= 0.9, full

@@ -29,13 +29,20 @@ def recipe():
 
 AREAS = ["V1", "V1", "LO", "LO"]
 # model -> per-voxel test r of seed s: base + s * 0.01 (so the sd over seeds 0, 1 is 0.00707)
-BASE = {"naivemix": [0.5, 0.6, 0.1, 0.2], "stage1": [0.4, 0.5, 0.2, 0.3], "stage2": [0.5, 0.6, 0.3, 0.4],
-        "afo": [0.6, 0.7, 0.3, 0.4], "frozenrm": [0.1, 0.1, 0.1, 0.1]}
+BASE = {
+    "naivemix": [0.5, 0.6, 0.1, 0.2],
+    "stage1": [0.4, 0.5, 0.2, 0.3],
+    "stage2": [0.5, 0.6, 0.3, 0.4],
+    "afo": [0.6, 0.7, 0.3, 0.4],
+    "frozenrm": [0.1, 0.1, 0.1, 0.1],
+}
 
 
 def write_run(work: Path, seed: int, models: dict[str, list[float]]) -> None:
-    config = {"datasets": {"nsd": {"format": "synthetic", "part": "nsd", "role": "train"}},
-              "evaluation": {"area_groups": {"V1": "early", "LO": "late"}}}
+    config = {
+        "datasets": {"nsd": {"format": "synthetic", "part": "nsd", "role": "train"}},
+        "evaluation": {"area_groups": {"V1": "early", "LO": "late"}},
+    }
     work.mkdir(parents=True)
     (work / "config.yaml").write_text(yaml.safe_dump(config))
     truth = work / "resources/synthetic/nsd/subj01/ground_truth.csv"
@@ -44,8 +51,9 @@ def write_run(work: Path, seed: int, models: dict[str, list[float]]) -> None:
     for model, r in models.items():
         out = work / "results/encoding" / model / "voxels.csv"
         out.parent.mkdir(parents=True)
-        pd.DataFrame({"dataset": "nsd", "subject": "subj01", "voxel": range(4),
-                      "r_test": np.asarray(r) + seed * 0.01}).to_csv(out, index=False)
+        pd.DataFrame(
+            {"dataset": "nsd", "subject": "subj01", "voxel": range(4), "r_test": np.asarray(r) + seed * 0.01}
+        ).to_csv(out, index=False)
 
 
 def test_report_tables_cells_and_paired_tests(recipe, tmp_path, capsys):

@@ -11,6 +11,7 @@ from afo.runtime import PRECISIONS, resolve_precision
 
 def _gpu(monkeypatch, native_bf16: bool) -> None:
     """Pretend the current CUDA device has (Ampere and newer) or lacks (Turing: emulated only) native bf16."""
+
     def is_bf16_supported(including_emulation: bool = True) -> bool:
         return native_bf16 or including_emulation  # Turing "supports" bf16 only by emulation
 

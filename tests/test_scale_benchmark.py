@@ -14,8 +14,20 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.slow  # a multi-process or workflow run: make test, not make test-fast
 def test_scale_benchmark_tiny(tmp_path):
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "scale.py"), "--tiny", "--sizes", "1,2", "--workers", "1", "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=900,
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "scale.py"),
+            "--tiny",
+            "--sizes",
+            "1,2",
+            "--workers",
+            "1",
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads((tmp_path / "results.json").read_text())
@@ -23,7 +35,10 @@ def test_scale_benchmark_tiny(tmp_path):
     assert (one["scale"], two["scale"]) == (1, 2) and two["images"] == 2 * one["images"]
     for r in (one, two):
         assert set(r["peaks_kB"]) >= {"loader", "train", "predict"}
-        assert all(r["peaks_kB"][phase]["pss_anon"] > 0 and r["peaks_kB"][phase]["pss_file"] > 0 for phase in ("train", "predict"))
+        assert all(
+            r["peaks_kB"][phase]["pss_anon"] > 0 and r["peaks_kB"][phase]["pss_file"] > 0
+            for phase in ("train", "predict")
+        )
         assert r["steps"] == 3 and 0 <= r["wait_share"] <= 1 and r["loader"]["warm"]["MiB_per_s"] > 0
         # One prediction pass over every val and test image of each subject.
         assert r["predict_images"] > 0

@@ -42,7 +42,11 @@ def subjects(root: Path) -> list[Path]:
 
 
 def tree_digest(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_folder_dataset_contract(sim):
@@ -112,7 +116,9 @@ def test_retinotopic_map_is_smooth(sim):
         for area in EARLY:
             m = (truth.area == area).to_numpy()
             p = coords[m] - coords[m].mean(0)
-            design = np.column_stack([np.ones(m.sum()), p, p**2, p[:, [0]] * p[:, [1]], p[:, [0]] * p[:, [2]], p[:, [1]] * p[:, [2]]])
+            design = np.column_stack(
+                [np.ones(m.sum()), p, p**2, p[:, [0]] * p[:, [1]], p[:, [0]] * p[:, [2]], p[:, [1]] * p[:, [2]]]
+            )
             fit = design @ np.linalg.lstsq(design, u[m], rcond=None)[0]
             r2 = 1 - ((u[m] - fit) ** 2).sum(0) / ((u[m] - u[m].mean(0)) ** 2).sum(0)
             assert (r2 > 0.9).all(), (area, r2)
@@ -230,7 +236,9 @@ def test_same_seed_same_files_other_seed_other_data(sim, tmp_path):
     first = np.load(out / "fmri" / "subj01" / "responses.npy")
     second = np.load(other / "fmri" / "subj01" / "responses.npy")
     assert first.shape != second.shape or not np.allclose(first, second)
-    assert (out / "fmri" / "images" / "img_00000.png").read_bytes() != (other / "fmri" / "images" / "img_00000.png").read_bytes()
+    assert (out / "fmri" / "images" / "img_00000.png").read_bytes() != (
+        other / "fmri" / "images" / "img_00000.png"
+    ).read_bytes()
 
 
 def test_nan_voxels_option(tmp_path):
@@ -245,7 +253,9 @@ def test_nan_voxels_option(tmp_path):
 
 
 def test_output_folder_rules(tmp_path):
-    config = SimulationConfig.from_dict({**SMALL, "n_images": 40, "n_test_images": 4, "n_fmri_subjects": 1, "n_eeg_subjects": 0})
+    config = SimulationConfig.from_dict(
+        {**SMALL, "n_images": 40, "n_test_images": 4, "n_fmri_subjects": 1, "n_eeg_subjects": 0}
+    )
     foreign = tmp_path / "mine"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("keep me")
@@ -345,7 +355,10 @@ def test_hetero_datasets_are_folder_datasets_with_their_own_design(hetero):
 
 def test_hetero_snr_follows_the_dataset(hetero):
     out, _, _ = hetero
-    snr = {name: pd.concat(load(s)["truth"] for s in subjects(out / name)).groupby("area").snr.median() for name in ("nsd", "hcp", "bold")}
+    snr = {
+        name: pd.concat(load(s)["truth"] for s in subjects(out / name)).groupby("area").snr.median()
+        for name in ("nsd", "hcp", "bold")
+    }
     # snr_scale 0.3 on 4 averaged individuals (x sqrt(4), less what misaligned maps cancel) and 0.5 stay below NSD's.
     assert (snr["hcp"]["V1"] < snr["nsd"]["V1"]) and (snr["bold"]["V1"] < 0.7 * snr["nsd"]["V1"])
     assert snr["bold"]["V1"] == pytest.approx(0.5 * snr["nsd"]["V1"], rel=0.3)
@@ -380,7 +393,9 @@ def test_hetero_holdout_reuses_images_as_shipped(hetero):
         if other.name not in held_names:
             assert min(distance(Image.open(other), s) for s in sources) > 3
     # A dataset's image set written once: the second dataset of a set links (or copies) the same bytes.
-    assert (out / "hcp" / "images" / "big_00000.png").read_bytes() == (out / "nsd" / "images" / "big_00000.png").read_bytes()
+    assert (out / "hcp" / "images" / "big_00000.png").read_bytes() == (
+        out / "nsd" / "images" / "big_00000.png"
+    ).read_bytes()
 
 
 def test_hetero_config_round_trip_and_errors(hetero):
@@ -389,7 +404,15 @@ def test_hetero_config_round_trip_and_errors(hetero):
     with pytest.raises(ValueError, match="image_set 'nope' is not one of"):
         SimulationConfig.from_dict({**HETERO, "datasets": [{**HETERO["datasets"][0], "image_set": "nope"}]})
     with pytest.raises(ValueError, match="reuse_from 'held' must name an earlier image set"):
-        SimulationConfig.from_dict({**HETERO, "image_sets": [{**HETERO["image_sets"][0], "reuse_from": "held", "n_reused": 2}, *HETERO["image_sets"][1:]]})
+        SimulationConfig.from_dict(
+            {
+                **HETERO,
+                "image_sets": [
+                    {**HETERO["image_sets"][0], "reuse_from": "held", "n_reused": 2},
+                    *HETERO["image_sets"][1:],
+                ],
+            }
+        )
     with pytest.raises(ValueError, match="n_average applies to fMRI only"):
         SimulationConfig.from_dict({**HETERO, "datasets": [{**HETERO["datasets"][2], "n_average": 3}]})
     with pytest.raises(ValueError, match=r"overrides \['n_images'\] not allowed"):

@@ -41,7 +41,9 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
-def snakemake(workdir: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+def snakemake(
+    workdir: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess:
     """Snakemake on ROOT's Snakefile in ``workdir`` (the cwd, as users run it) with the SLURM profile."""
     cmd = [str(BIN / "snakemake"), "--snakefile", str(ROOT / "Snakefile"), "--profile", str(PROFILE), *args]
     return subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, env=env or _env(), timeout=timeout)
@@ -97,8 +99,21 @@ def test_shipped_profile_sends_gpu_jobs_to_the_gpu_partition(every_rule_workdir:
     assert f"workflow specific profile {ROOT / 'profiles' / 'default'}" in out
     jobs = planned_jobs(out)
     rules = {j["rule"] for j in jobs}
-    assert {"features", "train_stage0", "train_ablation", "train_stage1", "dark_knowledge", "train_stage2",
-            "train_nodk", "train_stage3", "predict", "probe", "prepare", "evaluate", "decode"} <= rules
+    assert {
+        "features",
+        "train_stage0",
+        "train_ablation",
+        "train_stage1",
+        "dark_knowledge",
+        "train_stage2",
+        "train_nodk",
+        "train_stage3",
+        "predict",
+        "probe",
+        "prepare",
+        "evaluate",
+        "decode",
+    } <= rules
     for job in jobs:
         gpu = int(job.get("gpu", 0)) > 0
         assert job["slurm_partition"] == ("gpu" if gpu else "cpu"), job
@@ -173,9 +188,21 @@ def sacct_jobs(since: datetime) -> list[dict[str, str]]:
     """Allocations (no steps) submitted since ``since``, oldest first."""
     fields = ["JobIDRaw", "JobName", "State", "Partition", "Account", "AllocTRES", "Comment"]
     out = subprocess.run(
-        ["sacct", "-X", "-P", "-n", "-S", since.strftime("%Y-%m-%dT%H:%M:%S"), "-E", "now",
-         "--format=" + ",".join(f"{f}%-300" for f in fields)],
-        capture_output=True, text=True, check=True, timeout=60,
+        [
+            "sacct",
+            "-X",
+            "-P",
+            "-n",
+            "-S",
+            since.strftime("%Y-%m-%dT%H:%M:%S"),
+            "-E",
+            "now",
+            "--format=" + ",".join(f"{f}%-300" for f in fields),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
     ).stdout
     rows = [dict(zip(fields, line.split("|"))) for line in out.splitlines() if line.strip()]
     for row in rows:
@@ -194,8 +221,16 @@ def slurm_run(slurm_cluster: str, tmp_path_factory: pytest.TempPathFactory) -> t
     return workdir, sacct_jobs(since)
 
 
-GPU_RULES_IN_TINY_RUN = {"features", "train_stage0", "train_stage1", "dark_knowledge", "train_stage2",
-                         "train_stage3", "predict", "probe"}
+GPU_RULES_IN_TINY_RUN = {
+    "features",
+    "train_stage0",
+    "train_stage1",
+    "dark_knowledge",
+    "train_stage2",
+    "train_stage3",
+    "predict",
+    "probe",
+}
 
 
 @pytest.mark.slow
@@ -237,11 +272,22 @@ def test_cancelled_job_is_detected_and_retried(slurm_run: tuple[Path, list[dict[
     del site["account"]
     (tmp_path / "site.yaml").write_text(yaml.safe_dump(site))
     since = datetime.now() - timedelta(seconds=1)
-    cmd = [str(BIN / "snakemake"), "--snakefile", str(ROOT / "Snakefile"), "--profile", str(PROFILE), *FAST_STATUS,
-           "--forcerun", "train_stage0", "--until", "train_stage0"]
+    cmd = [
+        str(BIN / "snakemake"),
+        "--snakefile",
+        str(ROOT / "Snakefile"),
+        "--profile",
+        str(PROFILE),
+        *FAST_STATUS,
+        "--forcerun",
+        "train_stage0",
+        "--until",
+        "train_stage0",
+    ]
     with open(tmp_path / "snakemake.log", "w") as log:
-        proc = subprocess.Popen(cmd, cwd=workdir, stdout=log, stderr=subprocess.STDOUT,
-                                env=_env(AFO_SLURM_SITE=str(tmp_path / "site.yaml")))
+        proc = subprocess.Popen(
+            cmd, cwd=workdir, stdout=log, stderr=subprocess.STDOUT, env=_env(AFO_SLURM_SITE=str(tmp_path / "site.yaml"))
+        )
         try:
             job_id = _running_job("train_stage0", time.monotonic() + 180)
             subprocess.run(["scancel", job_id], check=True, timeout=30)

@@ -36,7 +36,13 @@ def test_round_trip_and_masks(tmp_path):
 
 def test_failed_write_leaves_no_store(tmp_path):
     with pytest.raises(StoreError, match="non-finite"):
-        _write(tmp_path / "s.h5", np.ones((2, 2), np.float32), np.array([0, 1]), ["train", "train"], coords=np.full((2, 3), np.nan))
+        _write(
+            tmp_path / "s.h5",
+            np.ones((2, 2), np.float32),
+            np.array([0, 1]),
+            ["train", "train"],
+            coords=np.full((2, 3), np.nan),
+        )
     assert not (tmp_path / "s.h5").exists() and not (tmp_path / "s.h5.tmp").exists()
 
 

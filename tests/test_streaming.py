@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from test_training import MODEL, TRAIN, _spec, data  # noqa: F401  (data: the module's tiny store and feature cache)
 
 from afo.io import CorruptFileError
 from afo.io.predictions import read_predictions, write_predictions, writing_predictions
@@ -15,10 +16,14 @@ from afo.io.rows import RowReader
 from afo.metrics import PearsonAccumulator, pearson_r
 from afo.training.datamodule import TrainingData
 from afo.training.subjects import TrainingDataError
-from test_training import MODEL, TRAIN, _spec, data  # noqa: F401  (data: the module's tiny store and feature cache)
 
-BACKBONE = {"name": "vit_tiny_patch16_224", "layers": [0, 1], "resolution": 16,
-            "model_kwargs": {"patch_size": 4, "depth": 2, "embed_dim": 24, "num_heads": 2}, "cache": "none"}
+BACKBONE = {
+    "name": "vit_tiny_patch16_224",
+    "layers": [0, 1],
+    "resolution": 16,
+    "model_kwargs": {"patch_size": 4, "depth": 2, "embed_dim": 24, "num_heads": 2},
+    "cache": "none",
+}
 
 
 def test_row_reader_matches_h5py_on_every_layout(tmp_path):
@@ -33,7 +38,14 @@ def test_row_reader_matches_h5py_on_every_layout(tmp_path):
         f.create_dataset("split4d", data=x, chunks=(3, 2, 4, 5))
         f.create_dataset("vector", data=np.arange(100), chunks=(7,))
     rows = np.array([5, 299, 0, 5, 17, 150])
-    for name, ref in (("chunked", a), ("contiguous", a), ("compressed", a), ("rows4d", x), ("split4d", x), ("vector", np.arange(100))):
+    for name, ref in (
+        ("chunked", a),
+        ("contiguous", a),
+        ("compressed", a),
+        ("rows4d", x),
+        ("split4d", x),
+        ("vector", np.arange(100)),
+    ):
         reader = RowReader(tmp_path / "f.h5", name)
         sel = rows[rows < len(ref)]
         np.testing.assert_array_equal(reader.read(sel), ref[sel])
@@ -82,8 +94,14 @@ def test_streamed_prediction_file_has_the_whole_file_checksum(tmp_path):
 
 
 def _rois(tmp_path):
-    rois = pd.DataFrame({"dataset": "ds", "subject": np.repeat(["subj01", "subj02"], 10), "voxel": np.tile(np.arange(10), 2),
-                         "roi": np.tile(["0"] * 4 + ["1"] * 6, 2)})
+    rois = pd.DataFrame(
+        {
+            "dataset": "ds",
+            "subject": np.repeat(["subj01", "subj02"], 10),
+            "voxel": np.tile(np.arange(10), 2),
+            "roi": np.tile(["0"] * 4 + ["1"] * 6, 2),
+        }
+    )
     rois.to_csv(tmp_path / "rois.csv", index=False)
     return tmp_path / "rois.csv"
 
@@ -105,11 +123,19 @@ def test_dark_knowledge_is_read_sparsely_per_batch(data, tmp_path):  # noqa: F81
     rois = _rois(tmp_path)
     _dk_file(tmp_path / "a.h5", data, [0, 1, 2, 3])
     _dk_file(tmp_path / "b.h5", data, [4, 5, 6, 7, 8, 9])
-    dm = TrainingData({"ds": data / "store.h5"}, {"ds": data / "features.h5"}, batch_size=8, max_voxels=6, epoch_fraction=0.5,
-                      seed=0, own=read_roi_selection(rois, "0"), dark_knowledge=[tmp_path / "a.h5", tmp_path / "b.h5"])
+    dm = TrainingData(
+        {"ds": data / "store.h5"},
+        {"ds": data / "features.h5"},
+        batch_size=8,
+        max_voxels=6,
+        epoch_fraction=0.5,
+        seed=0,
+        own=read_roi_selection(rois, "0"),
+        dark_knowledge=[tmp_path / "a.h5", tmp_path / "b.h5"],
+    )
     dm.setup()
     batch = next(iter(dm.train_dataloader()))
-    for key, start, stop in batch.parts:
+    for key, _start, _stop in batch.parts:
         s = next(x for x in dm.subjects if x.key == key)
         vi = batch.voxel_index[key].numpy()
         # The images of the batch's rows are not in the batch; the dk values encode them: image * 100 + voxel.
@@ -119,21 +145,52 @@ def test_dark_knowledge_is_read_sparsely_per_batch(data, tmp_path):  # noqa: F81
         assert np.isin(images, s.train_images).all()
     # A helper voxel without dark knowledge, and a voxel predicted by two files, are refused.
     with pytest.raises(TrainingDataError, match="does not cover 6 helper voxel"):
-        TrainingData({"ds": data / "store.h5"}, {"ds": data / "features.h5"}, 8, 6, 0.5, 0, own=read_roi_selection(rois, "0"),
-                     dark_knowledge=[tmp_path / "a.h5"]).setup()
+        TrainingData(
+            {"ds": data / "store.h5"},
+            {"ds": data / "features.h5"},
+            8,
+            6,
+            0.5,
+            0,
+            own=read_roi_selection(rois, "0"),
+            dark_knowledge=[tmp_path / "a.h5"],
+        ).setup()
     _dk_file(tmp_path / "nan.h5", data, [4, 5, 6, 7, 8, 9], value=np.nan)
     with pytest.raises(TrainingDataError, match="does not cover 6 helper voxel"):
-        TrainingData({"ds": data / "store.h5"}, {"ds": data / "features.h5"}, 8, 6, 0.5, 0, own=read_roi_selection(rois, "0"),
-                     dark_knowledge=[tmp_path / "a.h5", tmp_path / "nan.h5"]).setup()
+        TrainingData(
+            {"ds": data / "store.h5"},
+            {"ds": data / "features.h5"},
+            8,
+            6,
+            0.5,
+            0,
+            own=read_roi_selection(rois, "0"),
+            dark_knowledge=[tmp_path / "a.h5", tmp_path / "nan.h5"],
+        ).setup()
     with pytest.raises(TrainingDataError, match="another dark-knowledge file"):
-        TrainingData({"ds": data / "store.h5"}, {"ds": data / "features.h5"}, 8, 6, 0.5, 0, own=read_roi_selection(rois, "0"),
-                     dark_knowledge=[tmp_path / "a.h5", tmp_path / "b.h5", tmp_path / "a.h5"]).setup()
+        TrainingData(
+            {"ds": data / "store.h5"},
+            {"ds": data / "features.h5"},
+            8,
+            6,
+            0.5,
+            0,
+            own=read_roi_selection(rois, "0"),
+            dark_knowledge=[tmp_path / "a.h5", tmp_path / "b.h5", tmp_path / "a.h5"],
+        ).setup()
 
 
 def test_batches_are_the_same_in_workers_and_in_the_process(data):  # noqa: F811
     def batches(workers):
-        dm = TrainingData({"ds": data / "store.h5"}, {"ds": data / "features.h5"}, batch_size=8, max_voxels=6,
-                          epoch_fraction=1.0, seed=3, num_workers=workers)
+        dm = TrainingData(
+            {"ds": data / "store.h5"},
+            {"ds": data / "features.h5"},
+            batch_size=8,
+            max_voxels=6,
+            epoch_fraction=1.0,
+            seed=3,
+            num_workers=workers,
+        )
         dm.setup()
         return list(dm.train_dataloader()), list(dm.val_dataloader())
 
@@ -172,10 +229,23 @@ def test_backbone_on_the_fly_gives_the_cached_features_and_trains(data, tmp_path
     fly_backbone = read_model_file(tmp_path / "fly" / "model.pt").inputs.backbone
     assert fly_backbone == read_model_file(tmp_path / "disk" / "model.pt").inputs.backbone
     assert fly_backbone.name == BACKBONE["name"] and list(fly_backbone.layers) == list(BACKBONE["layers"])
-    predict_file(tmp_path / "fly" / "model.pt", {"ds": data / "store.h5"}, {}, ["val", "test"], tmp_path / "fly.h5",
-                 dtype="float32", backbone=BACKBONE)
-    predict_file(tmp_path / "fly" / "model.pt", {"ds": data / "store.h5"}, {"ds": data / "features.h5"}, ["val", "test"],
-                 tmp_path / "disk.h5", dtype="float32")
+    predict_file(
+        tmp_path / "fly" / "model.pt",
+        {"ds": data / "store.h5"},
+        {},
+        ["val", "test"],
+        tmp_path / "fly.h5",
+        dtype="float32",
+        backbone=BACKBONE,
+    )
+    predict_file(
+        tmp_path / "fly" / "model.pt",
+        {"ds": data / "store.h5"},
+        {"ds": data / "features.h5"},
+        ["val", "test"],
+        tmp_path / "disk.h5",
+        dtype="float32",
+    )
     fly_pred, disk_pred = read_predictions(tmp_path / "fly.h5"), read_predictions(tmp_path / "disk.h5")
     for key in disk_pred:
         np.testing.assert_allclose(fly_pred[key][2], disk_pred[key][2], atol=0.05)

@@ -14,11 +14,29 @@ from afo.training.modelfile import load_model
 from afo.training.predict import predict_file
 from afo.training.soup import greedy_soup
 
-MODEL = {"conv_width": 8, "out_dim": 8, "n_convs": 2, "kernel_size": 3, "pe_frequencies": 4, "mlp_width": 16, "sigma": 0.0}
+MODEL = {
+    "conv_width": 8,
+    "out_dim": 8,
+    "n_convs": 2,
+    "kernel_size": 3,
+    "pe_frequencies": 4,
+    "mlp_width": 16,
+    "sigma": 0.0,
+}
 TRAIN = {
-    "lr": 0.01, "weight_decay": 0.0001, "betas": [0.9, 0.999], "batch_size": 8, "max_voxels": 6,
-    "epoch_fraction": 0.5, "max_epochs": 4, "patience": 10, "top_k": 3, "lambda_entropy": 3e-5,
-    "smoothl1_beta": 0.01, "dk_weight": 0.5, "seed": 0,
+    "lr": 0.01,
+    "weight_decay": 0.0001,
+    "betas": [0.9, 0.999],
+    "batch_size": 8,
+    "max_voxels": 6,
+    "epoch_fraction": 0.5,
+    "max_epochs": 4,
+    "patience": 10,
+    "top_k": 3,
+    "lambda_entropy": 3e-5,
+    "smoothl1_beta": 0.01,
+    "dk_weight": 0.5,
+    "seed": 0,
 }
 
 
@@ -29,7 +47,12 @@ def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("train")
     write_folder_dataset(root / "ds", n_images=40, n_voxels=10, n_repeated=6, n_val=6)
     prepare(root / "ds", root / "store.h5", image_size=16)
-    spec = BackboneSpec("vit_tiny_patch16_224", layers=(0, 1), resolution=16, model_kwargs={"patch_size": 4, "depth": 2, "embed_dim": 24, "num_heads": 2})
+    spec = BackboneSpec(
+        "vit_tiny_patch16_224",
+        layers=(0, 1),
+        resolution=16,
+        model_kwargs={"patch_size": 4, "depth": 2, "embed_dim": 24, "num_heads": 2},
+    )
     torch.manual_seed(0)
     extract_features(root / "store.h5", root / "features.h5", spec)
     return root
@@ -50,7 +73,10 @@ def test_greedy_soup_logic():
     state, members, _ = greedy_soup([(1.0, {"w": torch.tensor(2.0)}), (0.5, {"w": torch.tensor(2.0)})], score)
     assert members == [0]
     # Integer buffers are not averaged.
-    state, _, _ = greedy_soup([(1, {"w": torch.tensor(1.0), "n": torch.tensor(3)}), (0, {"w": torch.tensor(3.0), "n": torch.tensor(5)})], score)
+    state, _, _ = greedy_soup(
+        [(1, {"w": torch.tensor(1.0), "n": torch.tensor(3)}), (0, {"w": torch.tensor(3.0), "n": torch.tensor(5)})],
+        score,
+    )
     assert int(state["n"]) == 3
 
 
@@ -101,19 +127,39 @@ def test_backbone_features_untouched_and_conv_trained(data, tmp_path):
 
 
 def test_stage1_roi_and_predictions(data, tmp_path):
-    rois = pd.DataFrame({"dataset": "ds", "subject": np.repeat(["subj01", "subj02"], 10), "voxel": np.tile(np.arange(10), 2), "roi": np.tile(["0"] * 4 + ["1"] * 6, 2)})
+    rois = pd.DataFrame(
+        {
+            "dataset": "ds",
+            "subject": np.repeat(["subj01", "subj02"], 10),
+            "voxel": np.tile(np.arange(10), 2),
+            "roi": np.tile(["0"] * 4 + ["1"] * 6, 2),
+        }
+    )
     rois.to_csv(tmp_path / "rois.csv", index=False)
     fit(_spec(data, rois=str(tmp_path / "rois.csv"), roi="0"), tmp_path / "s1")
     _, model_file = load_model(tmp_path / "s1" / "model.pt")
     assert model_file.voxels["ds/subj02"].tolist() == [0, 1, 2, 3]
-    predict_file(tmp_path / "s1" / "model.pt", {"ds": data / "store.h5"}, {"ds": data / "features.h5"}, ["train", "val"], tmp_path / "dk.h5")
+    predict_file(
+        tmp_path / "s1" / "model.pt",
+        {"ds": data / "store.h5"},
+        {"ds": data / "features.h5"},
+        ["train", "val"],
+        tmp_path / "dk.h5",
+    )
     pred = read_predictions(tmp_path / "dk.h5")
     images, voxels, values = pred["ds/subj01"]
     assert voxels.tolist() == [0, 1, 2, 3] and values.shape == (images.size, 4) and np.isfinite(values).all()
     with h5py.File(tmp_path / "dk.h5") as f:
         assert f["ds/subj01/pred"].dtype == np.float16  # dark knowledge: half size
     # Evaluation asks for float32: the same predictions, unrounded.
-    predict_file(tmp_path / "s1" / "model.pt", {"ds": data / "store.h5"}, {"ds": data / "features.h5"}, ["train", "val"], tmp_path / "p32.h5", dtype="float32")
+    predict_file(
+        tmp_path / "s1" / "model.pt",
+        {"ds": data / "store.h5"},
+        {"ds": data / "features.h5"},
+        ["train", "val"],
+        tmp_path / "p32.h5",
+        dtype="float32",
+    )
     with h5py.File(tmp_path / "p32.h5") as f:
         assert f["ds/subj01/pred"].dtype == np.float32
         exact = f["ds/subj01/pred"][:]
@@ -127,7 +173,9 @@ def test_validation_runs_through_a_real_loader_of_every_validation_image(data):
     from afo.training.predict import predict_images
     from afo.training.task import validation_score
 
-    dm = TrainingData({"ds": data / "store.h5"}, {"ds": data / "features.h5"}, batch_size=8, max_voxels=6, epoch_fraction=0.5, seed=0)
+    dm = TrainingData(
+        {"ds": data / "store.h5"}, {"ds": data / "features.h5"}, batch_size=8, max_voxels=6, epoch_fraction=0.5, seed=0
+    )
     dm.setup()
     chunks = list(dm.val_dataloader())
     for s in dm.subjects:
@@ -138,7 +186,12 @@ def test_validation_runs_through_a_real_loader_of_every_validation_image(data):
     torch.manual_seed(0)
     model = ModelConfig.from_dict(MODEL).build(dm.layer_shapes, dm.coords)
     device = torch.device("cpu")
-    direct = np.concatenate([
-        pearson_r(predict_images(model, dm.bank, s, s.split_images["val"], device), s.split_means("val")) for s in dm.subjects
-    ])
-    assert validation_score(model, dm.val_dataloader(), dm.subjects, device) == pytest.approx(float(np.nanmean(direct)), abs=1e-6)
+    direct = np.concatenate(
+        [
+            pearson_r(predict_images(model, dm.bank, s, s.split_images["val"], device), s.split_means("val"))
+            for s in dm.subjects
+        ]
+    )
+    assert validation_score(model, dm.val_dataloader(), dm.subjects, device) == pytest.approx(
+        float(np.nanmean(direct)), abs=1e-6
+    )

@@ -19,12 +19,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from test_training import TRAIN, _spec, data  # noqa: F401  (data: the module's tiny store and feature cache)
 
 from afo.training.datamodule import MixedBatches
 from afo.training.ddp import DevicesError
 from afo.training.fit import JobPaths, fit, job_data
 from afo.training.modelfile import load_model
-from test_training import TRAIN, _spec, data  # noqa: F401  (data: the module's tiny store and feature cache)
 
 DDP_TRAIN = {**TRAIN, "max_epochs": 3, "epoch_fraction": 1.0, "top_k": 2}
 
@@ -41,9 +41,13 @@ def test_two_ranks_together_see_exactly_the_one_device_batch(data):  # noqa: F81
             # Same voxels on both ranks, and the rows of the two shards are the whole batch's rows.
             assert all(torch.equal(p.voxel_index[key], whole.voxel_index[key]) for p in parts if key in p.targets)
             rows = torch.cat([p.targets[key] for p in parts if key in p.targets])
-            assert sorted(map(tuple, rows.nan_to_num(-9).tolist())) == sorted(map(tuple, target.nan_to_num(-9).tolist()))
+            assert sorted(map(tuple, rows.nan_to_num(-9).tolist())) == sorted(
+                map(tuple, target.nan_to_num(-9).tolist())
+            )
         features = torch.cat([p.features[0] for p in parts])
-        assert sorted(map(tuple, features.flatten(1).tolist())) == sorted(map(tuple, whole.features[0].flatten(1).tolist()))
+        assert sorted(map(tuple, features.flatten(1).tolist())) == sorted(
+            map(tuple, whole.features[0].flatten(1).tolist())
+        )
 
 
 @pytest.fixture(scope="module")
@@ -102,8 +106,11 @@ def test_killed_two_device_job_resumes_and_leaves_no_rank_behind(data, runs, tmp
         "import sys, json; from afo.training.fit import TrainSpec, fit; "
         "fit(TrainSpec(**json.loads(sys.argv[1])), sys.argv[2], devices=2)"
     )
-    proc = subprocess.Popen([sys.executable, "-c", code, json.dumps(asdict(spec)), str(tmp_path / "m")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, json.dumps(asdict(spec)), str(tmp_path / "m")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     last = JobPaths.of(spec, tmp_path / "m").last
     deadline = time.time() + 300
     while time.time() < deadline and not last.exists() and proc.poll() is None:
@@ -111,7 +118,9 @@ def test_killed_two_device_job_resumes_and_leaves_no_rank_behind(data, runs, tmp
     ranks = _children(proc.pid)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert last.exists() and not (tmp_path / "m" / "model.pt").exists(), "killed before the first state or after the end"
+    assert last.exists() and not (tmp_path / "m" / "model.pt").exists(), (
+        "killed before the first state or after the end"
+    )
     assert ranks, "rank 1 was not running"
     deadline = time.time() + 30
     while time.time() < deadline and any(Path(f"/proc/{pid}").exists() for pid in ranks):

@@ -7,9 +7,9 @@ import sys
 from dataclasses import asdict
 
 import pytest
+from test_training import TRAIN, _spec, data  # noqa: F401  (data: the module's tiny store and feature cache)
 
 from afo.training.monitor import tensorboard_available
-from test_training import TRAIN, _spec, data  # noqa: F401  (data: the module's tiny store and feature cache)
 
 
 @pytest.mark.slow  # a multi-process or workflow run: make test, not make test-fast
@@ -17,7 +17,9 @@ def test_job_log_has_one_line_per_epoch(data, tmp_path):  # noqa: F811
     # As the workflow runs a job: a process that configures no logging, its stderr is the job's log.
     spec = _spec(data, train={**TRAIN, "max_epochs": 3})
     code = "import sys, json; from afo.training.fit import TrainSpec, fit; fit(TrainSpec(**json.loads(sys.argv[1])), sys.argv[2])"
-    job = subprocess.run([sys.executable, "-c", code, json.dumps(asdict(spec)), str(tmp_path / "m")], capture_output=True, text=True)
+    job = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(asdict(spec)), str(tmp_path / "m")], capture_output=True, text=True
+    )
     assert job.returncode == 0, job.stderr[-3000:]
     pattern = re.compile(
         r"epoch (\d+)/3  steps (\d+)  train loss \S+  val_r (-?[\d.]+)  best (-?[\d.]+)  [\d.]+ s/epoch  ETA \d+:\d\d"

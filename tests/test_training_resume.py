@@ -18,10 +18,10 @@ import pandas as pd
 import pytest
 import pytorch_lightning as pl
 import torch
+from test_training import TRAIN, _spec, data  # noqa: F401  (data: the module's tiny store and feature cache)
 
 from afo.errors import UserError
 from afo.training.fit import TrainSpec, fit
-from test_training import TRAIN, _spec, data  # noqa: F401  (data: the module's tiny store and feature cache)
 
 LONG = {**TRAIN, "max_epochs": 6, "epoch_fraction": 1.0, "patience": 20, "top_k": 2}
 
@@ -38,8 +38,12 @@ def _same_model(a: Path, b: Path) -> bool:
 def _kill_after_states(spec: TrainSpec, out: Path, states: int, cwd: Path | None = None) -> None:
     """Run ``fit(spec, out)`` in a child process and SIGKILL it once it has saved ``states`` resume states."""
     code = "import sys, json; from afo.training.fit import TrainSpec, fit; fit(TrainSpec(**json.loads(sys.argv[1])), sys.argv[2])"
-    proc = subprocess.Popen([sys.executable, "-c", code, json.dumps(asdict(spec)), str(out)], cwd=cwd,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, json.dumps(asdict(spec)), str(out)],
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     last = (cwd or Path.cwd()) / out / "work" / spec.digest() / "last.ckpt"
     seen: set[int] = set()
     deadline = time.time() + 180
@@ -113,7 +117,9 @@ def test_resume_after_moving_the_project_keeps_the_top_k(data, whole, tmp_path, 
     monkeypatch.chdir(after)
     fit(spec, "out")
     topk = list((after / "out" / "work" / spec.digest() / "topk").glob("*.ckpt"))
-    assert len(topk) == LONG["top_k"], f"checkpoints from before the move were lost track of: {sorted(p.name for p in topk)}"
+    assert len(topk) == LONG["top_k"], (
+        f"checkpoints from before the move were lost track of: {sorted(p.name for p in topk)}"
+    )
     assert _same_model(after / "out" / "model.pt", whole / "model.pt")
 
 

@@ -193,9 +193,7 @@ def test_random_rois_like_keeps_counts_per_group() -> None:
     rand = random_rois_like(labels, groups, seed=3)
     assert not np.array_equal(rand, labels)
     for g in range(3):
-        np.testing.assert_array_equal(
-            roi_sizes(rand[groups == g], 4), roi_sizes(labels[groups == g], 4)
-        )
+        np.testing.assert_array_equal(roi_sizes(rand[groups == g], 4), roi_sizes(labels[groups == g], 4))
     np.testing.assert_array_equal(roi_sizes(random_rois_like(labels), 4), roi_sizes(labels, 4))
 
 

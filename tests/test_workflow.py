@@ -11,8 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-
-from fixtures.workflow import TINY, snakemake, write_config, planned_jobs
+from fixtures.workflow import TINY, planned_jobs, snakemake, write_config
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +26,24 @@ def finished_run(tmp_path_factory):
 @pytest.mark.workflow
 def test_end_to_end_outputs(finished_run):
     voxels = pd.read_csv(finished_run / "results/encoding/afo/voxels.csv")
-    contract = ["dataset", "subject", "voxel", "roi", "x", "y", "z", "u_x", "u_y", "layer", "eta_0", "eta_1",
-                "r_val", "r_test", "nc", "r_test_norm"]
+    contract = [
+        "dataset",
+        "subject",
+        "voxel",
+        "roi",
+        "x",
+        "y",
+        "z",
+        "u_x",
+        "u_y",
+        "layer",
+        "eta_0",
+        "eta_1",
+        "r_val",
+        "r_test",
+        "nc",
+        "r_test_norm",
+    ]
     assert list(voxels.columns[: len(contract)]) == contract
     assert set(voxels["dataset"]) == {"synth_fmri", "synth_eeg"}
     assert voxels["r_test"].notna().mean() > 0.95 and voxels["u_x"].between(-1, 1).all()
@@ -70,8 +85,18 @@ def _planned_after(workdir: Path, change) -> dict[str, int]:
         (workdir / "config.yaml").write_text(original)
 
 
-ANALYSIS_OF_AFO = {"evaluate", "summary_html", "ablation_table", "comparison_html", "decode", "model_figures",
-                   "roi_scores", "synthetic_checks", "headline", "all"}
+ANALYSIS_OF_AFO = {
+    "evaluate",
+    "summary_html",
+    "ablation_table",
+    "comparison_html",
+    "decode",
+    "model_figures",
+    "roi_scores",
+    "synthetic_checks",
+    "headline",
+    "all",
+}
 
 
 @pytest.mark.workflow
@@ -79,10 +104,17 @@ ANALYSIS_OF_AFO = {"evaluate", "summary_html", "ablation_table", "comparison_htm
     "change, expected",
     [
         # A stage-3 setting reruns stage 3, its prediction file and what reads them.
-        (lambda c: c["afo"].setdefault("stages", {}).update(stage3={"lr": 0.02}), {"train_stage3", "predict"} | ANALYSIS_OF_AFO),
+        (
+            lambda c: c["afo"].setdefault("stages", {}).update(stage3={"lr": 0.02}),
+            {"train_stage3", "predict"} | ANALYSIS_OF_AFO,
+        ),
         # How jobs use the machine changes no result: nothing reruns.
-        (lambda c: c["compute"].update(train_threads=2, feature_batch_size=7, device="cpu", readout_chunk=5, num_workers=1,
-                                        train_devices=2), set()),
+        (
+            lambda c: c["compute"].update(
+                train_threads=2, feature_batch_size=7, device="cpu", readout_chunk=5, num_workers=1, train_devices=2
+            ),
+            set(),
+        ),
         # The permutation null's seed reruns only the synthetic checks.
         (lambda c: c["evaluation"].update(null_seed=3), {"synthetic_checks", "headline", "all"}),
         # The randROI seed: the tiny config has no randROI baseline, so nothing reads it.
@@ -105,5 +137,3 @@ def test_rerun_scope_of_veroi_seed_roi_count_and_backbone(finished_run):
     assert "train_stage0" not in jobs and jobs["veroi"] == 1 and jobs["train_stage1"] == 3
     jobs = _planned_after(finished_run, lambda c: c["backbone"].update(layers=[0]))
     assert jobs["features"] == 2 and "prepare" not in jobs and "simulate" not in jobs
-
-

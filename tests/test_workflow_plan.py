@@ -10,8 +10,7 @@ import shutil
 import numpy as np
 import pytest
 import yaml
-
-from fixtures.workflow import ROOT, TINY, snakemake, write_config, planned_jobs
+from fixtures.workflow import ROOT, TINY, planned_jobs, snakemake, write_config
 
 
 def test_default_config_dry_run(tmp_path):
@@ -51,7 +50,9 @@ def test_paper_config_plans_exactly_its_own_datasets(tmp_path):
 
 def test_pilot_config_plans_the_paper_pipeline_on_a_slice(tmp_path):
     jobs = planned_jobs(tmp_path, "--configfile", str(ROOT / "config/pilot.yaml"))
-    assert jobs["prepare"] == 2 and jobs["train_stage0"] == 2 and jobs["train_stage1"] == 4 and jobs["train_stage3"] == 1
+    assert (
+        jobs["prepare"] == 2 and jobs["train_stage0"] == 2 and jobs["train_stage1"] == 4 and jobs["train_stage3"] == 1
+    )
     assert jobs["overlap"] == 1
     assert "simulate" not in jobs and "train_ablation" not in jobs
 
@@ -82,7 +83,9 @@ def test_backbone_cache_none_plans_no_features_job(tmp_path):
     write_config(tmp_path, config)
     jobs = planned_jobs(tmp_path)
     assert "features" not in jobs
-    assert jobs["train_stage0"] >= 1 and jobs["dark_knowledge"] >= 1 and jobs["predict"] >= 1 and jobs["train_stage3"] == 1
+    assert (
+        jobs["train_stage0"] >= 1 and jobs["dark_knowledge"] >= 1 and jobs["predict"] >= 1 and jobs["train_stage3"] == 1
+    )
 
 
 def test_lint_is_clean(tmp_path):
@@ -117,8 +120,9 @@ def test_editing_a_folder_dataset_reruns_prepare(tmp_path):
 
     root = write_folder_dataset(tmp_path / "mine", n_images=12, n_voxels=4, subjects=("subjA",))
     responses = root / "subjA" / "responses.npy"
-    before, after = _prepare_then_edit(tmp_path, {"format": "folder", "root": str(root)},
-                                       lambda: np.save(responses, np.load(responses) * 2))
+    before, after = _prepare_then_edit(
+        tmp_path, {"format": "folder", "root": str(root)}, lambda: np.save(responses, np.load(responses) * 2)
+    )
     assert before == {} and after == {"prepare": 1}
 
 
@@ -130,11 +134,10 @@ def test_editing_a_public_dataset_reruns_prepare(tmp_path):
     root = tmp_path / "NSD"
     write_nsd(root, formats=("hdf5",))
     expdesign = next(root.rglob("nsd_expdesign.mat"))
-    before, after = _prepare_then_edit(tmp_path, {"format": "nsd", "root": str(root)},
-                                       lambda: os.utime(expdesign, ns=(1, 1)))
+    before, after = _prepare_then_edit(
+        tmp_path, {"format": "nsd", "root": str(root)}, lambda: os.utime(expdesign, ns=(1, 1))
+    )
     assert before == {} and after == {"prepare": 1}
-
-
 
 
 def _gpu_rules_of_the_workflow() -> set[str]:
@@ -159,12 +162,17 @@ def _gpu_rules_of_the_workflow() -> set[str]:
 
 def test_multi_device_training_jobs_ask_for_n_gpus_threads_and_memory(tmp_path):
     """compute.train_devices: N: every training job declares gpu=N, N x train_threads, N x train_mem_mb; others not."""
-    config = {**TINY, "compute": {**TINY.get("compute", {}), "train_devices": 2, "train_threads": 3, "train_mem_mb": 1000}}
+    config = {
+        **TINY,
+        "compute": {**TINY.get("compute", {}), "train_devices": 2, "train_threads": 3, "train_mem_mb": 1000},
+    }
     write_config(tmp_path, config)
     out = snakemake(tmp_path, "-n", "--forceall", "--cores", "16").stdout  # 2 cores would cap the threads
     jobs = re.split(r"\n(?=(?:rule|localrule) )", out)
     train = [j for j in jobs if re.match(r"(?:local)?rule train_", j)]
-    assert train and all(re.search(r"threads: 6\b", j) and re.search(r"\bgpu=2\b", j) and "mem_mb=2000" in j for j in train)
+    assert train and all(
+        re.search(r"threads: 6\b", j) and re.search(r"\bgpu=2\b", j) and "mem_mb=2000" in j for j in train
+    )
     others = [j for j in jobs if re.match(r"(?:local)?rule (features|predict|dark_knowledge)\b", j)]
     assert others and all(re.search(r"\bgpu=1\b", j) for j in others)
 

@@ -81,8 +81,15 @@ class Model:
     :class:`~afo.training.modelfile.ModelInputs`), ``info`` (how it was trained).
     """
 
-    def __init__(self, path: Path, model: EncodingModel, model_file: ModelFile, inputs: ModelInputs,
-                 device: torch.device, weights: str | Path | None = None):
+    def __init__(
+        self,
+        path: Path,
+        model: EncodingModel,
+        model_file: ModelFile,
+        inputs: ModelInputs,
+        device: torch.device,
+        weights: str | Path | None = None,
+    ):
         self.path = path
         self.device = device
         self.inputs = inputs
@@ -119,7 +126,7 @@ class Model:
         for axis, name in enumerate("xyz"[: coords.shape[1]]):
             table[name] = coords[:, axis]
         record = self.inputs.subjects.get(subject)
-        for roi_set, labels in (record.rois.items() if record else ()):
+        for roi_set, labels in record.rois.items() if record else ():
             table[f"roi_{roi_set}"] = labels
         return table
 
@@ -156,14 +163,18 @@ class Model:
             mean, std = (tuple(round(float(v), 6) for v in t.flatten()) for t in _normalisation(self._backbone))
             recorded = self.inputs.preprocessing
             if mean != tuple(round(v, 6) for v in recorded.mean) or std != tuple(round(v, 6) for v in recorded.std):
-                raise UserError(f"{self.path}: timm now normalises {self._spec.name} with mean {mean}, std {std}; the model "
-                                f"was trained with {recorded.mean}, {recorded.std}: install the timm version it was trained with")
+                raise UserError(
+                    f"{self.path}: timm now normalises {self._spec.name} with mean {mean}, std {std}; the model "
+                    f"was trained with {recorded.mean}, {recorded.std}: install the timm version it was trained with"
+                )
         feats = backbone_features(self._backbone, pixels, self._spec, self.device)
         dtype = getattr(torch, self.inputs.preprocessing.feature_dtype)
         shapes = [tuple(f.shape[1:]) for f in feats]
         if shapes != [tuple(s) for s in self._model.layer_shapes]:
-            raise UserError(f"{self.path}: the backbone gives layers {shapes} but the model was trained on "
-                            f"{self._model.layer_shapes}; the backbone record does not fit this model")
+            raise UserError(
+                f"{self.path}: the backbone gives layers {shapes} but the model was trained on "
+                f"{self._model.layer_shapes}; the backbone record does not fit this model"
+            )
         return [f.to(dtype) for f in feats]
 
     def _batches(self, images: ImageLike | Iterable[ImageLike], batch_size: int, what: str):
@@ -182,8 +193,9 @@ class Model:
             done = start + len(batch)
             log.info("%s: %d/%d images (%.1f img/s)", what, done, len(items), done / max(time.time() - started, 1e-9))
 
-    def predict(self, images: ImageLike | Iterable[ImageLike], subject: str | None = None,
-                batch_size: int = 32) -> np.ndarray | dict[str, np.ndarray]:
+    def predict(
+        self, images: ImageLike | Iterable[ImageLike], subject: str | None = None, batch_size: int = 32
+    ) -> np.ndarray | dict[str, np.ndarray]:
         """Predicted responses: float32 [B, n_voxels] of ``subject`` (columns as :meth:`voxels`), or, with
         ``subject=None``, a dict subject key -> that array for every subject (one backbone pass for all)."""
         import torch
@@ -211,8 +223,13 @@ class Model:
         return [np.concatenate(layer) for layer in parts]
 
 
-def load(path: str | Path, device: str = "auto", weights: str | Path | None = None,
-         backbone: Mapping[str, Any] | None = None, image_size: int | None = None) -> Model:
+def load(
+    path: str | Path,
+    device: str = "auto",
+    weights: str | Path | None = None,
+    backbone: Mapping[str, Any] | None = None,
+    image_size: int | None = None,
+) -> Model:
     """Load a model file for use on images (see the module docstring).
 
     Args:
@@ -244,8 +261,11 @@ def legacy_inputs(model_file: ModelFile, backbone: Mapping[str, Any], image_size
     from afo.training.modelfile import BackboneRecord, ModelInputs, Preprocessing, SubjectRecord, backbone_normalisation
 
     record = BackboneRecord(
-        name=str(backbone["name"]), layers=tuple(int(i) for i in backbone["layers"]), resolution=int(backbone["resolution"]),
-        model_kwargs=dict(backbone.get("model_kwargs") or {}), pretrained=bool(backbone.get("pretrained", False)),
+        name=str(backbone["name"]),
+        layers=tuple(int(i) for i in backbone["layers"]),
+        resolution=int(backbone["resolution"]),
+        model_kwargs=dict(backbone.get("model_kwargs") or {}),
+        pretrained=bool(backbone.get("pretrained", False)),
         weights_file=backbone.get("pretrained_path") or None,
     )
     mean, std = backbone_normalisation(record)
@@ -259,9 +279,16 @@ def map_name(image: str) -> str:
     return name if name[:1].isalnum() else f"img{name}"
 
 
-def predict_folder(model_path: str | Path, images_dir: str | Path, out: str | Path, subjects: Sequence[str] | None = None,
-                   maps_dir: str | Path | None = None, batch_size: int = 32, device: str = "auto",
-                   weights: str | Path | None = None) -> dict:
+def predict_folder(
+    model_path: str | Path,
+    images_dir: str | Path,
+    out: str | Path,
+    subjects: Sequence[str] | None = None,
+    maps_dir: str | Path | None = None,
+    batch_size: int = 32,
+    device: str = "auto",
+    weights: str | Path | None = None,
+) -> dict:
     """Predict every image of a folder for every subject (or ``subjects``) of a model file.
 
     Writes a prediction file (:mod:`afo.io.predictions` layout): ``/<dataset>/<subject>/{images, voxels, pred}``
@@ -278,19 +305,32 @@ def predict_folder(model_path: str | Path, images_dir: str | Path, out: str | Pa
     wanted = list(subjects) if subjects else model.subjects
     for s in wanted:
         model._check_subject(s)
-    log.info("%s: predicting %d images of %s for %d subject(s) on %s", model_path, len(files), images_dir, len(wanted), model.device)
+    log.info(
+        "%s: predicting %d images of %s for %d subject(s) on %s",
+        model_path,
+        len(files),
+        images_dir,
+        len(wanted),
+        model.device,
+    )
     preds = model.predict(files, batch_size=batch_size)
     index = np.arange(len(files), dtype=np.int64)
     names = [f.name for f in files]
-    write_predictions(out, {s: (index, model._file.voxels[s].numpy(), preds[s]) for s in wanted}, dtype="float32",
-                      attrs={"image_names": json.dumps(names), "images_dir": str(images_dir), "model": str(model_path)})
+    write_predictions(
+        out,
+        {s: (index, model._file.voxels[s].numpy(), preds[s]) for s in wanted},
+        dtype="float32",
+        attrs={"image_names": json.dumps(names), "images_dir": str(images_dir), "model": str(model_path)},
+    )
     report: dict[str, Any] = {"images": len(files), "subjects": len(wanted), "out": str(out)}
     if maps_dir is not None:
         written, skipped = 0, []
         stems = [map_name(n) for n in names]
         if len(set(stems)) != len(stems):
-            raise ImageInputError(f"{images_dir}: image names that differ only in their suffix or in characters other "
-                                  "than letters, digits, _ - . would share a map file; rename them")
+            raise ImageInputError(
+                f"{images_dir}: image names that differ only in their suffix or in characters other "
+                "than letters, digits, _ - . would share a map file; rename them"
+            )
         for s in wanted:
             record = model.inputs.subjects.get(s)
             if record is None or record.affine is None or record.volume_shape is None:
@@ -298,7 +338,14 @@ def predict_folder(model_path: str | Path, images_dir: str | Path, out: str | Pa
                 continue
             coords = model._file.subject_coords[s].numpy()
             prefix = f"{Path(maps_dir) / s.replace('/', '__')}/"
-            written += len(write_volume_maps(prefix, coords, np.asarray(record.affine), record.volume_shape,
-                                             {stem: preds[s][i] for i, stem in enumerate(stems)}))
+            written += len(
+                write_volume_maps(
+                    prefix,
+                    coords,
+                    np.asarray(record.affine),
+                    record.volume_shape,
+                    {stem: preds[s][i] for i, stem in enumerate(stems)},
+                )
+            )
         report.update(maps=written, not_volumetric=skipped)
     return report

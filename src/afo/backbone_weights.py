@@ -59,9 +59,16 @@ _HF_RENAMES = (
 # Keys that transformers splits and dinov2 holds as one matrix: (pattern with groups block, part, kind;
 # the dinov2-hub key; the parts in the order of their rows). SwiGLU: w12 = [gate; up] (dinov2 chunks it so).
 _HF_CONCATS = (
-    (re.compile(r"encoder\.layer\.(\d+)\.attention\.attention\.(query|key|value)\.(weight|bias)"),
-     "blocks.{}.attn.qkv.{}", ("query", "key", "value")),
-    (re.compile(r"encoder\.layer\.(\d+)\.attention\.(q|k|v)_proj\.(weight|bias)"), "blocks.{}.attn.qkv.{}", ("q", "k", "v")),
+    (
+        re.compile(r"encoder\.layer\.(\d+)\.attention\.attention\.(query|key|value)\.(weight|bias)"),
+        "blocks.{}.attn.qkv.{}",
+        ("query", "key", "value"),
+    ),
+    (
+        re.compile(r"encoder\.layer\.(\d+)\.attention\.(q|k|v)_proj\.(weight|bias)"),
+        "blocks.{}.attn.qkv.{}",
+        ("q", "k", "v"),
+    ),
     (re.compile(r"encoder\.layer\.(\d+)\.mlp\.(gate|up)_proj\.(weight|bias)"), "blocks.{}.mlp.w12.{}", ("gate", "up")),
 )
 
@@ -91,10 +98,16 @@ def read_weights(path: str | os.PathLike) -> dict[str, Tensor]:
         try:
             return load_file(str(path), device="cpu")
         except SafetensorError as err:
-            raise BackboneWeightsError(f"backbone.pretrained_path: {path} is a damaged safetensors file ({err})") from err
+            raise BackboneWeightsError(
+                f"backbone.pretrained_path: {path} is a damaged safetensors file ({err})"
+            ) from err
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as err:  # torch.load's errors for a file that is no checkpoint
+    except (
+        pickle.UnpicklingError,
+        RuntimeError,
+        EOFError,
+    ) as err:  # torch.load's errors for a file that is no checkpoint
         raise BackboneWeightsError(
             f"backbone.pretrained_path: {path} is neither a safetensors file nor a PyTorch state dict that loads with "
             f"weights_only=True ({str(err).splitlines()[0]})"

@@ -47,8 +47,15 @@ def _json_arg(text: str) -> dict:
 def _simulate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, type=Path, help="output folder (fmri/ and eeg/ folder datasets)")
     p.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same data")
-    p.add_argument("--options", type=_json_arg, default={}, help="JSON object of SimulationConfig fields (see `afo simulate --list-options`)")
-    p.add_argument("--list-options", action="store_true", help="print every SimulationConfig field with its default and exit")
+    p.add_argument(
+        "--options",
+        type=_json_arg,
+        default={},
+        help="JSON object of SimulationConfig fields (see `afo simulate --list-options`)",
+    )
+    p.add_argument(
+        "--list-options", action="store_true", help="print every SimulationConfig field with its default and exit"
+    )
 
     def run(args):
         from dataclasses import asdict, fields
@@ -82,14 +89,26 @@ def _prepare(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=run)
 
 
-@command("overlap", "find images shared between prepared stores (by source name or perceptual hash) and write overlap.csv")
+@command(
+    "overlap", "find images shared between prepared stores (by source name or perceptual hash) and write overlap.csv"
+)
 def _overlap(p: argparse.ArgumentParser) -> None:
     from afo.data.overlap import DEFAULT_MAX_DISTANCE, DEFAULT_MIN_CORRELATION
 
-    p.add_argument("--store", action="append", required=True, metavar="NAME=PATH", help="prepared store of dataset NAME (repeat per dataset)")
+    p.add_argument(
+        "--store",
+        action="append",
+        required=True,
+        metavar="NAME=PATH",
+        help="prepared store of dataset NAME (repeat per dataset)",
+    )
     p.add_argument("--out", required=True, type=Path, help="overlap table to write (.csv, docs/design.md)")
-    p.add_argument("--max-distance", type=int, default=DEFAULT_MAX_DISTANCE, help="most differing hash bits (of 64) of a candidate")
-    p.add_argument("--min-correlation", type=float, default=DEFAULT_MIN_CORRELATION, help="least thumbnail r of a pixel match")
+    p.add_argument(
+        "--max-distance", type=int, default=DEFAULT_MAX_DISTANCE, help="most differing hash bits (of 64) of a candidate"
+    )
+    p.add_argument(
+        "--min-correlation", type=float, default=DEFAULT_MIN_CORRELATION, help="least thumbnail r of a pixel match"
+    )
 
     def run(args):
         from afo.data.overlap import find_overlap
@@ -106,7 +125,12 @@ def _overlap(p: argparse.ArgumentParser) -> None:
 def _features(p: argparse.ArgumentParser) -> None:
     p.add_argument("--store", required=True, type=Path, help="prepared store (.h5)")
     p.add_argument("--out", required=True, type=Path, help="feature cache to write (.h5)")
-    p.add_argument("--backbone", required=True, type=_json_arg, help="JSON: name, layers, resolution, pretrained, pretrained_path, model_kwargs")
+    p.add_argument(
+        "--backbone",
+        required=True,
+        type=_json_arg,
+        help="JSON: name, layers, resolution, pretrained, pretrained_path, model_kwargs",
+    )
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     _claim_gpu_argument(p)
@@ -117,14 +141,21 @@ def _features(p: argparse.ArgumentParser) -> None:
 
         spec = BackboneSpec.from_config(args.backbone)
         return _on_claimed_gpu(
-            args, lambda: extract_features(args.store, args.out, spec, batch_size=args.batch_size, device=resolve_device(args.device))
+            args,
+            lambda: extract_features(
+                args.store, args.out, spec, batch_size=args.batch_size, device=resolve_device(args.device)
+            ),
         )
 
     p.set_defaults(func=run)
 
 
 def _claim_gpu_argument(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--claim-gpu", action="store_true", help="claim a free GPU with a lock file before CUDA starts (workstation dispatch)")
+    p.add_argument(
+        "--claim-gpu",
+        action="store_true",
+        help="claim a free GPU with a lock file before CUDA starts (workstation dispatch)",
+    )
 
 
 def _on_claimed_gpu(args: argparse.Namespace, work: Callable[[], dict]) -> dict:
@@ -150,25 +181,48 @@ def _named_paths(items: list[str] | None, flag: str) -> dict[str, str]:
 
 
 def _data_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--store", action="append", required=True, metavar="NAME=PATH", help="prepared store of dataset NAME (repeat per dataset)")
-    p.add_argument("--features", action="append", metavar="NAME=PATH", help="feature cache of dataset NAME (repeat per dataset)")
-    p.add_argument("--backbone-config", type=_json_arg, help='JSON: the config\'s `backbone` section with "cache": "none" '
-                   "instead of --features: the backbone runs on the stores' images inside each batch")
+    p.add_argument(
+        "--store",
+        action="append",
+        required=True,
+        metavar="NAME=PATH",
+        help="prepared store of dataset NAME (repeat per dataset)",
+    )
+    p.add_argument(
+        "--features", action="append", metavar="NAME=PATH", help="feature cache of dataset NAME (repeat per dataset)"
+    )
+    p.add_argument(
+        "--backbone-config",
+        type=_json_arg,
+        help='JSON: the config\'s `backbone` section with "cache": "none" '
+        "instead of --features: the backbone runs on the stores' images inside each batch",
+    )
 
 
 @command("train", "train one encoding model (Lightning), keep its top-k checkpoints and write their greedy soup")
 def _train(p: argparse.ArgumentParser) -> None:
     _data_arguments(p)
     p.add_argument("--model-config", type=_json_arg, required=True, help="JSON: the config's `model` section")
-    p.add_argument("--train-config", type=_json_arg, required=True, help="JSON: the config's `train` section (with stage overrides)")
+    p.add_argument(
+        "--train-config",
+        type=_json_arg,
+        required=True,
+        help="JSON: the config's `train` section (with stage overrides)",
+    )
     p.add_argument("--out", required=True, type=Path, help="output folder: model.pt, metrics.csv, work/ (resume state)")
     p.add_argument("--rois", type=Path, help="ROI assignment table (dataset, subject, voxel, roi): model its voxels")
     p.add_argument("--roi", help="model only this ROI's voxels (stage 1)")
     p.add_argument("--own-roi", help="ground truth and checkpointing only on this ROI's voxels (stage 2)")
     p.add_argument("--dark-knowledge", nargs="*", default=[], type=Path, help="prediction files used as dark knowledge")
-    p.add_argument("--target-mode", choices=["gt", "helpers", "gt+dk"], default="gt", help="gt; helpers = stage 2; gt+dk = stage 3")
-    p.add_argument("--neck-init", type=Path, help="model file whose RetinaMapper/LayerSelector MLPs initialise this model")
-    p.add_argument("--train-neck", action="store_true", help="keep --neck-init MLPs trainable (default: frozen, paper 4.6)")
+    p.add_argument(
+        "--target-mode", choices=["gt", "helpers", "gt+dk"], default="gt", help="gt; helpers = stage 2; gt+dk = stage 3"
+    )
+    p.add_argument(
+        "--neck-init", type=Path, help="model file whose RetinaMapper/LayerSelector MLPs initialise this model"
+    )
+    p.add_argument(
+        "--train-neck", action="store_true", help="keep --neck-init MLPs trainable (default: frozen, paper 4.6)"
+    )
     _claim_gpu_argument(p)
 
     def run(args):
@@ -199,22 +253,41 @@ def _train(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=run)
 
 
-@command("predict", "predict responses with a model file: for a folder of your images (--images), or per image of a store")
+@command(
+    "predict", "predict responses with a model file: for a folder of your images (--images), or per image of a store"
+)
 def _predict(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, type=Path, help="model file (model.pt)")
     p.add_argument("--out", required=True, type=Path, help="prediction file to write (.h5)")
-    p.add_argument("--images", type=Path, help="a folder of your images: every subject's predicted response to each "
-                                               "(the model file alone; no store or feature cache)")
+    p.add_argument(
+        "--images",
+        type=Path,
+        help="a folder of your images: every subject's predicted response to each "
+        "(the model file alone; no store or feature cache)",
+    )
     p.add_argument("--subject", action="append", help="with --images: only this subject (<dataset>/<subject>; repeat)")
-    p.add_argument("--maps", type=Path, help="with --images: one NIfTI map per image for volumetric subjects, in this folder")
+    p.add_argument(
+        "--maps", type=Path, help="with --images: one NIfTI map per image for volumetric subjects, in this folder"
+    )
     p.add_argument("--weights", type=Path, help="with --images: the backbone weights file, if it moved since training")
     p.add_argument("--batch-size", type=int, default=32, help="with --images: images per backbone pass")
-    p.add_argument("--store", action="append", metavar="NAME=PATH", help="prepared store of dataset NAME (repeat per dataset)")
-    p.add_argument("--features", action="append", metavar="NAME=PATH", help="feature cache of dataset NAME (repeat per dataset)")
-    p.add_argument("--splits", default="train,val", help="comma-separated splits whose images are predicted (train, val, test)")
+    p.add_argument(
+        "--store", action="append", metavar="NAME=PATH", help="prepared store of dataset NAME (repeat per dataset)"
+    )
+    p.add_argument(
+        "--features", action="append", metavar="NAME=PATH", help="feature cache of dataset NAME (repeat per dataset)"
+    )
+    p.add_argument(
+        "--splits", default="train,val", help="comma-separated splits whose images are predicted (train, val, test)"
+    )
     p.add_argument("--rois", type=Path, help="ROI assignment table; with --roi, predict only that ROI's voxels")
     p.add_argument("--roi", help="ROI whose voxels are predicted (dark knowledge of a stage-1/2 model)")
-    p.add_argument("--dtype", choices=["float16", "float32"], default="float32", help="float32 for evaluation, float16 for dark knowledge")
+    p.add_argument(
+        "--dtype",
+        choices=["float16", "float32"],
+        default="float32",
+        help="float32 for evaluation, float16 for dark knowledge",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     _claim_gpu_argument(p)
 
@@ -223,14 +296,26 @@ def _predict(p: argparse.ArgumentParser) -> None:
 
         if args.images is not None:
             if args.store or args.features or args.rois or args.roi:
-                raise CliError("--images predicts a folder from the model file alone: drop --store/--features/--rois/--roi")
+                raise CliError(
+                    "--images predicts a folder from the model file alone: drop --store/--features/--rois/--roi"
+                )
             from afo.api import predict_folder
             from afo.training.monitor import log_to_stderr_unless_configured
 
             log_to_stderr_unless_configured()  # a progress line per batch
-            return _on_claimed_gpu(args, lambda: predict_folder(
-                args.model, args.images, args.out, subjects=args.subject, maps_dir=args.maps, batch_size=args.batch_size,
-                device=args.device, weights=args.weights))
+            return _on_claimed_gpu(
+                args,
+                lambda: predict_folder(
+                    args.model,
+                    args.images,
+                    args.out,
+                    subjects=args.subject,
+                    maps_dir=args.maps,
+                    batch_size=args.batch_size,
+                    device=args.device,
+                    weights=args.weights,
+                ),
+            )
         if not (args.store and args.features):
             raise CliError("give --images DIR, or --store and --features (the store-based form the workflow uses)")
         if args.subject or args.maps or args.weights:
@@ -238,51 +323,106 @@ def _predict(p: argparse.ArgumentParser) -> None:
         from afo.training.predict import predict_file
 
         splits = [s.strip() for s in args.splits.split(",") if s.strip()]
-        return _on_claimed_gpu(args, lambda: predict_file(
-            args.model, _named_paths(args.store, "--store"), _named_paths(args.features, "--features"), splits, args.out,
-            rois=args.rois, roi=args.roi, dtype=args.dtype, device=resolve_device(args.device), backbone=args.backbone_config,
-        ))
+        return _on_claimed_gpu(
+            args,
+            lambda: predict_file(
+                args.model,
+                _named_paths(args.store, "--store"),
+                _named_paths(args.features, "--features"),
+                splits,
+                args.out,
+                rois=args.rois,
+                roi=args.roi,
+                dtype=args.dtype,
+                device=resolve_device(args.device),
+                backbone=args.backbone_config,
+            ),
+        )
 
     p.set_defaults(func=run)
 
 
 def _overlap_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--overlap", type=Path, help="overlap.csv (afo overlap): leave out test images a --trained-on dataset trained on")
+    p.add_argument(
+        "--overlap",
+        type=Path,
+        help="overlap.csv (afo overlap): leave out test images a --trained-on dataset trained on",
+    )
     p.add_argument("--trained-on", action="append", metavar="NAME", help="a dataset the model was trained on (repeat)")
 
 
 @command("finetune", "fit new subjects on a trained model's frozen backbone and conv blocks (a TopyNeck and head each)")
 def _finetune(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, type=Path, help="the trained model file (model.pt) whose core is kept")
-    p.add_argument("--dataset", required=True, type=Path,
-                   help="the new data: a folder dataset (docs/folder-dataset.md), a prepared store (.h5), or with --format "
-                        "a dataset in an adapter's format")
-    p.add_argument("--out", required=True, type=Path, help="model file to write (base subjects + the new ones); metrics.csv "
-                                                           "and work/ (prepared data, features, resume state) go beside it")
+    p.add_argument(
+        "--dataset",
+        required=True,
+        type=Path,
+        help="the new data: a folder dataset (docs/folder-dataset.md), a prepared store (.h5), or with --format "
+        "a dataset in an adapter's format",
+    )
+    p.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        help="model file to write (base subjects + the new ones); metrics.csv "
+        "and work/ (prepared data, features, resume state) go beside it",
+    )
     p.add_argument("--format", default="auto", help="auto (store or folder), or an adapter's format (docs/datasets.md)")
     p.add_argument("--options", type=_json_arg, default={}, help="JSON object of adapter options")
     p.add_argument("--name", help="dataset name in the subject keys (default: the dataset's own name)")
-    p.add_argument("--train-config", type=_json_arg, default={},
-                   help="JSON: training settings over the base model's own (e.g. {\"max_epochs\": 20, \"lr\": 0.01})")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda (feature extraction; training uses the GPU when there is one)")
+    p.add_argument(
+        "--train-config",
+        type=_json_arg,
+        default={},
+        help='JSON: training settings over the base model\'s own (e.g. {"max_epochs": 20, "lr": 0.01})',
+    )
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="auto, cpu or cuda (feature extraction; training uses the GPU when there is one)",
+    )
     _claim_gpu_argument(p)
 
     def run(args):
         from afo.training.finetune import finetune_dataset
 
-        return _on_claimed_gpu(args, lambda: finetune_dataset(
-            args.model, args.dataset, args.out, train=args.train_config, fmt=args.format, options=args.options,
-            name=args.name, device=args.device))
+        return _on_claimed_gpu(
+            args,
+            lambda: finetune_dataset(
+                args.model,
+                args.dataset,
+                args.out,
+                train=args.train_config,
+                fmt=args.format,
+                options=args.options,
+                name=args.name,
+                device=args.device,
+            ),
+        )
 
     p.set_defaults(func=run)
 
 
 @command("evaluate", "score a model's prediction file per voxel: voxels.csv and summary.csv")
 def _evaluate(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--store", action="append", required=True, metavar="NAME=PATH", help="prepared store of dataset NAME (repeat per dataset)")
-    p.add_argument("--model", action="append", required=True, metavar="MODEL=PREDICTIONS",
-                   help="model file = its prediction file (afo predict --splits val,test); repeat to assemble per-ROI models")
-    p.add_argument("--rois", type=Path, help="ROI assignment table for the roi column (default: the dataset's own labels)")
+    p.add_argument(
+        "--store",
+        action="append",
+        required=True,
+        metavar="NAME=PATH",
+        help="prepared store of dataset NAME (repeat per dataset)",
+    )
+    p.add_argument(
+        "--model",
+        action="append",
+        required=True,
+        metavar="MODEL=PREDICTIONS",
+        help="model file = its prediction file (afo predict --splits val,test); repeat to assemble per-ROI models",
+    )
+    p.add_argument(
+        "--rois", type=Path, help="ROI assignment table for the roi column (default: the dataset's own labels)"
+    )
     p.add_argument("--dataset-roi-set", default="roi", help="ROI set of the store reported as dataset_roi")
     p.add_argument("--out-dir", required=True, type=Path, help="folder for voxels.csv and summary.csv")
     _overlap_arguments(p)
@@ -305,13 +445,23 @@ def _evaluate(p: argparse.ArgumentParser) -> None:
 def _decode(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, type=Path, help="model file (e.g. results/models/afo/stage3/model.pt)")
     p.add_argument("--images", required=True, type=Path, help="folder of candidate images (png, jpg, ...)")
-    p.add_argument("--response", required=True, type=Path,
-                   help="NumPy file [n_voxels] or [n_queries, n_voxels]: one value per modelled voxel or per voxel of the "
-                        "subject's dataset (responses.npy column order); NaN = missing")
+    p.add_argument(
+        "--response",
+        required=True,
+        type=Path,
+        help="NumPy file [n_voxels] or [n_queries, n_voxels]: one value per modelled voxel or per voxel of the "
+        "subject's dataset (responses.npy column order); NaN = missing",
+    )
     p.add_argument("--subject", required=True, help="subject key as in the model: <dataset>/<subject>")
-    p.add_argument("--config", type=Path, help="only for version-1 model files (which do not record their backbone): the "
-                                               "workflow config the model was trained with")
-    p.add_argument("--backbone", type=_json_arg, help="only for version-1 model files: JSON backbone section instead of --config")
+    p.add_argument(
+        "--config",
+        type=Path,
+        help="only for version-1 model files (which do not record their backbone): the "
+        "workflow config the model was trained with",
+    )
+    p.add_argument(
+        "--backbone", type=_json_arg, help="only for version-1 model files: JSON backbone section instead of --config"
+    )
     p.add_argument("--image-size", type=int, help="only for version-1 model files: the config's prepare.image_size")
     p.add_argument("--weights", type=Path, help="the backbone weights file, if it moved since training")
     p.add_argument("--rois", type=Path, help="ROI table; with --roi, match only that ROI's voxels")
@@ -347,13 +497,19 @@ def _decode(p: argparse.ArgumentParser) -> None:
             mask = np.isin(voxels, wanted)
         files = list_images(args.images)
         predicted = model.predict(files, subject=args.subject)
-        ranking = rank_user_images(predicted, [f.name for f in files], np.load(args.response), voxels, args.subject, voxel_mask=mask)
+        ranking = rank_user_images(
+            predicted, [f.name for f in files], np.load(args.response), voxels, args.subject, voxel_mask=mask
+        )
         if args.out:
             write_csv(ranking, args.out)
         best = ranking[ranking["rank"] < args.top]
         return {
-            "candidates": int(ranking["image"].nunique()), "queries": int(ranking["query"].nunique()),
-            "best": {int(q): [{"image": r.image, "r": round(float(r.r), 4)} for r in g.itertuples()] for q, g in best.groupby("query")},
+            "candidates": int(ranking["image"].nunique()),
+            "queries": int(ranking["query"].nunique()),
+            "best": {
+                int(q): [{"image": r.image, "r": round(float(r.r), 4)} for r in g.itertuples()]
+                for q, g in best.groupby("query")
+            },
         }
 
     p.set_defaults(func=run)
@@ -362,13 +518,20 @@ def _decode(p: argparse.ArgumentParser) -> None:
 @command("probe", "linear probing of one feature extractor on one dataset: per-voxel test r (paper Figure 1)")
 def _probe(p: argparse.ArgumentParser) -> None:
     p.add_argument("--extractor", required=True, help="extractor name (the label in the table)")
-    p.add_argument("--spec", type=_json_arg, required=True, help="JSON: source (timm | backbone | model) and its keys (afo.probing.benchmark)")
+    p.add_argument(
+        "--spec",
+        type=_json_arg,
+        required=True,
+        help="JSON: source (timm | backbone | model) and its keys (afo.probing.benchmark)",
+    )
     p.add_argument("--dataset", required=True, help="dataset name")
     p.add_argument("--role", default="train", help="the dataset's role (train | holdout), copied to the table")
     p.add_argument("--store", required=True, type=Path, help="prepared store of the dataset")
     p.add_argument("--features", type=Path, help="feature cache of the dataset (sources backbone and model)")
     p.add_argument("--model", type=Path, help="model file (source model)")
-    p.add_argument("--settings", type=_json_arg, default={}, help="JSON: n_components, alphas, cv, pool_grid, backend, seed")
+    p.add_argument(
+        "--settings", type=_json_arg, default={}, help="JSON: n_components, alphas, cv, pool_grid, backend, seed"
+    )
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass when extracting features")
     p.add_argument("--roi-set", default="roi", help="ROI set of the store copied to the dataset_roi column")
     p.add_argument("--out", required=True, type=Path, help="CSV to write")
@@ -378,16 +541,27 @@ def _probe(p: argparse.ArgumentParser) -> None:
 
     def run(args):
         from afo.data.overlap import left_out_by_dataset
-        from afo.probing.benchmark import ExtractorSpec, ProbeSettings, probe_dataset
         from afo.io.tables import write_csv
+        from afo.probing.benchmark import ExtractorSpec, ProbeSettings, probe_dataset
         from afo.runtime import resolve_device
 
         spec = ExtractorSpec.from_config(args.extractor, args.spec)
         leave_out = left_out_by_dataset([args.overlap] if args.overlap else [], [args.dataset], args.trained_on or [])
-        table = _on_claimed_gpu(args, lambda: probe_dataset(
-            spec, args.dataset, args.store, ProbeSettings.from_config({**args.settings, "batch_size": args.batch_size}), role=args.role,
-            features_path=args.features, model_path=args.model, roi_set=args.roi_set, device=resolve_device(args.device),
-            leave_out=leave_out.get(args.dataset)))
+        table = _on_claimed_gpu(
+            args,
+            lambda: probe_dataset(
+                spec,
+                args.dataset,
+                args.store,
+                ProbeSettings.from_config({**args.settings, "batch_size": args.batch_size}),
+                role=args.role,
+                features_path=args.features,
+                model_path=args.model,
+                roi_set=args.roi_set,
+                device=resolve_device(args.device),
+                leave_out=leave_out.get(args.dataset),
+            ),
+        )
         write_csv(table, args.out)
         return {"voxels": len(table), "median_r_test": float(table["r_test"].median())}
 
@@ -397,7 +571,12 @@ def _probe(p: argparse.ArgumentParser) -> None:
 @command("check-config", "validate a workflow config file against the schema (defaults filled in)")
 def _check_config(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", type=Path, help="config YAML")
-    p.add_argument("--schema", type=Path, default=None, help="schema file (default: the checkout's workflow/schemas/config.schema.yaml)")
+    p.add_argument(
+        "--schema",
+        type=Path,
+        default=None,
+        help="schema file (default: the checkout's workflow/schemas/config.schema.yaml)",
+    )
 
     def run(args):
         from afo.config import load_config
@@ -410,7 +589,9 @@ def _check_config(p: argparse.ArgumentParser) -> None:
 @command("check-data", "open every dataset of a config as the adapters will, write nothing, report what was found")
 def _check_data(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", type=Path, help="workflow config YAML (its datasets section)")
-    p.add_argument("--no-data", action="store_true", help="check layouts and tables only, do not stream the responses (faster)")
+    p.add_argument(
+        "--no-data", action="store_true", help="check layouts and tables only, do not stream the responses (faster)"
+    )
 
     def run(args):
         from afo.config import load_config
@@ -429,8 +610,11 @@ def _check_data(p: argparse.ArgumentParser) -> None:
                 report[name] = f"not checked: {err}"
                 continue
             for row in rows:
-                print(f"{name}/{row['subject']}: " + ", ".join(f"{k} {v}" for k, v in row.items() if k not in ("dataset", "subject")),
-                      file=sys.stderr)
+                print(
+                    f"{name}/{row['subject']}: "
+                    + ", ".join(f"{k} {v}" for k, v in row.items() if k not in ("dataset", "subject")),
+                    file=sys.stderr,
+                )
             report[name] = rows
         return report
 

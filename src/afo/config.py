@@ -51,7 +51,9 @@ def _describe(error: jsonschema.ValidationError) -> str:
         extra = sorted(set(error.instance) - set(allowed))
         hint = f"; valid keys here: {allowed}" if allowed else ""
         where = path if path != "<top level>" else "top level"
-        return f"config key(s) {[f'{path}.{k}' if path != '<top level>' else k for k in extra]} unknown at {where}{hint}"
+        return (
+            f"config key(s) {[f'{path}.{k}' if path != '<top level>' else k for k in extra]} unknown at {where}{hint}"
+        )
     if error.validator == "required":
         return f"config section `{path}`: {error.message}"
     if error.validator == "enum":
@@ -103,14 +105,20 @@ def _check_semantics(config: dict) -> None:
             simulated = (config.get("simulate", {}).get("options") or {}).get("datasets") or []
             parts = [d.get("name") for d in simulated if isinstance(d, dict)] or ["fmri", "eeg"]
             if ds["part"] not in parts:
-                raise ConfigError(f"config key `datasets.{name}.part`: {ds['part']!r} is not a simulated dataset; one of {parts}")
+                raise ConfigError(
+                    f"config key `datasets.{name}.part`: {ds['part']!r} is not a simulated dataset; one of {parts}"
+                )
         if ds["format"] != "synthetic" and "root" not in ds:
-            raise ConfigError(f"config key `datasets.{name}.root`: required for format {ds['format']} (the downloaded folder)")
+            raise ConfigError(
+                f"config key `datasets.{name}.root`: required for format {ds['format']} (the downloaded folder)"
+            )
     if not any(ds["role"] == "train" for ds in config["datasets"].values()):
         raise ConfigError("config key `datasets`: at least one dataset needs role: train")
     veroi = config["afo"]["veroi"]
     if (veroi["n_rois"] is None) == (veroi["threshold"] is None):
-        raise ConfigError("config keys `afo.veroi.n_rois` / `afo.veroi.threshold`: set exactly one of them (the other to null)")
+        raise ConfigError(
+            "config keys `afo.veroi.n_rois` / `afo.veroi.threshold`: set exactly one of them (the other to null)"
+        )
     # Checked before any planning: the DAG has jobs per veROI, so an absurd count would cost minutes and GBs.
     if veroi["n_rois"] is not None and veroi["n_rois"] > veroi["n_kmeans"]:
         raise ConfigError(

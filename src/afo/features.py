@@ -158,7 +158,9 @@ def extract_features(
             if not datasets:
                 for k, f in enumerate(feats):
                     shape = (n, *f.shape[1:])
-                    datasets.append(cache.create_dataset(f"layer_{k}", shape=shape, dtype=np.float16, chunks=(1, *f.shape[1:])))
+                    datasets.append(
+                        cache.create_dataset(f"layer_{k}", shape=shape, dtype=np.float16, chunks=(1, *f.shape[1:]))
+                    )
             for ds, f in zip(datasets, feats):
                 ds[start : start + f.shape[0]] = f.to(torch.float16).cpu().numpy()
             bar.update(feats[0].shape[0])
@@ -221,7 +223,9 @@ class FeatureBank:
         for dataset, path in sorted(caches.items()):
             cache = FeatureCache(path)
             if shapes is not None and cache.layer_shapes != shapes:
-                raise FeatureSourceError(f"{path}: layer shapes {cache.layer_shapes} differ from other datasets' {shapes}; use one backbone spec")
+                raise FeatureSourceError(
+                    f"{path}: layer shapes {cache.layer_shapes} differ from other datasets' {shapes}; use one backbone spec"
+                )
             shapes = cache.layer_shapes
             self.readers[dataset] = cache.readers()
         self.layer_shapes: list[tuple[int, int, int]] = shapes or []
@@ -257,7 +261,10 @@ class OnTheFlyFeatures:
                 sizes.add(store.image_size)
         self._model: torch.nn.Module | None = None
         # One image through the backbone gives the layer shapes the model is built for.
-        probe = torch.zeros((1, max(sizes) if sizes else spec.resolution, max(sizes) if sizes else spec.resolution, 3), dtype=torch.uint8)
+        probe = torch.zeros(
+            (1, max(sizes) if sizes else spec.resolution, max(sizes) if sizes else spec.resolution, 3),
+            dtype=torch.uint8,
+        )
         self.layer_shapes: list[tuple[int, int, int]] = [tuple(f.shape[1:]) for f in self.features([probe])]
 
     def __getstate__(self) -> dict:
@@ -295,5 +302,7 @@ def feature_source(
         return OnTheFlyFeatures(stores, BackboneSpec.from_config(dict(backbone)))
     missing = sorted(set(stores) - set(caches))
     if missing:
-        raise FeatureSourceError(f"no feature cache for dataset(s) {missing}: give their caches, or set backbone.cache: none")
+        raise FeatureSourceError(
+            f"no feature cache for dataset(s) {missing}: give their caches, or set backbone.cache: none"
+        )
     return FeatureBank({d: caches[d] for d in stores})

@@ -59,22 +59,33 @@ def html_table(
         cells = []
         for c in table.columns:
             cls = "key" if c in keys else ("best" if c == best else "")
-            cells.append(f'<td class="{cls}">{_cell(row[c], digits)}</td>' if cls else f"<td>{_cell(row[c], digits)}</td>")
+            cells.append(
+                f'<td class="{cls}">{_cell(row[c], digits)}</td>' if cls else f"<td>{_cell(row[c], digits)}</td>"
+            )
         rows.append("<tr>" + "".join(cells) + "</tr>")
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in table.columns)
     note_html = f'<p class="note">{html.escape(note)}</p>' if note else ""
     return (
-        f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+        f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
         f"<style>{_STYLE}</style></head><body><h2>{html.escape(title)}</h2>{note_html}"
         f"<table><thead><tr>{head}</tr></thead><tbody>\n" + "\n".join(rows) + "\n</tbody></table></body></html>\n"
     )
 
 
-def write_html_table(table: pd.DataFrame, path: str | os.PathLike, title: str, note: str = "", best_of: Sequence[str] = (), digits: int = 3) -> Path:
+def write_html_table(
+    table: pd.DataFrame,
+    path: str | os.PathLike,
+    title: str,
+    note: str = "",
+    best_of: Sequence[str] = (),
+    digits: int = 3,
+) -> Path:
     return atomic_write_text(path, html_table(table, title, note, best_of, digits))
 
 
-def render_csv(csv_path: str | os.PathLike, out: str | os.PathLike, title: str = "", note: str = "", best_of: Sequence[str] = ()) -> Path:
+def render_csv(
+    csv_path: str | os.PathLike, out: str | os.PathLike, title: str = "", note: str = "", best_of: Sequence[str] = ()
+) -> Path:
     """Any afo CSV table as a self-contained HTML page (a report item); ``best_of`` columns present get row maxima in bold."""
     from afo.io.tables import read_table
 

@@ -35,7 +35,9 @@ def cuda_bf16_native() -> bool:
     if "including_emulation" in inspect.signature(torch.cuda.is_bf16_supported).parameters:
         return bool(torch.cuda.is_bf16_supported(including_emulation=False))
     # torch < 2.3 has no switch and counts emulation in: ask the compute capability as well.
-    return bool(torch.cuda.is_bf16_supported()) and (bool(torch.version.hip) or torch.cuda.get_device_capability()[0] >= 8)
+    return bool(torch.cuda.is_bf16_supported()) and (
+        bool(torch.version.hip) or torch.cuda.get_device_capability()[0] >= 8
+    )
 
 
 def resolve_precision(name: str, device: torch.device | str) -> str:

@@ -12,6 +12,8 @@ use rule train_stage0 as train_stage1 with:
     output:
         model="results/models/{recipe}/stage1/roi{roi}/model.pt",
         metrics="results/models/{recipe}/stage1/roi{roi}/metrics.csv",
+    log:
+        "logs/train/{recipe}_stage1_roi{roi}.log",
     params:
         model=config["model"],
         train=stage_params("stage1"),
@@ -19,8 +21,6 @@ use rule train_stage0 as train_stage1 with:
         own_roi=None,
         target_mode="gt",
         backbone=online_backbone(),  # backbone.cache none: the job runs the backbone itself
-    log:
-        "logs/train/{recipe}_stage1_roi{roi}.log",
 
 
 use rule train_stage0 as train_stage2 with:
@@ -33,6 +33,8 @@ use rule train_stage0 as train_stage2 with:
     output:
         model="results/models/{recipe}/{stage2}/roi{roi}/model.pt",
         metrics="results/models/{recipe}/{stage2}/roi{roi}/metrics.csv",
+    log:
+        "logs/train/{recipe}_{stage2}_roi{roi}.log",
     params:
         model=config["model"],
         train=stage_params("stage2"),
@@ -40,8 +42,6 @@ use rule train_stage0 as train_stage2 with:
         own_roi="{roi}",
         target_mode="helpers",
         backbone=online_backbone(),  # backbone.cache none: the job runs the backbone itself
-    log:
-        "logs/train/{recipe}_{stage2}_roi{roi}.log",
 
 
 use rule train_stage0 as train_nodk with:
@@ -53,6 +53,8 @@ use rule train_stage0 as train_nodk with:
     output:
         model="results/models/{recipe}/nodk/roi{roi}/model.pt",
         metrics="results/models/{recipe}/nodk/roi{roi}/metrics.csv",
+    log:
+        "logs/train/{recipe}_nodk_roi{roi}.log",
     params:
         model=config["model"],
         train=stage_params("stage2"),
@@ -60,8 +62,6 @@ use rule train_stage0 as train_nodk with:
         own_roi="{roi}",
         target_mode="gt",
         backbone=online_backbone(),  # backbone.cache none: the job runs the backbone itself
-    log:
-        "logs/train/{recipe}_nodk_roi{roi}.log",
 
 
 use rule train_stage0 as train_stage3 with:
@@ -74,6 +74,8 @@ use rule train_stage0 as train_stage3 with:
     output:
         model="results/models/{recipe}/stage3/model.pt",
         metrics="results/models/{recipe}/stage3/metrics.csv",
+    log:
+        "logs/train/{recipe}_stage3.log",
     params:
         model=config["model"],
         train=stage_params("stage3"),
@@ -81,8 +83,6 @@ use rule train_stage0 as train_stage3 with:
         own_roi=None,
         target_mode="gt+dk",
         backbone=online_backbone(),  # backbone.cache none: the job runs the backbone itself
-    log:
-        "logs/train/{recipe}_stage3.log",
 
 
 rule dark_knowledge:
@@ -93,20 +93,20 @@ rule dark_knowledge:
         rois=roi_table,
     output:
         "results/models/{recipe}/{stage}/roi{roi}/dk.h5",
+    log:
+        "logs/dk/{recipe}_{stage}_roi{roi}.log",
+    wildcard_constraints:
+        stage="stage1|stage2|stage2plus",
+    conda:
+        "../../envs/afo.yaml"
+    threads: TRAIN_THREADS
+    resources:
+        gpu=1,
+        mem_mb=TRAIN_MEM_MB,
     params:
         splits=["train", "val"],
         roi="{roi}",
         dtype="float16",
         backbone=online_backbone(),  # backbone.cache none: the job runs the backbone itself
-    wildcard_constraints:
-        stage="stage1|stage2|stage2plus",
-    log:
-        "logs/dk/{recipe}_{stage}_roi{roi}.log",
-    threads: TRAIN_THREADS
-    resources:
-        gpu=1,
-        mem_mb=TRAIN_MEM_MB,
-    conda:
-        "../../envs/afo.yaml"
     script:
         "../scripts/predict.py"

@@ -191,7 +191,10 @@ EVALUATED = list(SINGLE) + list(ASSEMBLED)
 
 def _check_model_names() -> None:
     """Model names the analysis sections refer to must be evaluated models (a typo fails before anything runs)."""
-    for key, names in (("evaluation.figure_models", config["evaluation"]["figure_models"]), ("decoding.models", config["decoding"]["models"])):
+    for key, names in (
+        ("evaluation.figure_models", config["evaluation"]["figure_models"]),
+        ("decoding.models", config["decoding"]["models"]),
+    ):
         unknown = [n for n in names if n not in EVALUATED]
         if unknown:
             raise ConfigError(f"config key `{key}`: {unknown} not among the evaluated models {EVALUATED}")
@@ -215,13 +218,17 @@ def _check_finetune() -> None:
     if not FINETUNE["enabled"]:
         return
     if FINETUNE["model"] not in SINGLE:
-        raise ConfigError(f"config key `finetune.model`: {FINETUNE['model']!r} is not one of the single models {list(SINGLE)}")
+        raise ConfigError(
+            f"config key `finetune.model`: {FINETUNE['model']!r} is not one of the single models {list(SINGLE)}"
+        )
     if not FINETUNE["datasets"]:
         raise ConfigError("config key `finetune.datasets`: name at least one dataset (role holdout) to fit")
     for name in FINETUNE["datasets"]:
         if name not in DATASETS or name in TRAIN_DATASETS:
-            raise ConfigError(f"config key `finetune.datasets`: {name!r} must be a dataset of `datasets:` with role holdout "
-                              f"(the model already has the training datasets' subjects)")
+            raise ConfigError(
+                f"config key `finetune.datasets`: {name!r} must be a dataset of `datasets:` with role holdout "
+                f"(the model already has the training datasets' subjects)"
+            )
 
 
 _check_finetune()
@@ -283,7 +290,11 @@ def voxels_tables() -> list:
 PROBING = config["probing"]
 EXTRACTORS = sorted(PROBING["extractors"]) if PROBING["enabled"] else []
 # Keys of an extractor spec that its source reads (the rest would only make jobs rerun for nothing).
-_SPEC_KEYS = {"timm": ("name", "layers", "resolution", "pretrained", "pretrained_path", "model_kwargs"), "backbone": (), "model": ("model",)}
+_SPEC_KEYS = {
+    "timm": ("name", "layers", "resolution", "pretrained", "pretrained_path", "model_kwargs"),
+    "backbone": (),
+    "model": ("model",),
+}
 
 
 wildcard_constraints:
@@ -340,7 +351,11 @@ def analysis_targets() -> list:
     if EXTRACTORS:
         out += ["results/probing/probe.csv", "results/probing/probe_summary.html", "results/probing/probe_violins.png"]
     for name in config["decoding"]["models"]:
-        out += [f"results/decoding/{name}/retrieval.csv", f"results/decoding/{name}/retrievals", f"results/figures/{name}/roi_scores"]
+        out += [
+            f"results/decoding/{name}/retrieval.csv",
+            f"results/decoding/{name}/retrievals",
+            f"results/figures/{name}/roi_scores",
+        ]
     for name in config["evaluation"]["figure_models"]:
         out += [f"results/figures/{name}/{kind}" for kind in ("retinamap", "layerselector", "brainmaps")]
         out.append(f"results/brainmaps/{name}")

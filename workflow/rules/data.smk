@@ -4,16 +4,16 @@
 rule simulate:
     output:
         directory("resources/synthetic"),
-    params:
-        seed=config["simulate"]["seed"],
-        options=config["simulate"]["options"],
     log:
         "logs/simulate.log",
+    conda:
+        "../../envs/afo.yaml"
     threads: 1
     resources:
         mem_mb=2000,
-    conda:
-        "../../envs/afo.yaml"
+    params:
+        seed=config["simulate"]["seed"],
+        options=config["simulate"]["options"],
     script:
         "../scripts/simulate.py"
 
@@ -23,17 +23,17 @@ rule prepare:
         prepare_input,
     output:
         "results/prepared/{dataset}.h5",
+    log:
+        "logs/prepare/{dataset}.log",
+    conda:
+        "../../envs/afo.yaml"
+    threads: 1
+    resources:
+        mem_mb=8000,
     params:
         dataset=dataset_params,
         image_size=config["prepare"]["image_size"],
         manifest=dataset_manifest,
-    log:
-        "logs/prepare/{dataset}.log",
-    threads: 1
-    resources:
-        mem_mb=8000,
-    conda:
-        "../../envs/afo.yaml"
     script:
         "../scripts/prepare.py"
 
@@ -46,17 +46,17 @@ rule overlap:
     output:
         csv="results/data/overlap.csv",
         html=report("results/data/overlap.html", caption="../report/overlap.rst", category="7. Data"),
+    log:
+        "logs/overlap.log",
+    conda:
+        "../../envs/afo.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
     params:
         max_distance=OVERLAP["max_distance"],
         min_correlation=OVERLAP["min_correlation"],
         trained_on=TRAIN_DATASETS,
         exclude=OVERLAP["exclude"],
-    log:
-        "logs/overlap.log",
-    threads: 1
-    resources:
-        mem_mb=4000,
-    conda:
-        "../../envs/afo.yaml"
     script:
         "../scripts/overlap.py"

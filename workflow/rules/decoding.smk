@@ -8,19 +8,29 @@ rule decode:
         rois=evaluation_rois,
         stores=stores(),
     output:
-        table=report("results/decoding/{name}/retrieval.csv", caption="../report/retrieval.rst", category="4. Decoding", subcategory="{name}"),
-        figures=report(directory("results/decoding/{name}/retrievals"), patterns=["{subject}.png"], caption="../report/retrievals.rst",
-                       category="4. Decoding", subcategory="{name}"),
+        table=report(
+            "results/decoding/{name}/retrieval.csv",
+            caption="../report/retrieval.rst",
+            category="4. Decoding",
+            subcategory="{name}",
+        ),
+        figures=report(
+            directory("results/decoding/{name}/retrievals"),
+            patterns=["{subject}.png"],
+            caption="../report/retrievals.rst",
+            category="4. Decoding",
+            subcategory="{name}",
+        ),
+    log:
+        "logs/decoding/{name}.log",
+    conda:
+        "../../envs/afo.yaml"
+    threads: 1
+    resources:
+        mem_mb=TRAIN_MEM_MB,
     params:
         roi_set=AFO["dataset_roi_set"],
         examples=config["decoding"]["examples"],
         top_k=config["decoding"]["top_k"],
-    log:
-        "logs/decoding/{name}.log",
-    threads: 1
-    resources:
-        mem_mb=TRAIN_MEM_MB,
-    conda:
-        "../../envs/afo.yaml"
     script:
         "../scripts/decode.py"

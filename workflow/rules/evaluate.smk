@@ -11,13 +11,13 @@ use rule dark_knowledge as predict with:
         rois=predict_rois,
     output:
         "results/models/{model_dir}/predictions.h5",
+    log:
+        "logs/predict/{model_dir}.log",
     params:
         splits=["val", "test"],
         roi=predict_roi,
         dtype="float32",
         backbone=online_backbone(),  # backbone.cache none: the job runs the backbone itself
-    log:
-        "logs/predict/{model_dir}.log",
 
 
 rule evaluate:
@@ -30,16 +30,16 @@ rule evaluate:
     output:
         voxels="results/encoding/{name}/voxels.csv",
         summary="results/encoding/{name}/summary.csv",
-    params:
-        roi_set=AFO["dataset_roi_set"],
-        trained_on=overlap_trained_on(),
     log:
         "logs/evaluate/{name}.log",
+    conda:
+        "../../envs/afo.yaml"
     threads: 1
     resources:
         mem_mb=TRAIN_MEM_MB,
-    conda:
-        "../../envs/afo.yaml"
+    params:
+        roi_set=AFO["dataset_roi_set"],
+        trained_on=overlap_trained_on(),
     script:
         "../scripts/evaluate.py"
 
@@ -48,17 +48,22 @@ rule summary_html:
     input:
         "results/encoding/{name}/summary.csv",
     output:
-        report("results/encoding/{name}/summary.html", caption="../report/summary.rst", category="1. Encoding", subcategory="{name}"),
-    params:
-        title="Encoding scores: {name}",
-        best_of=[],
+        report(
+            "results/encoding/{name}/summary.html",
+            caption="../report/summary.rst",
+            category="1. Encoding",
+            subcategory="{name}",
+        ),
     log:
         "logs/evaluate/summary_html_{name}.log",
+    conda:
+        "../../envs/afo.yaml"
     threads: 1
     resources:
         mem_mb=1000,
-    conda:
-        "../../envs/afo.yaml"
+    params:
+        title="Encoding scores: {name}",
+        best_of=[],
     script:
         "../scripts/table_html.py"
 
@@ -68,20 +73,24 @@ rule ablation_table:
         voxels=voxels_tables(),
         veroi="results/rois/veroi.csv",
     output:
-        table=report("results/encoding/ablation_table.csv", caption="../report/ablation_table_csv.rst", category="2. Ablations"),
-        html=report("results/encoding/ablation_table.html", caption="../report/ablation_table.rst", category="2. Ablations"),
+        table=report(
+            "results/encoding/ablation_table.csv", caption="../report/ablation_table_csv.rst", category="2. Ablations"
+        ),
+        html=report(
+            "results/encoding/ablation_table.html", caption="../report/ablation_table.rst", category="2. Ablations"
+        ),
         comparison="results/encoding/comparison.csv",
+    log:
+        "logs/evaluate/ablation_table.log",
+    conda:
+        "../../envs/afo.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
     params:
         names=EVALUATED,
         # Not sorted: the order of the mapping is the order of the groups and areas in the table.
         area_groups=config["evaluation"]["area_groups"],
-    log:
-        "logs/evaluate/ablation_table.log",
-    threads: 1
-    resources:
-        mem_mb=2000,
-    conda:
-        "../../envs/afo.yaml"
     script:
         "../scripts/ablation_table.py"
 
@@ -91,11 +100,11 @@ use rule summary_html as comparison_html with:
         "results/encoding/comparison.csv",
     output:
         report("results/encoding/comparison.html", caption="../report/comparison.rst", category="1. Encoding"),
+    log:
+        "logs/evaluate/comparison_html.log",
     params:
         title="Mean test r per dataset and area",
         best_of=EVALUATED,
-    log:
-        "logs/evaluate/comparison_html.log",
 
 
 rule synthetic_checks:
@@ -106,18 +115,22 @@ rule synthetic_checks:
         retrieval="results/decoding/afo/retrieval.csv",
     output:
         json="results/analysis/synthetic_checks.json",
-        html=report("results/analysis/synthetic_checks.html", caption="../report/synthetic_checks.rst", category="6. Synthetic-brain checks"),
+        html=report(
+            "results/analysis/synthetic_checks.html",
+            caption="../report/synthetic_checks.rst",
+            category="6. Synthetic-brain checks",
+        ),
+    log:
+        "logs/evaluate/synthetic_checks.log",
+    conda:
+        "../../envs/afo.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
     params:
         ground_truth=SYNTHETIC_TRAIN,
         permutations=config["evaluation"]["null_permutations"],
         seed=config["evaluation"]["null_seed"],
-    log:
-        "logs/evaluate/synthetic_checks.log",
-    threads: 1
-    resources:
-        mem_mb=2000,
-    conda:
-        "../../envs/afo.yaml"
     script:
         "../scripts/synthetic_checks.py"
 
@@ -132,10 +145,10 @@ rule headline:
         report("results/headline.html", caption="../report/headline.rst", category="0. At a glance"),
     log:
         "logs/evaluate/headline.log",
+    conda:
+        "../../envs/afo.yaml"
     threads: 1
     resources:
         mem_mb=1000,
-    conda:
-        "../../envs/afo.yaml"
     script:
         "../scripts/headline.py"

@@ -8,15 +8,15 @@ rule features:
         "results/prepared/{dataset}.h5",
     output:
         "results/features/{dataset}.h5",
-    params:
-        backbone=backbone_params(),
     log:
         "logs/features/{dataset}.log",
+    conda:
+        "../../envs/afo.yaml"
     threads: 2
     resources:
         gpu=1,
         mem_mb=8000,
-    conda:
-        "../../envs/afo.yaml"
+    params:
+        backbone=backbone_params(),
     script:
         "../scripts/features.py"

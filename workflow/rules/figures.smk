@@ -8,22 +8,37 @@ rule model_figures:
         stores=stores(),
         truth=ground_truth_input(),
     output:
-        retina=report(directory("results/figures/{name}/retinamap"), patterns=["{subject}.png"], caption="../report/retinamap.rst",
-                      category="5. Probing figures", subcategory="{name}"),
-        layers=report(directory("results/figures/{name}/layerselector"), patterns=["{subject}.png"], caption="../report/layerselector.rst",
-                      category="5. Probing figures", subcategory="{name}"),
-        brain=report(directory("results/figures/{name}/brainmaps"), patterns=["{subject}.{map}.png"], caption="../report/brainmaps.rst",
-                     category="5. Probing figures", subcategory="{name}"),
+        retina=report(
+            directory("results/figures/{name}/retinamap"),
+            patterns=["{subject}.png"],
+            caption="../report/retinamap.rst",
+            category="5. Probing figures",
+            subcategory="{name}",
+        ),
+        layers=report(
+            directory("results/figures/{name}/layerselector"),
+            patterns=["{subject}.png"],
+            caption="../report/layerselector.rst",
+            category="5. Probing figures",
+            subcategory="{name}",
+        ),
+        brain=report(
+            directory("results/figures/{name}/brainmaps"),
+            patterns=["{subject}.{map}.png"],
+            caption="../report/brainmaps.rst",
+            category="5. Probing figures",
+            subcategory="{name}",
+        ),
         nifti=directory("results/brainmaps/{name}"),
-    params:
-        ground_truth=SYNTHETIC,
     log:
         "logs/figures/{name}.log",
+    conda:
+        "../../envs/afo.yaml"
     threads: 1
     resources:
         mem_mb=2000,
-    conda:
-        "../../envs/afo.yaml"
+    params:
+        ground_truth=SYNTHETIC,
     script:
         "../scripts/model_figures.py"
 
@@ -33,17 +48,22 @@ rule roi_scores:
         voxels="results/encoding/{name}/voxels.csv",
         retrieval="results/decoding/{name}/retrieval.csv",
     output:
-        report(directory("results/figures/{name}/roi_scores"), patterns=["{subject}.png"], caption="../report/roi_scores.rst",
-               category="5. Probing figures", subcategory="{name}"),
-    params:
-        roi_set=model_roi_set,
+        report(
+            directory("results/figures/{name}/roi_scores"),
+            patterns=["{subject}.png"],
+            caption="../report/roi_scores.rst",
+            category="5. Probing figures",
+            subcategory="{name}",
+        ),
     log:
         "logs/figures/{name}_roi_scores.log",
+    conda:
+        "../../envs/afo.yaml"
     threads: 1
     resources:
         mem_mb=2000,
-    conda:
-        "../../envs/afo.yaml"
+    params:
+        roi_set=model_roi_set,
     script:
         "../scripts/roi_scores.py"
 
@@ -52,13 +72,15 @@ rule dendrogram:
     input:
         "results/rois/veroi.npz",
     output:
-        report("results/figures/veroi_dendrogram.png", caption="../report/dendrogram.rst", category="5. Probing figures"),
+        report(
+            "results/figures/veroi_dendrogram.png", caption="../report/dendrogram.rst", category="5. Probing figures"
+        ),
     log:
         "logs/figures/dendrogram.log",
+    conda:
+        "../../envs/afo.yaml"
     threads: 1
     resources:
         mem_mb=1000,
-    conda:
-        "../../envs/afo.yaml"
     script:
         "../scripts/dendrogram.py"

@@ -11,15 +11,15 @@ rule finetune:
     output:
         model="results/models/finetune/{base}/model.pt",
         metrics="results/models/finetune/{base}/metrics.csv",
-    params:
-        train=FINETUNE["train"],
     log:
         "logs/train/finetune_{base}.log",
+    conda:
+        "../../envs/afo.yaml"
     threads: TRAIN_THREADS
     resources:
         gpu=1,
         mem_mb=TRAIN_MEM_MB,
-    conda:
-        "../../envs/afo.yaml"
+    params:
+        train=FINETUNE["train"],
     script:
         "../scripts/finetune.py"

@@ -10,6 +10,14 @@ rule probe:
         overlap=overlap_input(),
     output:
         "results/probing/{extractor}/{dataset}.csv",
+    log:
+        "logs/probing/{extractor}_{dataset}.log",
+    conda:
+        "../../envs/afo.yaml"
+    threads: TRAIN_THREADS
+    resources:
+        gpu=1,
+        mem_mb=TRAIN_MEM_MB,
     params:
         spec=probe_spec,
         settings=probe_settings(),
@@ -17,14 +25,6 @@ rule probe:
         roi_set=AFO["dataset_roi_set"],
         trained_on=overlap_trained_on(),
         backbone=probe_backbone,  # backbone.cache none: a backbone/model extractor runs the backbone itself
-    log:
-        "logs/probing/{extractor}_{dataset}.log",
-    threads: TRAIN_THREADS
-    resources:
-        gpu=1,
-        mem_mb=TRAIN_MEM_MB,
-    conda:
-        "../../envs/afo.yaml"
     script:
         "../scripts/probe.py"
 
@@ -34,14 +34,18 @@ rule probe_report:
         probe_tables(),
     output:
         table=report("results/probing/probe.csv", caption="../report/probe_csv.rst", category="3. Linear probing"),
-        summary=report("results/probing/probe_summary.html", caption="../report/probe_summary.rst", category="3. Linear probing"),
-        figure=report("results/probing/probe_violins.png", caption="../report/probe_violins.rst", category="3. Linear probing"),
+        summary=report(
+            "results/probing/probe_summary.html", caption="../report/probe_summary.rst", category="3. Linear probing"
+        ),
+        figure=report(
+            "results/probing/probe_violins.png", caption="../report/probe_violins.rst", category="3. Linear probing"
+        ),
     log:
         "logs/probing/report.log",
+    conda:
+        "../../envs/afo.yaml"
     threads: 1
     resources:
         mem_mb=2000,
-    conda:
-        "../../envs/afo.yaml"
     script:
         "../scripts/probe_report.py"

@@ -7,15 +7,15 @@ checkpoint veroi:
     output:
         table="results/rois/veroi.csv",
         clustering="results/rois/veroi.npz",
-    params:
-        veroi=AFO["veroi"],
     log:
         "logs/rois/veroi.log",
+    conda:
+        "../../envs/afo.yaml"
     threads: 1
     resources:
         mem_mb=4000,
-    conda:
-        "../../envs/afo.yaml"
+    params:
+        veroi=AFO["veroi"],
     script:
         "../scripts/veroi.py"
 
@@ -25,15 +25,15 @@ checkpoint dataset_rois:
         stores=stores(),
     output:
         "results/rois/dataset.csv",
-    params:
-        roi_set=AFO["dataset_roi_set"],
     log:
         "logs/rois/dataset.log",
+    conda:
+        "../../envs/afo.yaml"
     threads: 1
     resources:
         mem_mb=2000,
-    conda:
-        "../../envs/afo.yaml"
+    params:
+        roi_set=AFO["dataset_roi_set"],
     script:
         "../scripts/dataset_rois.py"
 
@@ -43,14 +43,14 @@ rule random_rois:
         "results/rois/veroi.csv",
     output:
         "results/rois/random.csv",
-    params:
-        seed=AFO["randroi_seed"],
     log:
         "logs/rois/random.log",
+    conda:
+        "../../envs/afo.yaml"
     threads: 1
     resources:
         mem_mb=1000,
-    conda:
-        "../../envs/afo.yaml"
+    params:
+        seed=AFO["randroi_seed"],
     script:
         "../scripts/random_rois.py"

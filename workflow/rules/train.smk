@@ -14,6 +14,14 @@ rule train_stage0:
     output:
         model="results/models/stage0/seed{seed}/model.pt",
         metrics="results/models/stage0/seed{seed}/metrics.csv",
+    log:
+        "logs/train/stage0_seed{seed}.log",
+    conda:
+        "../../envs/afo.yaml"
+    threads: TRAIN_THREADS * TRAIN_DEVICES
+    resources:
+        gpu=TRAIN_DEVICES,
+        mem_mb=TRAIN_MEM_MB * TRAIN_DEVICES,
     params:
         model=config["model"],
         train=stage0_params,
@@ -21,14 +29,6 @@ rule train_stage0:
         own_roi=None,
         target_mode="gt",
         backbone=online_backbone(),  # backbone.cache none: the job runs the backbone itself
-    log:
-        "logs/train/stage0_seed{seed}.log",
-    threads: TRAIN_THREADS * TRAIN_DEVICES
-    resources:
-        gpu=TRAIN_DEVICES,
-        mem_mb=TRAIN_MEM_MB * TRAIN_DEVICES,
-    conda:
-        "../../envs/afo.yaml"
     script:
         "../scripts/train.py"
 
@@ -37,6 +37,8 @@ use rule train_stage0 as train_ablation with:
     output:
         model="results/models/ablation/{ablation}/model.pt",
         metrics="results/models/ablation/{ablation}/metrics.csv",
+    log:
+        "logs/train/ablation_{ablation}.log",
     params:
         model=ablation_model,
         train=ablation_train,
@@ -44,5 +46,3 @@ use rule train_stage0 as train_ablation with:
         own_roi=None,
         target_mode="gt",
         backbone=online_backbone(),  # backbone.cache none: the job runs the backbone itself
-    log:
-        "logs/train/ablation_{ablation}.log",

@@ -1,4 +1,5 @@
 """Rule dataset_rois: the datasets' own ROI labels as an ROI table."""
+
 from afo.jobs import named_by_stem, run_job
 
 

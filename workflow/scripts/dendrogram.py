@@ -1,4 +1,5 @@
 """Rule dendrogram: the veROI dendrogram with its cut (paper Figure 6)."""
+
 from afo.jobs import run_job
 
 

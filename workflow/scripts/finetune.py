@@ -1,4 +1,5 @@
 """Rule finetune: fit the holdout datasets' subjects on a trained model's frozen core (afo.training.finetune)."""
+
 from afo.jobs import named_by_stem, run_job
 
 

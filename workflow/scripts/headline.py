@@ -1,4 +1,5 @@
 """Rule headline: the report's front page, the run's headline numbers at a glance."""
+
 from afo.jobs import optional_input, run_job
 
 

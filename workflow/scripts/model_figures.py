@@ -1,4 +1,5 @@
 """Rule model_figures: RetinaMap, LayerSelector and brain-map figures of one model, and NIfTI maps."""
+
 from afo.jobs import named_by_stem, run_job
 
 
@@ -6,8 +7,16 @@ def main(smk):
     from afo.figures.probing import model_figures
 
     out = smk.output
-    return model_figures(smk.input.voxels, smk.wildcards.name, named_by_stem(smk.input.stores), out.retina, out.layers,
-                         out.brain, out.nifti, smk.params.ground_truth)
+    return model_figures(
+        smk.input.voxels,
+        smk.wildcards.name,
+        named_by_stem(smk.input.stores),
+        out.retina,
+        out.layers,
+        out.brain,
+        out.nifti,
+        smk.params.ground_truth,
+    )
 
 
 run_job(snakemake, lambda: main(snakemake))

@@ -1,4 +1,5 @@
 """Rule prepare: read one dataset as downloaded and write its prepared store."""
+
 from afo.jobs import run_job
 
 

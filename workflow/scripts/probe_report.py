@@ -1,4 +1,5 @@
 """Rule probe_report: probe.csv over every extractor and dataset, its summary and the violin figure."""
+
 from afo.jobs import run_job
 
 

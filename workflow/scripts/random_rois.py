@@ -1,4 +1,5 @@
 """Rule random_rois: randROI, the veROI table's voxels and sizes with labels assigned at random."""
+
 from afo.jobs import run_job
 
 

@@ -1,4 +1,5 @@
 """Rule simulate: write the synthetic retinotopic brain (folder datasets) into resources/synthetic."""
+
 from afo.jobs import run_job
 
 

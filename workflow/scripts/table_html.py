@@ -1,4 +1,5 @@
 """Rules summary_html and comparison_html: a CSV table as an HTML report item."""
+
 from afo.jobs import run_job
 
 

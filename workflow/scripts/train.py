@@ -1,4 +1,5 @@
 """Every training rule (stage 0, ablations, stages 1-3, noDK): train one model, keep its top-k, write the soup."""
+
 from pathlib import Path
 
 from afo.jobs import named_by_stem, optional_input, run_job

@@ -1,4 +1,5 @@
 """Rule veroi: veROIs from the averaged head weights of the stage-0 models (k-means, then Ward)."""
+
 from afo.jobs import run_job
 
 
@@ -6,8 +7,9 @@ def main(smk):
     from afo.rois.tables import write_veroi
 
     v = smk.params.veroi
-    return write_veroi(smk.input.models, v["n_kmeans"], v["n_rois"], v["threshold"], v["seed"],
-                       smk.output.table, smk.output.clustering)
+    return write_veroi(
+        smk.input.models, v["n_kmeans"], v["n_rois"], v["threshold"], v["seed"], smk.output.table, smk.output.clustering
+    )
 
 
 run_job(snakemake, lambda: main(snakemake))

@@ -57,7 +57,13 @@ from afo.data.bigbrain import subject_target
 from afo.data.files import DatasetFileNotFoundError, format_error, load_trusted_pickle, reading
 from afo.data.media import middle_frame
 from afo.data.options import (
-    AdapterOptionError, as_list, check_choice, parse_subject_number, progress, resolve_options, warn,
+    AdapterOptionError,
+    as_list,
+    check_choice,
+    parse_subject_number,
+    progress,
+    resolve_options,
+    warn,
 )
 from afo.data.store import SPLIT_CODE, StoreWriter
 
@@ -104,7 +110,9 @@ def _train_array(data: Any, path: Path, n_videos: int) -> np.ndarray:
         raise format_error(path, "train", f"has shape {train.shape}", "(videos, repetitions, voxels)")
     if train.shape[0] != n_videos:
         raise format_error(
-            path, "train", f"covers {train.shape[0]} videos",
+            path,
+            "train",
+            f"covers {train.shape[0]} videos",
             f"{n_videos}, one row per training video (the first {n_videos} clips of {VIDEOS_DIR} by name; the "
             f"release has {TRAIN_VIDEOS}). Re-download this file, or set option train_videos if your copy differs",
         )
@@ -148,8 +156,12 @@ class Subject:
             raise format_error(path, "voxel_mask", f"has shape {mask.shape}", f"a 3-D volume {MASK_SHAPE}")
         ijk = np.argwhere(mask == 1)  # C order: the order of the voxels in 'train'
         if len(ijk) != train.shape[2]:
-            raise format_error(path, "voxel_mask", f"marks {len(ijk)} voxels but train has {train.shape[2]}",
-                               "one mask voxel (== 1) per column of train")
+            raise format_error(
+                path,
+                "voxel_mask",
+                f"marks {len(ijk)} voxels but train has {train.shape[2]}",
+                "one mask voxel (== 1) per column of train",
+            )
         return train, ijk
 
     def load(self) -> tuple[np.ndarray, np.ndarray, dict[str, list[str]]]:
@@ -169,10 +181,14 @@ class Subject:
         if not mini:
             raise DatasetFileNotFoundError(f"{self.mini_dir}: no mini-track ROI pickles. Expected layout: {LAYOUT}")
         first_path, first_train = next(iter(mini.values()))
-        for roi, (path, t) in mini.items():
+        for path, t in mini.values():
             if t.shape[1] != first_train.shape[1]:
-                raise format_error(path, "train", f"has {t.shape[1]} repetitions",
-                                   f"{first_train.shape[1]} like {first_path.name} (the same in every ROI file)")
+                raise format_error(
+                    path,
+                    "train",
+                    f"has {t.shape[1]} repetitions",
+                    f"{first_train.shape[1]} like {first_path.name} (the same in every ROI file)",
+                )
         train = np.concatenate([t for _, t in mini.values()], axis=2)
         labels = [roi for roi, (_, t) in mini.items() for _ in range(t.shape[2])]
         coords = self._mini_coords(mini)
@@ -186,7 +202,7 @@ class Subject:
             found = {k: v for v, k in enumerate(_column_keys(wb[0]))}
             wb_mm = nib.affines.apply_affine(self.affine, wb[1])
         unmatched = 0
-        for roi, (_, t) in mini.items():
+        for _roi, (_, t) in mini.items():
             keys = _column_keys(t)
             hits = [found.get(k) for k in keys] if found is not None else [None] * len(keys)
             if all(h is not None for h in hits):
@@ -278,8 +294,11 @@ def prepare(root, out, *, image_size: int, options: dict) -> dict:
                 n_rep = train.shape[1]
                 w = target.subject(subj.name, train.shape[2])
                 # trial order: video-major, repetitions of one video adjacent
-                w.append(train.reshape(n_fmri * n_rep, -1), np.repeat(np.arange(n_fmri), n_rep),
-                         np.repeat(video_split, n_rep))
+                w.append(
+                    train.reshape(n_fmri * n_rep, -1),
+                    np.repeat(np.arange(n_fmri), n_rep),
+                    np.repeat(video_split, n_rep),
+                )
                 w.finish(coords, rois=rois, attrs={"track": opts["track"], "repetitions": n_rep})
                 del train  # one subject's responses in memory at a time
         report["subjects"] = target.reports

@@ -167,8 +167,12 @@ class BigBrain:
         if all(r.noise_ceiling is not None for r in records):
             nc = np.concatenate([r.noise_ceiling for r in records])
         layout = [
-            {"subject": r.name, "first_voxel": int(offsets[i]), "n_voxels": r.n_voxels,
-             "n_trials": int(sum(len(t) for t in r.trial_image))}
+            {
+                "subject": r.name,
+                "first_voxel": int(offsets[i]),
+                "n_voxels": r.n_voxels,
+                "n_trials": int(sum(len(t) for t in r.trial_image)),
+            }
             for i, r in enumerate(records)
         ]
         attrs = {"bigbrain_subjects": json.dumps(layout), "bigbrain_layout": "grid"}
@@ -235,8 +239,9 @@ class _RecordingWriter:
         self._inner.append(responses, trial_image, trial_split)
 
     def finish(self, coords, rois=None, noise_ceiling=None, attrs=None, layout=None) -> dict:
-        self._reports[self._name] = self._inner.finish(coords, rois=rois, noise_ceiling=noise_ceiling, attrs=attrs,
-                                                       layout=layout)
+        self._reports[self._name] = self._inner.finish(
+            coords, rois=rois, noise_ceiling=noise_ceiling, attrs=attrs, layout=layout
+        )
         return self._reports[self._name]
 
 

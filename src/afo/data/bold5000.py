@@ -202,8 +202,10 @@ class Subject:
         total = sum(self.n_trials.values())
         if len(names) != total:
             raise format_error(
-                paths[0], "lines", f"has {len(names)} image names but the {len(self.n_trials)} session files hold "
-                f"{total} trials", "one image name per trial of every session, sessions concatenated in order",
+                paths[0],
+                "lines",
+                f"has {len(names)} image names but the {len(self.n_trials)} session files hold {total} trials",
+                "one image name per trial of every session, sessions concatenated in order",
             )
         out, start = {}, 0
         for s in sorted(self.n_trials):
@@ -230,8 +232,10 @@ class Subject:
         if mode == "auto":
             mode = "rois" if self.roi_paths else "never_nan"
             if mode == "never_nan":
-                warn(f"bold5000 {self.name}: no ROI masks (sub-CSI{self.number}_mask-*.nii.gz) found; keeping "
-                     "every never-NaN voxel (set roi_dir to the ROI masks to keep only visual voxels)")
+                warn(
+                    f"bold5000 {self.name}: no ROI masks (sub-CSI{self.number}_mask-*.nii.gz) found; keeping "
+                    "every never-NaN voxel (set roi_dir to the ROI masks to keep only visual voxels)"
+                )
         self.voxel_mode = mode
         finite = self._finite_everywhere()
         if mode == "never_nan":
@@ -247,7 +251,9 @@ class Subject:
                 data = np.asarray(nib.load(path).dataobj)
             if data.shape[:3] != self.shape:
                 raise format_error(
-                    path, "shape", f"is {data.shape}",
+                    path,
+                    "shape",
+                    f"is {data.shape}",
                     f"{self.shape}, the grid of the betas (use voxels: never_nan if the masks are on another grid)",
                 )
             inside = (data.reshape(self.shape) > 0) & (labels == "")
@@ -297,21 +303,30 @@ def open_dataset(root: str | Path, options: dict | None) -> Opened:
     check_choice(ADAPTER, "voxels", opts["voxels"], ["auto", "rois", "never_nan"])
     betas = find_betas(root)
     if not betas:
-        raise DatasetFileNotFoundError(f"{root}: no CSI*_GLMbetas-TYPED-FITHRF-GLMDENOISE-RR_ses-NN.nii.gz. "
-                                       f"Expected layout: {LAYOUT}")
-    numbers = sorted(betas) if opts["subjects"] is None else [
-        parse_subject_number(s, "CSI1 or 1", ADAPTER) for s in as_list(opts["subjects"])]
+        raise DatasetFileNotFoundError(
+            f"{root}: no CSI*_GLMbetas-TYPED-FITHRF-GLMDENOISE-RR_ses-NN.nii.gz. Expected layout: {LAYOUT}"
+        )
+    numbers = (
+        sorted(betas)
+        if opts["subjects"] is None
+        else [parse_subject_number(s, "CSI1 or 1", ADAPTER) for s in as_list(opts["subjects"])]
+    )
     missing = [n for n in numbers if n not in betas]
     if missing:
-        raise DatasetFileNotFoundError(f"{root}: no betas for CSI{missing} (found CSI{sorted(betas)}). "
-                                       f"Expected layout: {LAYOUT}")
+        raise DatasetFileNotFoundError(
+            f"{root}: no betas for CSI{missing} (found CSI{sorted(betas)}). Expected layout: {LAYOUT}"
+        )
     subjects = [Subject(root, n, betas[n], opts) for n in progress(numbers, "bold5000 subjects")]
 
-    stim_dir = Path(opts["stimuli_dir"]) if opts["stimuli_dir"] else (
-        root / "BOLD5000_Stimuli" / "Scene_Stimuli" / "Presented_Stimuli")
+    stim_dir = (
+        Path(opts["stimuli_dir"])
+        if opts["stimuli_dir"]
+        else (root / "BOLD5000_Stimuli" / "Scene_Stimuli" / "Presented_Stimuli")
+    )
     if not stim_dir.is_dir():
-        raise DatasetFileNotFoundError(f"{stim_dir}: stimulus folder not found (option stimuli_dir). "
-                                       f"Expected layout: {LAYOUT}")
+        raise DatasetFileNotFoundError(
+            f"{stim_dir}: stimulus folder not found (option stimuli_dir). Expected layout: {LAYOUT}"
+        )
     index = index_images(stim_dir)
     trial_paths: dict[str, list[Path]] = {}
     problems = []
@@ -336,13 +351,21 @@ def open_dataset(root: str | Path, options: dict | None) -> Opened:
 def prepare(root, out, *, image_size: int, options: dict) -> dict:
     """Prepare BOLD5000 under ``root`` into the store ``out``."""
     ds = open_dataset(root, options)
-    opts, subjects, trial_paths, image_paths, split_of = (ds.opts, ds.subjects, ds.trial_paths, ds.image_paths,
-                                                          ds.split_of)
+    opts, subjects, trial_paths, image_paths, split_of = (
+        ds.opts,
+        ds.subjects,
+        ds.trial_paths,
+        ds.image_paths,
+        ds.split_of,
+    )
     row_of = {p: r for r, p in enumerate(image_paths)}
     report: dict[str, Any] = {"dataset": ADAPTER, "n_images": len(image_paths), "subjects": {}}
     with StoreWriter(out, name=opts["name"], modality="fmri", source=ADAPTER, image_size=image_size) as writer:
-        writer.write_images(lazy_images(image_paths, "bold5000 images"), [p.name for p in image_paths],
-                            [bold5000_source(p.name) for p in image_paths])
+        writer.write_images(
+            lazy_images(image_paths, "bold5000 images"),
+            [p.name for p in image_paths],
+            [bold5000_source(p.name) for p in image_paths],
+        )
         target = DirectTarget(writer)
         for subj in subjects:
             w = target.subject(subj.name, len(subj.ijk))
@@ -355,9 +378,14 @@ def prepare(root, out, *, image_size: int, options: dict) -> dict:
                 w.append(block, [row_of[p] for p in chunk], [split_of[p.name] for p in chunk])
             coords = nib.affines.apply_affine(subj.affine, subj.ijk)
             rois = {"bold5000": subj.roi_labels} if subj.roi_labels is not None else {}
-            attrs = {"affine": np.asarray(subj.affine, dtype=np.float64).ravel(),
-                     "volume_shape": np.asarray(subj.shape, dtype=np.int64), "affine_source": subj.affine_source,
-                     "sessions": np.asarray(subj.sessions), "zscored": bool(opts["zscore"]), "voxels": subj.voxel_mode}
+            attrs = {
+                "affine": np.asarray(subj.affine, dtype=np.float64).ravel(),
+                "volume_shape": np.asarray(subj.shape, dtype=np.int64),
+                "affine_source": subj.affine_source,
+                "sessions": np.asarray(subj.sessions),
+                "zscored": bool(opts["zscore"]),
+                "voxels": subj.voxel_mode,
+            }
             result = w.finish(coords, rois=rois, attrs=attrs)
             result["sessions"] = subj.sessions
             result["voxels"] = subj.voxel_mode

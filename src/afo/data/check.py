@@ -37,7 +37,11 @@ class UnsupportedCheckError(UserError):
 def _row(fmt: str, subject: str, split_codes: np.ndarray, images: int, voxels: int, nan_voxels: int | None) -> dict:
     codes = np.asarray(split_codes)
     return {
-        "dataset": fmt, "subject": subject, "trials": int(codes.size), "images": int(images), "voxels": int(voxels),
+        "dataset": fmt,
+        "subject": subject,
+        "trials": int(codes.size),
+        "images": int(images),
+        "voxels": int(voxels),
         "splits": {name: int((codes == SPLIT_CODE[name]).sum()) for name in SPLITS},
         "nan_voxels": None if nan_voxels is None else int(nan_voxels),
     }
@@ -99,8 +103,10 @@ def _check_hcp_movie(root: Path, options: dict, read_data: bool) -> list[dict]:
         images = len(np.unique(np.concatenate([p.image_of_frame for p in plans])))
         nan = None
         if read_data:
-            runs = ((ds.space.read(ds.files[s][p.run], p.n_trs) for s in members if ds.files[s][p.run] is not None)
-                    for p in plans)
+            runs = (
+                (ds.space.read(ds.files[s][p.run], p.n_trs) for s in members if ds.files[s][p.run] is not None)
+                for p in plans
+            )
             nan = _nan_columns((x for per_run in runs for x in per_run), ds.n_voxels)
         rows.append(_row("hcp_movie", name, codes, images, ds.n_voxels, nan))
     return rows
@@ -136,8 +142,9 @@ CHECKERS: dict[str, Callable[[Path, dict, bool], list[dict]]] = {
 }
 
 
-def check_dataset(format: str, root: str | Path, options: dict | None = None, *, read_data: bool = True
-                  ) -> list[dict[str, Any]]:
+def check_dataset(
+    format: str, root: str | Path, options: dict | None = None, *, read_data: bool = True
+) -> list[dict[str, Any]]:
     """Per-subject counts of a downloaded dataset (see the module docstring), or the first problem as a UserError.
 
     ``options`` are the dataset's adapter options (the config entry minus format and root). ``read_data=False``
@@ -151,6 +158,7 @@ def check_dataset(format: str, root: str | Path, options: dict | None = None, *,
         )
     root = Path(root)
     if not root.is_dir():
-        raise DatasetFileNotFoundError(f"{root}: dataset root not found; set the dataset's root in the config to the "
-                                       "folder you downloaded it to")
+        raise DatasetFileNotFoundError(
+            f"{root}: dataset root not found; set the dataset's root in the config to the folder you downloaded it to"
+        )
     return CHECKERS[format](root, dict(options or {}), read_data)

@@ -44,16 +44,35 @@ def format_error(path: str | Path, field: str, problem: str, expected: str) -> D
 # Exceptions that mean "this file is not in the expected format" whoever raises them: the OS could not read it,
 # it ended early, or its bytes are not a pickle / text / zip archive.
 _BAD_FILE_ERRORS: tuple[type[BaseException], ...] = (
-    OSError, EOFError, pickle.UnpicklingError, UnicodeDecodeError, zipfile.BadZipFile,
+    OSError,
+    EOFError,
+    pickle.UnpicklingError,
+    UnicodeDecodeError,
+    zipfile.BadZipFile,
 )
 # The libraries that parse downloaded files. An exception class they define (nibabel's ImageFileError, scipy's
 # MatReadError, pandas' ParserError, ...) means a bad file, and so does a ValueError, KeyError, IndexError or
 # TypeError that comes out of their code (h5py's KeyError for a missing dataset, numpy's ValueError for a
 # truncated .npy). The same four raised by afo's own code are bugs and keep their traceback.
 _READER_MODULES = (
-    "h5py", "nibabel", "scipy.io", "pandas.io", "pandas._libs.parsers", "pandas.errors", "numpy.lib._npyio_impl",
-    "numpy.lib._format_impl", "numpy.lib.npyio", "numpy.lib.format", "mne.io", "mne.epochs", "mne.utils",
-    "pickle", "_pickle", "tables", "cifti", "PIL",
+    "h5py",
+    "nibabel",
+    "scipy.io",
+    "pandas.io",
+    "pandas._libs.parsers",
+    "pandas.errors",
+    "numpy.lib._npyio_impl",
+    "numpy.lib._format_impl",
+    "numpy.lib.npyio",
+    "numpy.lib.format",
+    "mne.io",
+    "mne.epochs",
+    "mne.utils",
+    "pickle",
+    "_pickle",
+    "tables",
+    "cifti",
+    "PIL",
 )
 _PARSER_LOOKUP_ERRORS = (ValueError, KeyError, IndexError, TypeError)
 
@@ -115,7 +134,6 @@ def reading(path: str | Path, what: str, expected: str) -> Iterator[None]:
         raise DatasetFormatError(
             f"{path}: could not read {what} ({type(exc).__name__}: {exc}); expected {expected}"
         ) from exc
-
 
 
 def open_h5(path: str | Path, what: str, expected: str) -> h5py.File:

@@ -59,7 +59,9 @@ def read_dataset_yaml(root: Path) -> dict:
     try:
         meta = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
-        raise _fail(path, f"not valid YAML ({err})", "write `name: <str>` and `modality: fmri|eeg|meg`, one per line") from err
+        raise _fail(
+            path, f"not valid YAML ({err})", "write `name: <str>` and `modality: fmri|eeg|meg`, one per line"
+        ) from err
     if not isinstance(meta, dict) or not isinstance(meta.get("name"), str) or not meta["name"]:
         raise _fail(path, "field `name` missing or not a string", "add `name: <dataset name>`")
     if meta.get("modality") not in MODALITIES:
@@ -92,18 +94,36 @@ def find_subjects(root: Path) -> list[Path]:
 def _read_trials(path: Path, n_trials: int, image_files: set[str]) -> pd.DataFrame:
     if not path.is_file():
         raise _fail(path, "missing", "write one row per trial with columns `image` (and optionally `split`)")
-    trials = _read_csv(path, {"image": str, "split": str}, "columns `image` (and optionally `split`), one row per trial")
+    trials = _read_csv(
+        path, {"image": str, "split": str}, "columns `image` (and optionally `split`), one row per trial"
+    )
     if "image" not in trials.columns:
-        raise _fail(path, f"no column `image` (columns: {list(trials.columns)})", "name the stimulus file of each trial in a column `image`")
+        raise _fail(
+            path,
+            f"no column `image` (columns: {list(trials.columns)})",
+            "name the stimulus file of each trial in a column `image`",
+        )
     if len(trials) != n_trials:
-        raise _fail(path, f"{len(trials)} rows but responses.npy has {n_trials} trials", "one row per trial, in the order of responses.npy")
+        raise _fail(
+            path,
+            f"{len(trials)} rows but responses.npy has {n_trials} trials",
+            "one row per trial, in the order of responses.npy",
+        )
     missing = sorted(set(trials["image"]) - image_files)
     if missing:
-        raise _fail(path, f"field `image` names {len(missing)} file(s) absent from images/, e.g. {missing[:3]}", "add the images or correct the names")
+        raise _fail(
+            path,
+            f"field `image` names {len(missing)} file(s) absent from images/, e.g. {missing[:3]}",
+            "add the images or correct the names",
+        )
     if "split" in trials.columns:
         unknown = sorted(set(trials["split"]) - set(SPLITS))
         if unknown:
-            raise _fail(path, f"field `split` has unknown label(s) {unknown}", f"use only {list(SPLITS)} (or drop the column for the default split)")
+            raise _fail(
+                path,
+                f"field `split` has unknown label(s) {unknown}",
+                f"use only {list(SPLITS)} (or drop the column for the default split)",
+            )
     return trials
 
 
@@ -112,7 +132,9 @@ def _read_csv(path: Path, dtype, layout: str) -> pd.DataFrame:
     try:
         return pd.read_csv(path, dtype=dtype, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise _fail(path, f"not a readable CSV table ({type(err).__name__}: {err})", f"write a CSV with {layout}") from err
+        raise _fail(
+            path, f"not a readable CSV table ({type(err).__name__}: {err})", f"write a CSV with {layout}"
+        ) from err
 
 
 def _read_options(options: dict | None, root: Path) -> dict:
@@ -121,7 +143,9 @@ def _read_options(options: dict | None, root: Path) -> dict:
     if isinstance(opts["seed"], bool) or not isinstance(opts["seed"], int):
         raise AdapterOptionError(f"folder dataset {root}: option seed must be an integer, got {opts['seed']!r}")
     if not isinstance(opts["bigbrain"], bool):
-        raise AdapterOptionError(f"folder dataset {root}: option bigbrain must be true or false, got {opts['bigbrain']!r}")
+        raise AdapterOptionError(
+            f"folder dataset {root}: option bigbrain must be true or false, got {opts['bigbrain']!r}"
+        )
     return opts
 
 
@@ -212,10 +236,18 @@ def _plan_subject(sub_dir: Path, image_files: set[str], seed: int) -> dict:
     trials = _read_trials(sub_dir / "trials.csv", n_trials, image_files)
     coords = _load_npy(sub_dir / "coords.npy", f"float32 [{n_voxels}, 3] voxel coordinates")
     if coords.shape != (n_voxels, 3):
-        raise _fail(sub_dir / "coords.npy", f"shape {coords.shape} but responses.npy has {n_voxels} voxels", f"save coordinates as [{n_voxels}, 3]")
+        raise _fail(
+            sub_dir / "coords.npy",
+            f"shape {coords.shape} but responses.npy has {n_voxels} voxels",
+            f"save coordinates as [{n_voxels}, 3]",
+        )
     if not np.isfinite(coords).all():
         rows = np.flatnonzero(~np.isfinite(coords).all(1))
-        raise _fail(sub_dir / "coords.npy", f"non-finite coordinates for {rows.size} voxel(s), e.g. {rows[:5].tolist()}", "give every voxel finite coordinates")
+        raise _fail(
+            sub_dir / "coords.npy",
+            f"non-finite coordinates for {rows.size} voxel(s), e.g. {rows[:5].tolist()}",
+            "give every voxel finite coordinates",
+        )
     rois = _read_rois(sub_dir / "rois.csv", n_voxels) if (sub_dir / "rois.csv").is_file() else None
     nc = None
     nc_path = sub_dir / "noise_ceiling.npy"
@@ -228,7 +260,15 @@ def _plan_subject(sub_dir: Path, image_files: set[str], seed: int) -> dict:
     names = sorted(set(trials["image"]))
     local = {name: i for i, name in enumerate(names)}
     split = _trial_split(sub_dir / "trials.csv", trials, trials["image"].map(local).to_numpy(), seed)
-    return {"dir": sub_dir, "responses": responses, "trials": trials, "split": split, "coords": coords, "rois": rois, "nc": nc}
+    return {
+        "dir": sub_dir,
+        "responses": responses,
+        "trials": trials,
+        "split": split,
+        "coords": coords,
+        "rois": rois,
+        "nc": nc,
+    }
 
 
 def prepare(root: str | Path, out: str | Path, *, image_size: int, options: dict | None = None) -> dict:
@@ -250,9 +290,15 @@ def prepare(root: str | Path, out: str | Path, *, image_size: int, options: dict
     index = {name: i for i, name in enumerate(used)}
 
     report: dict = {"dataset": meta["name"], "modality": meta["modality"], "n_images": len(used), "subjects": {}}
-    with StoreWriter(out, name=meta["name"], modality=meta["modality"], source=f"folder:{root.resolve()}", image_size=image_size) as writer:
+    with StoreWriter(
+        out, name=meta["name"], modality=meta["modality"], source=f"folder:{root.resolve()}", image_size=image_size
+    ) as writer:
         writer.write_images(
-            (load_image(images_dir / n) for n in tqdm(used, desc=f"{meta['name']}: images", file=sys.stderr, disable=None)), used
+            (
+                load_image(images_dir / n)
+                for n in tqdm(used, desc=f"{meta['name']}: images", file=sys.stderr, disable=None)
+            ),
+            used,
         )
         # Big brain: subjects are spooled and concatenated into one subject when the block closes.
         big = BigBrain(writer) if opts["bigbrain"] else contextlib.nullcontext()

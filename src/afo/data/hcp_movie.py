@@ -189,8 +189,12 @@ def _parse_sections(path: Path, rows: list[list[str]]) -> list[Block]:
                 run = found  # a section header naming the movie
             continue  # column headers such as "movie.block,start,stop,duration"
         if run is None:
-            raise format_error(path, "section", f"row {row} comes before any 7T_MOVIE<n> line",
-                               "one section per movie, headed by a line naming 7T_MOVIE<n>")
+            raise format_error(
+                path,
+                "section",
+                f"row {row} comes before any 7T_MOVIE<n> line",
+                "one section per movie, headed by a line naming 7T_MOVIE<n>",
+            )
         blocks.append(Block(run, row[0], start, stop))
     return blocks
 
@@ -210,8 +214,9 @@ def test_windows(timing: dict[int, list[Block]], runs: list[int], test_clip: Any
         else:
             match = [b for b in clips if b.label == str(labels[i])]
             if not match:
-                raise format_error(path, f"run {run}", f"has no block {labels[i]!r}",
-                                   f"one of {[b.label for b in clips]}")
+                raise format_error(
+                    path, f"run {run}", f"has no block {labels[i]!r}", f"one of {[b.label for b in clips]}"
+                )
             out[run] = match[0]
     return out
 
@@ -244,8 +249,9 @@ def _movie_files(stim_dir: Path, opts: dict, runs: list[int]) -> dict[int, Path]
             continue
         found = _stimulus_files(stim_dir, f"7T_MOVIE{run}_*.mp4")
         if not found:
-            raise DatasetFileNotFoundError(f"{stim_dir}: no 7T_MOVIE{run}_*.mp4 (option movie_files or "
-                                           f"stimulus_dir). Expected layout: {LAYOUT}")
+            raise DatasetFileNotFoundError(
+                f"{stim_dir}: no 7T_MOVIE{run}_*.mp4 (option movie_files or stimulus_dir). Expected layout: {LAYOUT}"
+            )
         out[run] = found[0]
     return out
 
@@ -267,8 +273,9 @@ def _run_file(root: Path, subject: str, run: int, opts: dict) -> Path | None:
 def _subjects(root: Path, opts: dict) -> list[str]:
     if opts["subjects"] is not None:
         return [str(s) for s in as_list(opts["subjects"])]
-    found = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name.isdigit()
-                   and (p / "MNINonLinear" / "Results").is_dir())
+    found = sorted(
+        p.name for p in root.iterdir() if p.is_dir() and p.name.isdigit() and (p / "MNINonLinear" / "Results").is_dir()
+    )
     if not found:
         raise DatasetFileNotFoundError(f"{root}: no <subject>/MNINonLinear/Results folders. Expected: {LAYOUT}")
     return found
@@ -296,8 +303,11 @@ def find_movie_versions(stim_dir: Path, opts: dict) -> list[MovieVersion]:
     option movie_files names the movies."""
     if opts["movie_files"] or not stim_dir.is_dir():
         return [MovieVersion("", stim_dir)]
-    found = [MovieVersion(p.name, p) for p in sorted(stim_dir.iterdir())
-             if p.is_dir() and p.name.lower().endswith("_version") and any(p.rglob("7T_MOVIE*.mp4"))]
+    found = [
+        MovieVersion(p.name, p)
+        for p in sorted(stim_dir.iterdir())
+        if p.is_dir() and p.name.lower().endswith("_version") and any(p.rglob("7T_MOVIE*.mp4"))
+    ]
     return found or [MovieVersion("", stim_dir)]
 
 
@@ -330,16 +340,21 @@ def read_version_table(path: Path, versions: list[MovieVersion]) -> dict[str, Mo
             continue
         version = _match_version(value, versions)
         if version is None:
-            raise format_error(path, "version", f"{value!r} on line {line} (subject {subject}) names no movie folder",
-                               f"one of {[v.name for v in versions]} (or pre/post, V1/V2)")
+            raise format_error(
+                path,
+                "version",
+                f"{value!r} on line {line} (subject {subject}) names no movie folder",
+                f"one of {[v.name for v in versions]} (or pre/post, V1/V2)",
+            )
         if out.get(subject, version) != version:
             raise format_error(path, "subject", f"{subject} has two versions", "one row per subject")
         out[subject] = version
     return out
 
 
-def assign_versions(subjects: list[str], versions: list[MovieVersion], stim_dir: Path, opts: dict
-                    ) -> dict[str, MovieVersion]:
+def assign_versions(
+    subjects: list[str], versions: list[MovieVersion], stim_dir: Path, opts: dict
+) -> dict[str, MovieVersion]:
     """The movie version each subject saw: the only one there is, or the user's table (option movie_versions)."""
     table = opts["movie_versions"]
     if table is None:
@@ -354,8 +369,10 @@ def assign_versions(subjects: list[str], versions: list[MovieVersion], stim_dir:
         return {s: versions[0] for s in subjects}
     path = Path(table)
     if opts["movie_files"]:
-        raise AdapterOptionError(f"{ADAPTER}: options movie_files (one movie per run, for every subject) and "
-                                 "movie_versions (a movie version per subject) exclude each other; keep one")
+        raise AdapterOptionError(
+            f"{ADAPTER}: options movie_files (one movie per run, for every subject) and "
+            "movie_versions (a movie version per subject) exclude each other; keep one"
+        )
     if versions[0].name == "":
         raise DatasetFileNotFoundError(
             f"{stim_dir}: option movie_versions ({path}) names movie versions, but this folder has no *_version "
@@ -364,8 +381,12 @@ def assign_versions(subjects: list[str], versions: list[MovieVersion], stim_dir:
     by_subject = read_version_table(path, versions)
     missing = [s for s in subjects if s not in by_subject]
     if missing:
-        raise format_error(path, "subject", f"has no row for {len(missing)} subject(s), e.g. {missing[:5]}",
-                           "one row per prepared subject (columns subject, version)")
+        raise format_error(
+            path,
+            "subject",
+            f"has no row for {len(missing)} subject(s), e.g. {missing[:5]}",
+            "one row per prepared subject (columns subject, version)",
+        )
     return {s: by_subject[s] for s in subjects}
 
 
@@ -393,8 +414,9 @@ def _timing_path(version: MovieVersion, stim_dir: Path, opts: dict) -> Path:
     return stim_dir / "HCP_7T_Movie_Clip_Timing.csv"
 
 
-def content_groups(assigned: dict[str, MovieVersion], runs: list[int], stim_dir: Path, opts: dict
-                   ) -> list[ContentGroup]:
+def content_groups(
+    assigned: dict[str, MovieVersion], runs: list[int], stim_dir: Path, opts: dict
+) -> list[ContentGroup]:
     """Group subjects by what they saw. Versions whose movies are byte-identical for every chosen run are one group;
     any difference (other clips, another cut or encoding) makes separate groups, never averaged together."""
     by_content: dict[tuple[str, ...], ContentGroup] = {}
@@ -430,8 +452,13 @@ def _expected_trs(run: int, found: list[int], opts: dict) -> tuple[int, str]:
     return expected, f"{counts[expected]} of {len(found)} subjects who saw the same movie"
 
 
-def check_run_lengths(groups: list[ContentGroup], files: dict[str, dict[int, Path | None]],
-                      lengths: dict[Path, int], runs: list[int], opts: dict) -> list[dict]:
+def check_run_lengths(
+    groups: list[ContentGroup],
+    files: dict[str, dict[int, Path | None]],
+    lengths: dict[Path, int],
+    runs: list[int],
+    opts: dict,
+) -> list[dict]:
     """Set each group's expected TR count per run (:func:`_expected_trs`) and its usable runs. A file with another
     count is an error (``short_runs: error``) or is left out of that subject's data (``short_runs: drop``, the
     default): ``files`` loses it, a warning names it, and the returned records say which (subject, run, file,
@@ -453,10 +480,13 @@ def check_run_lengths(groups: list[ContentGroup], files: dict[str, dict[int, Pat
                         "complete run. Re-download this file, or set option short_runs: drop to leave this "
                         "subject's run out (it is then listed in the report)"
                     )
-                warn(f"{path}: has {lengths[path]} TRs where run {run} has {expected} ({source}); subject {s}'s run "
-                     f"{run} is left out (short_runs: drop; listed in the report under dropped_runs)")
-                dropped.append({"subject": s, "run": run, "file": str(path), "n_trs": lengths[path],
-                                "expected": expected})
+                warn(
+                    f"{path}: has {lengths[path]} TRs where run {run} has {expected} ({source}); subject {s}'s run "
+                    f"{run} is left out (short_runs: drop; listed in the report under dropped_runs)"
+                )
+                dropped.append(
+                    {"subject": s, "run": run, "file": str(path), "n_trs": lengths[path], "expected": expected}
+                )
                 files[s][run] = None
             if any(files[s][run] is not None for s in have):
                 g.n_trs[run] = expected
@@ -509,8 +539,9 @@ class CiftiSpace:
             raise format_error(path, "grayordinates", f"are {len(axis1)}", f"the data's {len(self.axis)}")
         if isinstance(axis0, nib.cifti2.LabelAxis):
             table = axis0.label[0]
-            names = np.asarray([table[int(v)][0] if int(v) in table and int(v) != 0 else "" for v in values],
-                               dtype=object)
+            names = np.asarray(
+                [table[int(v)][0] if int(v) in table and int(v) != 0 else "" for v in values], dtype=object
+            )
         else:
             names = np.asarray([str(int(v)) if v > 0 else "" for v in values], dtype=object)
         wanted = as_list(self.opts["roi_labels"])
@@ -528,7 +559,8 @@ class CiftiSpace:
         tried = []
         if side:
             for path in sorted(folder.glob(f"fsaverage_LR*k/*.{side}.midthickness*.surf.gii")) + sorted(
-                    folder.glob(f"*.{side}.midthickness*.surf.gii")):
+                folder.glob(f"*.{side}.midthickness*.surf.gii")
+            ):
                 tried.append(path)
                 xyz = _read_surface(path, None)
                 if len(xyz) == n_vertices:
@@ -561,7 +593,9 @@ class CiftiSpace:
         index[volume] = self.axis.voxel[self.columns][volume]
         has_volume = self.axis.volume_shape is not None and bool(self.axis.volume_mask.any())
         return SurfaceLayout(
-            "cifti", np.asarray(self.axis.name[self.columns], dtype=object), index,
+            "cifti",
+            np.asarray(self.axis.name[self.columns], dtype=object),
+            index,
             {str(k): int(v) for k, v in self.axis.nvertices.items()},
             volume_affine=np.asarray(self.axis.affine) if has_volume else None,
             volume_shape=tuple(int(x) for x in self.axis.volume_shape) if has_volume else None,
@@ -673,8 +707,14 @@ class RunPlan:
     split_of_frame: np.ndarray
 
 
-def plan_frames(runs: list[int], n_trs: dict[int, int], tr: float, durations: dict[int, float],
-                windows: dict[int, Block], opts: dict) -> tuple[list[RunPlan], list[tuple[str, int, float]]]:
+def plan_frames(
+    runs: list[int],
+    n_trs: dict[int, int],
+    tr: float,
+    durations: dict[int, float],
+    windows: dict[int, Block],
+    opts: dict,
+) -> tuple[list[RunPlan], list[tuple[str, int, float]]]:
     """Images (name, run to decode from, time in s) and, per run, the image and split of every frame."""
     shift = int(round(float(opts["delay_s"]) / tr))
     offset = float(opts["frame_offset_s"])
@@ -806,8 +846,14 @@ def _write_subjects(target, ds: Opened, coords: np.ndarray, rois: dict) -> list[
     opts = ds.opts
     layout = ds.space.layout() if isinstance(ds.space, CiftiSpace) else None
     # volume runs: the grid, so NIfTI maps can be written in the subjects' (MNI) space
-    grid = {} if layout is not None else {"affine": np.asarray(ds.space.affine, dtype=np.float64).ravel(),
-                                          "volume_shape": np.asarray(ds.space.shape[:3], dtype=np.int64)}
+    grid = (
+        {}
+        if layout is not None
+        else {
+            "affine": np.asarray(ds.space.affine, dtype=np.float64).ravel(),
+            "volume_shape": np.asarray(ds.space.shape[:3], dtype=np.int64),
+        }
+    )
     for name, members, gp in progress(ds.units(), "hcp subjects", unit="subject"):
         if not any(ds.files[s][p.run] is not None for s in members for p in gp.plans):
             empty.append(name)
@@ -819,10 +865,19 @@ def _write_subjects(target, ds: Opened, coords: np.ndarray, rois: dict) -> list[
             if mean is not None:
                 trs = np.arange(plan.shift, plan.shift + plan.n_frames)  # TR t <-> frame t - shift
                 w.append(mean[trs], plan.image_of_frame, plan.split_of_frame)
-        w.finish(coords, rois=rois, attrs={"members": len(members), "delay_s": float(opts["delay_s"]),
-                                           "tr_s": float(ds.tr), "space": opts["space"],
-                                           "movie_versions": ",".join(v.name for v in gp.group.versions), **grid},
-                 layout=layout)
+        w.finish(
+            coords,
+            rois=rois,
+            attrs={
+                "members": len(members),
+                "delay_s": float(opts["delay_s"]),
+                "tr_s": float(ds.tr),
+                "space": opts["space"],
+                "movie_versions": ",".join(v.name for v in gp.group.versions),
+                **grid,
+            },
+            layout=layout,
+        )
     return empty
 
 
@@ -863,8 +918,9 @@ def open_dataset(root: str | Path, options: dict | None) -> Opened:
     files = {s: {r: _run_file(root, s, r, opts) for r in runs} for s in subjects}
     present = [s for s in subjects if any(files[s].values())]
     if not present:
-        raise DatasetFileNotFoundError(f"{root}: no {opts['space']} run files for subjects {subjects[:5]}. "
-                                       f"Expected layout: {LAYOUT}")
+        raise DatasetFileNotFoundError(
+            f"{root}: no {opts['space']} run files for subjects {subjects[:5]}. Expected layout: {LAYOUT}"
+        )
     files = {s: files[s] for s in present}
     missing = [(s, r) for s in present for r in runs if files[s][r] is None]
     if missing:
@@ -881,8 +937,9 @@ def open_dataset(root: str | Path, options: dict | None) -> Opened:
     planned = _plan_groups(groups, tr, opts)
 
     first_subject, first_file = next((s, p) for s in present for p in files[s].values() if p is not None)
-    space = CiftiSpace(first_file, root, first_subject, opts) if opts["space"] == "cifti" else \
-        VolumeSpace(first_file, opts)
+    space = (
+        CiftiSpace(first_file, root, first_subject, opts) if opts["space"] == "cifti" else VolumeSpace(first_file, opts)
+    )
     return Opened(opts, files, assigned, planned, missing, dropped, tr, space)
 
 
@@ -893,12 +950,23 @@ def prepare(root, out, *, image_size: int, options: dict) -> dict:
     coords, rois = ds.space.coords(), ds.space.rois()
     images = [im for gp in planned for im in gp.images]
     report: dict[str, Any] = {
-        "dataset": ADAPTER, "n_images": len(images), "runs": [int(r) for r in as_list(opts["runs"])], "tr_s": ds.tr,
+        "dataset": ADAPTER,
+        "n_images": len(images),
+        "runs": [int(r) for r in as_list(opts["runs"])],
+        "tr_s": ds.tr,
         "subjects_averaged": len(ds.files) if opts["group_average"] else 0,
-        "movie_versions": {v.name or str(v.folder): [s for s in ds.files if assigned[s] == v]
-                           for v in dict.fromkeys(assigned.values())},
-        "groups": {gp.group.name: {"versions": [v.name for v in gp.group.versions], "subjects": gp.group.subjects,
-                                   "runs": gp.group.runs, "n_trs": gp.group.n_trs} for gp in planned},
+        "movie_versions": {
+            v.name or str(v.folder): [s for s in ds.files if assigned[s] == v] for v in dict.fromkeys(assigned.values())
+        },
+        "groups": {
+            gp.group.name: {
+                "versions": [v.name for v in gp.group.versions],
+                "subjects": gp.group.subjects,
+                "runs": gp.group.runs,
+                "n_trs": gp.group.n_trs,
+            }
+            for gp in planned
+        },
         "missing_runs": [{"subject": s, "run": r} for s, r in ds.missing],
         "dropped_runs": ds.dropped,
         # the first `shift` TRs of a run have no frame 4 s earlier; TRs past the movie's end have none either

@@ -40,7 +40,6 @@ def find_images(folder: Path, relative: Mapping[str, str | Path]) -> dict[str, P
     return found
 
 
-
 def load_image(path: str | Path) -> Image.Image:
     """An RGB 8-bit PIL image, wide or float samples scaled to 0-255 (:func:`afo.data.store.to_rgb8`).
 

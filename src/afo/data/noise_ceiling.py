@@ -31,7 +31,9 @@ def check_percent(nc: np.ndarray, source: str) -> None:
     """
     nc = np.asarray(nc, dtype=np.float64)
     if np.isinf(nc).any():
-        raise NoiseCeilingError(f"{source}: {int(np.isinf(nc).sum())} value(s) are inf. Fix: use NaN for an unknown noise ceiling")
+        raise NoiseCeilingError(
+            f"{source}: {int(np.isinf(nc).sum())} value(s) are inf. Fix: use NaN for an unknown noise ceiling"
+        )
     finite = nc[np.isfinite(nc)]
     if finite.size == 0:
         return

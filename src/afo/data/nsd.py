@@ -52,11 +52,23 @@ import scipy.io
 
 from afo.data.bigbrain import DirectTarget
 from afo.data.files import (
-    DatasetFileNotFoundError, DatasetFormatError, format_error, h5_dataset, open_h5, reading, require_file,
+    DatasetFileNotFoundError,
+    DatasetFormatError,
+    format_error,
+    h5_dataset,
+    open_h5,
+    reading,
+    require_file,
 )
 from afo.data.noise_ceiling import ncsnr_to_nc
 from afo.data.options import (
-    AdapterOptionError, as_list, check_choice, parse_subject_number, progress, resolve_options, warn,
+    AdapterOptionError,
+    as_list,
+    check_choice,
+    parse_subject_number,
+    progress,
+    resolve_options,
+    warn,
 )
 from afo.data.overlap import coco_source
 from afo.data.responses import volume_scale, zscore_rows
@@ -116,7 +128,9 @@ def load_expdesign(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise format_error(path, "subjectim", f"has shape {subjectim.shape}", "(8, 10000) 73k ids, 1-based")
     if master.min() < 1 or master.max() > subjectim.shape[1]:
         raise format_error(
-            path, "masterordering", f"has values {master.min()}..{master.max()}",
+            path,
+            "masterordering",
+            f"has values {master.min()}..{master.max()}",
             f"1-based indices into the {subjectim.shape[1]} columns of subjectim",
         )
     return master, subjectim
@@ -160,7 +174,9 @@ def read_ctab(path: Path) -> dict[int, str]:
             try:
                 names[int(parts[0])] = parts[1]
             except ValueError:
-                raise format_error(path, "index", f"is not an integer in line {line!r}", "'index name' per line")
+                raise format_error(
+                    path, "index", f"is not an integer in line {line!r}", "'index name' per line"
+                ) from None
     return names
 
 
@@ -453,7 +469,8 @@ def _subjects(root: Path, opts: dict) -> list[int]:
         )
         if not subjects:
             raise DatasetFileNotFoundError(
-                f"{ppdata}: no subjXX/{opts['space']}/{opts['betas']} folder. Expected layout: {LAYOUT}")
+                f"{ppdata}: no subjXX/{opts['space']}/{opts['betas']} folder. Expected layout: {LAYOUT}"
+            )
     bad = [s for s in subjects if not 1 <= s <= len(SESSIONS_PER_SUBJECT)]
     if bad:
         raise AdapterOptionError(f"{ADAPTER}: subjects {bad} do not exist; NSD has subjects 1-8")
@@ -488,11 +505,11 @@ def _images(root: Path, ids: np.ndarray):
         if brick.ndim != 4 or brick.shape[3] != 3 or brick.dtype != np.uint8:
             raise format_error(path, "imgBrick", f"has shape {brick.shape} and dtype {brick.dtype}", expected)
         if ids.size and ids.max() >= brick.shape[0]:
-            raise format_error(path, "imgBrick", f"has {brick.shape[0]} images, the design needs id {ids.max()}",
-                               expected)
+            raise format_error(
+                path, "imgBrick", f"has {brick.shape[0]} images, the design needs id {ids.max()}", expected
+            )
         for start in progress(range(0, ids.size, 64), "nsd images", unit="chunk"):
-            for image in brick[ids[start : start + 64]]:
-                yield image
+            yield from brick[ids[start : start + 64]]
 
 
 def stim_info_path(root: Path) -> Path:
@@ -506,8 +523,10 @@ def coco_sources(root: Path, image_ids: np.ndarray) -> list[str] | None:
 
     path = stim_info_path(root)
     if not path.is_file():
-        warn(f"{path} not found: NSD images are matched with other datasets' (BOLD5000's COCO images) by their "
-             "pixels only, which misses NSD's square crops; download it to match them by COCO id")
+        warn(
+            f"{path} not found: NSD images are matched with other datasets' (BOLD5000's COCO images) by their "
+            "pixels only, which misses NSD's square crops; download it to match them by COCO id"
+        )
         return None
     expected = "a CSV with columns nsdId (0-based image) and cocoId"
     with reading(path, "NSD stimulus information", expected):
@@ -517,8 +536,12 @@ def coco_sources(root: Path, image_ids: np.ndarray) -> list[str] | None:
     coco = dict(zip(table["nsdId"].astype(int), table["cocoId"].astype(int)))
     missing = [int(i) for i in image_ids if int(i) not in coco]
     if missing:
-        raise format_error(path, "nsdId", f"lacks {len(missing)} image(s) of the design, e.g. {missing[:3]}",
-                           "a row for every one of the 73000 images")
+        raise format_error(
+            path,
+            "nsdId",
+            f"lacks {len(missing)} image(s) of the design, e.g. {missing[:3]}",
+            "a row for every one of the 73000 images",
+        )
     return [coco_source(coco[int(i)]) for i in image_ids]
 
 
@@ -548,12 +571,14 @@ def prepare(root, out, *, image_size: int, options: dict) -> dict:
 
     report: dict[str, Any] = {"dataset": ADAPTER, "n_images": int(image_ids.size), "subjects": {}}
     with StoreWriter(out, name=opts["name"], modality="fmri", source=ADAPTER, image_size=image_size) as writer:
-        writer.write_images(_images(root, image_ids), [f"nsd{int(i):05d}" for i in image_ids],
-                            coco_sources(root, image_ids))
+        writer.write_images(
+            _images(root, image_ids), [f"nsd{int(i):05d}" for i in image_ids], coco_sources(root, image_ids)
+        )
         target = DirectTarget(writer)
         for source in sources:
-            report["subjects"][source.name] = _write_subject(target, source, sessions[source.name],
-                                                             trial_ids[source.name], row_of, split_of, opts)
+            report["subjects"][source.name] = _write_subject(
+                target, source, sessions[source.name], trial_ids[source.name], row_of, split_of, opts
+            )
     return report
 
 
@@ -570,17 +595,26 @@ def _write_subject(target, source, sessions, ids, row_of, split_of, opts) -> dic
     if opts["noise_ceiling"] != "repeats":
         ncsnr = source.ncsnr()
         if ncsnr is None and opts["noise_ceiling"] == "ncsnr":
-            raise DatasetFileNotFoundError(f"nsd {source.name}: ncsnr not found in {source.betas_dir}; "
-                                           "set noise_ceiling: repeats to compute it from repeated images")
+            raise DatasetFileNotFoundError(
+                f"nsd {source.name}: ncsnr not found in {source.betas_dir}; "
+                "set noise_ceiling: repeats to compute it from repeated images"
+            )
         if ncsnr is not None:
             test = [i for i in ids.tolist() if split_of[i] == SPLIT_CODE["test"]]
             _, counts = np.unique(test, return_counts=True) if test else (None, np.array([1]))
             nc = ncsnr_to_nc(ncsnr, counts)
     result = w.finish(
-        source.coords(), rois=source.rois(), noise_ceiling=nc,
-        attrs={"sessions": np.asarray(sessions), "space": opts["space"], "betas_format": source.format,
-               "zscored": bool(opts["zscore"]), "mask_roi": str(opts["mask_roi"] or ""),
-               **_volume_attrs(source)},
+        source.coords(),
+        rois=source.rois(),
+        noise_ceiling=nc,
+        attrs={
+            "sessions": np.asarray(sessions),
+            "space": opts["space"],
+            "betas_format": source.format,
+            "zscored": bool(opts["zscore"]),
+            "mask_roi": str(opts["mask_roi"] or ""),
+            **_volume_attrs(source),
+        },
         layout=source.layout() if isinstance(source, SurfaceSource) else None,
     )
     result["sessions"] = list(sessions)
@@ -592,4 +626,7 @@ def _volume_attrs(source) -> dict:
     affine, shape = getattr(source, "affine", None), getattr(source, "shape", None)
     if affine is None or shape is None:
         return {}
-    return {"affine": np.asarray(affine, dtype=np.float64).ravel(), "volume_shape": np.asarray(shape[:3], dtype=np.int64)}
+    return {
+        "affine": np.asarray(affine, dtype=np.float64).ravel(),
+        "volume_shape": np.asarray(shape[:3], dtype=np.int64),
+    }

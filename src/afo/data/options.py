@@ -24,8 +24,7 @@ def resolve_options(adapter: str, options: Mapping[str, Any] | None, defaults: M
     unknown = sorted(set(options) - set(defaults))
     if unknown:
         raise AdapterOptionError(
-            f"{adapter}: unknown option(s) {unknown}; valid options are {sorted(defaults)} "
-            f"(see docs/datasets.md)"
+            f"{adapter}: unknown option(s) {unknown}; valid options are {sorted(defaults)} (see docs/datasets.md)"
         )
     return {**defaults, **options}
 

@@ -53,8 +53,20 @@ from scipy.fft import dctn
 
 from afo.data.store import SPLITS, PreparedStore
 
-COLUMNS = ("dataset_a", "image_a", "name_a", "split_a", "dataset_b", "image_b", "name_b", "split_b", "method",
-           "source", "distance", "correlation")
+COLUMNS = (
+    "dataset_a",
+    "image_a",
+    "name_a",
+    "split_a",
+    "dataset_b",
+    "image_b",
+    "name_b",
+    "split_b",
+    "method",
+    "source",
+    "distance",
+    "correlation",
+)
 HASH_SIZE = 32  # grey image side the DCT runs on
 HASH_LOW = 8  # 8 x 8 lowest frequencies -> 64 bits
 THUMB = 16  # thumbnail side of the verification
@@ -102,8 +114,10 @@ def bold5000_source(file_name: str) -> str:
 
 def _grey(image: np.ndarray, size: int) -> np.ndarray:
     """uint8 [H, W, 3] -> float64 [size, size] grey (ITU-R 601 luma), box-averaged (every pixel counts once)."""
-    return np.asarray(Image.fromarray(np.asarray(image, dtype=np.uint8)).convert("L").resize((size, size), Image.BOX),
-                      dtype=np.float64)
+    return np.asarray(
+        Image.fromarray(np.asarray(image, dtype=np.uint8)).convert("L").resize((size, size), Image.BOX),
+        dtype=np.float64,
+    )
 
 
 def _window_operators(max_crop: float, steps: int = 3) -> tuple[np.ndarray, np.ndarray]:
@@ -114,6 +128,7 @@ def _window_operators(max_crop: float, steps: int = 3) -> tuple[np.ndarray, np.n
     crop fractions c up to ``max_crop`` per side, each at ``steps`` x ``steps`` offsets from one corner to the
     other (an uneven crop shifts as well as scales the content).
     """
+
     def axis_operator(start: float, side: float) -> np.ndarray:
         centres = start + (np.arange(THUMB) + 0.5) / THUMB * side  # in [0, 1] of the source image
         pos = np.clip(centres * HASH_SIZE - 0.5, 0, HASH_SIZE - 1)
@@ -225,8 +240,7 @@ def read_dataset(name: str, path: str | Path) -> DatasetImages:
     with PreparedStore(path) as store:
         parts = [fingerprints(store.images(slice(s, s + _CHUNK))) for s in range(0, store.n_images, _CHUNK)]
         hashes, grey, flat = (np.concatenate([p[i] for p in parts]) for i in range(3))
-        return DatasetImages(name, store.image_names(), store.image_sources(), image_splits(store), hashes, grey,
-                             flat)
+        return DatasetImages(name, store.image_names(), store.image_sources(), image_splits(store), hashes, grey, flat)
 
 
 def _pairs(a: DatasetImages, b: DatasetImages, max_distance: int, min_correlation: float) -> list[dict]:
@@ -258,12 +272,22 @@ def _pairs(a: DatasetImages, b: DatasetImages, max_distance: int, min_correlatio
             source = found.get((i, j), "")
             if not source and corr < min_correlation:
                 continue
-            out.append({
-                "dataset_a": a.name, "image_a": i, "name_a": a.names[i], "split_a": a.splits[i],
-                "dataset_b": b.name, "image_b": j, "name_b": b.names[j], "split_b": b.splits[j],
-                "method": "source" if source else "hash", "source": source, "distance": int(dist),
-                "correlation": round(float(corr), 4),
-            })
+            out.append(
+                {
+                    "dataset_a": a.name,
+                    "image_a": i,
+                    "name_a": a.names[i],
+                    "split_a": a.splits[i],
+                    "dataset_b": b.name,
+                    "image_b": j,
+                    "name_b": b.names[j],
+                    "split_b": b.splits[j],
+                    "method": "source" if source else "hash",
+                    "source": source,
+                    "distance": int(dist),
+                    "correlation": round(float(corr), 4),
+                }
+            )
     return out
 
 
@@ -304,8 +328,10 @@ def left_out_images(overlap: pd.DataFrame | str | Path, dataset: str, train_data
     train = set(train_datasets) - {dataset}
     for mine, other in (("a", "b"), ("b", "a")):
         hit = table[(table[f"dataset_{mine}"] == dataset) & table[f"dataset_{other}"].isin(train)]
-        keep = [_trained_on(theirs) and "test" in own.split("+")
-                for theirs, own in zip(hit[f"split_{other}"].tolist(), hit[f"split_{mine}"].tolist())]
+        keep = [
+            _trained_on(theirs) and "test" in own.split("+")
+            for theirs, own in zip(hit[f"split_{other}"].tolist(), hit[f"split_{mine}"].tolist())
+        ]
         hit = hit[np.asarray(keep, dtype=bool)]
         rows |= set(hit[f"image_{mine}"].astype(int).tolist())
     return np.asarray(sorted(rows), dtype=np.int64)
@@ -325,13 +351,22 @@ def overlap_summary(
             test = {i for i, s in enumerate(image_splits(store)) if "test" in s.split("+")}
         shared = []
         for other in sorted(set(stores) - {name}):
-            pair = overlap[((overlap["dataset_a"] == name) & (overlap["dataset_b"] == other))
-                           | ((overlap["dataset_b"] == name) & (overlap["dataset_a"] == other))]
+            pair = overlap[
+                ((overlap["dataset_a"] == name) & (overlap["dataset_b"] == other))
+                | ((overlap["dataset_b"] == name) & (overlap["dataset_a"] == other))
+            ]
             if len(pair):
                 shared.append(f"{other}: {len(pair)}")
         trained = left_out_images(overlap, name, train_datasets).size
-        out.append({"dataset": name, "shared_with": "; ".join(shared), "n_test_images": len(test),
-                    "n_test_trained_elsewhere": trained, "n_test_left_out": trained if exclude else 0})
+        out.append(
+            {
+                "dataset": name,
+                "shared_with": "; ".join(shared),
+                "n_test_images": len(test),
+                "n_test_trained_elsewhere": trained,
+                "n_test_left_out": trained if exclude else 0,
+            }
+        )
     return pd.DataFrame(out)
 
 

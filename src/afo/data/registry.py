@@ -17,6 +17,7 @@ from afo.errors import UserError
 class UnknownFormatError(UserError, ValueError):
     """A dataset's ``format`` names no adapter."""
 
+
 FORMATS: dict[str, str] = {
     "folder": "afo.data.folder",
     "nsd": "afo.data.nsd",

@@ -30,7 +30,9 @@ class RepeatMeans:
     def add(self, responses: np.ndarray, trial_image: np.ndarray) -> None:
         """responses [t, V] of trials showing ``trial_image`` [t]."""
         where = np.searchsorted(self.images, trial_image)
-        if trial_image.size and (where.max() >= self.images.size or not np.array_equal(self.images[where], trial_image)):
+        if trial_image.size and (
+            where.max() >= self.images.size or not np.array_equal(self.images[where], trial_image)
+        ):
             raise ValueError("RepeatMeans.add: a trial shows an image outside the images being averaged")
         finite = np.isfinite(responses)
         np.add.at(self._total, where, np.where(finite, responses, 0.0))
@@ -57,8 +59,7 @@ def average_repeats(responses: np.ndarray, trial_image: np.ndarray) -> tuple[np.
     trial_image = np.asarray(trial_image)
     if responses.ndim != 2 or trial_image.shape != (responses.shape[0],):
         raise ValueError(
-            f"responses must be [n_trials, V] and trial_image [n_trials]; got {responses.shape} and "
-            f"{trial_image.shape}"
+            f"responses must be [n_trials, V] and trial_image [n_trials]; got {responses.shape} and {trial_image.shape}"
         )
     means = RepeatMeans(np.unique(trial_image), responses.shape[1])
     means.add(responses, trial_image)
@@ -66,7 +67,10 @@ def average_repeats(responses: np.ndarray, trial_image: np.ndarray) -> tuple[np.
 
 
 def mean_over_repeats(
-    read: Callable[[np.ndarray], np.ndarray], trial_rows: np.ndarray, trial_image: np.ndarray, n_voxels: int,
+    read: Callable[[np.ndarray], np.ndarray],
+    trial_rows: np.ndarray,
+    trial_image: np.ndarray,
+    n_voxels: int,
     block: int = TRIAL_BLOCK,
 ) -> tuple[np.ndarray, np.ndarray]:
     """:func:`average_repeats` of the trials ``trial_rows`` [t] (showing ``trial_image`` [t]), read in blocks.

@@ -17,8 +17,14 @@ from afo.data.options import AdapterOptionError
 #: decimation (samples averaged per bin), the time axis scale of the coordinates, the validation share and seed
 #: of the split, and the big-brain option (all subjects saw the same images).
 SENSOR_OPTIONS: dict[str, Any] = {
-    "subjects": None, "tmin": None, "tmax": None, "decim": 1, "time_mm_per_s": 100.0,
-    "val_fraction": 0.06, "seed": 0, "bigbrain": False,
+    "subjects": None,
+    "tmin": None,
+    "tmax": None,
+    "decim": 1,
+    "time_mm_per_s": 100.0,
+    "val_fraction": 0.06,
+    "seed": 0,
+    "bigbrain": False,
 }
 
 
@@ -53,7 +59,6 @@ def volume_scale(dtype: np.dtype, scale: Any, what: str) -> float:
         return float(scale)
     except (TypeError, ValueError) as exc:
         raise AdapterOptionError(f"{what}: option scale must be 'auto' or a number, got {scale!r}") from exc
-
 
 
 def fit_sphere(points: np.ndarray) -> tuple[np.ndarray, float]:

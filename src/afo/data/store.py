@@ -93,8 +93,10 @@ class SurfaceLayout:
         if self.kind not in LAYOUT_KINDS:
             raise StoreError(f"{source}: layout kind {self.kind!r} is not one of {LAYOUT_KINDS}")
         if np.shape(self.structure) != (n_voxels,) or np.shape(self.index) != (n_voxels, 3):
-            raise StoreError(f"{source}: layout has {np.shape(self.structure)} structures and index "
-                             f"{np.shape(self.index)} for {n_voxels} voxels")
+            raise StoreError(
+                f"{source}: layout has {np.shape(self.structure)} structures and index "
+                f"{np.shape(self.index)} for {n_voxels} voxels"
+            )
         surface = np.asarray(self.index)[:, 1] < 0
         for name in set(np.asarray(self.structure, dtype=object)[surface].tolist()):
             rows = surface & (np.asarray(self.structure, dtype=object) == name)
@@ -326,8 +328,10 @@ class SubjectWriter:
         g.create_dataset("bad_voxel", data=bad)
         g.attrs["n_bad_voxels"] = int(bad.sum())
         g.attrs["bad_voxel_reasons"] = json.dumps(
-            {name: np.flatnonzero(mask).tolist() for name, mask in
-             (("all_nan", all_nan), ("constant", constant), ("no_train", no_train))}
+            {
+                name: np.flatnonzero(mask).tolist()
+                for name, mask in (("all_nan", all_nan), ("constant", constant), ("no_train", no_train))
+            }
         )
         g.attrs["n_inf_values"] = int(self._inf_count.sum())
         if noise_ceiling is not None:
@@ -414,9 +418,7 @@ def _check_split_by_image(trial_image: np.ndarray, trial_split: np.ndarray) -> N
     mismatch = spl != first[img]
     if mismatch.any():
         bad_image = int(img[np.flatnonzero(mismatch)[0]])
-        raise StoreError(
-            f"image {bad_image} appears in more than one split; splits must be by image, never by trial"
-        )
+        raise StoreError(f"image {bad_image} appears in more than one split; splits must be by image, never by trial")
 
 
 class StoreWriter:
@@ -467,8 +469,9 @@ class StoreWriter:
             raise StoreError(f"{count} images for {n} names")
         self._file.create_dataset("image_names", data=np.asarray(list(names), dtype=object), dtype=_STR)
         if sources is not None:
-            self._file.create_dataset("image_sources", data=np.asarray([str(x) for x in sources], dtype=object),
-                                      dtype=_STR)
+            self._file.create_dataset(
+                "image_sources", data=np.asarray([str(x) for x in sources], dtype=object), dtype=_STR
+            )
         self._n_images = n
 
     def subject(self, name: str, n_voxels: int, chunk_rows: int = 256, source: str | None = None) -> SubjectWriter:
@@ -610,7 +613,9 @@ class PreparedStore:
         rows = np.flatnonzero(self.trial_split(subject) == SPLIT_CODE[split])
         reader = self.response_reader(subject)
         try:
-            return mean_over_repeats(lambda r: reader.read(r)[:, voxels], rows, self.trial_image(subject)[rows], len(voxels))
+            return mean_over_repeats(
+                lambda r: reader.read(r)[:, voxels], rows, self.trial_image(subject)[rows], len(voxels)
+            )
         finally:
             reader.close()
 
@@ -645,8 +650,9 @@ class PreparedStore:
         shape = lg.attrs.get("volume_shape")
         return SurfaceLayout(
             kind=str(lg.attrs["kind"]),
-            structure=np.asarray([x.decode() if isinstance(x, bytes) else str(x) for x in lg["structure"][:]],
-                                 dtype=object),
+            structure=np.asarray(
+                [x.decode() if isinstance(x, bytes) else str(x) for x in lg["structure"][:]], dtype=object
+            ),
             index=lg["index"][:],
             n_vertices={k: int(v) for k, v in json.loads(lg.attrs["n_vertices"]).items()},
             volume_affine=None if affine is None else np.asarray(affine, dtype=np.float64).reshape(4, 4),

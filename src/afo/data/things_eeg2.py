@@ -42,7 +42,12 @@ import numpy as np
 
 from afo.data.bigbrain import subject_target
 from afo.data.files import (
-    DatasetFileNotFoundError, DatasetFormatError, find_first, format_error, load_trusted_pickle, reading,
+    DatasetFileNotFoundError,
+    DatasetFormatError,
+    find_first,
+    format_error,
+    load_trusted_pickle,
+    reading,
 )
 from afo.data.media import lazy_images
 from afo.data.options import AdapterOptionError, as_list, parse_subject_number, progress, resolve_options
@@ -56,7 +61,11 @@ PARTS = ("training", "test")
 CHUNK_IMAGES = 512
 
 DEFAULTS: dict[str, Any] = {
-    **SENSOR_OPTIONS, "name": "things_eeg2", "data_dir": None, "image_dir": None, "montage": "standard_1020",
+    **SENSOR_OPTIONS,
+    "name": "things_eeg2",
+    "data_dir": None,
+    "image_dir": None,
+    "montage": "standard_1020",
 }
 
 LAYOUT = (
@@ -98,8 +107,10 @@ def _image_dir(root: Path, opts: dict) -> Path:
 def load_metadata(image_dir: Path) -> dict[str, list[str]]:
     path = find_first([image_dir / "image_metadata.npy"])
     if path is None:
-        raise DatasetFileNotFoundError(f"{image_dir / 'image_metadata.npy'}: image metadata not found "
-                                       f"(option image_dir). Expected layout: {LAYOUT}")
+        raise DatasetFileNotFoundError(
+            f"{image_dir / 'image_metadata.npy'}: image metadata not found "
+            f"(option image_dir). Expected layout: {LAYOUT}"
+        )
     meta = load_dict_file(path, "image metadata", f"a dict with {list(METADATA_KEYS)}")
     for key in METADATA_KEYS:
         if key not in meta:
@@ -126,8 +137,12 @@ def montage_positions(names: list[str], montage: str, source: Path) -> np.ndarra
     lookup = {k.lower(): v for k, v in positions.items()}
     missing = [n for n in names if n.lower() not in lookup]
     if missing:
-        raise format_error(source, "ch_names", f"has channels {missing} that montage {montage} lacks",
-                           "10-20 channel names (or set option montage)")
+        raise format_error(
+            source,
+            "ch_names",
+            f"has channels {missing} that montage {montage} lacks",
+            "10-20 channel names (or set option montage)",
+        )
     return np.asarray([lookup[n.lower()] for n in names], dtype=np.float64) * 1000.0
 
 
@@ -152,8 +167,12 @@ class Subject:
         data = np.asarray(d["preprocessed_eeg_data"])
         names, times = [str(c) for c in d["ch_names"]], np.asarray(d["times"], dtype=np.float64).ravel()
         if data.ndim != 4 or data.shape[2] != len(names) or data.shape[3] != len(times):
-            raise format_error(path, "preprocessed_eeg_data", f"has shape {data.shape}",
-                               f"[images, reps, {len(names)} channels (ch_names), {len(times)} times (times)]")
+            raise format_error(
+                path,
+                "preprocessed_eeg_data",
+                f"has shape {data.shape}",
+                f"[images, reps, {len(names)} channels (ch_names), {len(times)} times (times)]",
+            )
         return data, names, times
 
 
@@ -176,15 +195,18 @@ def prepare(root, out, *, image_size: int, options: dict) -> dict:
     n_train_img = len(meta["train_img_files"])
     missing = [n for n in names if not (image_dir / n).is_file()]
     if missing:
-        raise DatasetFileNotFoundError(f"{image_dir}: {len(missing)} image(s) listed in image_metadata.npy are "
-                                       f"missing, e.g. {missing[:3]}. Expected layout: {LAYOUT}")
+        raise DatasetFileNotFoundError(
+            f"{image_dir}: {len(missing)} image(s) listed in image_metadata.npy are "
+            f"missing, e.g. {missing[:3]}. Expected layout: {LAYOUT}"
+        )
     split_of = split_images(range(len(names)), range(n_train_img, len(names)), opts["val_fraction"], opts["seed"])
     split = np.asarray([split_of[i] for i in range(len(names))], dtype=np.int8)
 
     report: dict[str, Any] = {"dataset": ADAPTER, "n_images": len(names)}
     with StoreWriter(out, name=opts["name"], modality="eeg", source=ADAPTER, image_size=image_size) as writer:
-        writer.write_images(lazy_images([image_dir / n for n in names], "things_eeg2 images"), names,
-                            [things_source(n) for n in names])
+        writer.write_images(
+            lazy_images([image_dir / n for n in names], "things_eeg2 images"), names, [things_source(n) for n in names]
+        )
         with subject_target(writer, bool(opts["bigbrain"]), name=opts["name"]) as target:
             for subj in progress(subjects, "things_eeg2 subjects", unit="subject"):
                 _write_subject(target, subj, opts, n_train_img, len(names), split)
@@ -198,15 +220,23 @@ def _write_subject(target, subj: Subject, opts: dict, n_train_img: int, n_images
         data, names, times = subj.load(part)  # one whole file: the release is a single pickle per part
         expected_images = n_train_img if part == "training" else n_images - n_train_img
         if data.shape[0] != expected_images:
-            raise format_error(subj.paths[part], "preprocessed_eeg_data", f"has {data.shape[0]} images",
-                               f"{expected_images}, one per {part[:5]} entry of image_metadata.npy")
+            raise format_error(
+                subj.paths[part],
+                "preprocessed_eeg_data",
+                f"has {data.shape[0]} images",
+                f"{expected_images}, one per {part[:5]} entry of image_metadata.npy",
+            )
         bins = time_window(times, opts["tmin"], opts["tmax"], opts["decim"], ADAPTER)
         if layout is None:
             layout = (names, times, bins)
             w = target.subject(subj.name, len(names) * bins.shape[0])
         elif names != layout[0] or not np.allclose(times, layout[1]):
-            raise format_error(subj.paths[part], "ch_names/times", "differ from the training file",
-                               "the same channels and time points in both files")
+            raise format_error(
+                subj.paths[part],
+                "ch_names/times",
+                "differ from the training file",
+                "the same channels and time points in both files",
+            )
         n_img, n_rep = data.shape[:2]
         for start in range(0, n_img, CHUNK_IMAGES):
             block = apply_window(data[start : start + CHUNK_IMAGES], bins)  # [img, rep, ch, bins]
@@ -217,7 +247,13 @@ def _write_subject(target, subj: Subject, opts: dict, n_train_img: int, n_images
     names, times, bins = layout
     positions = montage_positions(names, opts["montage"], subj.paths["training"])
     n_times = bins.shape[0]
-    w.finish(sensor_time_coords(positions, times[bins].mean(axis=1), float(opts["time_mm_per_s"])),
-             rois={"channel": [c for c in names for _ in range(n_times)]},
-             attrs={"n_channels": len(names), "n_times": n_times, "times_s": times[bins].mean(axis=1),
-                    "voxel_order": "channel-major: voxel = channel * n_times + time"})
+    w.finish(
+        sensor_time_coords(positions, times[bins].mean(axis=1), float(opts["time_mm_per_s"])),
+        rois={"channel": [c for c in names for _ in range(n_times)]},
+        attrs={
+            "n_channels": len(names),
+            "n_times": n_times,
+            "times_s": times[bins].mean(axis=1),
+            "voxel_order": "channel-major: voxel = channel * n_times + time",
+        },
+    )

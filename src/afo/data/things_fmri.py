@@ -43,9 +43,9 @@ voxel_x/y/z index that mask's grid in x, y, z order (indices outside the grid ar
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import h5py
@@ -65,9 +65,35 @@ from afo.data.store import StoreWriter
 
 ADAPTER = "things_fmri"
 VISUAL_ROIS = [
-    "V1", "V2", "V3", "hV4", "VO1", "VO2", "LO1 (prf)", "LO2 (prf)", "TO1", "TO2", "V3b", "V3a",
-    "lEBA", "rEBA", "lFFA", "rFFA", "lOFA", "rOFA", "lSTS", "rSTS", "lPPA", "rPPA", "lRSC", "rRSC",
-    "lTOS", "rTOS", "lLOC", "rLOC", "IT",
+    "V1",
+    "V2",
+    "V3",
+    "hV4",
+    "VO1",
+    "VO2",
+    "LO1 (prf)",
+    "LO2 (prf)",
+    "TO1",
+    "TO2",
+    "V3b",
+    "V3a",
+    "lEBA",
+    "rEBA",
+    "lFFA",
+    "rFFA",
+    "lOFA",
+    "rOFA",
+    "lSTS",
+    "rSTS",
+    "lPPA",
+    "rPPA",
+    "lRSC",
+    "rRSC",
+    "lTOS",
+    "rTOS",
+    "lLOC",
+    "rLOC",
+    "IT",
 ]
 READ_BYTES = 128 * 2**20  # one read of voxel rows (all trials each, float64) stays under this
 
@@ -106,8 +132,9 @@ class ResponseTable:
         try:
             self._store = pd.HDFStore(path, mode="r")
         except tables.HDF5ExtError as exc:  # PyTables' error for a file that is not HDF5 (or is damaged)
-            raise DatasetFormatError(f"{path}: not a readable HDF5 file ({exc.__class__.__name__}); "
-                                     f"expected {TABLE_EXPECTED}") from exc
+            raise DatasetFormatError(
+                f"{path}: not a readable HDF5 file ({exc.__class__.__name__}); expected {TABLE_EXPECTED}"
+            ) from exc
         try:
             with reading(path, "the pandas HDF response table", TABLE_EXPECTED):
                 self._describe()
@@ -185,11 +212,9 @@ class Subject:
         table_dir = Path(opts["table_dir"]) if opts["table_dir"] else root / "betas_csv"
         self.response_path = require_file(table_dir / f"{self.name}_ResponseData.h5", "response table", LAYOUT)
         self.stim_path = table_dir / f"{self.name}_StimulusMetadata.csv"
-        self.stimuli = _read_csv(self.stim_path, "stimulus metadata",
-                                 ["trial_type", "session", "stimulus"])
+        self.stimuli = _read_csv(self.stim_path, "stimulus metadata", ["trial_type", "session", "stimulus"])
         self.voxel_path = table_dir / f"{self.name}_VoxelMetadata.csv"
-        self.voxels = _read_csv(self.voxel_path, "voxel metadata",
-                                ["voxel_id", "voxel_x", "voxel_y", "voxel_z"])
+        self.voxels = _read_csv(self.voxel_path, "voxel metadata", ["voxel_id", "voxel_x", "voxel_y", "voxel_z"])
         keep_trials = self.stimuli["trial_type"].astype(str) != "catch"  # not in the table; dropped if present
         self.trials = np.flatnonzero(keep_trials.to_numpy())
         self.columns = [str(int(t)) for t in self.trials]  # trial column i is row i of StimulusMetadata
@@ -206,7 +231,9 @@ class Subject:
         missing = table.missing(self.columns)
         if missing:
             raise format_error(
-                self.response_path, missing[0], f"is missing ({len(missing)} of {len(self.columns)} trial columns)",
+                self.response_path,
+                missing[0],
+                f"is missing ({len(missing)} of {len(self.columns)} trial columns)",
                 f"one column per row of {self.stim_path.name}, labelled 0, 1, 2, ... (integers or strings)",
             )
         if table.n_rows != len(self.voxels):
@@ -221,8 +248,12 @@ class Subject:
             return []
         present = [r for r in wanted if r in self.voxels.columns]
         if not present:
-            raise format_error(self.voxel_path, "ROI columns", f"has none of {wanted}",
-                               "0/1 ROI columns such as V1, V2, lFFA (or set visual_rois: null)")
+            raise format_error(
+                self.voxel_path,
+                "ROI columns",
+                f"has none of {wanted}",
+                "0/1 ROI columns such as V1, V2, lFFA (or set visual_rois: null)",
+            )
         return present
 
     def _rows(self) -> np.ndarray:
@@ -237,8 +268,12 @@ class Subject:
         given = self.opts["brainmask"]
         if given:
             return require_file(str(given).replace("{subject}", f"{self.number:02d}"), "brain mask", LAYOUT)
-        path = find_first([root / "brainmasks" / f"{self.name}_space-T1w_brainmask.nii.gz",
-                           root / f"{self.name}_space-T1w_brainmask.nii.gz"])
+        path = find_first(
+            [
+                root / "brainmasks" / f"{self.name}_space-T1w_brainmask.nii.gz",
+                root / f"{self.name}_space-T1w_brainmask.nii.gz",
+            ]
+        )
         if path is None:
             raise DatasetFileNotFoundError(
                 f"{root / 'brainmasks' / f'{self.name}_space-T1w_brainmask.nii.gz'}: brain mask not found; it gives "
@@ -251,8 +286,12 @@ class Subject:
             img = nib.load(self.mask_path)
         ijk = self.voxels.loc[self.rows, ["voxel_x", "voxel_y", "voxel_z"]].to_numpy(dtype=np.int64)
         if (ijk < 0).any() or (ijk >= np.array(img.shape[:3])).any():
-            raise format_error(self.voxel_path, "voxel_x/y/z", f"index outside the brain mask grid {img.shape[:3]}",
-                               f"indices into {self.mask_path.name}")
+            raise format_error(
+                self.voxel_path,
+                "voxel_x/y/z",
+                f"index outside the brain mask grid {img.shape[:3]}",
+                f"indices into {self.mask_path.name}",
+            )
         return nib.affines.apply_affine(img.affine, ijk).astype(np.float32)
 
     def roi_sets(self) -> dict[str, list[str]]:
@@ -270,8 +309,9 @@ class Subject:
         if self.opts["noise_ceiling"] == "repeats":
             return None
         if "nc_testset" not in self.voxels.columns:
-            raise format_error(self.voxel_path, "nc_testset", "is missing",
-                               "the noise ceiling column (or set noise_ceiling: repeats)")
+            raise format_error(
+                self.voxel_path, "nc_testset", "is missing", "the noise ceiling column (or set noise_ceiling: repeats)"
+            )
         nc = self.voxels.loc[self.rows, "nc_testset"].to_numpy(dtype=np.float64)
         if np.nanmax(nc, initial=0.0) <= 1.0:
             # the release gives percent (e.g. 11.8, 20.7); values that never exceed 1 must be fractions
@@ -282,11 +322,15 @@ class Subject:
 
 def _image_paths(root: Path, opts: dict, subjects: list[Subject]) -> dict[str, Path]:
     """Stimulus file name -> path, for every image shown to the chosen subjects."""
-    folder = Path(opts["images_dir"]) if opts["images_dir"] else find_first(
-        [root / "images", root / "object_images", root / "stimuli"])
+    folder = (
+        Path(opts["images_dir"])
+        if opts["images_dir"]
+        else find_first([root / "images", root / "object_images", root / "stimuli"])
+    )
     if folder is None or not folder.is_dir():
-        raise DatasetFileNotFoundError(f"{root}/images: THINGS image folder not found (option images_dir). "
-                                       f"Expected layout: {LAYOUT}")
+        raise DatasetFileNotFoundError(
+            f"{root}/images: THINGS image folder not found (option images_dir). Expected layout: {LAYOUT}"
+        )
     wanted: dict[str, str] = {}
     for subj in subjects:
         concepts = subj.stimuli["concept"] if "concept" in subj.stimuli else [""] * len(subj.stimuli)
@@ -333,8 +377,9 @@ def _write_subject(target, subj: Subject, out: Path, row_of: dict[str, int], spl
     scratch = out.with_name(f".{out.name}.{subj.name}.scratch.h5")
     try:
         with h5py.File(scratch, "w") as sf:
-            ds = sf.create_dataset("x", (n_trials, n_vox), np.float32,
-                                   chunks=(min(n_trials, 256), min(max(n_vox, 1), 1024)))
+            ds = sf.create_dataset(
+                "x", (n_trials, n_vox), np.float32, chunks=(min(n_trials, 256), min(max(n_vox, 1), 1024))
+            )
             done = 0
             for block in voxel_blocks(subj):
                 if subj.opts["zscore"]:
@@ -349,8 +394,12 @@ def _write_subject(target, subj: Subject, out: Path, row_of: dict[str, int], spl
     finally:
         if scratch.exists():
             os.unlink(scratch)
-    return w.finish(subj.coords(), rois=subj.roi_sets(), noise_ceiling=subj.noise_ceiling(),
-                    attrs={"zscored": bool(subj.opts["zscore"]), "visual_rois": ",".join(subj.rois)})
+    return w.finish(
+        subj.coords(),
+        rois=subj.roi_sets(),
+        noise_ceiling=subj.noise_ceiling(),
+        attrs={"zscored": bool(subj.opts["zscore"]), "visual_rois": ",".join(subj.rois)},
+    )
 
 
 @dataclass
@@ -400,8 +449,9 @@ def prepare(root, out, *, image_size: int, options: dict) -> dict:
     row_of = {s: r for r, s in enumerate(names)}
     report: dict[str, Any] = {"dataset": ADAPTER, "n_images": len(names), "subjects": {}}
     with StoreWriter(out, name=opts["name"], modality="fmri", source=ADAPTER, image_size=image_size) as writer:
-        writer.write_images(lazy_images([ds.paths[n] for n in names], "things_fmri images"), names,
-                            [things_source(n) for n in names])
+        writer.write_images(
+            lazy_images([ds.paths[n] for n in names], "things_fmri images"), names, [things_source(n) for n in names]
+        )
         target = DirectTarget(writer)
         for subj in ds.subjects:
             report["subjects"][subj.name] = _write_subject(target, subj, out, row_of, ds.split_of)

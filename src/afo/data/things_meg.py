@@ -43,7 +43,12 @@ import numpy as np
 
 from afo.data.bigbrain import subject_target
 from afo.data.files import (
-    DatasetFileNotFoundError, DatasetFormatError, find_first, format_error, means_bad_file, raised_inside,
+    DatasetFileNotFoundError,
+    DatasetFormatError,
+    find_first,
+    format_error,
+    means_bad_file,
+    raised_inside,
 )
 from afo.data.media import find_images, lazy_images
 from afo.data.options import AdapterOptionError, as_list, parse_subject_number, progress, resolve_options, warn
@@ -57,7 +62,12 @@ KEEP_TYPES = ("exp", "test")
 CHUNK_EPOCHS = 256
 
 DEFAULTS: dict[str, Any] = {
-    **SENSOR_OPTIONS, "name": "things_meg", "epochs_dir": None, "images_dir": None, "decim": 5, "channels": None,
+    **SENSOR_OPTIONS,
+    "name": "things_meg",
+    "epochs_dir": None,
+    "images_dir": None,
+    "decim": 5,
+    "channels": None,
     "zscore": False,
 }
 
@@ -79,23 +89,31 @@ def _read_epochs(path: Path):
 
 
 def _epochs_path(root: Path, opts: dict, number: int) -> Path:
-    dirs = [Path(opts["epochs_dir"])] if opts["epochs_dir"] else [
-        root, root / "derivatives" / "preprocessed", root / "preprocessed"]
+    dirs = (
+        [Path(opts["epochs_dir"])]
+        if opts["epochs_dir"]
+        else [root, root / "derivatives" / "preprocessed", root / "preprocessed"]
+    )
     name = f"preprocessed_P{number}-epo.fif"
     path = find_first(d / name for d in dirs)
     if path is None:
-        raise DatasetFileNotFoundError(f"{dirs[0] / name}: epochs not found (looked in {[str(d) for d in dirs]}). "
-                                       f"Expected layout: {LAYOUT}")
+        raise DatasetFileNotFoundError(
+            f"{dirs[0] / name}: epochs not found (looked in {[str(d) for d in dirs]}). Expected layout: {LAYOUT}"
+        )
     return path
 
 
 def _subjects(root: Path, opts: dict) -> list[int]:
     if opts["subjects"] is not None:
         return [parse_subject_number(s, "P1 or 1", ADAPTER) for s in as_list(opts["subjects"])]
-    dirs = [Path(opts["epochs_dir"])] if opts["epochs_dir"] else [
-        root, root / "derivatives" / "preprocessed", root / "preprocessed"]
-    found = sorted({int(p.name[len("preprocessed_P"):].split("-")[0])
-                    for d in dirs for p in d.glob("preprocessed_P*-epo.fif")})
+    dirs = (
+        [Path(opts["epochs_dir"])]
+        if opts["epochs_dir"]
+        else [root, root / "derivatives" / "preprocessed", root / "preprocessed"]
+    )
+    found = sorted(
+        {int(p.name[len("preprocessed_P") :].split("-")[0]) for d in dirs for p in d.glob("preprocessed_P*-epo.fif")}
+    )
     if not found:
         raise DatasetFileNotFoundError(f"{root}: no preprocessed_P*-epo.fif. Expected layout: {LAYOUT}")
     return found
@@ -113,12 +131,17 @@ class Participant:
         self.epochs = _read_epochs(self.path)
         md = self.epochs.metadata
         if md is None:
-            raise format_error(self.path, "metadata", "is missing",
-                               "epochs.metadata with trial_type and image_path per epoch")
+            raise format_error(
+                self.path, "metadata", "is missing", "epochs.metadata with trial_type and image_path per epoch"
+            )
         missing = [c for c in METADATA_COLUMNS if c not in md.columns]
         if missing:
-            raise format_error(self.path, f"metadata.{missing[0]}", "is missing",
-                               f"metadata columns {list(METADATA_COLUMNS)} (has {list(md.columns)[:10]})")
+            raise format_error(
+                self.path,
+                f"metadata.{missing[0]}",
+                "is missing",
+                f"metadata columns {list(METADATA_COLUMNS)} (has {list(md.columns)[:10]})",
+            )
         types = md["trial_type"].astype(str).to_numpy()
         unknown = sorted(set(types) - {"exp", "test", "catch"})
         if unknown:
@@ -126,8 +149,11 @@ class Participant:
         self.keep = np.flatnonzero(np.isin(types, KEEP_TYPES))
         self.types = types[self.keep]
         self.image_path = md["image_path"].astype(str).to_numpy()[self.keep]
-        self.session = (md["session_nr"].to_numpy()[self.keep] if "session_nr" in md.columns
-                        else np.ones(self.keep.size, dtype=np.int64))
+        self.session = (
+            md["session_nr"].to_numpy()[self.keep]
+            if "session_nr" in md.columns
+            else np.ones(self.keep.size, dtype=np.int64)
+        )
         self.picks, self.channel_names = self._picks()
         self.bins = time_window(self.epochs.times, opts["tmin"], opts["tmax"], opts["decim"], ADAPTER)
         self.n_times = self.bins.shape[0]
@@ -155,14 +181,17 @@ class Participant:
     def coords(self) -> np.ndarray:
         locs = np.asarray([self.epochs.info["chs"][i]["loc"][:3] for i in self.picks], dtype=np.float64)
         if not np.isfinite(locs).all() or not np.any(locs):
-            raise format_error(self.path, "info['chs'][i]['loc']", "has no sensor positions",
-                               "sensor positions in metres")
+            raise format_error(
+                self.path, "info['chs'][i]['loc']", "has no sensor positions", "sensor positions in metres"
+            )
         times = self.epochs.times[self.bins].mean(axis=1)
         return sensor_time_coords(locs * 1000.0, times, float(self.opts["time_mm_per_s"]))
 
     def rois(self) -> dict[str, list[str]]:
-        return {"channel": [c for c in self.channel_names for _ in range(self.n_times)],
-                "sensor_group": [g for g in sensor_groups(self.channel_names) for _ in range(self.n_times)]}
+        return {
+            "channel": [c for c in self.channel_names for _ in range(self.n_times)],
+            "sensor_group": [g for g in sensor_groups(self.channel_names) for _ in range(self.n_times)],
+        }
 
     def sessions(self):
         """(rows into the kept trials, data [n, n_voxels] float32) per session, in file order."""
@@ -181,8 +210,10 @@ def _resolve_images(folder: Path, paths: list[str]) -> dict[str, Path]:
     resolved = find_images(folder, {p: p for p in paths})
     missing = [p for p in paths if p not in resolved]
     if missing:
-        raise DatasetFileNotFoundError(f"{folder}: {len(missing)} image(s) from metadata.image_path not found, "
-                                       f"e.g. {missing[:5]} (option images_dir)")
+        raise DatasetFileNotFoundError(
+            f"{folder}: {len(missing)} image(s) from metadata.image_path not found, "
+            f"e.g. {missing[:5]} (option images_dir)"
+        )
     return resolved
 
 
@@ -198,12 +229,14 @@ def prepare(root, out, *, image_size: int, options: dict) -> dict:
     split_of = split_images(names, test, opts["val_fraction"], opts["seed"])
 
     report: dict[str, Any] = {
-        "dataset": ADAPTER, "n_images": len(names),
+        "dataset": ADAPTER,
+        "n_images": len(names),
         "catch_trials_dropped": {p.name: int(len(p.epochs) - p.keep.size) for p in participants},
     }
     with StoreWriter(out, name=opts["name"], modality="meg", source=ADAPTER, image_size=image_size) as writer:
-        writer.write_images(lazy_images([files[n] for n in names], "things_meg images"), names,
-                            [things_source(n) for n in names])
+        writer.write_images(
+            lazy_images([files[n] for n in names], "things_meg images"), names, [things_source(n) for n in names]
+        )
         with subject_target(writer, bool(opts["bigbrain"]), name=opts["name"]) as target:
             for part in participants:
                 w = target.subject(part.name, part.n_voxels)
@@ -214,9 +247,15 @@ def prepare(root, out, *, image_size: int, options: dict) -> dict:
                         warn(f"{part.path}: values below 1e-9 look like raw tesla; set zscore: true")
                     images = part.image_path[rows]
                     w.append(block, [row_of[i] for i in images], [split_of[i] for i in images])
-                w.finish(part.coords(), rois=part.rois(),
-                         attrs={"n_channels": len(part.picks), "n_times": part.n_times,
-                                "times_s": part.epochs.times[part.bins].mean(axis=1),
-                                "voxel_order": "channel-major: voxel = channel * n_times + time"})
+                w.finish(
+                    part.coords(),
+                    rois=part.rois(),
+                    attrs={
+                        "n_channels": len(part.picks),
+                        "n_times": part.n_times,
+                        "times_s": part.epochs.times[part.bins].mean(axis=1),
+                        "voxel_order": "channel-major: voxel = channel * n_times + time",
+                    },
+                )
         report["subjects"] = target.reports
     return report

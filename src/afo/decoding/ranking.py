@@ -17,7 +17,7 @@ Missing data:
 from __future__ import annotations
 
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -73,8 +73,9 @@ def rank_candidates(
     else:
         voxel_mask = np.asarray(voxel_mask)
         if voxel_mask.dtype != bool or voxel_mask.shape != (n_vox,):
-            raise ValueError(f"voxel_mask must be a bool array of shape ({n_vox},), got {voxel_mask.dtype} "
-                             f"{voxel_mask.shape}")
+            raise ValueError(
+                f"voxel_mask must be a bool array of shape ({n_vox},), got {voxel_mask.dtype} {voxel_mask.shape}"
+            )
         selected = voxel_mask.copy()
         if not selected.any():
             raise ValueError("voxel_mask selects no voxel")

@@ -32,6 +32,7 @@ from afo.evaluation.predictions import SubjectPredictions
 from afo.io.tables import ordered, read_roi_table
 from afo.metrics import MIN_PAIRS
 
+
 class DecodeInputError(UserError, ValueError):
     """A user's candidate images, response pattern or subject do not fit the model; the message says how."""
 
@@ -80,12 +81,29 @@ def retrieval_table(
             if mask.sum() < MIN_PAIRS or p.images.size == 0:
                 continue
             result = retrieval_accuracy(p.predicted, p.measured, true, voxel_mask=mask, ks=ks)
-            row = {"dataset": p.dataset, "subject": p.subject, "roi_set": set_name, "roi": roi,
-                   "n_voxels": int(mask.sum()), "n_candidates": result["n_candidates"], "n_queries": result["n_queries"]}
+            row = {
+                "dataset": p.dataset,
+                "subject": p.subject,
+                "roi_set": set_name,
+                "roi": roi,
+                "n_voxels": int(mask.sum()),
+                "n_candidates": result["n_candidates"],
+                "n_queries": result["n_queries"],
+            }
             row.update({f"top{k}": result[f"top{k}"] for k in ks})
             row["chance_top1"] = 1.0 / result["n_candidates"]
             rows.append(row)
-    columns = ["dataset", "subject", "roi_set", "roi", "n_voxels", "n_candidates", "n_queries", *[f"top{k}" for k in ks], "chance_top1"]
+    columns = [
+        "dataset",
+        "subject",
+        "roi_set",
+        "roi",
+        "n_voxels",
+        "n_candidates",
+        "n_queries",
+        *[f"top{k}" for k in ks],
+        "chance_top1",
+    ]
     return pd.DataFrame(rows, columns=columns)
 
 

@@ -29,27 +29,55 @@ def headline_table(
     for r in overall.itertuples():
         d = r._asdict()
         if "naivemix" in d:
-            rows.append(["Encoding", f"{r.dataset}: mean test r, afo (reference: naivemix)", d["afo"], d["naivemix"],
-                         "1. Encoding"])
+            rows.append(
+                [
+                    "Encoding",
+                    f"{r.dataset}: mean test r, afo (reference: naivemix)",
+                    d["afo"],
+                    d["naivemix"],
+                    "1. Encoding",
+                ]
+            )
         else:
             rows.append(["Encoding", f"{r.dataset}: mean test r, afo", d["afo"], None, "1. Encoding"])
     if retrieval is not None:
         ret = read_table(retrieval)
         everything = ret[ret["roi_set"] == "all"]
         for dataset, g in everything.groupby("dataset"):
-            rows.append(["Decoding", f"{dataset}: top-1 retrieval, all voxels, mean over subjects (reference: chance)",
-                         g["top1"].mean(), g["chance_top1"].mean(), "4. Decoding"])
+            rows.append(
+                [
+                    "Decoding",
+                    f"{dataset}: top-1 retrieval, all voxels, mean over subjects (reference: chance)",
+                    g["top1"].mean(),
+                    g["chance_top1"].mean(),
+                    "4. Decoding",
+                ]
+            )
     if probe is not None:
         p = read_table(probe)
         for (dataset, extractor), g in p[p["role"] == "holdout"].groupby(["dataset", "extractor"]):
-            rows.append(["Linear probing (holdout)", f"{dataset}: median test r of {extractor}", g["r_test"].median(), None,
-                         "3. Linear probing"])
+            rows.append(
+                [
+                    "Linear probing (holdout)",
+                    f"{dataset}: median test r of {extractor}",
+                    g["r_test"].median(),
+                    None,
+                    "3. Linear probing",
+                ]
+            )
     if synthetic_checks is not None:
         checks = json.loads(Path(synthetic_checks).read_text())
         for dataset, c in checks["datasets"].items():
             if c.get("retinotopy"):
-                rows.append(["Synthetic brain", f"{dataset}: r(RetinaMap u, true RF centre), x / y",
-                             c["retinotopy"]["mean_r_x"], c["retinotopy"]["mean_r_y"], "6. Synthetic-brain checks"])
+                rows.append(
+                    [
+                        "Synthetic brain",
+                        f"{dataset}: r(RetinaMap u, true RF centre), x / y",
+                        c["retinotopy"]["mean_r_x"],
+                        c["retinotopy"]["mean_r_y"],
+                        "6. Synthetic-brain checks",
+                    ]
+                )
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
@@ -57,6 +85,10 @@ def write_headline(table: pd.DataFrame, out: str | Path) -> Path:
     """The front page as HTML (a report item)."""
     from afo.report import write_html_table
 
-    return write_html_table(table, out, "afo at a glance",
-                            "The headline numbers of this run; each row names the report section with the details. "
-                            "reference: the number the value is compared with (naivemix, chance, or the y axis).")
+    return write_html_table(
+        table,
+        out,
+        "afo at a glance",
+        "The headline numbers of this run; each row names the report section with the details. "
+        "reference: the number the value is compared with (naivemix, chance, or the y axis).",
+    )

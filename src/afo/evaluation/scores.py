@@ -43,8 +43,16 @@ def neck_readouts(model_path: str | Path, voxels: Mapping[str, np.ndarray]) -> p
             u = model.retina(key, index).numpy()
             eta = model.layer_weights(key, index).numpy()
         dataset, subject = key.split("/", 1)
-        table = pd.DataFrame({"dataset": dataset, "subject": subject, "voxel": wanted,
-                              "u_x": u[:, 0], "u_y": u[:, 1], "layer": eta.argmax(1)})
+        table = pd.DataFrame(
+            {
+                "dataset": dataset,
+                "subject": subject,
+                "voxel": wanted,
+                "u_x": u[:, 0],
+                "u_y": u[:, 1],
+                "layer": eta.argmax(1),
+            }
+        )
         for k in range(eta.shape[1]):
             table[f"eta_{k}"] = eta[:, k]
         frames.append(table)
@@ -67,7 +75,9 @@ def split_scores(
                 keep = ~np.isin(p.images, leave_out[p.dataset])
                 p.images, p.predicted, p.measured = p.images[keep], p.predicted[keep], p.measured[keep]
             r = pearson_r(p.predicted, p.measured) if p.images.size >= MIN_PAIRS else np.full(p.voxels.size, np.nan)
-            frame = scored.setdefault(p.key, pd.DataFrame({"dataset": p.dataset, "subject": p.subject, "voxel": p.voxels}))
+            frame = scored.setdefault(
+                p.key, pd.DataFrame({"dataset": p.dataset, "subject": p.subject, "voxel": p.voxels})
+            )
             frame[f"r_{split}"] = r
     if not scored:
         raise PredictionError("no subject of the prepared stores is in the prediction files")
@@ -98,12 +108,25 @@ def voxel_table(
         with PreparedStore(path) as store:
             for subject in store.subjects:
                 coords = store.coords(subject)
-                own = store.rois(subject, dataset_roi_set) if dataset_roi_set in store.info(subject).roi_sets else np.full(len(coords), "")
-                base.append(pd.DataFrame({
-                    "dataset": dataset, "subject": subject, "voxel": np.arange(len(coords)),
-                    "x": coords[:, 0], "y": coords[:, 1], "z": coords[:, 2],
-                    "nc": store.noise_ceiling(subject), "dataset_roi": own,
-                }))
+                own = (
+                    store.rois(subject, dataset_roi_set)
+                    if dataset_roi_set in store.info(subject).roi_sets
+                    else np.full(len(coords), "")
+                )
+                base.append(
+                    pd.DataFrame(
+                        {
+                            "dataset": dataset,
+                            "subject": subject,
+                            "voxel": np.arange(len(coords)),
+                            "x": coords[:, 0],
+                            "y": coords[:, 1],
+                            "z": coords[:, 2],
+                            "nc": store.noise_ceiling(subject),
+                            "dataset_roi": own,
+                        }
+                    )
+                )
     table = pd.concat(base, ignore_index=True).merge(scored, on=KEYS, how="left")
     if rois is not None:
         table = table.merge(read_roi_table(rois)[list(KEYS) + ["roi"]], on=KEYS, how="left")
@@ -111,8 +134,24 @@ def voxel_table(
         table["roi"] = table["dataset_roi"]
     table["r_test_norm"] = normalised_score(table["r_test"].to_numpy(), table["nc"].to_numpy())
     eta_cols = sorted((c for c in table if c.startswith("eta_")), key=lambda c: int(c.split("_")[1]))
-    cols = ["dataset", "subject", "voxel", "roi", "x", "y", "z", "u_x", "u_y", "layer", *eta_cols,
-            "r_val", "r_test", "nc", "r_test_norm", "dataset_roi"]
+    cols = [
+        "dataset",
+        "subject",
+        "voxel",
+        "roi",
+        "x",
+        "y",
+        "z",
+        "u_x",
+        "u_y",
+        "layer",
+        *eta_cols,
+        "r_val",
+        "r_test",
+        "nc",
+        "r_test_norm",
+        "dataset_roi",
+    ]
     table = table[cols]
     table["layer"] = table["layer"].astype("Int64")
     return table
@@ -128,7 +167,9 @@ def normalised_score(r: np.ndarray, nc: np.ndarray) -> np.ndarray:
     return np.where(nc > 0, score, np.nan)
 
 
-def left_out_counts(stores: Mapping[str, str | Path], leave_out: Mapping[str, np.ndarray] | None = None) -> pd.DataFrame:
+def left_out_counts(
+    stores: Mapping[str, str | Path], leave_out: Mapping[str, np.ndarray] | None = None
+) -> pd.DataFrame:
     """Per dataset and subject: n_test_images (test images scored) and n_test_left_out (shared ones left out)."""
     rows = []
     for dataset, path in sorted(stores.items()):
@@ -137,8 +178,14 @@ def left_out_counts(stores: Mapping[str, str | Path], leave_out: Mapping[str, np
             for subject in store.subjects:
                 test = np.unique(store.trial_image(subject)[store.trial_split(subject) == SPLIT_CODE["test"]])
                 n_out = int(np.isin(test, dropped).sum())
-                rows.append({"dataset": dataset, "subject": subject, "n_test_images": int(test.size) - n_out,
-                             "n_test_left_out": n_out})
+                rows.append(
+                    {
+                        "dataset": dataset,
+                        "subject": subject,
+                        "n_test_images": int(test.size) - n_out,
+                        "n_test_left_out": n_out,
+                    }
+                )
     return pd.DataFrame(rows, columns=["dataset", "subject", "n_test_images", "n_test_left_out"])
 
 
@@ -148,9 +195,11 @@ def summary_table(voxels: pd.DataFrame, counts: pd.DataFrame | None = None) -> p
     frames = [voxels.assign(roi=voxels["roi"].fillna("").astype(str)), voxels.assign(roi="all")]
     both = pd.concat(frames, ignore_index=True)
     both = both[both["roi"] != ""]
-    out = both.groupby(["dataset", "subject", "roi"], sort=True).agg(
-        n_voxels=("voxel", "size"), mean_r_test=("r_test", "mean"), median_r_test_norm=("r_test_norm", "median")
-    ).reset_index()
+    out = (
+        both.groupby(["dataset", "subject", "roi"], sort=True)
+        .agg(n_voxels=("voxel", "size"), mean_r_test=("r_test", "mean"), median_r_test_norm=("r_test_norm", "median"))
+        .reset_index()
+    )
     if counts is not None:
         out = out.merge(counts.astype({"subject": str}), on=["dataset", "subject"], how="left")
     return out

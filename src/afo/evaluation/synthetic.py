@@ -61,9 +61,14 @@ def ari_with_null(labels: np.ndarray, truth: np.ndarray, groups: np.ndarray, n_p
             shuffled[idx] = labels[rng.permutation(idx)]
         null[i] = adjusted_rand(shuffled, truth)
     return {
-        "ari": float(observed), "null_mean": float(null.mean()), "null_sd": float(null.std(ddof=1)) if n_permutations > 1 else 0.0,
-        "null_q95": float(np.quantile(null, 0.95)), "p": float((1 + np.sum(null >= observed)) / (1 + n_permutations)),
-        "n_voxels": int(labels.size), "n_rois": int(np.unique(labels).size), "n_true": int(np.unique(truth).size),
+        "ari": float(observed),
+        "null_mean": float(null.mean()),
+        "null_sd": float(null.std(ddof=1)) if n_permutations > 1 else 0.0,
+        "null_q95": float(np.quantile(null, 0.95)),
+        "p": float((1 + np.sum(null >= observed)) / (1 + n_permutations)),
+        "n_voxels": int(labels.size),
+        "n_rois": int(np.unique(labels).size),
+        "n_true": int(np.unique(truth).size),
     }
 
 
@@ -88,8 +93,13 @@ def decoding_check(retrieval: pd.DataFrame, dataset: str) -> dict:
     """All-voxel retrieval accuracy per subject against chance."""
     rows = retrieval[(retrieval["dataset"] == dataset) & (retrieval["roi_set"] == "all")]
     per_subject = {
-        str(r.subject): {"top1": float(r.top1), "top5": float(r.top5), "n_candidates": int(r.n_candidates),
-                         "chance_top1": 1.0 / r.n_candidates, "chance_top5": min(5.0 / r.n_candidates, 1.0)}
+        str(r.subject): {
+            "top1": float(r.top1),
+            "top5": float(r.top5),
+            "n_candidates": int(r.n_candidates),
+            "chance_top1": 1.0 / r.n_candidates,
+            "chance_top5": min(5.0 / r.n_candidates, 1.0),
+        }
         for r in rows.itertuples()
     }
     if not per_subject:
@@ -97,8 +107,11 @@ def decoding_check(retrieval: pd.DataFrame, dataset: str) -> dict:
     top1 = np.mean([v["top1"] for v in per_subject.values()])
     chance = np.mean([v["chance_top1"] for v in per_subject.values()])
     return {
-        "mean_top1": float(top1), "mean_top5": float(np.mean([v["top5"] for v in per_subject.values()])),
-        "mean_chance_top1": float(chance), "top1_over_chance": float(top1 / chance), "per_subject": per_subject,
+        "mean_top1": float(top1),
+        "mean_top5": float(np.mean([v["top5"] for v in per_subject.values()])),
+        "mean_chance_top1": float(chance),
+        "top1_over_chance": float(top1 / chance),
+        "per_subject": per_subject,
     }
 
 
@@ -108,7 +121,8 @@ def retinotopy_check(voxels: pd.DataFrame, truth: pd.DataFrame, dataset: str) ->
         return {}
     mine = voxels[voxels["dataset"] == dataset].merge(
         truth[["subject", "voxel", "u_x", "u_y", "level"]].rename(columns={"u_x": "true_u_x", "u_y": "true_u_y"}),
-        on=["subject", "voxel"], how="inner",
+        on=["subject", "voxel"],
+        how="inner",
     )
     mine = mine[np.isfinite(mine["u_x"]) & np.isfinite(mine["u_y"])]
     if mine.empty:
@@ -122,7 +136,8 @@ def retinotopy_check(voxels: pd.DataFrame, truth: pd.DataFrame, dataset: str) ->
             "n_early": int(len(early)),
             "r_x": float(pearson_r(early["u_x"].to_numpy(), early["true_u_x"].to_numpy())),
             "r_y": float(pearson_r(early["u_y"].to_numpy(), early["true_u_y"].to_numpy())),
-            "sd_u_early": spread(early), "sd_u_late": spread(late),
+            "sd_u_early": spread(early),
+            "sd_u_late": spread(late),
         }
 
     per_subject = {s: scores(g) for s, g in sorted(mine.groupby("subject"))}
@@ -163,26 +178,75 @@ def summary_rows(checks: dict) -> pd.DataFrame:
     rows = []
     for dataset, c in checks["datasets"].items():
         v = c["veroi_vs_areas"]
-        rows.append({"dataset": dataset, "check": "veROI vs simulated areas: ARI", "value": v["areas"]["ari"],
-                     "reference": v["areas"]["null_q95"], "note": f"chance = 95th percentile of {checks['n_permutations']} permutations; p = {v['areas']['p']:.3g}"})
+        rows.append(
+            {
+                "dataset": dataset,
+                "check": "veROI vs simulated areas: ARI",
+                "value": v["areas"]["ari"],
+                "reference": v["areas"]["null_q95"],
+                "note": f"chance = 95th percentile of {checks['n_permutations']} permutations; p = {v['areas']['p']:.3g}",
+            }
+        )
         if "levels" in v:
-            rows.append({"dataset": dataset, "check": "veROI vs simulated feature level: ARI", "value": v["levels"]["ari"],
-                         "reference": v["levels"]["null_q95"], "note": f"p = {v['levels']['p']:.3g}"})
+            rows.append(
+                {
+                    "dataset": dataset,
+                    "check": "veROI vs simulated feature level: ARI",
+                    "value": v["levels"]["ari"],
+                    "reference": v["levels"]["null_q95"],
+                    "note": f"p = {v['levels']['p']:.3g}",
+                }
+            )
         d = c["decoding"]
         if d:
-            rows.append({"dataset": dataset, "check": "decoding top-1 (all voxels, mean over subjects)", "value": d["mean_top1"],
-                         "reference": d["mean_chance_top1"], "note": f"{d['top1_over_chance']:.1f} x chance"})
-            rows.append({"dataset": dataset, "check": "decoding top-5 (all voxels, mean over subjects)", "value": d["mean_top5"],
-                         "reference": min(5 * d["mean_chance_top1"], 1.0), "note": ""})
+            rows.append(
+                {
+                    "dataset": dataset,
+                    "check": "decoding top-1 (all voxels, mean over subjects)",
+                    "value": d["mean_top1"],
+                    "reference": d["mean_chance_top1"],
+                    "note": f"{d['top1_over_chance']:.1f} x chance",
+                }
+            )
+            rows.append(
+                {
+                    "dataset": dataset,
+                    "check": "decoding top-5 (all voxels, mean over subjects)",
+                    "value": d["mean_top5"],
+                    "reference": min(5 * d["mean_chance_top1"], 1.0),
+                    "note": "",
+                }
+            )
         r = c["retinotopy"]
         if r:
-            rows.append({"dataset": dataset, "check": "RetinaMap early voxels: r(u_x, true centre x)", "value": r["mean_r_x"],
-                         "reference": 0.0, "note": "mean over subjects"})
-            rows.append({"dataset": dataset, "check": "RetinaMap early voxels: r(u_y, true centre y)", "value": r["mean_r_y"],
-                         "reference": 0.0, "note": "mean over subjects"})
+            rows.append(
+                {
+                    "dataset": dataset,
+                    "check": "RetinaMap early voxels: r(u_x, true centre x)",
+                    "value": r["mean_r_x"],
+                    "reference": 0.0,
+                    "note": "mean over subjects",
+                }
+            )
+            rows.append(
+                {
+                    "dataset": dataset,
+                    "check": "RetinaMap early voxels: r(u_y, true centre y)",
+                    "value": r["mean_r_y"],
+                    "reference": 0.0,
+                    "note": "mean over subjects",
+                }
+            )
             p = r["pooled"]
-            rows.append({"dataset": dataset, "check": "RetinaMap spread SD(u): early / late voxels", "value": p["sd_u_early"],
-                         "reference": p["sd_u_late"], "note": "reference = SD of u of the late (high-level) voxels"})
+            rows.append(
+                {
+                    "dataset": dataset,
+                    "check": "RetinaMap spread SD(u): early / late voxels",
+                    "value": p["sd_u_early"],
+                    "reference": p["sd_u_late"],
+                    "note": "reference = SD of u of the late (high-level) voxels",
+                }
+            )
     return pd.DataFrame(rows, columns=["dataset", "check", "value", "reference", "note"])
 
 
@@ -195,8 +259,12 @@ def write_synthetic_checks(checks: dict, out_json: str | Path, out_html: str | P
 
     atomic_write_text(out_json, json.dumps(checks, indent=2) + "\n")
     summary = summary_rows(checks)
-    write_html_table(summary, out_html, f"Synthetic-brain checks ({checks['model']})",
-                     "Ground truth from the simulator: veROIs against the simulated areas (adjusted Rand index against a "
-                     "within-subject permutation null), all-voxel decoding against chance, learned RetinaMap against the "
-                     "true receptive-field centres of the early (V1-V3) voxels.")
+    write_html_table(
+        summary,
+        out_html,
+        f"Synthetic-brain checks ({checks['model']})",
+        "Ground truth from the simulator: veROIs against the simulated areas (adjusted Rand index against a "
+        "within-subject permutation null), all-voxel decoding against chance, learned RetinaMap against the "
+        "true receptive-field centres of the early (V1-V3) voxels.",
+    )
     return summary.to_dict(orient="records")

@@ -43,7 +43,9 @@ def merged_scores(voxel_files: Mapping[str, str | Path], veroi: str | Path | Non
         missing = {*KEYS, "r_test", "r_test_norm", "dataset_roi"} - set(v.columns)
         if missing:
             raise ValueError(f"{path}: not a voxels.csv (missing columns {sorted(missing)})")
-        part = v[KEYS + ["r_test", "r_test_norm"]].rename(columns={"r_test": f"r_test:{name}", "r_test_norm": f"r_test_norm:{name}"})
+        part = v[KEYS + ["r_test", "r_test_norm"]].rename(
+            columns={"r_test": f"r_test:{name}", "r_test_norm": f"r_test_norm:{name}"}
+        )
         if base is None:
             base = v[KEYS + ["dataset_roi"]].merge(part, on=KEYS, how="left")
         else:
@@ -104,8 +106,17 @@ def ablation_table(
                         values = {m: getattr(members[f"{column}:{m}"], how)() for m in models}
                         if metric == "median_nc" and not any(np.isfinite(v) for v in values.values()):
                             continue
-                        rows.append({"dataset": dataset, "subject": subject, "roi_set": roi_set, "roi": roi,
-                                     "metric": metric, "n_voxels": n, **values})
+                        rows.append(
+                            {
+                                "dataset": dataset,
+                                "subject": subject,
+                                "roi_set": roi_set,
+                                "roi": roi,
+                                "metric": metric,
+                                "n_voxels": n,
+                                **values,
+                            }
+                        )
     columns = ["dataset", "subject", "roi_set", "roi", "metric", "n_voxels", *models]
     return pd.DataFrame(rows, columns=columns)
 
@@ -125,7 +136,9 @@ def comparison_view(ablation: pd.DataFrame) -> pd.DataFrame:
     one column per model: a view of :func:`ablation_table`, never computed separately.
     """
     models = [c for c in ablation.columns if c not in ("dataset", "subject", "roi_set", "roi", "metric", "n_voxels")]
-    rows = ablation[(ablation["subject"] == "all") & (ablation["metric"] == "mean_r") & ablation["roi_set"].isin(["all", "area"])]
+    rows = ablation[
+        (ablation["subject"] == "all") & (ablation["metric"] == "mean_r") & ablation["roi_set"].isin(["all", "area"])
+    ]
     table = rows[["dataset", "roi", *models]].rename(columns={"roi": "area"})
     return table.sort_values(["dataset", "area"]).reset_index(drop=True)
 

@@ -32,8 +32,8 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -103,8 +103,7 @@ def _check_maps(maps: Mapping[str, np.ndarray], n: int) -> dict[str, np.ndarray]
         if values.shape != (n,):
             raise ValueError(f"map {name!r} must have shape ({n},), got {values.shape}")
         if not (np.issubdtype(values.dtype, np.number) or values.dtype == bool):
-            raise ValueError(f"map {name!r} must be numeric (map string labels to integers first), got "
-                             f"{values.dtype}")
+            raise ValueError(f"map {name!r} must be numeric (map string labels to integers first), got {values.dtype}")
         checked[name] = values.astype(np.float32)
     return checked
 
@@ -266,7 +265,9 @@ def cifti_brain_models(layout: SurfaceLayout):
     voxel = np.where(surface[:, None], -1, index)
     has_volume = bool((~surface).any())
     return nib.cifti2.BrainModelAxis(
-        name=np.asarray(layout.structure, dtype=object), voxel=voxel, vertex=vertex,
+        name=np.asarray(layout.structure, dtype=object),
+        voxel=voxel,
+        vertex=vertex,
         affine=np.asarray(layout.volume_affine) if has_volume else None,
         volume_shape=tuple(layout.volume_shape) if has_volume else None,
         nvertices={k: int(v) for k, v in layout.n_vertices.items()},

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -154,8 +154,9 @@ def plot_retina_map(
     ok = np.all(np.isfinite(u), axis=1)
     # A fixed shuffle of the drawing order: otherwise the last layer drawn hides the others where they overlap.
     draw = np.random.default_rng(0).permutation(np.flatnonzero(ok))
-    sc = ax.scatter(u[draw, 0], u[draw, 1], c=layer[draw], cmap=cmap, norm=norm, s=_marker_size(n),
-                    linewidths=0, rasterized=True)
+    sc = ax.scatter(
+        u[draw, 0], u[draw, 1], c=layer[draw], cmap=cmap, norm=norm, s=_marker_size(n), linewidths=0, rasterized=True
+    )
     ax.add_patch(Rectangle((-1, -1), 2, 2, fill=False, edgecolor="0.3", linewidth=1.0))
     ax.set_xlim(-1.08, 1.08)
     ax.set_ylim(1.08, -1.08)  # image convention: -1 (top) at the top
@@ -172,8 +173,16 @@ def plot_retina_map(
         r = [float(pearson_r(u[:, i], true_u[:, i])) for i in range(2)]
         for i, (name, colour) in enumerate((("u_x", "tab:blue"), ("u_y", "tab:orange"))):
             both = np.isfinite(u[:, i]) & np.isfinite(true_u[:, i])
-            ax2.scatter(true_u[both, i], u[both, i], s=_marker_size(n), color=colour, alpha=0.6, linewidths=0,
-                        label=f"{name} (r = {r[i]:.2f})", rasterized=True)
+            ax2.scatter(
+                true_u[both, i],
+                u[both, i],
+                s=_marker_size(n),
+                color=colour,
+                alpha=0.6,
+                linewidths=0,
+                label=f"{name} (r = {r[i]:.2f})",
+                rasterized=True,
+            )
         ax2.plot([-1, 1], [-1, 1], "k--", linewidth=0.8, label="identity")
         ax2.set_xlim(-1.08, 1.08)
         ax2.set_ylim(-1.08, 1.08)
@@ -229,8 +238,17 @@ def plot_layer_selector(coords: np.ndarray, eta: np.ndarray, path: str | os.Path
     ax = fig.add_subplot(grid[0, :])
     size = _marker_size(n)
     main_y = expected if line else ys
-    sc = ax.scatter(xs[ok], main_y[ok], c=expected[ok], cmap=LAYER_CMAP, vmin=0, vmax=max(n_layers - 1, 1),
-                    s=size, linewidths=0, rasterized=True)
+    sc = ax.scatter(
+        xs[ok],
+        main_y[ok],
+        c=expected[ok],
+        cmap=LAYER_CMAP,
+        vmin=0,
+        vmax=max(n_layers - 1, 1),
+        s=size,
+        linewidths=0,
+        rasterized=True,
+    )
     ax.set_xlabel(AXIS_NAMES[a])
     if line:
         ax.set_ylabel("expected layer")
@@ -246,8 +264,17 @@ def plot_layer_selector(coords: np.ndarray, eta: np.ndarray, path: str | os.Path
         for l in range(n_layers):
             axl = fig.add_subplot(grid[1 + l // ncols, l % ncols])
             small_axes.append(axl)
-            scl = axl.scatter(xs[ok], (eta[:, l] if line else ys)[ok], c=eta[ok, l], cmap="magma", vmin=0.0,
-                              vmax=1.0, s=size / 2, linewidths=0, rasterized=True)
+            scl = axl.scatter(
+                xs[ok],
+                (eta[:, l] if line else ys)[ok],
+                c=eta[ok, l],
+                cmap="magma",
+                vmin=0.0,
+                vmax=1.0,
+                s=size / 2,
+                linewidths=0,
+                rasterized=True,
+            )
             axl.set_title(f"eta_{l} (layer {l})", fontsize=9)
             axl.set_xticks([])
             if line:
@@ -333,19 +360,28 @@ def plot_roi_scores(
     width = 0.27
     fig = _figure(max(5.0, 1.0 + 0.7 * len(rois)), 4.5)
     ax = fig.add_subplot()
-    values = {c: pd.to_numeric(table[c], errors="coerce").to_numpy(dtype=np.float64)
-              for c in ("mean_r", "sem_r", "top1", "top5")}
+    values = {
+        c: pd.to_numeric(table[c], errors="coerce").to_numpy(dtype=np.float64)
+        for c in ("mean_r", "sem_r", "top1", "top5")
+    }
     # Colours as in the paper: retrieval blue and orange, encoding green with black standard-error bars.
     ax.bar(x - width, values["top1"], width, color="tab:blue", label="retrieval top-1")
     ax.bar(x, values["top5"], width, color="tab:orange", label="retrieval top-5")
-    ax.bar(x + width, values["mean_r"], width, color="tab:green", label="encoding mean r",
-           yerr=np.nan_to_num(values["sem_r"]), ecolor="black", capsize=2)
+    ax.bar(
+        x + width,
+        values["mean_r"],
+        width,
+        color="tab:green",
+        label="encoding mean r",
+        yerr=np.nan_to_num(values["sem_r"]),
+        ecolor="black",
+        capsize=2,
+    )
     if "n_candidates" in table.columns:
         n_cand = pd.to_numeric(table["n_candidates"], errors="coerce").dropna().unique()
         if n_cand.size == 1 and n_cand[0] > 0:
             ax.axhline(1.0 / n_cand[0], color="tab:blue", linestyle=":", linewidth=1, label="chance top-1")
-            ax.axhline(min(5.0 / n_cand[0], 1.0), color="tab:orange", linestyle=":", linewidth=1,
-                       label="chance top-5")
+            ax.axhline(min(5.0 / n_cand[0], 1.0), color="tab:orange", linestyle=":", linewidth=1, label="chance top-5")
     ax.set_xticks(x, rois, rotation=45 if len(rois) > 8 else 0, ha="right" if len(rois) > 8 else "center")
     ax.set_xlabel("ROI")
     ax.set_ylabel("accuracy / Pearson r")
@@ -426,9 +462,7 @@ def plot_retrievals(
     if query_images.ndim != 4 or query_images.shape[-1] != 3:
         raise ValueError(f"query_images must have shape [Q, H, W, 3], got {query_images.shape}")
     if retrieved.ndim != 5 or retrieved.shape[-1] != 3 or retrieved.shape[0] != query_images.shape[0]:
-        raise ValueError(
-            f"retrieved must have shape [Q={query_images.shape[0]}, K, H, W, 3], got {retrieved.shape}"
-        )
+        raise ValueError(f"retrieved must have shape [Q={query_images.shape[0]}, K, H, W, 3], got {retrieved.shape}")
     for name, arr in (("query_images", query_images), ("retrieved", retrieved)):
         if arr.dtype != np.uint8:
             raise ValueError(f"{name} must be uint8 RGB, got {arr.dtype}")
@@ -507,8 +541,16 @@ def plot_brain_scores(
         a = active[0] if active else 0
         fig = _figure(8.0, 4.0)
         ax = fig.add_subplot()
-        sc = ax.scatter(coords[order, a], values[order], c=values[order], cmap=cmap, norm=norm, s=size,
-                        linewidths=0, rasterized=True)
+        sc = ax.scatter(
+            coords[order, a],
+            values[order],
+            c=values[order],
+            cmap=cmap,
+            norm=norm,
+            s=size,
+            linewidths=0,
+            rasterized=True,
+        )
         ax.set_xlabel(AXIS_NAMES[a])
         ax.set_ylabel(label)
         axes = [ax]
@@ -518,10 +560,19 @@ def plot_brain_scores(
         axes = list(fig.subplots(1, len(pairs), squeeze=False)[0])
         for ax, (a, b) in zip(axes, pairs):
             if missing.any():
-                ax.scatter(coords[missing, a], coords[missing, b], s=size / 2, color="0.85", linewidths=0,
-                           rasterized=True)
-            sc = ax.scatter(coords[order, a], coords[order, b], c=values[order], cmap=cmap, norm=norm, s=size,
-                            linewidths=0, rasterized=True)
+                ax.scatter(
+                    coords[missing, a], coords[missing, b], s=size / 2, color="0.85", linewidths=0, rasterized=True
+                )
+            sc = ax.scatter(
+                coords[order, a],
+                coords[order, b],
+                c=values[order],
+                cmap=cmap,
+                norm=norm,
+                s=size,
+                linewidths=0,
+                rasterized=True,
+            )
             ax.set_xlabel(AXIS_NAMES[a])
             ax.set_ylabel(AXIS_NAMES[b])
             _equal_aspect_if_sensible(ax, coords[finite, a], coords[finite, b])

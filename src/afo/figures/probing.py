@@ -80,7 +80,9 @@ def true_centres(ground_truth_root: str | Path | None, subject: str, voxels: np.
     return centres
 
 
-def retina_maps(voxels_csv: str | Path, out_dir: str | Path, model: str, ground_truth: Mapping[str, str | Path] | None = None) -> list[Path]:
+def retina_maps(
+    voxels_csv: str | Path, out_dir: str | Path, model: str, ground_truth: Mapping[str, str | Path] | None = None
+) -> list[Path]:
     """One RetinaMap PNG per subject; ``ground_truth`` = dataset -> folder of ``<subject>/ground_truth.csv``."""
     from afo.figures.plots import plot_retina_map
 
@@ -94,10 +96,16 @@ def retina_maps(voxels_csv: str | Path, out_dir: str | Path, model: str, ground_
         truth = true_centres((ground_truth or {}).get(dataset), subject, frame["voxel"].to_numpy())
         if truth is not None and not np.isfinite(truth).any():
             truth = None
-        out.append(plot_retina_map(
-            frame[["u_x", "u_y"]].to_numpy(), frame["layer"].to_numpy(dtype=np.int64), n_layers,
-            Path(out_dir) / f"{file_stem(dataset, subject)}.png", f"{model}: {dataset} / {subject}", true_u=truth,
-        ))
+        out.append(
+            plot_retina_map(
+                frame[["u_x", "u_y"]].to_numpy(),
+                frame["layer"].to_numpy(dtype=np.int64),
+                n_layers,
+                Path(out_dir) / f"{file_stem(dataset, subject)}.png",
+                f"{model}: {dataset} / {subject}",
+                true_u=truth,
+            )
+        )
     return out
 
 
@@ -112,10 +120,14 @@ def layer_selector_maps(voxels_csv: str | Path, out_dir: str | Path, model: str)
         frame = _modelled(frame)
         if frame.empty:
             continue
-        out.append(plot_layer_selector(
-            frame[["x", "y", "z"]].to_numpy(), frame[etas].to_numpy(),
-            Path(out_dir) / f"{file_stem(dataset, subject)}.png", f"{model}: {dataset} / {subject}",
-        ))
+        out.append(
+            plot_layer_selector(
+                frame[["x", "y", "z"]].to_numpy(),
+                frame[etas].to_numpy(),
+                Path(out_dir) / f"{file_stem(dataset, subject)}.png",
+                f"{model}: {dataset} / {subject}",
+            )
+        )
     return out
 
 
@@ -142,8 +154,8 @@ def brain_maps(
 ) -> dict:
     """PNG maps of test r and ROI per subject; maps in each subject's own space (NIfTI, MGH, CIFTI) under
     ``nifti_dir`` (see the module docstring)."""
-    from afo.figures.brainmaps import write_cifti_maps, write_surface_maps, write_volume_maps
     from afo.data.store import PreparedStore
+    from afo.figures.brainmaps import write_cifti_maps, write_surface_maps, write_volume_maps
     from afo.figures.plots import plot_brain_scores
 
     voxels = read_voxels(voxels_csv)
@@ -155,12 +167,29 @@ def brain_maps(
         title = f"{model}: {dataset} / {subject}"
         coords = frame[["x", "y", "z"]].to_numpy(dtype=np.float64)
         r = frame["r_test"].to_numpy(dtype=np.float64)
-        pngs.append(plot_brain_scores(coords, r, png_dir / f"{stem}.r_test.png", f"{title}: test r", "viridis",
-                                      vmin=min(0.0, np.nanmin(r)) if np.isfinite(r).any() else None, label="test Pearson r"))
+        pngs.append(
+            plot_brain_scores(
+                coords,
+                r,
+                png_dir / f"{stem}.r_test.png",
+                f"{title}: test r",
+                "viridis",
+                vmin=min(0.0, np.nanmin(r)) if np.isfinite(r).any() else None,
+                label="test Pearson r",
+            )
+        )
         codes, table = roi_codes(frame["roi"].to_numpy())
         if np.isfinite(codes).any():
-            pngs.append(plot_brain_scores(coords, codes, png_dir / f"{stem}.roi.png", f"{title}: ROI", "tab20",
-                                          label="ROI (" + ", ".join(f"{k}={v}" for k, v in table.items())[:60] + ")"))
+            pngs.append(
+                plot_brain_scores(
+                    coords,
+                    codes,
+                    png_dir / f"{stem}.roi.png",
+                    f"{title}: ROI",
+                    "tab20",
+                    label="ROI (" + ", ".join(f"{k}={v}" for k, v in table.items())[:60] + ")",
+                )
+            )
         if dataset not in stores:
             notes.append(f"{dataset}/{subject}: no prepared store given, no NIfTI maps")
             continue
@@ -170,14 +199,21 @@ def brain_maps(
             layout = store.layout(subject) if known else None
             store_coords = store.coords(subject) if known else None
         if geometry is None and layout is None:
-            notes.append(f"{dataset}/{subject}: no volume grid or surface layout in its store (EEG/MEG, or a "
-                         "layout-free dataset), PNG maps only")
+            notes.append(
+                f"{dataset}/{subject}: no volume grid or surface layout in its store (EEG/MEG, or a "
+                "layout-free dataset), PNG maps only"
+            )
             continue
-        if len(frame) != len(store_coords) or not np.array_equal(frame["voxel"].to_numpy(), np.arange(len(store_coords))):
+        if len(frame) != len(store_coords) or not np.array_equal(
+            frame["voxel"].to_numpy(), np.arange(len(store_coords))
+        ):
             raise ValueError(f"{voxels_csv}: {dataset}/{subject} does not list every voxel of its store once")
         maps = {
-            "r_test": r, "r_test_norm": frame["r_test_norm"].to_numpy(dtype=np.float64), "roi": codes,
-            "u_x": frame["u_x"].to_numpy(dtype=np.float64), "u_y": frame["u_y"].to_numpy(dtype=np.float64),
+            "r_test": r,
+            "r_test_norm": frame["r_test_norm"].to_numpy(dtype=np.float64),
+            "roi": codes,
+            "u_x": frame["u_x"].to_numpy(dtype=np.float64),
+            "u_y": frame["u_y"].to_numpy(dtype=np.float64),
             "layer": pd.to_numeric(frame["layer"], errors="coerce").to_numpy(dtype=np.float64),
         }
         if geometry is not None:
@@ -193,13 +229,16 @@ def brain_maps(
         f"Maps of model {model} in each subject's own space: NIfTI (.nii.gz) for volumes, MGH per hemisphere "
         "(lh./rh. ... .mgh) on fsaverage, a CIFTI-2 dscalar (.dscalar.nii, one row per map) on grayordinates. "
         "float32, NaN = not a voxel; roi codes are listed in <subject>_roi.json; layer 0 = shallowest.\n\n"
-        + "\n".join(notes) + "\n"
+        + "\n".join(notes)
+        + "\n"
     )
     atomic_write_text(nifti_dir / "README.txt", readme)
     return {"png": len(pngs), "nifti": len(niftis)}
 
 
-def dendrogram(clustering_npz: str | Path, path: str | Path, title: str = "veROI: Ward clustering of the k-means centroids") -> Path:
+def dendrogram(
+    clustering_npz: str | Path, path: str | Path, title: str = "veROI: Ward clustering of the k-means centroids"
+) -> Path:
     """The veROI dendrogram with its cut (from the ``rois veroi --clustering`` file)."""
     from afo.figures.plots import plot_dendrogram
 
@@ -213,7 +252,9 @@ def dendrogram(clustering_npz: str | Path, path: str | Path, title: str = "veROI
     return plot_dendrogram(linkage, cut, path, title, leaf_counts=counts)
 
 
-def roi_score_figures(voxels_csv: str | Path, retrieval_csv: str | Path, roi_set: str, out_dir: str | Path, model: str) -> list[Path]:
+def roi_score_figures(
+    voxels_csv: str | Path, retrieval_csv: str | Path, roi_set: str, out_dir: str | Path, model: str
+) -> list[Path]:
     """Per subject, encoding (mean +- s.e.m. of test r) and retrieval (top-1, top-5) per ROI of ``roi_set``,
     with 'all' first (Figure 8)."""
     from afo.figures.plots import plot_roi_scores
@@ -229,14 +270,23 @@ def roi_score_figures(voxels_csv: str | Path, retrieval_csv: str | Path, roi_set
             r = members["r_test"].to_numpy(dtype=np.float64)
             r = r[np.isfinite(r)]
             hit = mine[(mine["roi_set"] == ("all" if roi == "all" else roi_set)) & (mine["roi"] == roi)]
-            rows.append({
-                "roi": roi, "mean_r": r.mean() if r.size else np.nan,
-                "sem_r": r.std(ddof=1) / np.sqrt(r.size) if r.size > 1 else np.nan,
-                "top1": hit["top1"].iloc[0] if len(hit) else np.nan, "top5": hit["top5"].iloc[0] if len(hit) else np.nan,
-                "n_candidates": hit["n_candidates"].iloc[0] if len(hit) else np.nan,
-            })
-        out.append(plot_roi_scores(pd.DataFrame(rows), Path(out_dir) / f"{file_stem(dataset, subject)}.png",
-                                   f"{model}: {dataset} / {subject}, per {roi_set} ROI"))
+            rows.append(
+                {
+                    "roi": roi,
+                    "mean_r": r.mean() if r.size else np.nan,
+                    "sem_r": r.std(ddof=1) / np.sqrt(r.size) if r.size > 1 else np.nan,
+                    "top1": hit["top1"].iloc[0] if len(hit) else np.nan,
+                    "top5": hit["top5"].iloc[0] if len(hit) else np.nan,
+                    "n_candidates": hit["n_candidates"].iloc[0] if len(hit) else np.nan,
+                }
+            )
+        out.append(
+            plot_roi_scores(
+                pd.DataFrame(rows),
+                Path(out_dir) / f"{file_stem(dataset, subject)}.png",
+                f"{model}: {dataset} / {subject}, per {roi_set} ROI",
+            )
+        )
     return out
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-import numpy as np
 from afo.data.store import PreparedStore
 from afo.decoding.ranking import rank_candidates
 from afo.decoding.retrieval import subject_roi_labels
@@ -39,7 +39,9 @@ def retrieval_figure(
     queries = example_queries(pred.images.size, n_examples)
     if queries.size == 0:
         raise ValueError(f"{pred.key}: no test image to show")
-    rows: list[tuple[int, str, np.ndarray]] = [(int(q), "all voxels", np.ones(pred.voxels.size, dtype=bool)) for q in queries]
+    rows: list[tuple[int, str, np.ndarray]] = [
+        (int(q), "all voxels", np.ones(pred.voxels.size, dtype=bool)) for q in queries
+    ]
     if roi_labels is not None:
         for roi in ordered(set(roi_labels) - {""}):
             mask = roi_labels == roi
@@ -53,7 +55,9 @@ def retrieval_figure(
         rank = int(np.flatnonzero(order[0] == q)[0])
         titles.append(f"test {q}, {label}\n(true image rank {rank})")
     with PreparedStore(store_path) as store:
-        needed = np.unique(np.concatenate([pred.images[[q for q, _, _ in rows]], pred.images[np.concatenate(shown_rows)]]))
+        needed = np.unique(
+            np.concatenate([pred.images[[q for q, _, _ in rows]], pred.images[np.concatenate(shown_rows)]])
+        )
         pixels = dict(zip(needed.tolist(), store.images(needed)))
     query_images = np.stack([pixels[int(pred.images[q])] for q, _, _ in rows])
     retrieved = np.stack([np.stack([pixels[int(pred.images[c])] for c in shown]) for shown in shown_rows])
@@ -77,6 +81,15 @@ def retrieval_figures(
     paths = []
     for pred in predictions:
         labels = subject_roi_labels(roi_sets[roi_set], pred) if roi_set is not None else None
-        paths.append(retrieval_figure(pred, stores[pred.dataset], out_dir / f"{file_stem(pred.dataset, pred.subject)}.png",
-                                      labels, roi_set or "roi", n_examples, top_k))
+        paths.append(
+            retrieval_figure(
+                pred,
+                stores[pred.dataset],
+                out_dir / f"{file_stem(pred.dataset, pred.subject)}.png",
+                labels,
+                roi_set or "roi",
+                n_examples,
+                top_k,
+            )
+        )
     return paths

@@ -35,8 +35,9 @@ def reading_hdf5(path: str | os.PathLike, what: str, rebuild: str) -> Iterator[N
     try:
         yield
     except OSError as exc:
-        raise CorruptFileError(f"{path}: cannot read this {what} ({exc}); it is truncated or damaged — delete it and "
-                               f"{rebuild}") from exc
+        raise CorruptFileError(
+            f"{path}: cannot read this {what} ({exc}); it is truncated or damaged — delete it and {rebuild}"
+        ) from exc
 
 
 def temporary_sibling(path: str | os.PathLike, suffix: str = ".tmp") -> Path:

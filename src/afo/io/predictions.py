@@ -32,8 +32,12 @@ REBUILD = "rerun the workflow (its predict or dark_knowledge rule), or `afo pred
 Prediction = tuple[np.ndarray, np.ndarray, np.ndarray]  # (images [m], voxels [n], pred [m, n])
 
 
-def write_predictions(path: str | Path, predictions: Mapping[str, Prediction], dtype: str = "float16",
-                      attrs: Mapping[str, str | int | float] | None = None) -> None:
+def write_predictions(
+    path: str | Path,
+    predictions: Mapping[str, Prediction],
+    dtype: str = "float16",
+    attrs: Mapping[str, str | int | float] | None = None,
+) -> None:
     """Write predictions per subject key atomically, ``pred`` stored as ``dtype`` (float16 or float32); ``attrs``
     become root attributes (e.g. the image names of a folder's predictions, :func:`afo.api.predict_folder`)."""
     with writing_predictions(path, dtype, attrs) as writer:
@@ -57,8 +61,10 @@ def read_predictions(path: str | Path) -> dict[str, Prediction]:
                 g = f[dataset][sub]
                 images, voxels, pred = g["images"][:], g["voxels"][:], g["pred"][:]
                 if "sha256" in g.attrs and g.attrs["sha256"] != _checksum(images, voxels, pred):
-                    raise CorruptFileError(f"{path}: the predictions of {dataset}/{sub} do not match their checksum "
-                                           f"(the file was damaged); delete it and {REBUILD}")
+                    raise CorruptFileError(
+                        f"{path}: the predictions of {dataset}/{sub} do not match their checksum "
+                        f"(the file was damaged); delete it and {REBUILD}"
+                    )
                 out[f"{dataset}/{sub}"] = (images, voxels, pred.astype(np.float32))
     return out
 
@@ -159,8 +165,11 @@ def prediction_parts(path: str | Path, keys: set[str] | None = None, verify: boo
                     for start in range(0, pred.shape[0], _VERIFY_ROWS):
                         digest.update(np.ascontiguousarray(pred[start : start + _VERIFY_ROWS]).tobytes())
                     if g.attrs["sha256"] != digest.hexdigest():
-                        raise CorruptFileError(f"{path}: the predictions of {key} do not match their checksum "
-                                               f"(the file was damaged); delete it and {REBUILD}")
-                out[key] = PredictionPart(str(path), key, images, voxels,
-                                          RowReader(path, f"{key}/pred", "prediction file", REBUILD))
+                        raise CorruptFileError(
+                            f"{path}: the predictions of {key} do not match their checksum "
+                            f"(the file was damaged); delete it and {REBUILD}"
+                        )
+                out[key] = PredictionPart(
+                    str(path), key, images, voxels, RowReader(path, f"{key}/pred", "prediction file", REBUILD)
+                )
     return out

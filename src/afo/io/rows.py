@@ -32,7 +32,9 @@ class RowReader:
     ``what`` and ``rebuild`` name the file and the rule that rewrites it in errors (see :func:`afo.io.reading_hdf5`).
     """
 
-    def __init__(self, path: str | os.PathLike, name: str, what: str = "file", rebuild: str = "rerun the step that wrote it"):
+    def __init__(
+        self, path: str | os.PathLike, name: str, what: str = "file", rebuild: str = "rerun the step that wrote it"
+    ):
         self.path, self.name, self.what, self.rebuild = str(path), name, what, rebuild
         self._pid: int | None = None
         self._file: h5py.File | None = None
@@ -102,8 +104,10 @@ class RowReader:
             self._layout = ("chunked", offsets, chunks)
             end = int(offsets.max()) + chunk_bytes
         if end > size:
-            raise CorruptFileError(f"{self.path}: {self.name} ends beyond the file ({end} > {size} bytes); it is truncated — "
-                                   f"delete it and {self.rebuild}")
+            raise CorruptFileError(
+                f"{self.path}: {self.name} ends beyond the file ({end} > {size} bytes); it is truncated — "
+                f"delete it and {self.rebuild}"
+            )
         return np.memmap(self.path, dtype=np.uint8, mode="r")
 
     # -- reading -----------------------------------------------------------------------------------------
@@ -129,7 +133,9 @@ class RowReader:
         if self._layout[0] == "contiguous":
             base, row_bytes = self._layout[1], self._row_items * item
             for k, i in enumerate(rows.tolist()):
-                out[k] = np.frombuffer(self._map, self.dtype, self._row_items, base + i * row_bytes).reshape(self.shape[1:])
+                out[k] = np.frombuffer(self._map, self.dtype, self._row_items, base + i * row_bytes).reshape(
+                    self.shape[1:]
+                )
             return out
         _, offsets, chunks = self._layout
         if len(self.shape) == 1:

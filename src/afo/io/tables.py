@@ -44,7 +44,9 @@ def read_roi_table(path: str | Path) -> pd.DataFrame:
     table = read_table(path)
     missing = set(ROI_COLUMNS) - set(table.columns)
     if missing:
-        raise TableError(f"{path}: missing column(s) {sorted(missing)}; an ROI table has columns {', '.join(ROI_COLUMNS)}")
+        raise TableError(
+            f"{path}: missing column(s) {sorted(missing)}; an ROI table has columns {', '.join(ROI_COLUMNS)}"
+        )
     return table
 
 

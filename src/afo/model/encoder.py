@@ -19,7 +19,6 @@ from afo.model.neck import TopyNeck
 from afo.model.pe import CoordinateFrame
 from afo.model.readout import efficient_readout, pixel_table
 
-
 _MODULE_DICT_ATTRS = frozenset(dir(nn.ModuleDict()))
 # Key of a subject's frame rescale in neck_mlp_state(), beside its MLP parts.
 FRAME_KEY = "frame"
@@ -227,6 +226,7 @@ class EncodingModel(nn.Module):
             FrozenRM, FrozenLS). ``frame`` is the coordinate rescale whose output the MLPs were trained on.
             ``torch.save``-able.
         """
+
         def copy(mlp: nn.Module) -> dict[str, Tensor]:
             return {k: v.detach().cpu().clone() for k, v in mlp.state_dict().items()}
 

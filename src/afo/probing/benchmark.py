@@ -87,10 +87,15 @@ class ExtractorSpec:
         if source == "timm" and not cfg.get("name"):
             raise ValueError(f"probing.extractors.{label}: source timm needs `name` (a timm model name)")
         return cls(
-            label=label, source=source, name=cfg.get("name"),
-            layers=tuple(int(i) for i in (cfg.get("layers") or [-1])), resolution=cfg.get("resolution"),
-            pretrained=bool(cfg.get("pretrained", False)), pretrained_path=cfg.get("pretrained_path") or None,
-            model_kwargs=dict(cfg.get("model_kwargs") or {}), model=cfg.get("model"),
+            label=label,
+            source=source,
+            name=cfg.get("name"),
+            layers=tuple(int(i) for i in (cfg.get("layers") or [-1])),
+            resolution=cfg.get("resolution"),
+            pretrained=bool(cfg.get("pretrained", False)),
+            pretrained_path=cfg.get("pretrained_path") or None,
+            model_kwargs=dict(cfg.get("model_kwargs") or {}),
+            model=cfg.get("model"),
         )
 
 
@@ -129,8 +134,14 @@ def extract(
         from afo.features import BackboneSpec, backbone_features, create_backbone
 
         with PreparedStore(store_path) as store:
-            bspec = BackboneSpec(name=spec.name, layers=spec.layers, resolution=int(spec.resolution or store.image_size),
-                                 pretrained=spec.pretrained, pretrained_path=spec.pretrained_path, model_kwargs=spec.model_kwargs)
+            bspec = BackboneSpec(
+                name=spec.name,
+                layers=spec.layers,
+                resolution=int(spec.resolution or store.image_size),
+                pretrained=spec.pretrained,
+                pretrained_path=spec.pretrained_path,
+                model_kwargs=spec.model_kwargs,
+            )
             net = create_backbone(bspec).to(device)
             for start in range(0, image_rows.size, bs):
                 maps = backbone_features(net, store.images(image_rows[start : start + bs]), bspec, device)
@@ -139,7 +150,9 @@ def extract(
         from afo.features import feature_source
 
         if features_path is None and not backbone:
-            raise ValueError(f"extractor {spec.label}: source {spec.source} needs the dataset's feature cache or backbone.cache: none")
+            raise ValueError(
+                f"extractor {spec.label}: source {spec.source} needs the dataset's feature cache or backbone.cache: none"
+            )
         bank = feature_source({"probe": store_path}, {"probe": features_path} if features_path else {}, backbone)
         core = None
         if spec.source == "model":
@@ -186,10 +199,15 @@ def probe_dataset(
     from afo.probing.ridge import linear_probe
 
     subjects = load_subjects({dataset: store_path})
-    needed = np.unique(np.concatenate([np.concatenate([s.split_images["train"], s.split_images["test"]]) for s in subjects]))
+    needed = np.unique(
+        np.concatenate([np.concatenate([s.split_images["train"], s.split_images["test"]]) for s in subjects])
+    )
     feats = extract(spec, store_path, needed, settings, features_path, model_path, device, backbone)
     with PreparedStore(store_path) as store:
-        own = {name: (store.rois(name, roi_set) if roi_set in store.info(name).roi_sets else None) for name in store.subjects}
+        own = {
+            name: (store.rois(name, roi_set) if roi_set in store.info(name).roi_sets else None)
+            for name in store.subjects
+        }
     tables = []
     for s in subjects:
         train, test = s.split_images["train"], s.split_images["test"]
@@ -199,21 +217,42 @@ def probe_dataset(
         name = s.key.split("/", 1)[1]
         if train.size < max(settings.cv, 3) or test.size < 3:
             shared = f" ({int((~kept).sum())} shared test images left out: overlap.exclude)" if (~kept).any() else ""
-            raise ValueError(f"{dataset}/{name}: {train.size} train and {test.size} test images{shared}; linear "
-                             f"probing needs at least {max(settings.cv, 3)} and 3")
+            raise ValueError(
+                f"{dataset}/{name}: {train.size} train and {test.size} test images{shared}; linear "
+                f"probing needs at least {max(settings.cv, 3)} and 3"
+            )
         result = linear_probe(
-            feats[np.searchsorted(needed, train)], s.split_means("train"),
-            feats[np.searchsorted(needed, test)], test_means,
+            feats[np.searchsorted(needed, train)],
+            s.split_means("train"),
+            feats[np.searchsorted(needed, test)],
+            test_means,
             n_components=min(settings.n_components, train.size, feats.shape[1]),
-            alphas=np.asarray(settings.alphas), cv=settings.cv, backend=settings.backend, seed=settings.seed,
+            alphas=np.asarray(settings.alphas),
+            cv=settings.cv,
+            backend=settings.backend,
+            seed=settings.seed,
         )
         labels = own[name][s.voxels] if own[name] is not None else np.full(s.voxels.size, "")
-        tables.append(pd.DataFrame({
-            "extractor": spec.label, "dataset": dataset, "role": role, "subject": name, "voxel": s.voxels,
-            "dataset_roi": labels, "r_test": result.r_test, "best_alpha": result.best_alpha,
-            "cv_r2": result.cv_score, "alpha_at_edge": result.alpha_at_edge, "n_components": result.n_components,
-            "n_train": train.size, "n_test": test.size, "n_test_left_out": int((~kept).sum()),
-        }))
+        tables.append(
+            pd.DataFrame(
+                {
+                    "extractor": spec.label,
+                    "dataset": dataset,
+                    "role": role,
+                    "subject": name,
+                    "voxel": s.voxels,
+                    "dataset_roi": labels,
+                    "r_test": result.r_test,
+                    "best_alpha": result.best_alpha,
+                    "cv_r2": result.cv_score,
+                    "alpha_at_edge": result.alpha_at_edge,
+                    "n_components": result.n_components,
+                    "n_train": train.size,
+                    "n_test": test.size,
+                    "n_test_left_out": int((~kept).sum()),
+                }
+            )
+        )
     return pd.concat(tables, ignore_index=True)
 
 
@@ -232,10 +271,17 @@ def probe_summary(table: pd.DataFrame) -> pd.DataFrame:
     both["positive_at_edge"] = np.where(both["cv_r2"] > 0, both["alpha_at_edge"].astype(float), np.nan)
     if "n_test_left_out" not in both:  # tables written before overlap exclusion
         both["n_test_left_out"] = 0
-    out = both.groupby(["dataset", "role", "subject", "extractor"], sort=False).agg(
-        n_voxels=("r_test", "size"), median_r=("r_test", "median"), mean_r=("r_test", "mean"),
-        edge_share=("positive_at_edge", "mean"), n_test_left_out=("n_test_left_out", "max"),
-    ).reset_index()
+    out = (
+        both.groupby(["dataset", "role", "subject", "extractor"], sort=False)
+        .agg(
+            n_voxels=("r_test", "size"),
+            median_r=("r_test", "median"),
+            mean_r=("r_test", "mean"),
+            edge_share=("positive_at_edge", "mean"),
+            n_test_left_out=("n_test_left_out", "max"),
+        )
+        .reset_index()
+    )
     return out
 
 
@@ -245,17 +291,21 @@ def edge_warning(summary: pd.DataFrame) -> str:
     if pooled.empty:
         return ""
     cases = ", ".join(f"{r.extractor} on {r.dataset} ({r.edge_share:.0%})" for r in pooled.itertuples())
-    return (f"Warning: for {cases}, more than {EDGE_WARNING_SHARE:.0%} of the positively scored voxels chose an alpha at "
-            "an edge of probing.alphas: their scores are limited by the grid; widen it.")
+    return (
+        f"Warning: for {cases}, more than {EDGE_WARNING_SHARE:.0%} of the positively scored voxels chose an alpha at "
+        "an edge of probing.alphas: their scores are limited by the grid; widen it."
+    )
 
 
 def violin_table(table: pd.DataFrame) -> pd.DataFrame:
     """Long table for :func:`afo.figures.plots.plot_violins`: model = extractor, dataset = "<dataset> (<role>)"."""
-    return pd.DataFrame({
-        "model": table["extractor"].astype(str),
-        "dataset": table["dataset"].astype(str) + " (" + table["role"].astype(str) + ")",
-        "r": table["r_test"],
-    })
+    return pd.DataFrame(
+        {
+            "model": table["extractor"].astype(str),
+            "dataset": table["dataset"].astype(str) + " (" + table["role"].astype(str) + ")",
+            "r": table["r_test"],
+        }
+    )
 
 
 def write_probe_report(tables: Sequence[str | Path], out: str | Path, summary: str | Path) -> pd.DataFrame:
@@ -266,10 +316,12 @@ def write_probe_report(tables: Sequence[str | Path], out: str | Path, summary: s
     table = pd.concat([read_table(t) for t in tables], ignore_index=True)
     write_csv(table, out)
     counts = probe_summary(table)
-    note = ("Median and mean test Pearson r over voxels per feature extractor (PCA + per-voxel ridge); subject all = "
-            "voxels pooled; edge_share = share of the voxels with a positive cross-validated R^2 whose alpha is at an "
-            "edge of the grid; n_test_left_out = test images left out because a training dataset trained on them "
-            "(results/data/overlap.csv; most of any subject for 'all'). ")
+    note = (
+        "Median and mean test Pearson r over voxels per feature extractor (PCA + per-voxel ridge); subject all = "
+        "voxels pooled; edge_share = share of the voxels with a positive cross-validated R^2 whose alpha is at an "
+        "edge of the grid; n_test_left_out = test images left out because a training dataset trained on them "
+        "(results/data/overlap.csv; most of any subject for 'all'). "
+    )
     warning = edge_warning(counts)
     if warning:
         logging.getLogger(__name__).warning(warning)

@@ -30,8 +30,9 @@ from __future__ import annotations
 
 import contextlib
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator, Literal
+from typing import Literal
 
 import numpy as np
 from sklearn.decomposition import PCA, IncrementalPCA
@@ -80,7 +81,7 @@ class FeatureScaler:
     scale_: np.ndarray
 
     @classmethod
-    def fit(cls, features, batch_size: int = 4096) -> "FeatureScaler":
+    def fit(cls, features, batch_size: int = 4096) -> FeatureScaler:
         """Mean and sd per feature of ``features`` [n, F] (array, memmap or h5py dataset; read in row batches)."""
         n, n_features = features.shape
         total = np.zeros(n_features)
@@ -129,8 +130,7 @@ def cap_components(n_components: int, n_samples: int, n_features: int) -> int:
     limit = min(n_samples, n_features)
     if n_components > limit:
         warnings.warn(
-            f"n_components={n_components} exceeds min(n_train={n_samples}, n_features={n_features}); "
-            f"using {limit}",
+            f"n_components={n_components} exceeds min(n_train={n_samples}, n_features={n_features}); using {limit}",
             UserWarning,
             stacklevel=3,
         )
@@ -223,7 +223,7 @@ def linear_probe(
     test_X,
     test_Y: np.ndarray,
     n_components: int = 100,
-    alphas: np.ndarray = np.logspace(-2, 6, 17),
+    alphas: np.ndarray | None = None,
     cv: int | object = 5,
     backend: Backend = "numpy",
     seed: int = 0,
@@ -239,7 +239,7 @@ def linear_probe(
         test_X: [n_test, F] features of the test images.
         test_Y: [n_test, V] responses; NaN allowed (left out of that voxel's r).
         n_components: PCA dimension (capped at min(n_train, F) with a warning).
-        alphas: [n_alphas] ridge grid searched per voxel.
+        alphas: [n_alphas] ridge grid searched per voxel (default: 10^-2 .. 10^6, 17 values).
         cv: number of contiguous K folds (sklearn ``KFold`` without shuffling, as himalaya does) over the
             training rows, or a list of (train_idx, val_idx) pairs, e.g.
             ``list(GroupKFold(5).split(train_X, groups=image_ids))`` when several rows show one image (rows of
@@ -263,7 +263,7 @@ def linear_probe(
         raise ValueError(f"train_X has {train_X.shape[1]} features but test_X has {test_X.shape[1]}")
     if train_Y.shape[1] != test_Y.shape[1]:
         raise ValueError(f"train_Y has {train_Y.shape[1]} voxels but test_Y has {test_Y.shape[1]}")
-    alphas = np.asarray(alphas, dtype=np.float64).ravel()
+    alphas = np.asarray(np.logspace(-2, 6, 17) if alphas is None else alphas, dtype=np.float64).ravel()
     if alphas.size == 0 or np.any(~np.isfinite(alphas)) or np.any(alphas <= 0):
         raise ValueError("alphas must be a non-empty list of positive finite numbers")
     n_train, n_voxels = train_Y.shape
@@ -297,8 +297,12 @@ def linear_probe(
         Y_fit = np.where(finite[:, fit_cols], train_Y[:, fit_cols], col_mean[fit_cols]).astype(dtype, copy=False)
         # R^2 as the cross-validation score: per voxel it ranks alphas like the default negative loss, and its sign
         # says whether the voxel is predicted at all (the alpha-at-edge check counts those voxels only).
-        solver_params = {"warn": False, "n_targets_batch": n_targets_batch, "n_targets_batch_refit": n_targets_batch,
-                         "score_func": r2_score}
+        solver_params = {
+            "warn": False,
+            "n_targets_batch": n_targets_batch,
+            "n_targets_batch_refit": n_targets_batch,
+            "score_func": r2_score,
+        }
         with himalaya_backend(backend) as bk:
             model = RidgeCV(alphas=alphas, cv=cv, fit_intercept=True, solver_params=solver_params)
             model.fit(Z_train.astype(dtype), Y_fit)

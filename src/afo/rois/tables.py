@@ -50,7 +50,9 @@ def head_weight_matrix(model_paths: Sequence[str | Path]) -> tuple[pd.DataFrame,
     return keys, total / len(model_paths)
 
 
-def veroi_table(model_paths: Sequence[str | Path], n_kmeans: int, n_rois: int | None, threshold: float | None, seed: int) -> tuple[pd.DataFrame, VeroiResult]:
+def veroi_table(
+    model_paths: Sequence[str | Path], n_kmeans: int, n_rois: int | None, threshold: float | None, seed: int
+) -> tuple[pd.DataFrame, VeroiResult]:
     keys, weights = head_weight_matrix(model_paths)
     result = cluster_veroi(weights, n_kmeans=n_kmeans, n_rois=n_rois, threshold=threshold, seed=seed)
     return keys.assign(roi=result.labels.astype(str)), result
@@ -65,7 +67,11 @@ def dataset_roi_table(stores: Mapping[str, str | Path], roi_set: str) -> pd.Data
                 labels = store.rois(subject, roi_set)
                 keep = (labels != "") & ~store.bad_voxel(subject)
                 voxels = np.flatnonzero(keep)
-                rows.append(pd.DataFrame({"dataset": dataset, "subject": subject, "voxel": voxels, "roi": labels[keep].astype(str)}))
+                rows.append(
+                    pd.DataFrame(
+                        {"dataset": dataset, "subject": subject, "voxel": voxels, "roi": labels[keep].astype(str)}
+                    )
+                )
     table = pd.concat(rows, ignore_index=True)
     if table.empty:
         raise ValueError(f"no voxel has a label in ROI set {roi_set!r}")
@@ -87,12 +93,23 @@ def write_table(table: pd.DataFrame, path: str | Path) -> dict:
 
 
 def write_veroi(
-    model_paths: Sequence[str | Path], n_kmeans: int, n_rois: int | None, threshold: float | None, seed: int,
-    table_path: str | Path, clustering_path: str | Path,
+    model_paths: Sequence[str | Path],
+    n_kmeans: int,
+    n_rois: int | None,
+    threshold: float | None,
+    seed: int,
+    table_path: str | Path,
+    clustering_path: str | Path,
 ) -> dict:
     """results/rois/veroi.csv and the clustering behind it (linkage, cut, k-means labels; .npz for the dendrogram)."""
     table, result = veroi_table(model_paths, n_kmeans, n_rois, threshold, seed)
     with atomic_path(clustering_path, suffix=".npz") as tmp:
-        np.savez(tmp, linkage=result.linkage, cut_height=result.cut_height, labels=result.labels,
-                 kmeans_labels=result.kmeans_labels, centroid_rois=result.centroid_rois)
+        np.savez(
+            tmp,
+            linkage=result.linkage,
+            cut_height=result.cut_height,
+            labels=result.labels,
+            kmeans_labels=result.kmeans_labels,
+            centroid_rois=result.centroid_rois,
+        )
     return write_table(table, table_path)

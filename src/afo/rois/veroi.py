@@ -43,6 +43,7 @@ MINIBATCH_MIN_VOXELS = 50_000
 class VeroiConfigError(UserError, ValueError):
     """The configured veROI cut does not fit the data (config keys afo.veroi.n_rois / n_kmeans)."""
 
+
 @dataclass
 class VeroiResult:
     """The outcome of :func:`cluster_veroi`.

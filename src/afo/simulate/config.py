@@ -38,26 +38,48 @@ class AreaSpec:
     """
 
     name: str = field(metadata={"help": "area name; becomes the ROI label in rois.csv"})
-    level: int = field(metadata={"help": "feature level: 0 low (contrast/orientation), 1 mid (local shape/colour), 2 high (global)"})
+    level: int = field(
+        metadata={"help": "feature level: 0 low (contrast/orientation), 1 mid (local shape/colour), 2 high (global)"}
+    )
     grid: tuple[int, int] = field(metadata={"help": "voxels (across the strip, along the strip) before dropout"})
     field_extent: float = field(metadata={"help": "RF centres span [-field_extent, field_extent] in u, both axes"})
-    rf_sigma: tuple[float, float] = field(metadata={"help": "RF Gaussian sigma in u at the fovea and at the field's edge"})
+    rf_sigma: tuple[float, float] = field(
+        metadata={"help": "RF Gaussian sigma in u at the fovea and at the field's edge"}
+    )
     weights: tuple[float, float, float, float] = field(
-        metadata={"help": "share of (contrast energy, orientation energy, local shape/colour, global presence) in the drive"}
+        metadata={
+            "help": "share of (contrast energy, orientation energy, local shape/colour, global presence) in the drive"
+        }
     )
     css_exponent: float = field(metadata={"help": "compressive exponent on the RF-summed drive (Kay et al. 2013)"})
-    snr: tuple[float, float] = field(metadata={"help": "single-trial signal/noise SD range, drawn log-uniformly per voxel"})
+    snr: tuple[float, float] = field(
+        metadata={"help": "single-trial signal/noise SD range, drawn log-uniformly per voxel"}
+    )
 
     def __post_init__(self) -> None:
         _check(self.name and isinstance(self.name, str), f"area name must be a non-empty string, got {self.name!r}")
-        _check(self.level in LEVEL_NAMES, f"area {self.name}: level must be one of {sorted(LEVEL_NAMES)}, got {self.level}")
-        _check(len(self.grid) == 2 and min(self.grid) >= 1, f"area {self.name}: grid must be two positive ints, got {self.grid}")
-        _check(0 <= self.field_extent <= 0.95, f"area {self.name}: field_extent must be in [0, 0.95], got {self.field_extent}")
-        _check(len(self.rf_sigma) == 2 and min(self.rf_sigma) > 0, f"area {self.name}: rf_sigma must be two positive numbers")
+        _check(
+            self.level in LEVEL_NAMES, f"area {self.name}: level must be one of {sorted(LEVEL_NAMES)}, got {self.level}"
+        )
+        _check(
+            len(self.grid) == 2 and min(self.grid) >= 1,
+            f"area {self.name}: grid must be two positive ints, got {self.grid}",
+        )
+        _check(
+            0 <= self.field_extent <= 0.95,
+            f"area {self.name}: field_extent must be in [0, 0.95], got {self.field_extent}",
+        )
+        _check(
+            len(self.rf_sigma) == 2 and min(self.rf_sigma) > 0,
+            f"area {self.name}: rf_sigma must be two positive numbers",
+        )
         _check(len(self.weights) == 4 and min(self.weights) >= 0 and sum(self.weights) > 0,
                f"area {self.name}: weights must be four non-negative numbers, not all 0")  # fmt: skip
         _check(self.css_exponent > 0, f"area {self.name}: css_exponent must be > 0")
-        _check(len(self.snr) == 2 and 0 < self.snr[0] <= self.snr[1], f"area {self.name}: snr must be (low, high) with 0 < low <= high")
+        _check(
+            len(self.snr) == 2 and 0 < self.snr[0] <= self.snr[1],
+            f"area {self.name}: snr must be (low, high) with 0 < low <= high",
+        )
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> AreaSpec:
@@ -103,14 +125,18 @@ class ImageSetSpec:
     val_fraction: float = field(default=0.06, metadata={"help": "fraction of the set shown once as validation"})
     file_format: str = field(default="png", metadata={"help": "how the images are shipped: png | jpeg (quality 90)"})
     file_size: int | None = field(default=None, metadata={"help": "side (px) of the shipped files; null = image_size"})
-    reuse_from: str | None = field(default=None, metadata={"help": "an earlier set whose images this set partly reuses"})
+    reuse_from: str | None = field(
+        default=None, metadata={"help": "an earlier set whose images this set partly reuses"}
+    )
     n_reused: int = field(default=0, metadata={"help": "images taken from reuse_from (0 = none)"})
 
     def __post_init__(self) -> None:
         _check(self.name and isinstance(self.name, str) and self.name.isidentifier(),
                f"image set name must be letters, digits and _, got {self.name!r}")  # fmt: skip
         _check(self.file_format in IMAGE_FORMATS, f"image set {self.name}: file_format must be one of {IMAGE_FORMATS}")
-        _check(self.file_size is None or self.file_size >= 16, f"image set {self.name}: file_size must be >= 16 px or null")
+        _check(
+            self.file_size is None or self.file_size >= 16, f"image set {self.name}: file_size must be >= 16 px or null"
+        )
         n_val = round(self.val_fraction * self.n_images)
         _check(0 <= self.val_fraction < 1 and 1 <= self.n_test_images and self.n_test_images + n_val < self.n_images,
                f"image set {self.name}: n_test_images ({self.n_test_images}) plus val images ({n_val}) must leave "
@@ -143,21 +169,32 @@ class DatasetSpec:
     test_repeats: int = field(default=3, metadata={"help": "presentations of each test image"})
     snr_scale: float = field(default=1.0, metadata={"help": "factor on every voxel's single-trial SNR"})
     n_average: int = field(default=1, metadata={"help": "individuals averaged into each subject (fMRI only)"})
-    overrides: dict = field(default_factory=dict, metadata={"help": "SimulationConfig fields that differ for this dataset"})
+    overrides: dict = field(
+        default_factory=dict, metadata={"help": "SimulationConfig fields that differ for this dataset"}
+    )
 
     def __post_init__(self) -> None:
         _check(self.name and isinstance(self.name, str) and self.name.isidentifier(),
                f"dataset name must be letters, digits and _, got {self.name!r}")  # fmt: skip
-        _check(self.modality in DATASET_MODALITIES, f"dataset {self.name}: modality must be one of {DATASET_MODALITIES}")
-        _check(isinstance(self.n_subjects, int) and self.n_subjects >= 1, f"dataset {self.name}: n_subjects must be >= 1")
-        _check(isinstance(self.test_repeats, int) and self.test_repeats >= 2, f"dataset {self.name}: test_repeats must be >= 2")
+        _check(
+            self.modality in DATASET_MODALITIES, f"dataset {self.name}: modality must be one of {DATASET_MODALITIES}"
+        )
+        _check(
+            isinstance(self.n_subjects, int) and self.n_subjects >= 1, f"dataset {self.name}: n_subjects must be >= 1"
+        )
+        _check(
+            isinstance(self.test_repeats, int) and self.test_repeats >= 2,
+            f"dataset {self.name}: test_repeats must be >= 2",
+        )
         _check(self.snr_scale > 0, f"dataset {self.name}: snr_scale must be > 0")
         _check(isinstance(self.n_average, int) and self.n_average >= 1, f"dataset {self.name}: n_average must be >= 1")
         _check(self.n_average == 1 or self.modality == "fmri", f"dataset {self.name}: n_average applies to fMRI only")
         _check(isinstance(self.overrides, dict), f"dataset {self.name}: overrides must be a mapping")
         object.__setattr__(self, "overrides", _plain(self.overrides))  # YAML-like: equal after a round trip
         unknown = sorted(set(self.overrides) - set(DATASET_OVERRIDES))
-        _check(not unknown, f"dataset {self.name}: overrides {unknown} not allowed; valid: {', '.join(DATASET_OVERRIDES)}")
+        _check(
+            not unknown, f"dataset {self.name}: overrides {unknown} not allowed; valid: {', '.join(DATASET_OVERRIDES)}"
+        )
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DatasetSpec:
@@ -188,25 +225,45 @@ class SimulationConfig:
     val_fraction: float = field(default=0.06, metadata={"help": "fraction of all images shown once as validation"})
     # fMRI subjects
     n_fmri_subjects: int = field(default=3, metadata={"help": "number of fMRI-like subjects (0 for none)"})
-    areas: tuple[AreaSpec, ...] = field(default=DEFAULT_AREAS, metadata={"help": "visual areas, early to late (list of AreaSpec mappings)"})
+    areas: tuple[AreaSpec, ...] = field(
+        default=DEFAULT_AREAS, metadata={"help": "visual areas, early to late (list of AreaSpec mappings)"}
+    )
     voxel_mm: float = field(default=2.0, metadata={"help": "voxel spacing on the cortical sheet (mm)"})
-    voxel_dropout: float = field(default=0.05, metadata={"help": "fraction of each subject's voxels left out, so counts differ"})
-    map_rotation_deg: float = field(default=8.0, metadata={"help": "SD of the per-subject rotation of the visual-field map (deg)"})
+    voxel_dropout: float = field(
+        default=0.05, metadata={"help": "fraction of each subject's voxels left out, so counts differ"}
+    )
+    map_rotation_deg: float = field(
+        default=8.0, metadata={"help": "SD of the per-subject rotation of the visual-field map (deg)"}
+    )
     map_shift: float = field(default=0.04, metadata={"help": "SD of the per-subject shift of the visual-field map (u)"})
-    rf_scatter: float = field(default=0.02, metadata={"help": "SD of per-voxel scatter of RF centres around the smooth map (u)"})
-    nan_voxels: int = field(default=0, metadata={"help": "voxels per fMRI subject made NaN on every trial (to test masking)"})
+    rf_scatter: float = field(
+        default=0.02, metadata={"help": "SD of per-voxel scatter of RF centres around the smooth map (u)"}
+    )
+    nan_voxels: int = field(
+        default=0, metadata={"help": "voxels per fMRI subject made NaN on every trial (to test masking)"}
+    )
     # EEG subjects
     n_eeg_subjects: int = field(default=1, metadata={"help": "number of EEG-like subjects (0 for none)"})
-    eeg_channels: tuple[str, ...] = field(default=EEG_CHANNELS, metadata={"help": "10-20 channel names (mne standard montage)"})
+    eeg_channels: tuple[str, ...] = field(
+        default=EEG_CHANNELS, metadata={"help": "10-20 channel names (mne standard montage)"}
+    )
     eeg_n_times: int = field(default=16, metadata={"help": "time points per channel; voxels = channels x time points"})
     eeg_tmax: float = field(default=0.6, metadata={"help": "last time point (s after stimulus onset); the first is 0"})
-    eeg_snr: float = field(default=0.6, metadata={"help": "single-trial signal/noise SD of the strongest channel x time point"})
+    eeg_snr: float = field(
+        default=0.6, metadata={"help": "single-trial signal/noise SD of the strongest channel x time point"}
+    )
     eeg_test_repeats: int = field(default=4, metadata={"help": "presentations of each test image for EEG subjects"})
     eeg_mm_per_ms: float = field(default=0.2, metadata={"help": "EEG voxel z coordinate = latency (ms) x this (mm)"})
-    eeg_topo_sigma_mm: float = field(default=50.0, metadata={"help": "spread of a source over the sensors (mm); MEG smears less"})
+    eeg_topo_sigma_mm: float = field(
+        default=50.0, metadata={"help": "spread of a source over the sensors (mm); MEG smears less"}
+    )
     # Heterogeneous experiments: several image sets and datasets (empty = the two parts `fmri` and `eeg` above)
-    image_sets: tuple[ImageSetSpec, ...] = field(default=(), metadata={"help": "stimulus sets (list of ImageSetSpec mappings)"})
-    datasets: tuple[DatasetSpec, ...] = field(default=(), metadata={"help": "datasets (list of DatasetSpec mappings); needs image_sets"})
+    image_sets: tuple[ImageSetSpec, ...] = field(
+        default=(), metadata={"help": "stimulus sets (list of ImageSetSpec mappings)"}
+    )
+    datasets: tuple[DatasetSpec, ...] = field(
+        default=(), metadata={"help": "datasets (list of DatasetSpec mappings); needs image_sets"}
+    )
 
     def __post_init__(self) -> None:
         # YAML gives lists; store tuples so the config stays hashable and immutable.
@@ -215,28 +272,49 @@ class SimulationConfig:
         object.__setattr__(self, "eeg_channels", tuple(self.eeg_channels))
         sets = tuple(x if isinstance(x, ImageSetSpec) else ImageSetSpec.from_dict(x) for x in self.image_sets)
         object.__setattr__(self, "image_sets", sets)
-        object.__setattr__(self, "datasets", tuple(x if isinstance(x, DatasetSpec) else DatasetSpec.from_dict(x) for x in self.datasets))
+        object.__setattr__(
+            self,
+            "datasets",
+            tuple(x if isinstance(x, DatasetSpec) else DatasetSpec.from_dict(x) for x in self.datasets),
+        )
         self._check_datasets()
         for name in ("seed", "n_images", "image_size", "min_objects", "max_objects", "feature_grid", "n_test_images",
                      "n_test_repeats", "n_fmri_subjects", "nan_voxels", "n_eeg_subjects", "eeg_n_times", "eeg_test_repeats"):  # fmt: skip
             value = getattr(self, name)
-            _check(isinstance(value, int) and not isinstance(value, bool), f"config key `{name}` must be an integer, got {value!r}")
+            _check(
+                isinstance(value, int) and not isinstance(value, bool),
+                f"config key `{name}` must be an integer, got {value!r}",
+            )
             _check(value >= 0, f"config key `{name}` must be >= 0, got {value}")
         _check(self.image_size >= 16, f"config key `image_size` must be >= 16 px, got {self.image_size}")
         _check(2 <= self.feature_grid <= self.image_size, "config key `feature_grid` must be in [2, image_size]")
-        _check(1 <= self.min_objects <= self.max_objects, "config keys `min_objects`/`max_objects`: need 1 <= min <= max")
-        _check(self.n_test_repeats >= 2 and self.eeg_test_repeats >= 2, "test images must be shown at least twice (noise ceiling)")
+        _check(
+            1 <= self.min_objects <= self.max_objects, "config keys `min_objects`/`max_objects`: need 1 <= min <= max"
+        )
+        _check(
+            self.n_test_repeats >= 2 and self.eeg_test_repeats >= 2,
+            "test images must be shown at least twice (noise ceiling)",
+        )
         n_val = round(self.val_fraction * self.n_images)
         _check(0 <= self.val_fraction < 1, f"config key `val_fraction` must be in [0, 1), got {self.val_fraction}")
         _check(1 <= self.n_test_images and self.n_test_images + n_val < self.n_images,
                f"config key `n_test_images` ({self.n_test_images}) plus val images ({n_val}) must leave training images "
                f"out of n_images={self.n_images}")  # fmt: skip
-        _check(self.n_fmri_subjects + self.n_eeg_subjects >= 1, "need at least one subject (n_fmri_subjects + n_eeg_subjects)")
-        _check(len(self.areas) >= 1 or self.n_fmri_subjects == 0, "config key `areas`: fMRI subjects need at least one area")
+        _check(
+            self.n_fmri_subjects + self.n_eeg_subjects >= 1,
+            "need at least one subject (n_fmri_subjects + n_eeg_subjects)",
+        )
+        _check(
+            len(self.areas) >= 1 or self.n_fmri_subjects == 0,
+            "config key `areas`: fMRI subjects need at least one area",
+        )
         _check(len({a.name for a in self.areas}) == len(self.areas), "config key `areas`: area names must be unique")
         _check(0 <= self.voxel_dropout < 0.9, "config key `voxel_dropout` must be in [0, 0.9)")
         n_voxels = sum(a.grid[0] * a.grid[1] for a in self.areas)
-        _check(self.nan_voxels < n_voxels * (1 - self.voxel_dropout) - 1, "config key `nan_voxels` must leave most voxels finite")
+        _check(
+            self.nan_voxels < n_voxels * (1 - self.voxel_dropout) - 1,
+            "config key `nan_voxels` must leave most voxels finite",
+        )
         _check(len(self.eeg_channels) >= 1 or self.n_eeg_subjects == 0, "config key `eeg_channels` must not be empty")
         _check(self.eeg_n_times >= 2 or self.n_eeg_subjects == 0, "config key `eeg_n_times` must be >= 2")
         _check(min(self.eeg_tmax, self.eeg_snr, self.voxel_mm, self.eeg_topo_sigma_mm) > 0,
@@ -257,7 +335,10 @@ class SimulationConfig:
         ds_names = [d.name for d in self.datasets]
         _check(len(set(ds_names)) == len(ds_names), "config key `datasets`: names must be unique")
         for d in self.datasets:
-            _check(d.image_set in names, f"dataset {d.name}: image_set {d.image_set!r} is not one of the image_sets {names}")
+            _check(
+                d.image_set in names,
+                f"dataset {d.name}: image_set {d.image_set!r} is not one of the image_sets {names}",
+            )
             self.for_dataset(d)  # validates the dataset's overrides in context
 
     def image_set(self, name: str) -> ImageSetSpec:
@@ -320,7 +401,11 @@ def _from_dict(cls: type, d: dict[str, Any], what: str) -> Any:
     kwargs = {}
     for key, value in d.items():
         # Lists from YAML become the tuples the dataclass declares (areas are converted in __post_init__).
-        if isinstance(value, list) and str(hints[key]).startswith("tuple") and key not in ("areas", "image_sets", "datasets"):
+        if (
+            isinstance(value, list)
+            and str(hints[key]).startswith("tuple")
+            and key not in ("areas", "image_sets", "datasets")
+        ):
             value = tuple(value)
         kwargs[key] = value
     try:

@@ -82,7 +82,9 @@ def _replace(tmp: Path, out: Path) -> None:
         if out.is_dir() and ((out / MANIFEST).is_file() or not any(out.iterdir())):
             shutil.rmtree(out)
         else:
-            raise FileExistsError(f"{out}: exists and is not an afo simulation (no {MANIFEST}); choose another --out or remove it")
+            raise FileExistsError(
+                f"{out}: exists and is not an afo simulation (no {MANIFEST}); choose another --out or remove it"
+            )
     tmp.rename(out)
 
 
@@ -160,7 +162,10 @@ def _simulate_into(root: Path, config: SimulationConfig) -> dict:
         for s in range(n_subjects):
             data = make_subject(config, stim, split, _rng(config.seed, stream, s))
             _write_subject(folder / f"subj{s + 1:02d}", data, names, split)
-            subjects[f"subj{s + 1:02d}"] = {"n_trials": int(data.responses.shape[0]), "n_voxels": int(data.responses.shape[1])}
+            subjects[f"subj{s + 1:02d}"] = {
+                "n_trials": int(data.responses.shape[0]),
+                "n_voxels": int(data.responses.shape[1]),
+            }
         report["datasets"][modality] = {"path": modality, "name": f"{config.name}_{modality}", "subjects": subjects}
     manifest = {"config": config.to_dict(), "report": report}
     (root / MANIFEST).write_text(yaml.safe_dump(manifest, sort_keys=False))
@@ -170,8 +175,9 @@ def _simulate_into(root: Path, config: SimulationConfig) -> dict:
 # -- heterogeneous experiments (config.datasets) ------------------------------------------------------------
 
 
-def _image_set(config: SimulationConfig, k: int, spec: ImageSetSpec, made: dict[str, tuple[Stimuli, list[str]]]
-               ) -> tuple[Stimuli, list[str], list[dict]]:
+def _image_set(
+    config: SimulationConfig, k: int, spec: ImageSetSpec, made: dict[str, tuple[Stimuli, list[str]]]
+) -> tuple[Stimuli, list[str], list[dict]]:
     """Stimuli and file names of image set ``k``, and the images it reuses from an earlier set (source name,
     source file, own file). Reused images keep their source's pixels and features; only the shipped file differs."""
     ext = _EXTENSIONS[spec.file_format]
@@ -189,7 +195,10 @@ def _image_set(config: SimulationConfig, k: int, spec: ImageSetSpec, made: dict[
         order[np.setdiff1d(np.arange(spec.n_images), slots)] = np.arange(spec.n_images - spec.n_reused)
         order[slots] = spec.n_images - spec.n_reused + np.arange(spec.n_reused)
         stim = subset(stim, source, picks, order)
-        reused = [{"source_set": spec.reuse_from, "source_image": source_names[p], "image": names[s]} for p, s in zip(picks, slots)]
+        reused = [
+            {"source_set": spec.reuse_from, "source_image": source_names[p], "image": names[s]}
+            for p, s in zip(picks, slots)
+        ]
     return stim, names, reused
 
 
@@ -254,7 +263,10 @@ def _simulate_datasets(root: Path, config: SimulationConfig) -> dict:
             else:
                 data = simulate_eeg_subject(flat, stim, split, rng, modality=d.modality)
             _write_subject(folder / f"subj{s + 1:02d}", data, names, split)
-            subjects[f"subj{s + 1:02d}"] = {"n_trials": int(data.responses.shape[0]), "n_voxels": int(data.responses.shape[1])}
+            subjects[f"subj{s + 1:02d}"] = {
+                "n_trials": int(data.responses.shape[0]),
+                "n_voxels": int(data.responses.shape[1]),
+            }
         report["datasets"][d.name] = {"path": d.name, "name": f"{config.name}_{d.name}", "modality": d.modality,
                                       "image_set": d.image_set, "subjects": subjects}  # fmt: skip
     manifest = {"config": config.to_dict(), "report": report}

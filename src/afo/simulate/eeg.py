@@ -67,7 +67,9 @@ def check_channels(names: tuple[str, ...]) -> dict[str, np.ndarray]:
     montage = montage_positions()
     missing = [n for n in names if n not in montage]
     if missing:
-        raise ValueError(f"config key `eeg_channels`: {missing} not in the standard 10-20 montage; e.g. {sorted(montage)[:8]}")
+        raise ValueError(
+            f"config key `eeg_channels`: {missing} not in the standard 10-20 montage; e.g. {sorted(montage)[:8]}"
+        )
     return montage
 
 
@@ -84,7 +86,7 @@ def simulate_eeg_subject(
     ori = {n: i for i, n in enumerate(stim.local_names)}
 
     drives, topos, courses = [], [], []
-    for name, level, (cx, cy), sig, focus, polarity, latency, width in _SOURCES:
+    for name, _level, (cx, cy), sig, focus, polarity, latency, width in _SOURCES:
         w_rf = gaussian_rf_weights(np.array([cx]), np.array([cy]), np.array([sig]), config.feature_grid)[:, 0]
         if name.startswith("low"):
             d = np.sqrt(flat[:, 0] @ w_rf)
@@ -95,7 +97,8 @@ def simulate_eeg_subject(
         drives.append((d - d.mean()) / (d.std() + 1e-12))
         # One Gaussian bump per focus electrode (two for the bilateral source), jittered per subject.
         topo = sum(
-            np.exp(-((pos - montage[f] - rng.normal(0, 5.0, 3)) ** 2).sum(1) / (2 * config.eeg_topo_sigma_mm**2)) for f in focus
+            np.exp(-((pos - montage[f] - rng.normal(0, 5.0, 3)) ** 2).sum(1) / (2 * config.eeg_topo_sigma_mm**2))
+            for f in focus
         )
         topos.append(polarity * np.exp(rng.normal(0, 0.2)) * topo)
         lat = latency + rng.normal(0, 0.008)

@@ -143,8 +143,9 @@ def _unit_sd(x: np.ndarray) -> np.ndarray:
     return np.where(sd > 1e-12, x / np.where(sd > 1e-12, sd, 1.0), 0.0)
 
 
-def _individual(config: SimulationConfig, stim: Stimuli, vox: pd.DataFrame, ux: np.ndarray, uy: np.ndarray,
-                rng: np.random.Generator) -> dict:
+def _individual(
+    config: SimulationConfig, stim: Stimuli, vox: pd.DataFrame, ux: np.ndarray, uy: np.ndarray, rng: np.random.Generator
+) -> dict:
     """One individual's RFs, feature weights, preferences, noise-free signal [n_images, V] (unit SD) and snr [V]."""
     n_vox = len(vox)
     areas = [config.areas[k] for k in vox.area_index]

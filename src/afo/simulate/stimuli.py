@@ -107,7 +107,9 @@ def _texture(fill: str, px: np.ndarray, py: np.ndarray, rng: np.random.Generator
     return 0.675 + 0.325 * np.tanh(1.5 * fine)
 
 
-def _render(rng: np.random.Generator, size: int, min_objects: int, max_objects: int) -> tuple[np.ndarray, np.ndarray, dict]:
+def _render(
+    rng: np.random.Generator, size: int, min_objects: int, max_objects: int
+) -> tuple[np.ndarray, np.ndarray, dict]:
     """One image, supersampled 2x then averaged.
 
     Returns rgb float [size, size, 3] in [0, 1], coverage float [n_categories + n_colours, size, size]
@@ -151,7 +153,9 @@ def _render(rng: np.random.Generator, size: int, min_objects: int, max_objects: 
     return np.clip(rgb, 0.0, 1.0), cover, info
 
 
-def make_stimuli(n: int, size: int, grid: int, rng: np.random.Generator, min_objects: int = 1, max_objects: int = 4) -> Stimuli:
+def make_stimuli(
+    n: int, size: int, grid: int, rng: np.random.Generator, min_objects: int = 1, max_objects: int = 4
+) -> Stimuli:
     """Render ``n`` images of ``size`` px and their feature maps pooled on a ``grid x grid`` lattice."""
     pool = pooling_matrix(size, grid)
     thetas = np.deg2rad(ORIENTATIONS_DEG)

@@ -58,7 +58,12 @@ class MixedBatches(torch.utils.data.Dataset):
     """
 
     def __init__(
-        self, subjects: Sequence[SubjectData], bank: FeatureSource, batch_size: int, max_voxels: int, seed: int,
+        self,
+        subjects: Sequence[SubjectData],
+        bank: FeatureSource,
+        batch_size: int,
+        max_voxels: int,
+        seed: int,
         shard: tuple[int, int] = (0, 1),
     ):
         self.subjects = list(subjects)
@@ -93,7 +98,11 @@ class MixedBatches(torch.utils.data.Dataset):
             s = self.subjects[j]
             n = s.voxels.size
             # Drawn for every subject of the global batch on every rank, so all ranks sample the same voxels.
-            voxel = np.sort(rng.choice(n, size=min(n, self.max_voxels), replace=False)) if n > self.max_voxels else np.arange(n)
+            voxel = (
+                np.sort(rng.choice(n, size=min(n, self.max_voxels), replace=False))
+                if n > self.max_voxels
+                else np.arange(n)
+            )
             trials = picks[(owner == j) & mine] - self._offsets[j]
             if trials.size == 0:
                 continue
@@ -101,7 +110,9 @@ class MixedBatches(torch.utils.data.Dataset):
             feats.append(self.bank.get(s.dataset, images))
             batch.parts.append((s.key, start, start + trials.size))
             start += trials.size
-            batch.targets[s.key] = torch.from_numpy(np.ascontiguousarray(s.trial_responses(s.train_trials[trials])[:, voxel]))
+            batch.targets[s.key] = torch.from_numpy(
+                np.ascontiguousarray(s.trial_responses(s.train_trials[trials])[:, voxel])
+            )
             batch.voxel_index[s.key] = torch.from_numpy(voxel)
             batch.own[s.key] = torch.from_numpy(s.own[voxel])
             if s.dk is not None:
@@ -229,9 +240,14 @@ class TrainingData(pl.LightningDataModule):
         """Subject key -> voxel coordinates [n, 3], the model's subjects."""
         return {s.key: s.coords for s in self.subjects}
 
-    def _loader(self, dataset: torch.utils.data.Dataset, sampler: torch.utils.data.Sampler | None = None) -> torch.utils.data.DataLoader:
+    def _loader(
+        self, dataset: torch.utils.data.Dataset, sampler: torch.utils.data.Sampler | None = None
+    ) -> torch.utils.data.DataLoader:
         return torch.utils.data.DataLoader(
-            dataset, sampler=sampler, batch_size=None, num_workers=self.num_workers,
+            dataset,
+            sampler=sampler,
+            batch_size=None,
+            num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
 
@@ -245,10 +261,14 @@ class TrainingData(pl.LightningDataModule):
     def val_dataloader(self) -> torch.utils.data.DataLoader:
         chunks = ValidationChunks(self.subjects, self.bank)
         if not chunks.scored:
-            raise TrainingDataError("no subject has 3 or more validation images and monitored voxels: cannot checkpoint")
+            raise TrainingDataError(
+                "no subject has 3 or more validation images and monitored voxels: cannot checkpoint"
+            )
         return self._loader(chunks)
 
-    def transfer_batch_to_device(self, batch: Batch | ValChunk, device: torch.device, dataloader_idx: int) -> Batch | ValChunk:
+    def transfer_batch_to_device(
+        self, batch: Batch | ValChunk, device: torch.device, dataloader_idx: int
+    ) -> Batch | ValChunk:
         return batch.to(device)
 
     def on_after_batch_transfer(self, batch: Batch | ValChunk, dataloader_idx: int) -> Batch | ValChunk:

@@ -126,7 +126,12 @@ class _Watchdog(threading.Thread):
             for rank, proc in self.procs.items():
                 code = proc.poll()
                 if code not in (None, 0) and not self.done.is_set():
-                    log.error("DDP rank %d (pid %d) failed with exit code %s (its traceback is above); stopping the job", rank, proc.pid, code)
+                    log.error(
+                        "DDP rank %d (pid %d) failed with exit code %s (its traceback is above); stopping the job",
+                        rank,
+                        proc.pid,
+                        code,
+                    )
                     for other in self.procs.values():
                         if other.poll() is None:
                             other.kill()
@@ -158,9 +163,16 @@ def rank_processes(payload: dict, work: Path, devices: int, threads_per_rank: in
         env = {**os.environ, **base, "PYTHONPATH": _python_path(), "OMP_NUM_THREADS": str(threads_per_rank)}
         for rank in range(1, devices):
             procs[rank] = subprocess.Popen(
-                [sys.executable, "-c", _RANK_CODE, str(path)], env={**env, "LOCAL_RANK": str(rank)}, preexec_fn=_die_with_parent
+                [sys.executable, "-c", _RANK_CODE, str(path)],
+                env={**env, "LOCAL_RANK": str(rank)},
+                preexec_fn=_die_with_parent,
             )
-        log.info("DDP: %d ranks (this process is rank 0; ranks 1-%d are pids %s)", devices, devices - 1, [p.pid for p in procs.values()])
+        log.info(
+            "DDP: %d ranks (this process is rank 0; ranks 1-%d are pids %s)",
+            devices,
+            devices - 1,
+            [p.pid for p in procs.values()],
+        )
         os.environ.update(base, LOCAL_RANK="0")
         watchdog.start()
         yield
@@ -168,7 +180,9 @@ def rank_processes(payload: dict, work: Path, devices: int, threads_per_rank: in
         failed = {rank: proc.wait() for rank, proc in procs.items()}
         failed = {rank: code for rank, code in failed.items() if code != 0}
         if failed:
-            raise RuntimeError(f"DDP rank(s) {sorted(failed)} ended with exit code(s) {sorted(failed.values())}; see their traceback above")
+            raise RuntimeError(
+                f"DDP rank(s) {sorted(failed)} ended with exit code(s) {sorted(failed.values())}; see their traceback above"
+            )
     finally:
         watchdog.done.set()
         for proc in procs.values():

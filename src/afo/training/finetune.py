@@ -56,13 +56,19 @@ class FinetuneSpec:
         with ``train`` on top)."""
         base_train = json.loads(base.info["spec"])["train"] if "spec" in base.info else {}
         base_train.pop("data_seed", None)  # a stage-0 seed's batch order; here `seed` alone sets init and batches
-        return TrainSpec(stores=dict(self.stores), features=dict(self.features), model=base.config.as_dict(),
-                         train={**base_train, **self.train})
+        return TrainSpec(
+            stores=dict(self.stores),
+            features=dict(self.features),
+            model=base.config.as_dict(),
+            train={**base_train, **self.train},
+        )
 
     def digest(self, train_spec: TrainSpec) -> str:
         """The resume folder's name: the data and settings (:meth:`TrainSpec.digest`) and the base model file."""
         st = Path(self.model).stat()
-        payload = json.dumps({"job": train_spec.digest(), "base": [self.model, st.st_size, st.st_mtime_ns], "kind": "finetune"})
+        payload = json.dumps(
+            {"job": train_spec.digest(), "base": [self.model, st.st_size, st.st_mtime_ns], "kind": "finetune"}
+        )
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -74,12 +80,20 @@ def check_features_fit(base: ModelFile, features: dict[str, str], where: str) ->
     for dataset, path in features.items():
         with h5py.File(path, "r") as f:
             theirs = BackboneRecord.from_cache_attrs(dict(f.attrs), str(path))
-        same = (theirs.name, theirs.layers, theirs.resolution, theirs.model_kwargs, theirs.pretrained, theirs.weights_sha256) == (
-            mine.name, mine.layers, mine.resolution, mine.model_kwargs, mine.pretrained, mine.weights_sha256)
+        same = (
+            theirs.name,
+            theirs.layers,
+            theirs.resolution,
+            theirs.model_kwargs,
+            theirs.pretrained,
+            theirs.weights_sha256,
+        ) == (mine.name, mine.layers, mine.resolution, mine.model_kwargs, mine.pretrained, mine.weights_sha256)
         if not same:
-            raise FinetuneError(f"{path}: features of {dataset} come from backbone {theirs.name} layers {list(theirs.layers)} at "
-                                f"{theirs.resolution} px ({theirs.weights_source}); the model {where} was trained on {mine.name} layers "
-                                f"{list(mine.layers)} at {mine.resolution} px ({mine.weights_source}): compute them with its backbone")
+            raise FinetuneError(
+                f"{path}: features of {dataset} come from backbone {theirs.name} layers {list(theirs.layers)} at "
+                f"{theirs.resolution} px ({theirs.weights_source}); the model {where} was trained on {mine.name} layers "
+                f"{list(mine.layers)} at {mine.resolution} px ({mine.weights_source}): compute them with its backbone"
+            )
 
 
 def finetune(spec: FinetuneSpec, model_out: str | Path, *, lock_timeout: float | None = None) -> dict:
@@ -99,10 +113,14 @@ def finetune(spec: FinetuneSpec, model_out: str | Path, *, lock_timeout: float |
         data = job_data(train_spec)
         clash = sorted(set(data.coords) & set(base.voxels))
         if clash:
-            raise FinetuneError(f"subjects {clash} are already in {spec.model}; give the new dataset another name "
-                                "(dataset.yaml `name`, or the workflow's dataset name)")
+            raise FinetuneError(
+                f"subjects {clash} are already in {spec.model}; give the new dataset another name "
+                "(dataset.yaml `name`, or the workflow's dataset name)"
+            )
         if [tuple(s) for s in data.layer_shapes] != [tuple(s) for s in base.layer_shapes]:
-            raise FinetuneError(f"the new features have layers {data.layer_shapes}, the model {spec.model} reads {base.layer_shapes}")
+            raise FinetuneError(
+                f"the new features have layers {data.layer_shapes}, the model {spec.model} reads {base.layer_shapes}"
+            )
         model = base.config.build(base.layer_shapes, data.coords, frames=store_frames(spec.stores))
         core = {k.removeprefix("conv_blocks."): v for k, v in base.state_dict.items() if k.startswith("conv_blocks.")}
         model.conv_blocks.load_state_dict(core)
@@ -112,21 +130,31 @@ def finetune(spec: FinetuneSpec, model_out: str | Path, *, lock_timeout: float |
         if finished is None:
             finished = train_model(train_spec, task, data, paths)
         else:
-            log.info("%s: fine-tuning had finished (%d epochs); rebuilding the soup and the outputs", paths.work, finished.epochs)
+            log.info(
+                "%s: fine-tuning had finished (%d epochs); rebuilding the soup and the outputs",
+                paths.work,
+                finished.epochs,
+            )
         summary = soup(model, data, finished, paths, task.device)
         new_voxels = {s.key: torch.from_numpy(s.voxels) for s in data.subjects}
         merged = merge_subjects(base, model.cpu(), new_voxels, ModelInputs.of(spec.stores, spec.features, new_voxels))
         merged.info = {
-            **summary, "epochs": finished.epochs, "seconds": round(time.time() - started, 1),
-            "finetuned_from": str(spec.model), "new_subjects": sorted(new_voxels),
-            "spec": json.dumps(asdict(train_spec), sort_keys=True), "finetune": json.dumps(asdict(spec), sort_keys=True),
+            **summary,
+            "epochs": finished.epochs,
+            "seconds": round(time.time() - started, 1),
+            "finetuned_from": str(spec.model),
+            "new_subjects": sorted(new_voxels),
+            "spec": json.dumps(asdict(train_spec), sort_keys=True),
+            "finetune": json.dumps(asdict(spec), sort_keys=True),
         }
         write_metrics(paths.work / "logs", paths.out / "metrics.csv")
         save_model(model_out, merged)
     return {k: v for k, v in merged.info.items() if k not in ("spec", "finetune")}
 
 
-def merge_subjects(base: ModelFile, new_model, new_voxels: dict[str, torch.Tensor], new_inputs: ModelInputs) -> ModelFile:
+def merge_subjects(
+    base: ModelFile, new_model, new_voxels: dict[str, torch.Tensor], new_inputs: ModelInputs
+) -> ModelFile:
     """One model file with the base model's subjects and the new model's (which shares the base's conv blocks)."""
     coords = {**base.subject_coords, **{k: new_model._neck(k).coords.detach().cpu() for k in new_model.subjects}}
     merged = base.config.build(base.layer_shapes, coords)
@@ -136,14 +164,24 @@ def merge_subjects(base: ModelFile, new_model, new_voxels: dict[str, torch.Tenso
     inputs = base.require_inputs("the base model")
     inputs = replace(inputs, subjects={**inputs.subjects, **new_inputs.subjects})
     if new_inputs.preprocessing.image_size != inputs.preprocessing.image_size:
-        raise FinetuneError(f"the new datasets' stores hold images at {new_inputs.preprocessing.image_size} px, the base model "
-                            f"was trained on {inputs.preprocessing.image_size} px: prepare them at that image size")
+        raise FinetuneError(
+            f"the new datasets' stores hold images at {new_inputs.preprocessing.image_size} px, the base model "
+            f"was trained on {inputs.preprocessing.image_size} px: prepare them at that image size"
+        )
     voxels = {**{k: v for k, v in base.voxels.items()}, **new_voxels}
     return ModelFile.of(merged, base.config, voxels, {}, inputs=inputs)
 
 
-def prepare_for_model(base_path: str | Path, dataset: str | Path, work: str | Path, fmt: str = FORMAT_AUTO,
-                      options: dict | None = None, name: str | None = None, device: str = "auto", batch_size: int = 64) -> tuple[dict, dict]:
+def prepare_for_model(
+    base_path: str | Path,
+    dataset: str | Path,
+    work: str | Path,
+    fmt: str = FORMAT_AUTO,
+    options: dict | None = None,
+    name: str | None = None,
+    device: str = "auto",
+    batch_size: int = 64,
+) -> tuple[dict, dict]:
     """A user's dataset made ready for :func:`finetune`: (stores, features), each dataset name -> path under ``work``.
 
     ``dataset`` is a prepared store (``.h5``), a folder dataset (``dataset.yaml``) or, with ``fmt``, a dataset
@@ -165,8 +203,10 @@ def prepare_for_model(base_path: str | Path, dataset: str | Path, work: str | Pa
         elif (dataset / "dataset.yaml").is_file():
             fmt = "folder"
         else:
-            raise FinetuneError(f"{dataset}: neither a prepared store (.h5) nor a folder dataset (dataset.yaml); name its "
-                                "format with --format (docs/datasets.md)")
+            raise FinetuneError(
+                f"{dataset}: neither a prepared store (.h5) nor a folder dataset (dataset.yaml); name its "
+                "format with --format (docs/datasets.md)"
+            )
     if fmt == "store":
         store = dataset
     else:
@@ -177,8 +217,10 @@ def prepare_for_model(base_path: str | Path, dataset: str | Path, work: str | Pa
     with PreparedStore(store) as s:
         key = name or s.name
         if s.image_size != size:
-            raise FinetuneError(f"{store}: images at {s.image_size} px, the model {base_path} was trained on {size} px; "
-                                "prepare the dataset again at that size (or give its folder)")
+            raise FinetuneError(
+                f"{store}: images at {s.image_size} px, the model {base_path} was trained on {size} px; "
+                "prepare the dataset again at that size (or give its folder)"
+            )
     features = work / "features" / f"{key}.h5"
     if not features.exists():
         features.parent.mkdir(parents=True, exist_ok=True)
@@ -186,12 +228,21 @@ def prepare_for_model(base_path: str | Path, dataset: str | Path, work: str | Pa
     return {key: str(store)}, {key: str(features)}
 
 
-def finetune_dataset(base_path: str | Path, dataset: str | Path, model_out: str | Path, train: dict | None = None,
-                     fmt: str = FORMAT_AUTO, options: dict | None = None, name: str | None = None, device: str = "auto") -> dict:
+def finetune_dataset(
+    base_path: str | Path,
+    dataset: str | Path,
+    model_out: str | Path,
+    train: dict | None = None,
+    fmt: str = FORMAT_AUTO,
+    options: dict | None = None,
+    name: str | None = None,
+    device: str = "auto",
+) -> dict:
     """``afo finetune``: :func:`prepare_for_model` then :func:`finetune` (work files beside ``model_out``)."""
     model_out = Path(model_out)
     if model_out.suffix != ".pt":
         raise FinetuneError(f"--out {model_out}: name the model file to write (e.g. my_lab/model.pt)")
-    stores, features = prepare_for_model(base_path, dataset, model_out.parent / "work" / "data", fmt, options, name, device)
+    stores, features = prepare_for_model(
+        base_path, dataset, model_out.parent / "work" / "data", fmt, options, name, device
+    )
     return finetune(FinetuneSpec(str(base_path), stores, features, dict(train or {})), model_out)
-

@@ -139,8 +139,11 @@ def job_data(spec: TrainSpec) -> TrainingData:
     if spec.target_mode != "gt" and not spec.dark_knowledge:
         raise UserError(f"target_mode {spec.target_mode!r} needs dark-knowledge files")
     data = TrainingData(
-        spec.stores, spec.features,
-        batch_size=int(train["batch_size"]), max_voxels=int(train["max_voxels"]), epoch_fraction=float(train["epoch_fraction"]),
+        spec.stores,
+        spec.features,
+        batch_size=int(train["batch_size"]),
+        max_voxels=int(train["max_voxels"]),
+        epoch_fraction=float(train["epoch_fraction"]),
         # data_seed varies the batches while seed fixes the initialisation (stage-0 seeds share their init).
         seed=int(train.get("data_seed", train["seed"])),
         selection=read_roi_selection(spec.rois, spec.roi) if spec.rois else None,
@@ -170,20 +173,32 @@ def build_model(spec: TrainSpec, data: TrainingData) -> tuple[ModelConfig, Encod
 def build_task(spec: TrainSpec, model: EncodingModel, data: TrainingData) -> EncodingTask:
     train = spec.train
     return EncodingTask(
-        model, data.subjects,
-        lr=train["lr"], weight_decay=train["weight_decay"], betas=train["betas"],
-        lambda_entropy=train["lambda_entropy"], smoothl1_beta=train["smoothl1_beta"],
-        target_mode=spec.target_mode, dk_weight=train.get("dk_weight", 0.5),
+        model,
+        data.subjects,
+        lr=train["lr"],
+        weight_decay=train["weight_decay"],
+        betas=train["betas"],
+        lambda_entropy=train["lambda_entropy"],
+        smoothl1_beta=train["smoothl1_beta"],
+        target_mode=spec.target_mode,
+        dk_weight=train.get("dk_weight", 0.5),
         own_weight=train.get("own_weight"),
     )
 
 
-def _fit_trainer(spec: TrainSpec, task: EncodingTask, data: TrainingData, paths: JobPaths, devices: int, resume: Path | None) -> tuple[pl.Trainer, TopK]:
+def _fit_trainer(
+    spec: TrainSpec, task: EncodingTask, data: TrainingData, paths: JobPaths, devices: int, resume: Path | None
+) -> tuple[pl.Trainer, TopK]:
     """Build the job's trainer and fit (every DDP rank runs this); returns the trainer and its top-k."""
     train = spec.train
     top_k = TopK(
-        dirpath=paths.topk, filename="epoch{epoch:04d}", auto_insert_metric_name=False,
-        monitor="val_r", mode="max", save_top_k=int(train["top_k"]), save_weights_only=True,
+        dirpath=paths.topk,
+        filename="epoch{epoch:04d}",
+        auto_insert_metric_name=False,
+        monitor="val_r",
+        mode="max",
+        save_top_k=int(train["top_k"]),
+        save_weights_only=True,
     )
     stopper = pl.callbacks.EarlyStopping(monitor="val_r", mode="max", patience=int(train["patience"]))
     trainer = pl.Trainer(
@@ -283,7 +298,11 @@ def fit(spec: TrainSpec, out_dir: str | Path, *, lock_timeout: float | None = No
         if finished is None:
             finished = train_model(spec, task, data, paths, devices)
         else:
-            log.info("%s: training had finished (%d epochs); rebuilding the soup and the outputs", paths.work, finished.epochs)
+            log.info(
+                "%s: training had finished (%d epochs); rebuilding the soup and the outputs",
+                paths.work,
+                finished.epochs,
+            )
         summary = soup(model, data, finished, paths, task.device)
         info = {
             **summary,

@@ -71,7 +71,9 @@ class ModelConfig:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def build(self, layer_shapes: list[tuple[int, int, int]], subject_coords: dict, frames: dict | None = None) -> EncodingModel:
+    def build(
+        self, layer_shapes: list[tuple[int, int, int]], subject_coords: dict, frames: dict | None = None
+    ) -> EncodingModel:
         """A freshly initialised model for features of ``layer_shapes`` and subjects' voxel coordinates [n, 3].
 
         ``frames`` (subject key -> coordinate frame, :func:`afo.model.subject_frame`) fixes each subject's
@@ -117,9 +119,12 @@ class BackboneRecord:
     def from_dict(cls, d: Mapping[str, Any]) -> BackboneRecord:
         kwargs = d.get("model_kwargs") or "{}"
         return cls(
-            name=str(d["name"]), layers=tuple(int(i) for i in d["layers"]), resolution=int(d["resolution"]),
+            name=str(d["name"]),
+            layers=tuple(int(i) for i in d["layers"]),
+            resolution=int(d["resolution"]),
             model_kwargs=json.loads(kwargs) if isinstance(kwargs, str) else dict(kwargs),
-            pretrained=bool(d.get("pretrained", False)), weights_file=d.get("weights_file") or None,
+            pretrained=bool(d.get("pretrained", False)),
+            weights_file=d.get("weights_file") or None,
             weights_sha256=d.get("weights_sha256") or None,
         )
 
@@ -134,8 +139,14 @@ class BackboneRecord:
         path = str(weights_file) if weights_file else self.weights_file
         if path:
             check_weights_file(path, self.weights_sha256, self.name)
-        return BackboneSpec(self.name, self.layers, self.resolution, pretrained=self.pretrained,
-                            pretrained_path=path, model_kwargs=dict(self.model_kwargs))
+        return BackboneSpec(
+            self.name,
+            self.layers,
+            self.resolution,
+            pretrained=self.pretrained,
+            pretrained_path=path,
+            model_kwargs=dict(self.model_kwargs),
+        )
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any]) -> BackboneRecord:
@@ -143,23 +154,33 @@ class BackboneRecord:
         from afo.features import BackboneSpec
 
         spec = BackboneSpec.from_config(dict(section))
-        attrs = {"pretrained_source": spec.pretrained_source, "backbone": spec.name, "layers": json.dumps(list(spec.layers)),
-                 "resolution": spec.resolution, "model_kwargs": json.dumps(spec.model_kwargs)}
+        attrs = {
+            "pretrained_source": spec.pretrained_source,
+            "backbone": spec.name,
+            "layers": json.dumps(list(spec.layers)),
+            "resolution": spec.resolution,
+            "model_kwargs": json.dumps(spec.model_kwargs),
+        }
         return cls.from_cache_attrs(attrs, "the config's backbone section (pretrained_path)")
 
     @classmethod
     def from_cache_attrs(cls, attrs: Mapping[str, Any], where: str) -> BackboneRecord:
         """From a feature cache's attributes (``afo.features``); hashes the named local weights file."""
         source = str(attrs["pretrained_source"])
-        weights = source[len("file:"):] if source.startswith("file:") else None
+        weights = source[len("file:") :] if source.startswith("file:") else None
         if weights is not None and not Path(weights).is_file():
-            raise WeightsFileError(f"{where}: its features were computed with the weights file {weights}, which is gone; "
-                                   "restore it (the model file records its hash) or rerun the features rule")
+            raise WeightsFileError(
+                f"{where}: its features were computed with the weights file {weights}, which is gone; "
+                "restore it (the model file records its hash) or rerun the features rule"
+            )
         return cls(
-            name=str(attrs["backbone"]), layers=tuple(int(i) for i in json.loads(attrs["layers"])),
-            resolution=int(attrs["resolution"]), model_kwargs=json.loads(attrs.get("model_kwargs", "{}")),
+            name=str(attrs["backbone"]),
+            layers=tuple(int(i) for i in json.loads(attrs["layers"])),
+            resolution=int(attrs["resolution"]),
+            model_kwargs=json.loads(attrs.get("model_kwargs", "{}")),
             # Absolute: a config names it relative to the workflow folder, a user loads the model from anywhere.
-            pretrained=source == "timm", weights_file=str(Path(weights).resolve()) if weights else None,
+            pretrained=source == "timm",
+            weights_file=str(Path(weights).resolve()) if weights else None,
             weights_sha256=file_sha256(weights) if weights else None,
         )
 
@@ -167,14 +188,18 @@ class BackboneRecord:
 def check_weights_file(path: str | Path, expected: str | None, backbone: str) -> None:
     """:class:`WeightsFileError` unless ``path`` is a file whose SHA-256 is ``expected`` (None: not recorded)."""
     if not Path(path).is_file():
-        raise WeightsFileError(f"{path}: the {backbone} weights file this model was trained with is not here (expected "
-                               f"SHA-256 {expected}); copy it there or pass its new location (afo.load(..., weights=PATH), "
-                               "--weights PATH)")
+        raise WeightsFileError(
+            f"{path}: the {backbone} weights file this model was trained with is not here (expected "
+            f"SHA-256 {expected}); copy it there or pass its new location (afo.load(..., weights=PATH), "
+            "--weights PATH)"
+        )
     if expected is not None:
         found = file_sha256(path)
         if found != expected:
-            raise WeightsFileError(f"{path}: not the {backbone} weights file this model was trained with (SHA-256 {found}, "
-                                   f"expected {expected}); give the original file")
+            raise WeightsFileError(
+                f"{path}: not the {backbone} weights file this model was trained with (SHA-256 {found}, "
+                f"expected {expected}); give the original file"
+            )
 
 
 @dataclass(frozen=True)
@@ -195,13 +220,22 @@ class Preprocessing:
     feature_dtype: str = FEATURE_DTYPE
 
     def as_dict(self) -> dict[str, Any]:
-        return {"image_size": self.image_size, "mean": list(self.mean), "std": list(self.std), "feature_dtype": self.feature_dtype,
-                "resize": "squash, PIL bicubic, then torch bicubic to the backbone resolution"}
+        return {
+            "image_size": self.image_size,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "feature_dtype": self.feature_dtype,
+            "resize": "squash, PIL bicubic, then torch bicubic to the backbone resolution",
+        }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Preprocessing:
-        return cls(int(d["image_size"]), tuple(float(v) for v in d["mean"]), tuple(float(v) for v in d["std"]),  # type: ignore[arg-type]
-                   str(d.get("feature_dtype", FEATURE_DTYPE)))
+        return cls(
+            int(d["image_size"]),
+            tuple(float(v) for v in d["mean"]),
+            tuple(float(v) for v in d["std"]),  # type: ignore[arg-type]
+            str(d.get("feature_dtype", FEATURE_DTYPE)),
+        )
 
 
 @dataclass(frozen=True)
@@ -227,8 +261,14 @@ class SubjectRecord:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> SubjectRecord:
         shape = d.get("volume_shape")
-        return cls(str(d["dataset"]), str(d["subject"]), str(d["modality"]), {k: list(v) for k, v in (d.get("rois") or {}).items()},
-                   d.get("affine"), tuple(int(v) for v in shape) if shape else None)  # type: ignore[arg-type]
+        return cls(
+            str(d["dataset"]),
+            str(d["subject"]),
+            str(d["modality"]),
+            {k: list(v) for k, v in (d.get("rois") or {}).items()},
+            d.get("affine"),
+            tuple(int(v) for v in shape) if shape else None,
+        )  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -241,7 +281,10 @@ class ModelInputs:
 
     @classmethod
     def of(
-        cls, stores: Mapping[str, str | Path], features: Mapping[str, str | Path], voxels: Mapping[str, Any],
+        cls,
+        stores: Mapping[str, str | Path],
+        features: Mapping[str, str | Path],
+        voxels: Mapping[str, Any],
         backbone: Mapping[str, Any] | None = None,
     ) -> ModelInputs:
         """From a job's prepared stores and feature caches (dataset -> path) and the model's voxels per subject key;
@@ -260,7 +303,9 @@ class ModelInputs:
                     sets = store.info(name).roi_sets
                     geometry = volume_geometry(store.subject_attrs(name))
                     records[key] = SubjectRecord(
-                        dataset, name, store.modality,
+                        dataset,
+                        name,
+                        store.modality,
                         rois={s: [str(x) for x in store.rois(name, s)[index]] for s in sets},
                         affine=geometry[0].tolist() if geometry else None,
                         volume_shape=geometry[1] if geometry else None,
@@ -272,9 +317,11 @@ class ModelInputs:
                 backbones[dataset] = BackboneRecord.from_cache_attrs(dict(f.attrs), str(path))
         distinct = list({json.dumps(b.as_dict(), sort_keys=True): b for b in backbones.values()}.values())
         if len(distinct) != 1 or len(sizes) != 1:
-            raise ModelFileError(f"the job's feature caches and stores disagree on the backbone or image size "
-                                 f"({ {d: b.name for d, b in backbones.items()} }, image sizes {sorted(sizes)}); one model "
-                                 "reads one backbone: compute every dataset's features with the same backbone section")
+            raise ModelFileError(
+                f"the job's feature caches and stores disagree on the backbone or image size "
+                f"({ {d: b.name for d, b in backbones.items()} }, image sizes {sorted(sizes)}); one model "
+                "reads one backbone: compute every dataset's features with the same backbone section"
+            )
         backbone = distinct[0]
         mean, std = backbone_normalisation(backbone)
         return cls(backbone, Preprocessing(sizes.pop(), mean, std), records)
@@ -285,7 +332,9 @@ def backbone_normalisation(backbone: BackboneRecord) -> tuple[tuple[float, ...],
     from afo.features import BackboneSpec, _normalisation, create_backbone
 
     # Built without weights: the normalisation comes from the model's name, not from its weights.
-    net = create_backbone(BackboneSpec(backbone.name, backbone.layers, backbone.resolution, model_kwargs=dict(backbone.model_kwargs)))
+    net = create_backbone(
+        BackboneSpec(backbone.name, backbone.layers, backbone.resolution, model_kwargs=dict(backbone.model_kwargs))
+    )
     mean, std = _normalisation(net)
     return tuple(float(v) for v in mean.flatten()), tuple(float(v) for v in std.flatten())
 
@@ -306,7 +355,11 @@ class ModelFile:
 
     @classmethod
     def of(
-        cls, model: EncodingModel, config: ModelConfig, voxels: dict[str, torch.Tensor], info: dict[str, Any],
+        cls,
+        model: EncodingModel,
+        config: ModelConfig,
+        voxels: dict[str, torch.Tensor],
+        info: dict[str, Any],
         inputs: ModelInputs | None = None,
     ) -> ModelFile:
         """The model file of a trained model (weights and coordinates copied to the CPU); ``inputs``: see
@@ -344,23 +397,32 @@ class ModelFile:
     def from_payload(cls, payload: Any, path: str | Path) -> ModelFile:
         if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
             found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
-            raise ModelFileError(f"{path}: not an afo model file (format {found!r}); give a model.pt written by `afo train`")
-        if "sha256" in payload and payload["sha256"] != content_checksum(payload.get("state_dict", {}), payload.get("voxels", {})):
-            raise ModelFileError(f"{path}: the weights do not match the file's checksum (the file was damaged); delete it "
-                                 f"and {REBUILD}")
+            raise ModelFileError(
+                f"{path}: not an afo model file (format {found!r}); give a model.pt written by `afo train`"
+            )
+        if "sha256" in payload and payload["sha256"] != content_checksum(
+            payload.get("state_dict", {}), payload.get("voxels", {})
+        ):
+            raise ModelFileError(
+                f"{path}: the weights do not match the file's checksum (the file was damaged); delete it and {REBUILD}"
+            )
         version = int(payload.get("version", 0))
         if version > MODEL_VERSION:
-            raise ModelFileError(f"{path}: model file version {version} is newer than this afo reads ({MODEL_VERSION}); update afo")
+            raise ModelFileError(
+                f"{path}: model file version {version} is newer than this afo reads ({MODEL_VERSION}); update afo"
+            )
         inputs = None
         if version >= 2 and payload.get("backbone") is not None:
             try:
                 inputs = ModelInputs(
-                    BackboneRecord.from_dict(payload["backbone"]), Preprocessing.from_dict(payload["preprocessing"]),
+                    BackboneRecord.from_dict(payload["backbone"]),
+                    Preprocessing.from_dict(payload["preprocessing"]),
                     {k: SubjectRecord.from_dict(v) for k, v in payload["subjects"].items()},
                 )
             except (KeyError, TypeError, ValueError) as err:
-                raise ModelFileError(f"{path}: its backbone / preprocessing / subjects records are incomplete ({err!r}); "
-                                     f"{REBUILD}") from err
+                raise ModelFileError(
+                    f"{path}: its backbone / preprocessing / subjects records are incomplete ({err!r}); {REBUILD}"
+                ) from err
         return cls(
             config=ModelConfig.from_dict(payload["model_args"], where=f"{path}: model_args"),
             layer_shapes=[tuple(int(v) for v in s) for s in payload["layer_shapes"]],
@@ -421,8 +483,10 @@ def read_model_file(path: str | Path, map_location: str | torch.device = "cpu") 
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as exc:
         # A truncated or overwritten zip archive: torch reports it as one of these, without the path.
-        raise ModelFileError(f"{path}: cannot read this model file ({type(exc).__name__}: {exc}); it is truncated or "
-                             f"damaged — delete it and {REBUILD}") from exc
+        raise ModelFileError(
+            f"{path}: cannot read this model file ({type(exc).__name__}: {exc}); it is truncated or "
+            f"damaged — delete it and {REBUILD}"
+        ) from exc
     return ModelFile.from_payload(payload, path)
 
 

@@ -54,7 +54,9 @@ class EpochLog(pl.Callback):
         self._start = time.monotonic()
         self._loss_sum, self._steps = None, 0
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         if loss is None:
             return
@@ -77,8 +79,15 @@ class EpochLog(pl.Callback):
         remaining = max(0, int(trainer.max_epochs or 0) - trainer.current_epoch - 1)
         log.info(
             "epoch %d/%s  steps %d  train loss %.4g  %s %.4f  best %.4f  %.1f s/epoch  ETA %s",
-            trainer.current_epoch + 1, trainer.max_epochs, trainer.global_step, loss, self.monitor, score,
-            self.best if self.best is not None else float("nan"), seconds, _duration(per_epoch * remaining),
+            trainer.current_epoch + 1,
+            trainer.max_epochs,
+            trainer.global_step,
+            loss,
+            self.monitor,
+            score,
+            self.best if self.best is not None else float("nan"),
+            seconds,
+            _duration(per_epoch * remaining),
         )
 
     def state_dict(self) -> dict[str, Any]:
@@ -98,7 +107,11 @@ def job_loggers(work: str | Path, tensorboard_dir: str | Path) -> list[pl.logger
     loggers: list[pl.loggers.Logger] = [pl.loggers.CSVLogger(work, name="logs")]
     if tensorboard_available():
         tb_dir = Path(tensorboard_dir)
-        loggers.append(pl.loggers.TensorBoardLogger(tb_dir.parent, name=tb_dir.name, version="", default_hp_metric=False))
+        loggers.append(
+            pl.loggers.TensorBoardLogger(tb_dir.parent, name=tb_dir.name, version="", default_hp_metric=False)
+        )
     else:
-        log.info("tensorboard is not installed: no TensorBoard events for this job (metrics.csv has the per-epoch numbers)")
+        log.info(
+            "tensorboard is not installed: no TensorBoard events for this job (metrics.csv has the per-epoch numbers)"
+        )
     return loggers

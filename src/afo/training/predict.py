@@ -18,8 +18,8 @@ from afo.features import FeatureSource, feature_source
 from afo.io.predictions import writing_predictions
 from afo.io.tables import read_roi_selection
 from afo.model import EncodingModel
-from afo.training.subjects import SubjectData, TrainingDataError, load_subjects
 from afo.training.modelfile import ModelFile, load_model
+from afo.training.subjects import SubjectData, TrainingDataError, load_subjects
 
 SPLITS = ("train", "val", "test")
 
@@ -45,8 +45,12 @@ class ImageChunks(torch.utils.data.Dataset):
 
 @torch.no_grad()
 def predicted_chunks(
-    model: EncodingModel, bank: FeatureSource, jobs: Sequence[tuple[SubjectData, np.ndarray]], device: torch.device,
-    chunk: int = 64, num_workers: int = 0,
+    model: EncodingModel,
+    bank: FeatureSource,
+    jobs: Sequence[tuple[SubjectData, np.ndarray]],
+    device: torch.device,
+    chunk: int = 64,
+    num_workers: int = 0,
 ) -> Iterator[tuple[int, np.ndarray]]:
     """(job index, predictions float32 [b, n]) per chunk of each job's image rows [m] (a subject and rows of its
     dataset), in order, eval mode (no jitter)."""
@@ -62,7 +66,12 @@ def predicted_chunks(
 
 
 def predict_images(
-    model: EncodingModel, bank: FeatureSource, subject: SubjectData, images: np.ndarray, device: torch.device, chunk: int = 64
+    model: EncodingModel,
+    bank: FeatureSource,
+    subject: SubjectData,
+    images: np.ndarray,
+    device: torch.device,
+    chunk: int = 64,
 ) -> np.ndarray:
     """Predictions float32 [m, n] for the given image rows [m] of the subject's dataset, eval mode (no jitter)."""
     out = [pred for _, pred in predicted_chunks(model, bank, [(subject, images)], device, chunk)]
@@ -124,7 +133,9 @@ def predict_file(
     model.to(device)
     subjects = model_subjects(model_file, stores, read_roi_selection(rois, roi) if roi is not None else None)
     if not subjects:
-        raise TrainingDataError(f"{model_path}: no subject of the given stores has a selected, usable voxel of this model")
+        raise TrainingDataError(
+            f"{model_path}: no subject of the given stores has a selected, usable voxel of this model"
+        )
     datasets = sorted({s.dataset for s, _ in subjects})
     bank = feature_source({d: stores[d] for d in datasets}, features, backbone)
     subjects = sorted(subjects, key=lambda x: x[0].key)

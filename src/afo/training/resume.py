@@ -62,7 +62,10 @@ def training_lock(work_root: str | Path, timeout: float | None = None) -> Iterat
                 f"another training job ({holder}) is using {work_root}; wait for it to finish or stop it, then rerun"
             ) from None
     try:
-        atomic_write_text(work_root / OWNER_NAME, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}")
+        atomic_write_text(
+            work_root / OWNER_NAME,
+            f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}",
+        )
         yield
     finally:
         (work_root / OWNER_NAME).unlink(missing_ok=True)

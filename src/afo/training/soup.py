@@ -21,7 +21,9 @@ def average_states(states: Sequence[State]) -> State:
     return out
 
 
-def greedy_soup(candidates: Sequence[tuple[float, State]], score: Callable[[State], float]) -> tuple[State, list[int], float]:
+def greedy_soup(
+    candidates: Sequence[tuple[float, State]], score: Callable[[State], float]
+) -> tuple[State, list[int], float]:
     """Sort by validation score, start from the best, add each next checkpoint to the uniform average only if
     the held-out score strictly improves (a single pass).
 

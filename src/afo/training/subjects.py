@@ -47,7 +47,9 @@ class DarkKnowledge:
         for part, model_cols, file_cols in self.parts:
             take = np.flatnonzero(np.isin(columns, model_cols))
             where = np.searchsorted(part.images, images)
-            found = np.flatnonzero((where < part.images.size) & (part.images[np.minimum(where, part.images.size - 1)] == images))
+            found = np.flatnonzero(
+                (where < part.images.size) & (part.images[np.minimum(where, part.images.size - 1)] == images)
+            )
             if take.size == 0 or found.size == 0:
                 continue
             rows = part.pred.read(where[found])  # [f, n_file] in the file's dtype
@@ -171,8 +173,10 @@ def attach_dark_knowledge(subjects: Sequence[SubjectData], dk_paths: Sequence[st
             model_cols, file_cols = model_cols[order], file_cols[order]
             twice = np.intersect1d(model_cols, np.flatnonzero(covered[key] | _in_parts(s.dk, s.voxels.size)))
             if twice.size:
-                raise TrainingDataError(f"{path}: predicts voxel {int(s.voxels[twice[0]])} of {key}, which another "
-                                        "dark-knowledge file predicts too; give each ROI model's dark knowledge once")
+                raise TrainingDataError(
+                    f"{path}: predicts voxel {int(s.voxels[twice[0]])} of {key}, which another "
+                    "dark-knowledge file predicts too; give each ROI model's dark knowledge once"
+                )
             s.dk.parts.append((part, model_cols, file_cols))
             covered[key][model_cols] = _finite_on(part, np.unique(s.train_images), file_cols)
     for s in subjects:

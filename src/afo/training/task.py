@@ -13,11 +13,13 @@ from afo.errors import UserError
 from afo.metrics import PearsonAccumulator
 from afo.model import EncodingModel
 from afo.training.datamodule import Batch, ValChunk
-from afo.training.subjects import SubjectData, TrainingDataError
 from afo.training.lightning import pl
+from afo.training.subjects import SubjectData, TrainingDataError
 
 
-def masked_smooth_l1(pred: torch.Tensor, target: torch.Tensor, beta: float, mask: torch.Tensor | None = None) -> torch.Tensor:
+def masked_smooth_l1(
+    pred: torch.Tensor, target: torch.Tensor, beta: float, mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """SmoothL1 over the finite targets (and ``mask``ed columns); 0 when nothing is left.
 
     pred, target [b, n]; mask bool [n]. NaN targets are missing trials or voxels and carry no gradient.
@@ -56,12 +58,16 @@ class ValidationR:
         scores = [r[np.isfinite(r)] for r in (acc.r() for acc in self.acc.values())]
         pooled = np.concatenate(scores) if scores else np.empty(0)
         if pooled.size == 0:
-            raise TrainingDataError("no validation images with finite responses on the monitored voxels: cannot checkpoint")
+            raise TrainingDataError(
+                "no validation images with finite responses on the monitored voxels: cannot checkpoint"
+            )
         return float(pooled.mean())
 
 
 @torch.no_grad()
-def validation_score(model: EncodingModel, loader: Iterable[ValChunk], subjects: Sequence[SubjectData], device: torch.device) -> float:
+def validation_score(
+    model: EncodingModel, loader: Iterable[ValChunk], subjects: Sequence[SubjectData], device: torch.device
+) -> float:
     """:meth:`ValidationR.pooled` of ``model`` (eval mode) over a validation loader, outside the trainer (the soup).
 
     The chunks' features must be on ``device`` already (:meth:`afo.training.datamodule.TrainingData.on_device`).
@@ -131,9 +137,9 @@ class EncodingTask(pl.LightningModule):
                     composite = torch.where(own.unsqueeze(0), target, batch.dk[key])
                     fit = masked_smooth_l1(pred, composite, self.beta)
             else:
-                fit = (1 - self.dk_weight) * masked_smooth_l1(pred, target, self.beta) + self.dk_weight * masked_smooth_l1(
-                    pred, batch.dk[key], self.beta
-                )
+                fit = (1 - self.dk_weight) * masked_smooth_l1(
+                    pred, target, self.beta
+                ) + self.dk_weight * masked_smooth_l1(pred, batch.dk[key], self.beta)
             weight = (stop - start) / batch.features[0].shape[0]
             loss = loss + weight * (fit + self.lambda_entropy * self.model.regularizer(key, vi))
         self.log("train_loss", loss, prog_bar=True, batch_size=batch.features[0].shape[0])
