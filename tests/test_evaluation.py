@@ -115,3 +115,17 @@ def test_headline_numbers(tmp_path):
     assert values["Synthetic brain"] == (0.9, 0.8)
     assert "afo at a glance" in write_headline(table, tmp_path / "h.html").read_text()
     assert list(headline_table(tmp_path / "c.csv")["section"]) == ["Encoding"]
+    # The front page opens with the training jobs that stopped at their cap, each by name.
+    pd.DataFrame(
+        {
+            "model": ["stage0/seed0", "afo/stage1/roi2", "afo/stage3"],
+            "stop_reason": ["patience", "max_epochs", "patience"],
+            "epochs": [40, 30, 50],
+            "best_epoch": [30, 30, 40],
+            "val_r": [0.5, 0.4, 0.6],
+        }
+    ).to_csv(tmp_path / "t.csv", index=False)
+    table = headline_table(tmp_path / "c.csv", training=tmp_path / "t.csv")
+    assert list(table["section"]) == ["Training", "Training", "Encoding"]
+    assert table["value"].iloc[0] == 1 and "of 3 training jobs" in table["what"].iloc[0]
+    assert "afo/stage1/roi2" in table["what"].iloc[1] and "train.max_epochs" in table["what"].iloc[1]

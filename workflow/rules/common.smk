@@ -249,6 +249,14 @@ def model_files(name: str) -> list:
     return per_roi("results/models/{recipe}/{stage}/roi{roi}/model.pt", recipe, stage)
 
 
+def trained_models(wildcards) -> list:
+    """Every model file a training job of the run writes (stage-0 seeds, ablations, every stage of every recipe)."""
+    files = list(STAGE0_MODELS)
+    for name in EVALUATED:
+        files += [f for f in model_files(name) if f not in files]
+    return files
+
+
 def evaluation_models(wildcards) -> list:
     return model_files(wildcards.name)
 

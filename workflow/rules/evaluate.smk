@@ -138,6 +138,7 @@ rule synthetic_checks:
 rule headline:
     input:
         comparison="results/encoding/comparison.csv",
+        training="results/models/training.csv",
         retrieval=headline_retrieval(),
         probe=headline_probe(),
         checks=headline_checks(),

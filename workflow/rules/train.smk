@@ -46,3 +46,21 @@ use rule train_stage0 as train_ablation with:
         own_roi=None,
         target_mode="gt",
         backbone=online_backbone(),  # backbone.cache none: the job runs the backbone itself
+
+
+# How every training job of the run ended (stop reason, epochs, best epoch, steps): models that stopped at their
+# epoch cap did not converge, and the front page lists them.
+rule training_summary:
+    input:
+        trained_models,
+    output:
+        "results/models/training.csv",
+    log:
+        "logs/train/training_summary.log",
+    conda:
+        "../../envs/afo.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+    script:
+        "../scripts/training_summary.py"

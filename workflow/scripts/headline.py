@@ -6,7 +6,11 @@ from afo.jobs import optional_input, run_job
 def main(smk):
     from afo.evaluation.headline import headline_table, write_headline
 
-    table = headline_table(smk.input.comparison, *(optional_input(smk, k) for k in ("retrieval", "probe", "checks")))
+    table = headline_table(
+        smk.input.comparison,
+        *(optional_input(smk, k) for k in ("retrieval", "probe", "checks")),
+        training=smk.input.training,
+    )
     write_headline(table, smk.output[0])
     return {"rows": len(table)}
 

@@ -1,6 +1,7 @@
 """The report's front page: the headline numbers of a run at a glance, each pointing to its section.
 
-afo against naivemix per dataset (the paper's claim), decoding top-1 against chance, linear probing on holdout
+First, whether every model finished training (the training jobs that stopped at their epoch cap, listed by name);
+then afo against naivemix per dataset (the paper's claim), decoding top-1 against chance, linear probing on holdout
 datasets (Figure 1's claim), and, on a synthetic brain, how well the RetinaMap recovered the true receptive fields.
 """
 
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from afo.evaluation.training import stopped_at_cap
 from afo.io.tables import read_table
 
 COLUMNS = ["section", "what", "value", "reference", "see"]
@@ -21,9 +23,37 @@ def headline_table(
     retrieval: str | Path | None = None,
     probe: str | Path | None = None,
     synthetic_checks: str | Path | None = None,
+    training: str | Path | None = None,
 ) -> pd.DataFrame:
-    """One row per headline number: section, what, value, reference (what it is compared with), see (section)."""
+    """One row per headline number: section, what, value, reference (what it is compared with), see (section).
+
+    ``training`` (``results/models/training.csv``): a first row with the number of training jobs that stopped at
+    their epoch cap (0 when every model converged), then one row per such job.
+    """
     rows = []
+    if training is not None:
+        jobs = read_table(training)
+        capped = stopped_at_cap(jobs)
+        rows.append(
+            [
+                "Training",
+                f"models stopped at train.max_epochs (not converged), of {len(jobs)} training jobs",
+                len(capped),
+                0,
+                "results/models/training.csv",
+            ]
+        )
+        for r in capped.itertuples():
+            rows.append(
+                [
+                    "Training",
+                    f"{r.model}: stopped at its cap after {r.epochs} epochs, best at epoch {r.best_epoch}: raise "
+                    "train.max_epochs",
+                    r.val_r,
+                    None,
+                    "results/models/training.csv",
+                ]
+            )
     table = read_table(comparison)
     overall = table[table["area"] == "all"]
     for r in overall.itertuples():

@@ -31,6 +31,7 @@ from afo.training.lightning import pl
 from afo.training.modelfile import ModelConfig, ModelFile, ModelInputs, load_model, save_model
 from afo.training.monitor import EpochLog, job_loggers, log_to_stderr_unless_configured
 from afo.training.resume import Finished, ResumeCheckpoint, TopK, training_lock, write_metrics
+from afo.training.schedule import learning_rate
 from afo.training.soup import soup_checkpoints
 from afo.training.task import EncodingTask, validation_score
 
@@ -183,6 +184,8 @@ def build_task(spec: TrainSpec, model: EncodingModel, data: TrainingData) -> Enc
         target_mode=spec.target_mode,
         dk_weight=train.get("dk_weight", 0.5),
         own_weight=train.get("own_weight"),
+        optimizer=train.get("optimizer", "adabelief"),
+        schedule=learning_rate(train, data.batches_per_epoch()),
     )
 
 
@@ -200,7 +203,9 @@ def _fit_trainer(
         save_top_k=int(train["top_k"]),
         save_weights_only=True,
     )
-    stopper = pl.callbacks.EarlyStopping(monitor="val_r", mode="max", patience=int(train["patience"]))
+    stopper = pl.callbacks.EarlyStopping(
+        monitor="val_r", mode="max", patience=int(train["patience"]), min_delta=float(train.get("min_delta", 0.0))
+    )
     trainer = pl.Trainer(
         max_epochs=int(train["max_epochs"]),
         # Lightning runs checkpoint callbacks last, in this order: the resume state is saved after the top-k update.
@@ -234,9 +239,31 @@ def train_model(spec: TrainSpec, task: EncodingTask, data: TrainingData, paths: 
             trainer, top_k = _fit_trainer(spec, task, data, paths, devices, resume)
     finally:
         torch.set_num_threads(threads)
-    finished = Finished(epochs=int(trainer.current_epoch), topk=top_k.scores())
+    finished = stopped(trainer, top_k, int(spec.train["max_epochs"]))
+    if finished.stop_reason == "max_epochs":
+        log.warning(
+            "training stopped at its cap (train.max_epochs = %d) with validation r still improving (best at epoch %d, "
+            "within the last train.patience = %d epochs): the model has not converged; raise train.max_epochs (or the "
+            "stage's afo.stages.<stage>.max_epochs) and rerun",
+            finished.epochs, finished.best_epoch, int(spec.train["patience"]),
+        )  # fmt: skip
     finished.write(paths.work)
     return finished
+
+
+def stopped(trainer: pl.Trainer, top_k: TopK, max_epochs: int) -> Finished:
+    """What ended a fit: early stopping (``patience``) or the epoch cap (``max_epochs``), with the best epoch
+    (1-based, from the top-k checkpoint names ``epochNNNN``, 0-based) and the optimiser steps."""
+    scores = top_k.scores()
+    best = max(scores, key=scores.get) if scores else None
+    epochs = int(trainer.current_epoch)
+    return Finished(
+        epochs=epochs,
+        topk=scores,
+        stop_reason="max_epochs" if epochs >= max_epochs else "patience",
+        best_epoch=int(Path(best).stem.removeprefix("epoch")) + 1 if best else 0,
+        steps=int(trainer.global_step),
+    )
 
 
 def run_rank(payload_path: str) -> None:
@@ -307,6 +334,9 @@ def fit(spec: TrainSpec, out_dir: str | Path, *, lock_timeout: float | None = No
         info = {
             **summary,
             "epochs": finished.epochs,
+            "stop_reason": finished.stop_reason,
+            "best_epoch": finished.best_epoch,
+            "steps": finished.steps,
             "seconds": round(time.time() - started, 1),
             "spec": json.dumps(asdict(spec), sort_keys=True),
         }

@@ -37,9 +37,10 @@ def _duration(seconds: float) -> str:
 
 
 class EpochLog(pl.Callback):
-    """Logs, after every epoch: epoch, steps, mean train loss, val r, best val r so far, time per epoch, ETA.
+    """Logs, after every epoch: epoch, steps, mean train loss, val r, best val r so far, time per epoch, ETA; and
+    the job's training seconds so far as the metric ``elapsed_s`` (metrics.csv).
 
-    The best score is part of the resume state, so it stays right across resumes.
+    The best score and the seconds are part of the resume state, so they stay right across resumes.
     """
 
     def __init__(self, monitor: str = "val_r"):
@@ -49,6 +50,7 @@ class EpochLog(pl.Callback):
         self._loss_sum: torch.Tensor | None = None
         self._steps = 0
         self._durations: list[float] = []
+        self.elapsed = 0.0  # training seconds over every attempt (resume state)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._start = time.monotonic()
@@ -70,6 +72,8 @@ class EpochLog(pl.Callback):
             return  # one line per epoch in the job's log, not one per DDP rank
         seconds = time.monotonic() - self._start
         self._durations.append(seconds)
+        self.elapsed += seconds
+        pl_module.log("elapsed_s", self.elapsed, batch_size=1, rank_zero_only=True)
         score = trainer.callback_metrics.get(self.monitor)
         score = float(score) if score is not None else float("nan")
         if score == score and (self.best is None or score > self.best):
@@ -91,10 +95,11 @@ class EpochLog(pl.Callback):
         )
 
     def state_dict(self) -> dict[str, Any]:
-        return {"best": self.best}
+        return {"best": self.best, "elapsed": self.elapsed}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.best = state_dict.get("best")
+        self.elapsed = float(state_dict.get("elapsed", 0.0))
 
 
 def tensorboard_available() -> bool:

@@ -140,10 +140,15 @@ class ResumeCheckpoint(pl.callbacks.Checkpoint):
 
 @dataclass
 class Finished:
-    """What a finished training leaves for the soup: the epochs trained and the top-k (file name -> val r)."""
+    """What a finished training leaves for the soup and the report: the epochs trained, the top-k (file name -> val
+    r), why training stopped (``patience``: early stopping; ``max_epochs``: the cap, so not converged), the epoch
+    (1-based) of the best validation r, and the optimiser steps taken."""
 
     epochs: int
     topk: dict[str, float]
+    stop_reason: str = "unknown"  # finished.json of older versions did not record it
+    best_epoch: int = 0
+    steps: int = 0
 
     def write(self, job: str | Path) -> None:
         atomic_write_text(Path(job) / FINISHED_NAME, json.dumps(asdict(self), indent=2))
@@ -166,7 +171,8 @@ class Finished:
 
 
 def merged_metrics(logs: str | Path) -> pd.DataFrame:
-    """Per-epoch validation r (and mean logged train loss) over every attempt's CSV log, one row per epoch.
+    """Per-epoch validation r, mean logged train loss, learning rate, optimiser steps and training seconds at the
+    epoch's end over every attempt's CSV log, one row per epoch.
 
     Attempts are Lightning's ``version_N`` folders; an epoch logged by several attempts (trained again after a
     kill) is taken from the latest.
@@ -180,10 +186,15 @@ def merged_metrics(logs: str | Path) -> pd.DataFrame:
         log_df = pd.read_csv(path)
         if "epoch" not in log_df or log_df.empty:
             continue
-        cols = [c for c in ("val_r", "train_loss") if c in log_df]
-        frames.append(log_df.groupby("epoch")[cols].mean().reset_index())
+        by_epoch = log_df.groupby("epoch")
+        means = by_epoch[[c for c in ("val_r", "train_loss", "lr") if c in log_df]].mean()
+        # The optimiser steps and the job's training seconds when the epoch ended (time to accuracy).
+        ends = by_epoch[[c for c in ("step", "elapsed_s") if c in log_df]].max()
+        if "step" in ends:  # Lightning logs the index of the epoch's last step: steps taken = index + 1
+            ends = ends.assign(step=ends["step"] + 1).rename(columns={"step": "steps"})
+        frames.append(means.join(ends).reset_index())
     if not frames:
-        return pd.DataFrame(columns=["epoch", "val_r", "train_loss"])
+        return pd.DataFrame(columns=["epoch", "val_r", "train_loss", "lr", "steps", "elapsed_s"])
     merged = pd.concat(frames, ignore_index=True).drop_duplicates("epoch", keep="last")
     return merged.sort_values("epoch").reset_index(drop=True)
 

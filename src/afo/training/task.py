@@ -1,5 +1,6 @@
-"""The Lightning task: loss (SmoothL1 + LayerSelector entropy), targets (ground truth, dark knowledge), AdaBelief,
-and the validation score that checkpoints and the soup are judged by."""
+"""The Lightning task: loss (SmoothL1 + LayerSelector entropy), targets (ground truth, dark knowledge), the
+optimiser and its learning-rate schedule (:mod:`afo.training.schedule`), and the validation score that early
+stopping, checkpoints and the soup are judged by."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from afo.metrics import PearsonAccumulator
 from afo.model import EncodingModel
 from afo.training.datamodule import Batch, ValChunk
 from afo.training.lightning import pl
+from afo.training.schedule import LearningRate, make_optimizer
 from afo.training.subjects import SubjectData, TrainingDataError
 
 
@@ -106,6 +108,8 @@ class EncodingTask(pl.LightningModule):
         target_mode: str = "gt",
         dk_weight: float = 0.5,
         own_weight: float | None = None,
+        optimizer: str = "adabelief",
+        schedule: LearningRate | None = None,
     ):
         super().__init__()
         if target_mode not in ("gt", "helpers", "gt+dk"):
@@ -117,6 +121,13 @@ class EncodingTask(pl.LightningModule):
         self.lambda_entropy, self.beta = lambda_entropy, smoothl1_beta
         self.target_mode, self.dk_weight = target_mode, dk_weight
         self.own_weight = own_weight
+        self.optimizer_name = optimizer
+        self.schedule = schedule if schedule is not None else LearningRate(peak=lr)
+
+    def on_train_batch_start(self, batch: Batch, batch_idx: int) -> None:
+        lr = self.schedule.lr(self.global_step)
+        for group in self.trainer.optimizers[0].param_groups:
+            group["lr"] = lr
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         core = self.model.core(batch.features)
@@ -157,11 +168,18 @@ class EncodingTask(pl.LightningModule):
         self._val = ValidationR(self.val_subjects)
         # Under DDP every rank scores all validation images with the same weights: the mean over ranks is the score.
         self.log("val_r", score, prog_bar=True, batch_size=1, sync_dist=True)
+        if not self.trainer.sanity_checking:
+            self.schedule.observe(score)
+        self.log("lr", self.schedule.lr(self.global_step), batch_size=1)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["afo_lr_schedule"] = self.schedule.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "afo_lr_schedule" in checkpoint:
+            self.schedule.load_state_dict(checkpoint["afo_lr_schedule"])
 
     def configure_optimizers(self):
-        from adabelief_pytorch import AdaBelief
-
         params = [p for p in self.model.parameters() if p.requires_grad]
-        # adabelief-pytorch 0.2 defaults (eps 1e-16, decoupled weight decay, rectification) with the paper's
-        # lr, betas and weight decay.
-        return AdaBelief(params, lr=self.lr, betas=self.betas, weight_decay=self.weight_decay, print_change_log=False)
+        # The rate is set before every step (on_train_batch_start); this one is the step-0 value.
+        return make_optimizer(self.optimizer_name, params, self.schedule.lr(0), self.betas, self.weight_decay)
