@@ -24,6 +24,7 @@ demo: setup
 	$(BIN)/snakemake --cores $(CORES) --report results/report.html
 
 # Everything: unit tests, the tiny workflow, the larger end-to-end runs and a one-node SLURM (about 11 minutes on 2 cores).
+# The SLURM tests install packages and start daemons, so they run only with CI=true or AFO_TEST_SERVICES=1 (README).
 test: setup
 	$(BIN)/python -m pytest $(XDIST)
 

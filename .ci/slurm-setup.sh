@@ -13,9 +13,16 @@
 # named in it). MinJobAge=300 (SLURM's default): squeue keeps finished jobs long enough for the
 # executor plugin's squeue status check.
 #
+# Every daemon it starts is recorded (.ci/services.sh: /run/afo-test-services/NAME.pid) and stopped by
+# .ci/slurm-stop.sh; a munged that was already running is used and left alone. It refuses (exit status 3, one
+# line, nothing changed) to touch a SLURM or MariaDB it did not start: a slurm.conf, gres.conf or slurmdbd.conf
+# it did not write, a slurmctld, slurmd, slurmdbd or MariaDB running, or their ports taken.
+#
 # Environment: AFO_SLURM_NODE_MEM_MB caps the node's memory SLURM schedules (default: what slurmd detects).
 # Takes about a minute on a fresh machine (most of it apt), a second when everything is already up.
 set -euo pipefail
+# shellcheck source=.ci/services.sh
+source "$(dirname "$0")/services.sh"
 
 if [[ $(id -u) -ne 0 ]]; then
     echo "slurm-setup.sh: must run as root (it installs packages and starts daemons)" >&2
@@ -31,6 +38,13 @@ LOG=/var/log/slurm
 
 log() { echo "slurm-setup: $*"; }
 
+# ---- someone else's SLURM or MariaDB: refused before anything is installed or written ----------------------
+refuse_foreign_config /etc/slurm/slurm.conf /etc/slurm/gres.conf /etc/slurm/slurmdbd.conf
+refuse_taken slurmctld 6817
+refuse_taken slurmd 6818
+refuse_taken slurmdbd 6819
+refuse_taken mariadbd 3306 mysqld
+
 # ---- packages ---------------------------------------------------------------------------------------------
 need=()
 for pair in slurmctld:slurmctld slurmd:slurmd slurmdbd:slurmdbd sbatch:slurm-client munged:munge \
@@ -40,9 +54,22 @@ done
 if ((${#need[@]})); then
     log "installing ${need[*]}"
     export DEBIAN_FRONTEND=noninteractive
+    # Debian's maintainer scripts start an installed daemon (invoke-rc.d) unless policy-rc.d says no; started
+    # there, it would be outside the records and outlive the tests. Docker images ship this file; elsewhere it
+    # is ours for the install only.
+    if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+        printf '#!/bin/sh\n# Written by .ci/slurm-setup.sh for the length of its apt-get install\nexit 101\n' \
+            >/usr/sbin/policy-rc.d
+        chmod 755 /usr/sbin/policy-rc.d
+        trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+    fi
     apt-get update -qq
     # No recommends: the daemons need nothing else, and this keeps the install well under a minute.
     apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+    if [[ $(trap -p EXIT) ]]; then
+        rm -f /usr/sbin/policy-rc.d
+        trap - EXIT
+    fi
 fi
 
 mkdir -p "$LOG" /var/lib/slurm/slurmctld /var/lib/slurm/slurmd /run/slurm /run/munge /run/mysqld /etc/slurm
@@ -64,8 +91,6 @@ write_if_changed() {
     return 0
 }
 
-running() { [[ -s $1 ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
-
 wait_for() {  # wait_for SECONDS DESCRIPTION COMMAND...
     local limit=$1 what=$2
     shift 2
@@ -77,6 +102,17 @@ wait_for() {  # wait_for SECONDS DESCRIPTION COMMAND...
     return 1
 }
 
+# start_recorded NAME PIDFILE COMMAND...: start the daemon NAME, which writes PIDFILE, and record it as ours.
+start_recorded() {
+    local name=$1 pidfile=$2
+    shift 2
+    log "starting $name"
+    rm -f "$pidfile" # a stale one would name an ended (or another) process
+    "$@"
+    wait_for 30 "$name's pid file $pidfile" sh -c "kill -0 \"\$(cat '$pidfile')\""
+    record "$name" "$(cat "$pidfile")"
+}
+
 # ---- munge ------------------------------------------------------------------------------------------------
 if [[ ! -s /etc/munge/munge.key ]]; then
     log "creating the munge key"
@@ -86,16 +122,16 @@ if [[ ! -s /etc/munge/munge.key ]]; then
     chmod 400 /etc/munge/munge.key
 fi
 if ! munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then
-    log "starting munged"
-    runuser -u munge -- /usr/sbin/munged
+    start_recorded munged /run/munge/munged.pid runuser -u munge -- /usr/sbin/munged --pid-file=/run/munge/munged.pid
     wait_for 10 munged sh -c 'munge -n | unmunge'
 fi
 
 # ---- MariaDB and slurmdbd ----------------------------------------------------------------------------------
-if ! mariadb-admin ping >/dev/null 2>&1; then
-    log "starting MariaDB"
+if ! ours mariadbd; then
     [[ -d /var/lib/mysql/mysql ]] || mariadb-install-db --user=mysql >/dev/null
-    (setsid mysqld_safe --user=mysql >/dev/null 2>&1 &)
+    # mariadbd itself, not mysqld_safe: that watchdog would restart it when slurm-stop.sh stops it.
+    start_recorded mariadbd /run/mysqld/mysqld.pid \
+        sh -c "setsid mariadbd --user=mysql --pid-file=/run/mysqld/mysqld.pid >>$LOG/mariadb.log 2>&1 </dev/null &"
     wait_for 60 MariaDB mariadb-admin ping
 fi
 mariadb -e "CREATE USER IF NOT EXISTS 'slurm'@'localhost' IDENTIFIED BY '$DB_PASS';
@@ -115,14 +151,10 @@ StorageUser=slurm
 StoragePass=$DB_PASS
 StorageLoc=slurm_acct_db
 EOF
-if running /run/slurm/slurmdbd.pid && ((dbd_changed)); then
-    kill "$(cat /run/slurm/slurmdbd.pid)"
-    sleep 1
+if ours slurmdbd && ((dbd_changed)); then
+    stop_recorded slurmdbd
 fi
-if ! running /run/slurm/slurmdbd.pid; then
-    log "starting slurmdbd"
-    slurmdbd
-fi
+ours slurmdbd || start_recorded slurmdbd /run/slurm/slurmdbd.pid slurmdbd
 
 # ---- slurm.conf -------------------------------------------------------------------------------------------
 # The node line as slurmd sees the hardware (CPUs, sockets, memory), plus the fake GPU.
@@ -195,20 +227,14 @@ for user in root $(getent passwd | awk -F: '$3 >= 1000 && $3 < 60000 {print $1}'
 done
 
 # ---- slurmctld and slurmd --------------------------------------------------------------------------------
-if running /run/slurm/slurmctld.pid && running /run/slurm/slurmd.pid && ((conf_changed)); then
+if ((conf_changed)) && { ours slurmctld || ours slurmd; }; then
     log "configuration changed: restarting slurmctld and slurmd"
-    kill "$(cat /run/slurm/slurmd.pid)" "$(cat /run/slurm/slurmctld.pid)"
-    sleep 2
+    stop_recorded slurmd
+    stop_recorded slurmctld
 fi
-if ! running /run/slurm/slurmctld.pid; then
-    log "starting slurmctld"
-    slurmctld
-fi
+ours slurmctld || start_recorded slurmctld /run/slurm/slurmctld.pid slurmctld
 wait_for 30 slurmctld scontrol ping
-if ! running /run/slurm/slurmd.pid; then
-    log "starting slurmd"
-    slurmd
-fi
+ours slurmd || start_recorded slurmd /run/slurm/slurmd.pid slurmd
 node_idle() { sinfo -h -n "$NODE" -o %t | grep -Eq '^(idle|mix|alloc)'; }
 if ! wait_for 30 "node $NODE" node_idle; then
     scontrol update NodeName="$NODE" State=RESUME || true

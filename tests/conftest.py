@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +57,25 @@ def write_folder_dataset(
             {"voxel": np.arange(n_voxels), "roi": ["early" if v < n_voxels // 2 else "late" for v in range(n_voxels)]}
         ).to_csv(d / "rois.csv", index=False)
     return root
+
+
+# Tests that install packages or start system services (tests/test_slurm.py's one-node SLURM: munge, MariaDB and the
+# SLURM daemons) change the machine beyond the checkout, so they run only when asked (README).
+SERVICES_OPT_IN = "AFO_TEST_SERVICES"
+
+
+def services_asked() -> bool:
+    """CI=true (as .ci/run sets it) or AFO_TEST_SERVICES=1."""
+    return os.environ.get("CI", "").lower() == "true" or os.environ.get(SERVICES_OPT_IN) == "1"
+
+
+@pytest.fixture(scope="session")
+def system_services() -> None:
+    """Ask for this in a fixture that installs packages or starts system services: it skips unless asked."""
+    if not services_asked():
+        pytest.skip(
+            f"installs packages and starts system services (daemons): set {SERVICES_OPT_IN}=1 (or CI=true) to run it"
+        )
 
 
 @pytest.fixture

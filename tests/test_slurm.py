@@ -3,9 +3,11 @@
 The dry-run tests need no SLURM: they read the resources Snakemake plans for every job under the profile.
 The tests marked ``slurm`` run the workflow through sbatch on the test cluster of ``.ci/slurm-setup.sh``
 (slurmctld, slurmd, slurmdbd + MariaDB for sacct, a fake GPU, partitions cpu and gpu), which they start if it
-is not up. They need root; elsewhere they are skipped with the reason, except in CI (CI=true), where a SLURM
-that cannot be set up is a failure. They submit jobs only to that test cluster (ClusterName afo-ci), never to
-a real one that happens to be configured on the machine.
+is not up, and stop at the end what they started (.ci/slurm-stop.sh). Installing packages and starting daemons,
+they run only when asked: CI=true or AFO_TEST_SERVICES=1 (conftest.py's ``system_services``). They need root;
+elsewhere they are skipped with the reason, except in CI (CI=true), where a SLURM that cannot be set up is a
+failure. They submit jobs only to that test cluster (ClusterName afo-ci), never to a real one that happens to
+be configured on the machine.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -27,6 +30,7 @@ BIN = Path(sys.executable).parent
 PROFILE = ROOT / "workflow" / "profiles" / "slurm"
 TEST_DIR = ROOT / ".test" / "slurm"
 SETUP = ROOT / ".ci" / "slurm-setup.sh"
+STOP = ROOT / ".ci" / "slurm-stop.sh"
 TEST_CLUSTER = "afo-ci"
 IN_CI = os.environ.get("CI", "").lower() == "true"
 # Test speed only: the plugin's first status check after a submission (default 40 s). squeue stays the status
@@ -171,17 +175,26 @@ def _cluster_name() -> str | None:
 
 
 @pytest.fixture(scope="module")
-def slurm_cluster() -> str:
-    """The one-node test cluster, started by .ci/slurm-setup.sh (idempotent) if needed."""
+def slurm_cluster(system_services: None) -> Iterator[str]:
+    """The one-node test cluster, started by .ci/slurm-setup.sh (idempotent) if needed. The daemons it starts
+    here are stopped at the end; a test cluster that was up before (.ci/run's, or one started by hand) stays up."""
     if os.geteuid() != 0:
         _unavailable("needs root: .ci/slurm-setup.sh installs and starts a one-node SLURM (see docs/slurm.md)")
     name = _cluster_name()
     if name is not None and name != TEST_CLUSTER:
         pytest.skip(f"a SLURM cluster other than the test cluster is configured here ({name}); not submitting to it")
-    proc = subprocess.run(["bash", str(SETUP)], capture_output=True, text=True, timeout=900)
-    if proc.returncode != 0:
-        _unavailable(f".ci/slurm-setup.sh failed (rc {proc.returncode}): {(proc.stdout + proc.stderr)[-1500:]}")
-    return TEST_CLUSTER
+    since = time.time_ns()
+    try:
+        proc = subprocess.run(["bash", str(SETUP)], capture_output=True, text=True, timeout=900)
+        if proc.returncode == 3:  # refused: someone else's SLURM or MariaDB, said in its last line
+            _unavailable(proc.stderr.strip().splitlines()[-1])
+        if proc.returncode != 0:
+            _unavailable(f".ci/slurm-setup.sh failed (rc {proc.returncode}): {(proc.stdout + proc.stderr)[-1500:]}")
+        yield TEST_CLUSTER
+    finally:
+        # Also after a failed setup: it may have started some daemons before failing.
+        stop = subprocess.run(["bash", str(STOP), "--since", str(since)], capture_output=True, text=True, timeout=600)
+        assert stop.returncode == 0, f".ci/slurm-stop.sh failed: {stop.stdout}{stop.stderr}"
 
 
 def sacct_jobs(since: datetime) -> list[dict[str, str]]:
