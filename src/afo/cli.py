@@ -598,16 +598,17 @@ def _check_data(p: argparse.ArgumentParser) -> None:
         from afo.data.check import UnsupportedCheckError, check_dataset
 
         config = load_config(args.config)
-        report = {}
-        for name, ds in sorted(config["datasets"].items()):
-            if ds["format"] == "synthetic":
-                fmt, root = "folder", Path("resources/synthetic") / ds["part"]
-            else:
-                fmt, root = ds["format"], Path(ds["root"])
+        report, failed = {}, []
+        for name, ds in sorted(config["datasets"].items()):  # every dataset, whatever failed before it
             try:
-                rows = check_dataset(fmt, root, ds["options"], read_data=not args.no_data)
+                rows = check_dataset(*_check_target(ds), ds["options"], read_data=not args.no_data)
             except UnsupportedCheckError as err:
                 report[name] = f"not checked: {err}"
+                continue
+            except UserError as err:
+                report[name] = f"error: {err}"
+                failed.append(name)
+                print(f"{name}: error: {err}", file=sys.stderr)
                 continue
             for row in rows:
                 print(
@@ -616,9 +617,29 @@ def _check_data(p: argparse.ArgumentParser) -> None:
                     file=sys.stderr,
                 )
             report[name] = rows
+        if failed:
+            print(json.dumps(report, indent=2, default=str))
+            raise CliError(
+                f"{len(failed)} of {len(report)} dataset(s) failed the check: {failed}; see each error above"
+            )
         return report
 
     p.set_defaults(func=run)
+
+
+def _check_target(ds: dict) -> tuple[str, Path]:
+    """(format, root) that check-data opens for a config's dataset entry; a synthetic one is the simulator's folder."""
+    if ds["format"] != "synthetic":
+        return ds["format"], Path(ds["root"])
+    root = Path("resources/synthetic") / ds["part"]
+    if not root.is_dir():
+        from afo.data.files import DatasetFileNotFoundError
+
+        raise DatasetFileNotFoundError(
+            f"{root}: the synthetic dataset is not simulated yet (it has no root to set); run "
+            "`snakemake resources/synthetic` in the workflow folder first"
+        )
+    return "folder", root
 
 
 def build_parser() -> argparse.ArgumentParser:
