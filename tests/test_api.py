@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import stat
 import subprocess
 import sys
 import textwrap
@@ -15,12 +16,20 @@ import pytest
 import torch
 from PIL import Image
 
+from afo.cli import main
 from afo.data.folder import prepare
 from afo.data.store import PreparedStore
 from afo.features import BackboneSpec, extract_features
 from afo.io.predictions import read_predictions
 from afo.training.fit import TrainSpec, fit
-from afo.training.modelfile import MODEL_VERSION, ModelFileError, WeightsFileError, read_model_file, save_model
+from afo.training.modelfile import (
+    MODEL_VERSION,
+    ModelFileError,
+    WeightsFileError,
+    read_model_file,
+    save_model,
+    weights_checksum,
+)
 from afo.training.predict import predict_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,7 +107,7 @@ def trained(tmp_path_factory):
 
 def test_model_file_records_backbone_preprocessing_and_subjects(trained):
     content = read_model_file(trained / "m" / "model.pt")
-    assert content.version == MODEL_VERSION == 2 and content.afo_version
+    assert content.version == MODEL_VERSION == 3 and content.afo_version
     backbone, pre = content.inputs.backbone, content.inputs.preprocessing
     assert (backbone.name, backbone.layers, backbone.resolution) == (BACKBONE["name"], (0, 1), 16)
     assert backbone.model_kwargs == BACKBONE["model_kwargs"] and backbone.weights_file == str(trained / "backbone.pth")
@@ -107,6 +116,7 @@ def test_model_file_records_backbone_preprocessing_and_subjects(trained):
     record = content.inputs.subjects["tiny/subj01"]
     assert (record.dataset, record.subject, record.modality, record.affine) == ("tiny", "subj01", "fmri", None)
     assert record.rois["roi"] == ["early"] * 5 + ["late"] * 5  # the dataset's labels, in the model's voxel order
+    assert record.n_voxels == 10  # the subject's voxels in its dataset: a response of another length is refused
 
 
 @pytest.mark.slow  # a multi-process or workflow run: make test, not make test-fast
@@ -190,6 +200,7 @@ def test_version_1_model_file_loads_with_a_clear_error_or_a_backbone(trained, tm
     payload["version"] = 1
     for key in ("backbone", "preprocessing", "subjects", "afo_version"):
         del payload[key]
+    payload["sha256"] = weights_checksum(payload["state_dict"], payload["voxels"])  # what version 1 recorded
     torch.save(payload, old)
     with pytest.raises(ModelFileError, match="version-1 model file.*backbone"):
         afo.load(old)
@@ -380,3 +391,196 @@ def test_finetune_fits_new_subjects_on_the_frozen_core(trained, tmp_path, capsys
     (lab / "dataset.yaml").write_text("name: tiny\nmodality: fmri\n")
     assert main([*args[:6], str(tmp_path / "again" / "model.pt"), *args[7:]]) == 2
     assert "already in" in capsys.readouterr().err
+
+
+# -- bad inputs to the model as a tool: one line naming the flag or file, before any image is predicted ----------
+
+
+def _predict_args(trained, images, out, *extra):
+    return [
+        "predict",
+        "--model",
+        str(trained / "m" / "model.pt"),
+        "--images",
+        str(images),
+        "--out",
+        str(out),
+        *map(str, extra),
+    ]
+
+
+def _one_line_error(capsys, code: int) -> str:
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    return err
+
+
+@pytest.fixture
+def no_predicting(monkeypatch):
+    """Fail the test if an image is predicted: path and argument checks must come before the work."""
+    import afo.api
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("predicted before the arguments were checked")
+
+    monkeypatch.setattr(afo.api.Model, "predict", refuse)
+
+
+def _read_only(monkeypatch, folder: Path) -> None:
+    """Make ``folder`` read-only; as root (CI), who writes anyway, the permission check is made to see it so."""
+    import os
+
+    folder.mkdir()
+    folder.chmod(0o555)
+    if os.geteuid() == 0:
+        access = os.access
+        monkeypatch.setattr(os, "access", lambda p, mode: access(p, mode) and Path(p) != folder)
+
+
+def test_predict_out_that_is_not_a_writable_regular_file_is_refused_first(
+    trained, tmp_path, capsys, monkeypatch, no_predicting
+):
+    import os
+
+    images = trained / "ds" / "images"
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)  # stands for /dev/null and other devices, which the atomic rename would replace
+    err = _one_line_error(capsys, main(_predict_args(trained, images, fifo)))
+    assert "--out" in err and "not a regular file" in err and stat.S_ISFIFO(fifo.stat().st_mode)
+    err = _one_line_error(capsys, main(_predict_args(trained, images, tmp_path)))
+    assert "is a folder" in err
+    (tmp_path / "file").write_text("x")
+    err = _one_line_error(capsys, main(_predict_args(trained, images, tmp_path / "file" / "sub" / "p.h5")))
+    assert "which is not a folder" in err
+    _read_only(monkeypatch, tmp_path / "ro")
+    try:
+        err = _one_line_error(capsys, main(_predict_args(trained, images, tmp_path / "ro" / "p.h5")))
+        assert "not writable" in err
+        # --maps: a file, or a read-only folder
+        err = _one_line_error(capsys, main(_predict_args(trained, images, tmp_path / "p.h5", "--maps", fifo)))
+        assert "--maps" in err and "is not a folder" in err
+        err = _one_line_error(
+            capsys, main(_predict_args(trained, images, tmp_path / "p.h5", "--maps", tmp_path / "ro" / "maps"))
+        )
+        assert "--maps" in err and "not writable" in err
+    finally:
+        (tmp_path / "ro").chmod(0o755)
+    assert not (tmp_path / "p.h5").exists()  # nothing was written before the maps folder was checked
+
+
+@pytest.mark.parametrize(
+    "extra, match",
+    [
+        (["--batch-size", "0"], "batch size 0"),
+        (["--device", "tpu"], "device 'tpu': not a device name"),
+    ],
+    ids=["batch_size_0", "device_tpu"],
+)
+def test_predict_bad_arguments_are_one_line(trained, tmp_path, capsys, no_predicting, extra, match):
+    err = _one_line_error(capsys, main(_predict_args(trained, trained / "ds" / "images", tmp_path / "p.h5", *extra)))
+    assert match in err
+
+
+def test_weights_for_a_model_without_a_weights_file_is_refused(trained, tmp_path):
+    """--weights on a model whose backbone used no local file would silently change its predictions."""
+    from dataclasses import replace
+
+    import afo
+
+    content = read_model_file(trained / "m" / "model.pt")
+    backbone = replace(content.inputs.backbone, weights_file=None, weights_sha256=None)
+    save_model(tmp_path / "random.pt", replace(content, inputs=replace(content.inputs, backbone=backbone)))
+    assert afo.load(tmp_path / "random.pt").subjects
+    with pytest.raises(WeightsFileError, match="used no local weights file.*leave it out"):
+        afo.load(tmp_path / "random.pt", weights=trained / "backbone.pth")
+
+
+def test_broken_links_empty_and_wrong_images_are_named(trained, tmp_path, capsys):
+    import afo
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(next((trained / "ds" / "images").glob("*.png")).read_bytes())
+    (folder / "b.png").symlink_to(tmp_path / "gone.png")
+    err = _one_line_error(capsys, main(_predict_args(trained, folder, tmp_path / "p.h5")))
+    assert "b.png" in err and "broken symbolic link" in err
+    m = afo.load(trained / "m" / "model.pt", device="cpu")
+    for images, match in [
+        (np.zeros((0, 0, 3), np.uint8), r"image 0: is empty \(0 x 0 px\)"),
+        ([folder / "a.png", np.zeros((4, 0, 3), np.uint8)], "image 1: is empty"),
+        ([folder / "a.png", 3], "image 1: got int"),
+        (7, "images: got int"),
+        ({"a": 1}, "images: got dict"),
+    ]:
+        with pytest.raises(afo.api.ImageInputError, match=match):
+            m.predict(images, subject="tiny/subj01")
+    with pytest.raises(afo.api.ImageInputError, match="batch size 0"):
+        m.predict([folder / "a.png"], batch_size=0)
+
+
+def test_decompression_bomb_image_names_the_file(trained, tmp_path, monkeypatch):
+    import afo
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 50)  # PIL refuses more than twice this many pixels
+    Image.new("RGB", (20, 20)).save(tmp_path / "huge.png")
+    m = afo.load(trained / "m" / "model.pt", device="cpu")
+    with pytest.raises(afo.errors.UserError, match=r"huge\.png: too many pixels"):
+        m.predict([tmp_path / "huge.png"])
+
+
+def test_a_subject_named_twice_is_predicted_and_reported_once(trained, tmp_path, capsys):
+    args = _predict_args(trained, trained / "ds" / "images", tmp_path / "p.h5", "--device", "cpu")
+    assert main([*args, "--subject", "tiny/subj02", "--subject", "tiny/subj02"]) == 0
+    assert json.loads(capsys.readouterr().out)["subjects"] == 1
+    assert list(read_predictions(tmp_path / "p.h5")) == ["tiny/subj02"]
+
+
+def test_decode_refuses_responses_that_do_not_fit_before_predicting(trained, tmp_path, capsys, no_predicting):
+    base = ["decode", "--model", str(trained / "m" / "model.pt"), "--images", str(trained / "ds" / "images")]
+    base += ["--subject", "tiny/subj01", "--device", "cpu", "--response", str(tmp_path / "r.npy")]
+    for response, match in [
+        (np.ones(10, np.float32), "every matched value is 1"),
+        (np.full(10, np.nan, np.float32), "0 finite value"),
+        (np.arange(12, dtype=np.float32), "12 voxels.*10 modelled voxels of 10"),
+        (np.arange(10) + 1j, "complex"),
+    ]:
+        np.save(tmp_path / "r.npy", response)
+        assert match and re.search(match, _one_line_error(capsys, main(base)))
+    (tmp_path / "r.npy").write_text("0.1 0.2\n")
+    assert "not a readable .npy" in _one_line_error(capsys, main(base))
+
+
+def test_finetune_checks_its_settings_and_prepares_a_changed_dataset_again(trained, tmp_path, capsys, caplog):
+    """--train-config is checked before any work; a rerun after the dataset changed fits the new data, and a
+    subject without validation images gets 10 % of its training images held out (logged, recorded)."""
+    import logging
+    import shutil
+
+    from conftest import write_folder_dataset
+
+    def lab_dataset(subject: str, n_val: int, seed: int) -> Path:
+        shutil.rmtree(tmp_path / "lab", ignore_errors=True)
+        lab = write_folder_dataset(
+            tmp_path / "lab", n_images=30, n_voxels=8, subjects=(subject,), n_repeated=4, n_val=n_val, seed=seed
+        )
+        (lab / "dataset.yaml").write_text("name: newlab\nmodality: fmri\n")
+        return lab
+
+    lab, out = lab_dataset("subj01", n_val=6, seed=5), tmp_path / "ft" / "model.pt"
+    args = ["finetune", "--model", str(trained / "m" / "model.pt"), "--dataset", str(lab), "--out", str(out)]
+    args += ["--device", "cpu", "--train-config"]
+    for bad, match in [({"max_epoch": 2}, "max_epoch"), ({"max_epochs": -1}, "max_epochs"), ({"lr": "fast"}, "lr")]:
+        err = _one_line_error(capsys, main([*args, json.dumps(bad)]))
+        assert "--train-config" in err and match in err
+    assert not out.parent.exists()  # refused before anything was prepared
+    caplog.set_level(logging.WARNING, logger="afo")
+    assert main([*args, json.dumps({"max_epochs": 1})]) == 0
+    printed = capsys.readouterr().out
+    assert json.loads(printed[printed.index("{\n") :])["new_subjects"] == ["newlab/subj01"]
+    lab_dataset("subj02", n_val=0, seed=6)  # the dataset changed: another subject, and no validation images
+    assert main([*args, json.dumps({"max_epochs": 1})]) == 0
+    printed = capsys.readouterr().out
+    report = json.loads(printed[printed.index("{\n") :])
+    assert report["new_subjects"] == ["newlab/subj02"] and report["held_out_val_images"] == {"newlab/subj02": 3}
+    assert "newlab/subj02: fewer than 3 validation images; held out 3 of its 26 training images (10%)" in caplog.text
+    assert sorted(read_model_file(out).voxels) == ["newlab/subj02", "tiny/subj01", "tiny/subj02"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import yaml
 
 from afo.cli import main
@@ -53,3 +54,44 @@ def test_argument_conflicts_are_one_line(tmp_path, capsys):
         ]
     )
     assert code == 2 and "--rois" in capsys.readouterr().err
+
+
+def test_check_data_checks_every_root_and_reports_every_failing_dataset(tmp_path, capsys):
+    """The paper's config with no data: every dataset fails (NSD, THINGS-EEG2 and THINGS-MEG included), not only
+    the first, and the exit status says so; a format without a checker whose root exists is reported unchecked."""
+    config = yaml.safe_load(open("config/paper.yaml"))
+    for ds in config["datasets"].values():
+        ds["root"] = str(tmp_path / "absent" / ds["format"])
+    path = tmp_path / "paper.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["check-data", str(path), "--no-data"]) == 2
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    assert set(report) == set(config["datasets"])
+    assert all(v.startswith("error: ") and "dataset root not found" in v for v in report.values()), report
+    for fmt in ("nsd", "things_eeg2", "things_meg"):
+        assert f"absent/{fmt}: dataset root not found" in captured.err
+    assert f"{len(report)} of {len(report)} dataset(s) failed" in captured.err and "Traceback" not in captured.err
+    (tmp_path / "absent" / "nsd").mkdir(parents=True)
+    main(["check-data", str(path), "--no-data"])
+    report = json.loads(capsys.readouterr().out)
+    assert [k for k, v in report.items() if v.startswith("not checked")] == [
+        k for k, ds in config["datasets"].items() if ds["format"] == "nsd"
+    ]
+
+
+def test_check_data_on_a_synthetic_dataset_that_is_not_simulated(tmp_path, monkeypatch, capsys):
+    config = yaml.safe_load(open("config.yaml"))
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    monkeypatch.chdir(tmp_path)  # no resources/synthetic here
+    assert main(["check-data", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "not simulated yet" in err and "snakemake resources/synthetic" in err and "set the dataset's root" not in err
+
+
+@pytest.mark.parametrize("command", ["check-config", "check-data"])
+def test_check_commands_on_a_missing_config_file(tmp_path, capsys, command):
+    assert main([command, str(tmp_path / "nope.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "nope.yaml: no config file here" in err and len(err.strip().splitlines()) == 1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import h5py
 import numpy as np
 import pytest
@@ -89,3 +91,119 @@ def test_damaged_model_files_are_named(tmp_path):
         load_model(path)
     with pytest.raises(ModelFileError, match="no model file"):
         load_model(tmp_path / "absent.pt")
+
+
+def _small_model_file(path):
+    """A tiny version-3 model file with backbone, preprocessing and subject records (no backbone is built)."""
+    import torch
+
+    from afo.training.modelfile import (
+        BackboneRecord,
+        ModelConfig,
+        ModelFile,
+        ModelInputs,
+        Preprocessing,
+        SubjectRecord,
+        save_model,
+    )
+
+    config = ModelConfig.from_dict(
+        {"conv_width": 4, "out_dim": 4, "n_convs": 1, "kernel_size": 3, "pe_frequencies": 2, "mlp_width": 8}
+    )
+    model = config.build([(3, 4, 4)], {"d/s": torch.randn(5, 3)})
+    inputs = ModelInputs(
+        BackboneRecord("vit_tiny_patch16_224", (0,), 16),
+        Preprocessing(12, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+        {"d/s": SubjectRecord("d", "s", "fmri", rois={"roi": ["V1"] * 3 + ["V2"] * 2}, n_voxels=7)},
+    )
+    content = ModelFile.of(model, config, {"d/s": torch.arange(5)}, {"val_r": 0.5}, inputs=inputs)
+    save_model(path, content)
+    return content
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda p: p["preprocessing"].update(image_size=13),
+        lambda p: p["subjects"]["d/s"]["rois"]["roi"].__setitem__(0, "V2"),
+        lambda p: p["model_args"].update(out_dim=5),
+        lambda p: p["backbone"].update(layers=[1]),
+        lambda p: p["subject_coords"]["d/s"].add_(1.0),
+    ],
+    ids=["image_size", "roi_label", "out_dim", "layers", "coords"],
+)
+def test_model_file_checksum_covers_every_setting_and_record(tmp_path, edit):
+    """A same-size edit of anything that changes predictions or reports is refused, not loaded."""
+    import torch
+
+    from afo.training.modelfile import ModelFileError, read_model_file
+
+    path = tmp_path / "model.pt"
+    _small_model_file(path)
+    assert read_model_file(path).inputs.subjects["d/s"].n_voxels == 7
+    payload = torch.load(path, weights_only=True)
+    edit(payload)
+    torch.save(payload, path)
+    with pytest.raises(ModelFileError, match="does not match the file's checksum"):
+        read_model_file(path)
+
+
+def test_version_2_model_files_load_checked_on_weights_and_voxels(tmp_path):
+    """Older files keep loading against the checksum they recorded; an edited out_dim is one line, not a traceback."""
+    import torch
+
+    from afo.training.modelfile import ModelFileError, load_model, read_model_file, weights_checksum
+
+    path = tmp_path / "model.pt"
+    _small_model_file(path)
+    payload = torch.load(path, weights_only=True)
+    payload["version"] = 2
+    del payload["subjects"]["d/s"]["n_voxels"]
+    payload["sha256"] = weights_checksum(payload["state_dict"], payload["voxels"])
+    torch.save(payload, path)
+    content = read_model_file(path)
+    assert content.version == 2 and content.inputs.subjects["d/s"].n_voxels is None
+    payload["model_args"]["out_dim"] = 5  # not covered by a version-2 checksum: the weights do not fit
+    torch.save(payload, path)
+    with pytest.raises(ModelFileError, match=r"model\.pt: its weights do not fit its model_args"):
+        load_model(path)
+
+
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        (b"<!DOCTYPE html><html><body>Sign in</body></html>", "HTML"),
+        (b'{"model": "afo"}', "JSON"),
+        (b"version https://git-lfs.github.com/spec/v1\noid sha256:0123\nsize 1234\n", "git lfs pull"),
+        (b"hello world\n", "not a torch archive"),
+        (b"", "empty file"),
+    ],
+    ids=["html", "json", "lfs", "text", "empty"],
+)
+def test_files_that_are_not_model_files_are_named(tmp_path, capsys, content, match):
+    from PIL import Image
+
+    from afo.cli import main
+
+    path = tmp_path / "model.pt"
+    path.write_bytes(content)
+    (tmp_path / "images").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "images" / "a.png")
+    code = main(
+        ["predict", "--model", str(path), "--images", str(tmp_path / "images"), "--out", str(tmp_path / "p.h5")]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and match in err and "model.pt" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_model_file_with_python_objects_never_advises_the_unsafe_loader(tmp_path):
+    import torch
+
+    from afo.training.modelfile import ModelFileError, read_model_file
+
+    path = tmp_path / "model.pt"
+    torch.save({"format": "afo-encoding-model", "x": Path("x")}, path)  # a class the safe loader refuses
+    with pytest.raises(ModelFileError, match="safe loader") as info:
+        read_model_file(path)
+    assert "weights_only" not in str(info.value)

@@ -141,3 +141,66 @@ def test_average_repeats():
     np.testing.assert_array_equal(mean[:, 0], [2.0, 5.0, 7.0])
     np.testing.assert_array_equal(mean[[0, 2], 1], [4.0, 8.0])
     assert np.isnan(mean[1, 1])
+
+
+# -- a user's own response (afo decode) ---------------------------------------------------------------------------
+
+MODEL_VOXELS = np.array([1, 3, 4, 6, 8])  # a subject with 10 voxels in its dataset, 5 of them modelled
+
+
+def test_user_response_of_the_wrong_length_or_subject_is_refused():
+    from afo.decoding.retrieval import DecodeInputError, match_response
+
+    pattern = np.arange(10, dtype=np.float32)
+    np.testing.assert_array_equal(match_response(pattern[:5], MODEL_VOXELS, "d/s", n_dataset_voxels=10), [pattern[:5]])
+    np.testing.assert_array_equal(match_response(pattern, MODEL_VOXELS, "d/s", n_dataset_voxels=10), [MODEL_VOXELS])
+    for n in (9, 11, 40):  # another subject's length, or any length above the largest modelled index
+        with pytest.raises(DecodeInputError, match=f"response has {n} voxels.*5 modelled voxels of 10"):
+            match_response(np.arange(n, dtype=np.float32), MODEL_VOXELS, "d/s", n_dataset_voxels=10)
+    # A model file that does not record the count (before version 3): taken as the dataset's, with a warning.
+    with pytest.warns(UserWarning, match="cannot be checked"):
+        match_response(np.arange(11, dtype=np.float32), MODEL_VOXELS, "d/s")
+
+
+@pytest.mark.parametrize(
+    "response, match",
+    [
+        (np.full(5, np.nan), "0 finite value"),
+        (np.array([1.0, np.nan, np.nan, np.nan, 2.0]), "2 finite value"),
+        (np.full(5, 3.0), "every matched value is 3"),
+        (np.array([1, 2, 3, 4, 5]) + 0j, "complex"),
+        (np.array([True, False, True, False, True]), "bool"),
+        (np.array(["a", "b", "c", "d", "e"]), "<U1"),
+    ],
+    ids=["all_nan", "two_finite", "constant", "complex", "bool", "text"],
+)
+def test_user_response_without_a_usable_pattern_is_refused(response, match):
+    from afo.decoding.retrieval import DecodeInputError, match_response, rank_user_images
+
+    with pytest.raises(DecodeInputError, match=match):
+        match_response(response, MODEL_VOXELS, "d/s", n_dataset_voxels=10)
+    with pytest.raises(DecodeInputError, match=match):  # the library function checks as the CLI does
+        rank_user_images(np.eye(3, 5), ["a", "b", "c"], response, MODEL_VOXELS, "d/s", n_dataset_voxels=10)
+
+
+@pytest.mark.parametrize(
+    "write, match",
+    [
+        (None, "no such file"),
+        (lambda p: np.save(p, np.array([{"a": 1}], dtype=object)), "not a readable .npy"),
+        (lambda p: np.savez(p.with_suffix(""), x=np.zeros(3)) or p.with_suffix(".npz").rename(p), "npz archive"),
+        (lambda p: p.write_text("1 2 3\n"), "not a readable .npy"),
+        (lambda p: np.save(p, np.zeros(100)) or p.write_bytes(p.read_bytes()[:100]), "not a readable .npy"),
+    ],
+    ids=["missing", "object", "npz", "text", "truncated"],
+)
+def test_response_files_that_are_not_arrays_are_named(tmp_path, write, match):
+    from afo.decoding.retrieval import DecodeInputError, read_response
+
+    path = tmp_path / "response.npy"
+    if write is not None:
+        write(path)
+    with pytest.raises(DecodeInputError, match=match) as info:
+        read_response(path)
+    assert "--response" in str(info.value) and "numpy.save" in str(info.value)
+    assert "\n" not in str(info.value)

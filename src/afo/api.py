@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -48,15 +49,65 @@ class ImageInputError(UserError, ValueError):
     """Images given to a model that it cannot read (a missing folder, an empty one, a wrong array)."""
 
 
+class OutputPathError(UserError):
+    """An output path that cannot be written as asked (a folder, a device, under a file, read-only)."""
+
+
 def list_images(folder: str | Path) -> list[Path]:
-    """Image files of a folder (PIL-readable suffixes), sorted by name."""
+    """Image files of a folder (PIL-readable suffixes), sorted by name; a broken link among them is an error."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ImageInputError(f"{folder}: no such folder of images")
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-    if not files:
+    named = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and not p.is_dir())
+    broken = [p.name for p in named if not p.is_file()]
+    if broken:
+        raise ImageInputError(
+            f"{folder}: {broken[:5]} {'is a' if len(broken) == 1 else 'are'} broken symbolic link(s) or not "
+            "regular files; restore their targets or remove them from the folder"
+        )
+    if not named:
         raise ImageInputError(f"{folder}: no image files ({', '.join(IMAGE_EXTENSIONS)})")
-    return files
+    return named
+
+
+def check_output_file(path: str | Path, flag: str) -> None:
+    """Refuse, before any work, an output file that cannot be written: a folder, something that is not a regular
+    file (the atomic rename would replace a device or a pipe with a file), a path under a file, a read-only folder."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputPathError(f"{flag} {path}: is a folder; name a file to write (e.g. {path / 'out'})")
+    if path.exists() and not path.is_file():
+        raise OutputPathError(
+            f"{flag} {path}: exists and is not a regular file (a device, pipe or socket), which the write would "
+            "replace; name a regular file"
+        )
+    check_output_folder(path.parent, flag, named=path)
+
+
+def check_output_folder(folder: str | Path, flag: str, named: str | Path | None = None) -> None:
+    """Refuse, before any work, a folder that cannot be written: not a folder, under a file, a read-only place.
+
+    A folder that does not exist yet is created by the writer, so its nearest existing parent must be writable.
+    ``named``: the path the user gave (default ``folder``), for the message.
+    """
+    folder = Path(folder)
+    named = folder if named is None else named
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "is not a folder" if existing == named else f"is under {existing}, which is not a folder"
+        raise OutputPathError(f"{flag} {named}: {where}; name a path in a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputPathError(f"{flag} {named}: {existing} is not writable; choose a folder you can write to")
+
+
+def _check_batch_size(batch_size: object) -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ImageInputError(
+            f"batch size {batch_size!r} (--batch-size, batch_size=): must be a whole number of images, 1 or more"
+        )
+    return int(batch_size)
 
 
 def _as_list(images: ImageLike | Iterable[ImageLike]) -> list[ImageLike]:
@@ -71,7 +122,31 @@ def _as_list(images: ImageLike | Iterable[ImageLike]) -> list[ImageLike]:
         if images.ndim == 4:
             return list(images)
         raise ImageInputError(f"an image array must be [H, W, 3] or [B, H, W, 3] uint8, got shape {images.shape}")
+    if not isinstance(images, Iterable) or isinstance(images, (bytes, Mapping)):
+        raise ImageInputError(
+            f"images: got {type(images).__name__}; give file paths, PIL images or uint8 arrays [H, W, 3] (or a list)"
+        )
     return list(images)
+
+
+def _check_image(image: object, index: int) -> None:
+    """A :class:`ImageInputError` for an item that is not an image path, a PIL image or a non-empty [H, W, 3] array."""
+    from PIL import Image
+
+    if isinstance(image, np.ndarray):
+        if image.ndim != 3 or image.shape[-1] != 3:
+            raise ImageInputError(f"image {index}: an image array must be [H, W, 3] uint8, got shape {image.shape}")
+        size = image.shape[:2]
+    elif isinstance(image, Image.Image):
+        size = image.size
+    elif isinstance(image, (str, Path)):
+        return
+    else:
+        raise ImageInputError(
+            f"image {index}: got {type(image).__name__}; give a file path, a PIL image or a uint8 array [H, W, 3]"
+        )
+    if 0 in size:
+        raise ImageInputError(f"image {index}: is empty ({size[0]} x {size[1]} px); give a picture with pixels")
 
 
 class Model:
@@ -142,11 +217,11 @@ class Model:
 
         size = self.inputs.preprocessing.image_size
         out = []
-        for image in _as_list(images):
+        for index, image in enumerate(_as_list(images)):
+            _check_image(image, index)
             if isinstance(image, (str, Path)):
                 image = load_image(image)
-            elif isinstance(image, np.ndarray) and (image.ndim != 3 or image.shape[-1] != 3):
-                raise ImageInputError(f"an image array must be [H, W, 3] uint8, got shape {image.shape}")
+                _check_image(image, index)
             out.append(resize_image(image, size))
         if not out:
             raise ImageInputError("no images given")
@@ -181,9 +256,12 @@ class Model:
         """(start, core output) per batch of images, with a progress line per batch on the ``afo`` logger."""
         import torch
 
+        batch_size = _check_batch_size(batch_size)
         items = _as_list(images)
         if not items:
             raise ImageInputError("no images given")
+        for index, item in enumerate(items):  # every item, before the first batch is computed
+            _check_image(item, index)
         started = time.time()
         for start in range(0, len(items), batch_size):
             batch = items[start : start + batch_size]
@@ -299,10 +377,24 @@ def predict_folder(
     """
     from afo.figures.brainmaps import write_volume_maps
     from afo.io.predictions import write_predictions
+    from afo.runtime import resolve_device
 
+    # Everything that can be checked cheaply is checked before the first image is predicted.
+    check_output_file(out, "--out")
+    if maps_dir is not None:
+        check_output_folder(maps_dir, "--maps")
+    batch_size = _check_batch_size(batch_size)
+    resolve_device(device)
     files = list_images(images_dir)
+    names = [f.name for f in files]
+    stems = [map_name(n) for n in names]
+    if maps_dir is not None and len(set(stems)) != len(stems):
+        raise ImageInputError(
+            f"{images_dir}: image names that differ only in their suffix or in characters other "
+            "than letters, digits, _ - . would share a map file; rename them"
+        )
     model = load(model_path, device=device, weights=weights)
-    wanted = list(subjects) if subjects else model.subjects
+    wanted = list(dict.fromkeys(subjects)) if subjects else model.subjects  # a subject named twice is one subject
     for s in wanted:
         model._check_subject(s)
     log.info(
@@ -315,7 +407,6 @@ def predict_folder(
     )
     preds = model.predict(files, batch_size=batch_size)
     index = np.arange(len(files), dtype=np.int64)
-    names = [f.name for f in files]
     write_predictions(
         out,
         {s: (index, model._file.voxels[s].numpy(), preds[s]) for s in wanted},
@@ -325,12 +416,6 @@ def predict_folder(
     report: dict[str, Any] = {"images": len(files), "subjects": len(wanted), "out": str(out)}
     if maps_dir is not None:
         written, skipped = 0, []
-        stems = [map_name(n) for n in names]
-        if len(set(stems)) != len(stems):
-            raise ImageInputError(
-                f"{images_dir}: image names that differ only in their suffix or in characters other "
-                "than letters, digits, _ - . would share a map file; rename them"
-            )
         for s in wanted:
             record = model.inputs.subjects.get(s)
             if record is None or record.affine is None or record.volume_shape is None:

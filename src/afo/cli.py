@@ -473,10 +473,14 @@ def _decode(p: argparse.ArgumentParser) -> None:
     def run(args):
         import numpy as np
 
-        from afo.api import list_images, load
-        from afo.decoding.retrieval import DecodeInputError, rank_user_images
+        from afo.api import check_output_file, list_images, load
+        from afo.decoding.retrieval import DecodeInputError, match_response, rank_user_images, read_response
         from afo.io.tables import write_csv
 
+        if args.out is not None:
+            check_output_file(args.out, "--out")
+        response = read_response(args.response)  # before the model and the images: a bad file fails at once
+        files = list_images(args.images)
         backbone, image_size = args.backbone, args.image_size
         if backbone is None and args.config is not None:  # used only when the model file does not record its own
             from afo.config import load_config
@@ -495,11 +499,13 @@ def _decode(p: argparse.ArgumentParser) -> None:
 
             wanted = read_roi_selection(args.rois, args.roi).get(args.subject, np.empty(0, dtype=np.int64))
             mask = np.isin(voxels, wanted)
-        files = list_images(args.images)
+            if not mask.any():
+                raise CliError(f"--roi {args.roi}: no voxel of {args.subject} in {args.rois}; pick an ROI it has")
+        record = model.inputs.subjects.get(args.subject)
+        n_dataset_voxels = record.n_voxels if record else None
+        measured = match_response(response, voxels, args.subject, mask, n_dataset_voxels)  # before predicting
         predicted = model.predict(files, subject=args.subject)
-        ranking = rank_user_images(
-            predicted, [f.name for f in files], np.load(args.response), voxels, args.subject, voxel_mask=mask
-        )
+        ranking = rank_user_images(predicted, [f.name for f in files], measured, voxels, args.subject, voxel_mask=mask)
         if args.out:
             write_csv(ranking, args.out)
         best = ranking[ranking["rank"] < args.top]
@@ -507,7 +513,10 @@ def _decode(p: argparse.ArgumentParser) -> None:
             "candidates": int(ranking["image"].nunique()),
             "queries": int(ranking["query"].nunique()),
             "best": {
-                int(q): [{"image": r.image, "r": round(float(r.r), 4)} for r in g.itertuples()]
+                # null, not NaN (which is not JSON), for a candidate whose prediction is constant
+                int(q): [
+                    {"image": r.image, "r": round(float(r.r), 4) if np.isfinite(r.r) else None} for r in g.itertuples()
+                ]
                 for q, g in best.groupby("query")
             },
         }
@@ -598,16 +607,17 @@ def _check_data(p: argparse.ArgumentParser) -> None:
         from afo.data.check import UnsupportedCheckError, check_dataset
 
         config = load_config(args.config)
-        report = {}
-        for name, ds in sorted(config["datasets"].items()):
-            if ds["format"] == "synthetic":
-                fmt, root = "folder", Path("resources/synthetic") / ds["part"]
-            else:
-                fmt, root = ds["format"], Path(ds["root"])
+        report, failed = {}, []
+        for name, ds in sorted(config["datasets"].items()):  # every dataset, whatever failed before it
             try:
-                rows = check_dataset(fmt, root, ds["options"], read_data=not args.no_data)
+                rows = check_dataset(*_check_target(ds), ds["options"], read_data=not args.no_data)
             except UnsupportedCheckError as err:
                 report[name] = f"not checked: {err}"
+                continue
+            except UserError as err:
+                report[name] = f"error: {err}"
+                failed.append(name)
+                print(f"{name}: error: {err}", file=sys.stderr)
                 continue
             for row in rows:
                 print(
@@ -616,9 +626,29 @@ def _check_data(p: argparse.ArgumentParser) -> None:
                     file=sys.stderr,
                 )
             report[name] = rows
+        if failed:
+            print(json.dumps(report, indent=2, default=str))
+            raise CliError(
+                f"{len(failed)} of {len(report)} dataset(s) failed the check: {failed}; see each error above"
+            )
         return report
 
     p.set_defaults(func=run)
+
+
+def _check_target(ds: dict) -> tuple[str, Path]:
+    """(format, root) that check-data opens for a config's dataset entry; a synthetic one is the simulator's folder."""
+    if ds["format"] != "synthetic":
+        return ds["format"], Path(ds["root"])
+    root = Path("resources/synthetic") / ds["part"]
+    if not root.is_dir():
+        from afo.data.files import DatasetFileNotFoundError
+
+        raise DatasetFileNotFoundError(
+            f"{root}: the synthetic dataset is not simulated yet (it has no root to set); run "
+            "`snakemake resources/synthetic` in the workflow folder first"
+        )
+    return "folder", root
 
 
 def build_parser() -> argparse.ArgumentParser:

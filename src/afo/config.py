@@ -95,6 +95,18 @@ def validate_config(config: dict, schema_path: str | Path | None = None) -> dict
     return config
 
 
+def validate_section(section: dict, definition: str, where: str, schema_path: str | Path | None = None) -> dict:
+    """``section`` checked against the schema's ``definitions.<definition>`` (e.g. ``train_overrides`` for
+    ``afo finetune --train-config``); a :class:`ConfigError` naming ``where`` lists every problem on one line."""
+    section = _numbers_from_strings(section)
+    schema = yaml.safe_load((Path(schema_path) if schema_path else find_schema()).read_text())
+    validator = jsonschema.Draft202012Validator(schema["definitions"][definition])
+    errors = sorted(validator.iter_errors(section), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        raise ConfigError(f"{where}: " + "; ".join(_describe(e) for e in errors))
+    return section
+
+
 def _check_semantics(config: dict) -> None:
     """Rules the schema cannot say."""
     for name, ds in config["datasets"].items():
@@ -129,6 +141,8 @@ def _check_semantics(config: dict) -> None:
 
 def load_config(path: str | Path, schema_path: str | Path | None = None) -> dict:
     path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no config file here; give the path of a workflow config YAML (e.g. config.yaml)")
     try:
         config = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:

@@ -20,7 +20,10 @@ def resolve_device(name: str = "auto") -> torch.device:
     """``auto`` = the first visible CUDA device if any, else the CPU."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:  # torch's message lists every device type it was built to know
+        raise RuntimeSettingError(f"device {name!r}: not a device name; use auto, cpu, cuda or cuda:N") from err
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeSettingError(f"device {name!r} asked for, but no CUDA device is visible; use auto or cpu")
     return device

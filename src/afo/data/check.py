@@ -10,8 +10,9 @@ then streams the responses the way ``prepare`` reads them, counting per subject 
     splits                trials per split {"train", "val", "test"}
     nan_voxels            kept voxels with a NaN response in at least one trial (None with read_data=False)
 
-The first problem stops the check with the adapter's error (a :class:`afo.errors.UserError` naming the file
-and the fix). Nothing is written: no store, no scratch file. Memory stays bounded as in ``prepare`` (one
+The first problem stops the check of that dataset with the adapter's error (a :class:`afo.errors.UserError`
+naming the file and the fix); ``afo check-data`` goes on with the next dataset and fails if any failed. A format
+without a checker has its root checked only. Nothing is written: no store, no scratch file. Memory stays bounded as in ``prepare`` (one
 slice of rows, one session, one run or one subject at a time).
 """
 
@@ -151,14 +152,14 @@ def check_dataset(
     skips streaming the responses (faster; ``nan_voxels`` is then None and problems inside the data files, such
     as a THINGS-fMRI voxel_id out of order, are not seen).
     """
-    if format not in CHECKERS:
-        raise UnsupportedCheckError(
-            f"check-data: no checker for dataset format {format!r} yet (checked formats: {sorted(CHECKERS)}); "
-            "run `afo prepare` on it instead, which stops at the first malformed file"
-        )
     root = Path(root)
-    if not root.is_dir():
+    if not root.is_dir():  # checked for every format, those without a checker too
         raise DatasetFileNotFoundError(
             f"{root}: dataset root not found; set the dataset's root in the config to the folder you downloaded it to"
+        )
+    if format not in CHECKERS:
+        raise UnsupportedCheckError(
+            f"{root}: the root exists, but there is no checker for dataset format {format!r} yet (checked formats: "
+            f"{sorted(CHECKERS)}); run `afo prepare` on it, which stops at the first malformed file"
         )
     return CHECKERS[format](root, dict(options or {}), read_data)

@@ -52,6 +52,10 @@ def load_image(path: str | Path) -> Image.Image:
             return to_rgb8(img, str(path))
     except FileNotFoundError as exc:
         raise DatasetFileNotFoundError(f"{path}: stimulus image not found") from exc
+    except Image.DecompressionBombError as exc:  # PIL's guard against huge images, which does not name the file
+        raise DatasetFormatError(
+            f"{path}: too many pixels for PIL to open safely ({exc}). Fix: save a smaller copy of the image"
+        ) from exc
     except (UnidentifiedImageError, OSError) as exc:
         raise DatasetFormatError(
             f"{path}: not an image PIL can read ({exc}). Fix: replace or convert the file (PNG or JPEG)"

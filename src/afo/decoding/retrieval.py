@@ -19,6 +19,7 @@ as in :func:`afo.evaluation.scores.voxel_table`.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -110,26 +111,92 @@ def retrieval_table(
 # -- a user's own images and response ---------------------------------------------------------------------
 
 
-def _match_response(response: np.ndarray, model_voxels: np.ndarray, subject: str) -> np.ndarray:
-    """The response restricted to the model's voxels: [Q, n_model_voxels].
+def read_response(path: str | Path) -> np.ndarray:
+    """A response array from a ``.npy`` file (``afo decode --response``); anything else is named with the fix."""
+    path = Path(path)
+    fix = "save the response array with numpy.save (real numbers, [n_voxels] or [n_queries, n_voxels])"
+    if not path.is_file():
+        raise DecodeInputError(f"--response {path}: no such file; {fix}")
+    try:
+        value = np.load(path, allow_pickle=False)  # never unpickle a user's file
+    except (ValueError, EOFError, OSError) as err:  # not .npy, truncated, pickled objects, text
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DecodeInputError(f"--response {path}: not a readable .npy array ({reason}); {fix}") from err
+    if not isinstance(value, np.ndarray):  # an .npz archive
+        value.close()
+        raise DecodeInputError(f"--response {path}: an .npz archive, not one array; {fix}")
+    return value
+
+
+def _match_response(
+    response: np.ndarray, model_voxels: np.ndarray, subject: str, n_dataset_voxels: int | None = None
+) -> np.ndarray:
+    """The response restricted to the model's voxels: float32 [Q, n_model_voxels].
 
     Accepted: one value per modelled voxel (the model's voxel order = sorted store indices), or one value per
     voxel of the subject in the dataset (responses.npy column order; the model's voxels are picked from it).
+    ``n_dataset_voxels`` is the subject's voxel count in its dataset (model files from version 3); without it
+    (older files) any length beyond the largest modelled index is taken as a dataset-length response, with a warning.
     """
-    response = np.asarray(response, dtype=np.float32)
+    response = np.asarray(response)
+    if response.dtype.kind not in "fiu":  # a cast would drop imaginary parts or turn labels into numbers
+        raise DecodeInputError(
+            f"response has dtype {response.dtype}, not real numbers; save the real quantity you mean (e.g. the "
+            "magnitude or the real part) as float32"
+        )
+    response = response.astype(np.float32)
     if response.ndim == 1:
         response = response[None, :]
     if response.ndim != 2:
         raise DecodeInputError(f"response must be [n_voxels] or [n_queries, n_voxels], got shape {response.shape}")
-    n = response.shape[1]
-    if n == model_voxels.size:
+    n, n_model = response.shape[1], model_voxels.size
+    if n == n_model:
         return response
-    if n > int(model_voxels.max()):
+    if n == n_dataset_voxels or (n_dataset_voxels is None and n > int(model_voxels.max())):
+        if n_dataset_voxels is None:
+            warnings.warn(
+                f"response has {n} voxels: taken as subject {subject!r}'s dataset voxels (responses.npy columns); "
+                "this model file does not record the dataset's voxel count, so the length cannot be checked",
+                stacklevel=3,
+            )
         return response[:, model_voxels]
+    in_dataset = f"{n_dataset_voxels}" if n_dataset_voxels is not None else f"at least {int(model_voxels.max()) + 1}"
     raise DecodeInputError(
-        f"response has {n} voxels; subject {subject!r} of this model has {model_voxels.size} modelled voxels out of at "
-        f"least {int(model_voxels.max()) + 1} in its dataset: give one value per modelled voxel or per dataset voxel"
+        f"response has {n} voxels; subject {subject!r} of this model has {n_model} modelled voxels of {in_dataset} "
+        "in its dataset: give one value per modelled voxel or per dataset voxel of this subject (a response of "
+        "another subject has another length)"
     )
+
+
+def match_response(
+    response: np.ndarray,
+    model_voxels: np.ndarray,
+    subject: str,
+    voxel_mask: np.ndarray | None = None,
+    n_dataset_voxels: int | None = None,
+) -> np.ndarray:
+    """A user's response checked and restricted to the model's voxels, float32 [Q, n] (see :func:`_match_response`);
+    a query without enough finite, varying values on the matched voxels is a :class:`DecodeInputError`."""
+    measured = _match_response(response, np.asarray(model_voxels), subject, n_dataset_voxels)
+    _check_queries(measured, voxel_mask)
+    return measured
+
+
+def _check_queries(measured: np.ndarray, voxel_mask: np.ndarray | None) -> None:
+    """Every query must have enough finite, varying values to correlate, else a :class:`DecodeInputError`."""
+    selected = measured if voxel_mask is None else measured[:, voxel_mask]
+    for q, row in enumerate(selected):
+        finite = row[np.isfinite(row)]
+        if finite.size < MIN_PAIRS:
+            raise DecodeInputError(
+                f"response row {q}: {finite.size} finite value(s) on the matched voxels, at least {MIN_PAIRS} are "
+                "needed to correlate; NaN marks a missing value, not every value"
+            )
+        if finite.min() == finite.max():
+            raise DecodeInputError(
+                f"response row {q}: every matched value is {finite[0]:g}; a constant pattern has no correlation "
+                "with any image, give the measured pattern"
+            )
 
 
 def rank_user_images(
@@ -139,6 +206,7 @@ def rank_user_images(
     model_voxels: np.ndarray,
     subject: str,
     voxel_mask: np.ndarray | None = None,
+    n_dataset_voxels: int | None = None,
 ) -> pd.DataFrame:
     """Rank a user's candidate images for measured response pattern(s) of one subject (``afo decode``).
 
@@ -149,11 +217,12 @@ def rank_user_images(
         model_voxels: [n] the subject's modelled voxels (indices of its dataset).
         subject: subject key, for messages.
         voxel_mask: optional bool mask over the model's voxels of the subject (an ROI).
+        n_dataset_voxels: the subject's voxel count in its dataset, when the model file records it.
 
     Returns:
         one row per query and candidate: query, rank (0 = best), image (name), r.
     """
-    measured = _match_response(response, np.asarray(model_voxels), subject)
+    measured = match_response(response, model_voxels, subject, voxel_mask, n_dataset_voxels)
     order, scores = rank_candidates(np.asarray(predicted), measured, voxel_mask=voxel_mask)
     rows = []
     for q in range(order.shape[0]):

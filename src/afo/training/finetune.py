@@ -17,14 +17,18 @@ import hashlib
 import json
 import logging
 import time
+import zlib
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import h5py
+import numpy as np
 import torch
 
 from afo.errors import UserError
+from afo.io import atomic_write_text
 from afo.training.fit import JobPaths, TrainSpec, build_task, job_data, soup, store_frames, train_model
 from afo.training.lightning import pl
 from afo.training.modelfile import BackboneRecord, ModelFile, ModelInputs, read_model_file, save_model
@@ -34,10 +38,57 @@ from afo.training.resume import Finished, training_lock, write_metrics
 log = logging.getLogger(__name__)
 
 FORMAT_AUTO = "auto"
+VAL_FRACTION = 0.1  # of a subject's training images held out for validation when it has none (docs/inputs.md)
+MIN_VAL_IMAGES = 3  # a subject is scored on validation from 3 images (afo.training.datamodule.ValidationChunks)
 
 
 class FinetuneError(UserError):
     """A fine-tuning dataset that does not fit the base model (its backbone, image size or subject names)."""
+
+
+def check_train_overrides(train: dict[str, Any], where: str = "--train-config") -> dict[str, Any]:
+    """The training settings over the base model's own, checked against the schema's ``train_overrides`` (the
+    workflow's ``finetune.train``): an unknown key (a typo) or a value out of range is an error, not ignored."""
+    from afo.config import validate_section
+
+    return validate_section(dict(train), "train_overrides", where)
+
+
+def hold_out_validation(subjects: Sequence[Any], seed: int) -> dict[str, int]:
+    """Give every subject with fewer than :data:`MIN_VAL_IMAGES` validation images a validation split: 10 % of its
+    training images (at least 3), picked with ``seed`` and the subject's key, moved with all their trials.
+
+    ``subjects``: the job's :class:`afo.training.subjects.SubjectData`, changed in place before the loaders are
+    built. Returns subject key -> images held out (logged; recorded in the model file's info).
+    """
+    held = {}
+    for s in subjects:
+        if s.split_images["val"].size >= MIN_VAL_IMAGES:
+            continue
+        train_rows = s.split_trials["train"]
+        images = np.unique(s.trial_image[train_rows])
+        n = max(MIN_VAL_IMAGES, round(VAL_FRACTION * images.size))
+        if images.size - n < 1:
+            raise FinetuneError(
+                f"{s.key}: no validation images and only {images.size} training images, too few to hold "
+                f"{n} out for validation; add images or label some as val (trials.csv `split`)"
+            )
+        rng = np.random.default_rng([seed, zlib.crc32(s.key.encode())])
+        moved = np.isin(s.trial_image[train_rows], rng.choice(images, n, replace=False))
+        val_rows = np.sort(np.concatenate([s.split_trials["val"], train_rows[moved]]))
+        s.split_trials = {**s.split_trials, "train": train_rows[~moved], "val": val_rows}
+        s.split_images = {k: np.unique(s.trial_image[rows]) for k, rows in s.split_trials.items()}
+        s.train_trials, s.train_images = train_rows[~moved], s.trial_image[train_rows[~moved]]
+        held[s.key] = n
+        log.warning(
+            "%s: fewer than %d validation images; held out %d of its %d training images (%d%%) as validation",
+            s.key,
+            MIN_VAL_IMAGES,
+            n,
+            images.size,
+            round(100 * VAL_FRACTION),
+        )
+    return held
 
 
 @dataclass
@@ -100,6 +151,7 @@ def finetune(spec: FinetuneSpec, model_out: str | Path, *, lock_timeout: float |
     """Fit the new datasets' subjects on the frozen core of ``spec.model``; write ``model_out`` (base + new subjects)
     and ``metrics.csv`` beside it. The resumable state lives in ``<model_out folder>/work/<digest>/``."""
     log_to_stderr_unless_configured()
+    check_train_overrides(spec.train)
     model_out = Path(model_out)
     base = read_model_file(spec.model)
     base.require_inputs(spec.model)  # a version-1 file has no backbone record to fine-tune with
@@ -111,6 +163,7 @@ def finetune(spec: FinetuneSpec, model_out: str | Path, *, lock_timeout: float |
         paths.work.mkdir(parents=True, exist_ok=True)
         pl.seed_everything(int(train_spec.train["seed"]), workers=True, verbose=False)
         data = job_data(train_spec)
+        held_out = hold_out_validation(data.subjects, int(train_spec.train["seed"]))
         clash = sorted(set(data.coords) & set(base.voxels))
         if clash:
             raise FinetuneError(
@@ -144,6 +197,7 @@ def finetune(spec: FinetuneSpec, model_out: str | Path, *, lock_timeout: float |
             "seconds": round(time.time() - started, 1),
             "finetuned_from": str(spec.model),
             "new_subjects": sorted(new_voxels),
+            "held_out_val_images": held_out,
             "spec": json.dumps(asdict(train_spec), sort_keys=True),
             "finetune": json.dumps(asdict(spec), sort_keys=True),
         }
@@ -188,6 +242,7 @@ def prepare_for_model(
     in any adapter's format (docs/datasets.md). It is prepared at the base model's image size and its features
     computed with the base model's backbone (its weights file checked against the recorded hash).
     """
+    from afo.data.manifest import manifest_digest
     from afo.data.registry import get_adapter
     from afo.data.store import PreparedStore
     from afo.features import extract_features
@@ -211,9 +266,13 @@ def prepare_for_model(
         store = dataset
     else:
         store = work / "prepared" / f"{name or dataset.name}.h5"
-        if not store.exists():
+        # Rebuilt when the dataset's files (or how it is read) changed since it was prepared: never a stale store.
+        made_from = {"dataset": str(dataset.resolve()), "format": fmt, "options": options or {}, "image_size": size}
+        made_from["files"] = manifest_digest(dataset)
+        if not _up_to_date(store, made_from):
             store.parent.mkdir(parents=True, exist_ok=True)
             get_adapter(fmt)(dataset, store, image_size=size, options=options or {})
+            _stamp(store, made_from)
     with PreparedStore(store) as s:
         key = name or s.name
         if s.image_size != size:
@@ -222,10 +281,32 @@ def prepare_for_model(
                 "prepare the dataset again at that size (or give its folder)"
             )
     features = work / "features" / f"{key}.h5"
-    if not features.exists():
+    st = store.stat()
+    made_from = {"store": str(store.resolve()), "stat": [st.st_size, st.st_mtime_ns], **inputs.backbone.as_dict()}
+    if not _up_to_date(features, made_from):
         features.parent.mkdir(parents=True, exist_ok=True)
         extract_features(store, features, inputs.backbone.spec(), batch_size=batch_size, device=resolve_device(device))
+        _stamp(features, made_from)
     return {key: str(store)}, {key: str(features)}
+
+
+def _stamp_path(path: Path) -> Path:
+    return path.with_name(f"{path.name}.made-from.json")
+
+
+def _up_to_date(path: Path, made_from: dict[str, Any]) -> bool:
+    """Whether ``path`` exists and was made from ``made_from`` (recorded by :func:`_stamp` beside it)."""
+    stamp = _stamp_path(path)
+    if not (path.is_file() and stamp.is_file()):
+        return False
+    try:
+        return json.loads(stamp.read_text()) == json.loads(json.dumps(made_from))
+    except ValueError:  # a stamp cut short by a kill: rebuild
+        return False
+
+
+def _stamp(path: Path, made_from: dict[str, Any]) -> None:
+    atomic_write_text(_stamp_path(path), json.dumps(made_from, sort_keys=True))
 
 
 def finetune_dataset(
@@ -242,7 +323,8 @@ def finetune_dataset(
     model_out = Path(model_out)
     if model_out.suffix != ".pt":
         raise FinetuneError(f"--out {model_out}: name the model file to write (e.g. my_lab/model.pt)")
+    train = check_train_overrides(dict(train or {}))  # before any data is prepared
     stores, features = prepare_for_model(
         base_path, dataset, model_out.parent / "work" / "data", fmt, options, name, device
     )
-    return finetune(FinetuneSpec(str(base_path), stores, features, dict(train or {})), model_out)
+    return finetune(FinetuneSpec(str(base_path), stores, features, train), model_out)

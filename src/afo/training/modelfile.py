@@ -33,7 +33,9 @@ from afo.io import atomic_path, file_sha256
 from afo.model import EncodingModel
 
 MODEL_FORMAT = "afo-encoding-model"
-MODEL_VERSION = 2  # 2: backbone, preprocessing, subjects, afo_version (a self-contained file)
+# 2: backbone, preprocessing, subjects, afo_version (a self-contained file); 3: the checksum covers every entry
+# (settings, records, subjects), not only the weights and voxel indices, and subjects record their dataset's voxel count
+MODEL_VERSION = 3
 FEATURE_DTYPE = "float16"  # the workflow caches backbone features in float16 (afo.features) and the model reads them so
 REBUILD = "rerun the workflow rule that trains it (snakemake rebuilds a missing model.pt from the job's work/ folder)"
 
@@ -136,6 +138,11 @@ class BackboneRecord:
         """
         from afo.features import BackboneSpec
 
+        if weights_file and not self.weights_file:
+            raise WeightsFileError(
+                f"{weights_file}: this model's {self.name} backbone used no local weights file "
+                f"({self.weights_source}), so --weights / weights= cannot apply; leave it out"
+            )
         path = str(weights_file) if weights_file else self.weights_file
         if path:
             check_weights_file(path, self.weights_sha256, self.name)
@@ -244,6 +251,8 @@ class SubjectRecord:
 
     rois: ROI set -> label of each modelled voxel ('' = none), in the model's voxel order.
     affine / volume_shape: the voxel-to-mm affine [4, 4] and grid (X, Y, Z) of a volumetric subject (None else).
+    n_voxels: voxels of the subject in its dataset (the columns of its responses), so that a full-length response
+    of another subject is told apart (None in files before version 3).
     """
 
     dataset: str
@@ -252,6 +261,7 @@ class SubjectRecord:
     rois: dict[str, list[str]] = field(default_factory=dict)
     affine: list[list[float]] | None = None
     volume_shape: tuple[int, int, int] | None = None
+    n_voxels: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -268,6 +278,7 @@ class SubjectRecord:
             {k: list(v) for k, v in (d.get("rois") or {}).items()},
             d.get("affine"),
             tuple(int(v) for v in shape) if shape else None,
+            int(d["n_voxels"]) if d.get("n_voxels") is not None else None,
         )  # type: ignore[arg-type]
 
 
@@ -309,6 +320,7 @@ class ModelInputs:
                         rois={s: [str(x) for x in store.rois(name, s)[index]] for s in sets},
                         affine=geometry[0].tolist() if geometry else None,
                         volume_shape=geometry[1] if geometry else None,
+                        n_voxels=store.info(name).n_voxels,
                     )
         on_the_fly = backbone is not None and backbone.get("cache", "disk") == "none"
         backbones = {"(backbone.cache none)": BackboneRecord.from_config(backbone)} if on_the_fly else {}
@@ -377,7 +389,7 @@ class ModelFile:
 
     def to_payload(self) -> dict[str, Any]:
         inputs = self.inputs
-        return {
+        payload = {
             "format": MODEL_FORMAT,
             "version": MODEL_VERSION,
             "layer_shapes": [list(s) for s in self.layer_shapes],
@@ -386,12 +398,13 @@ class ModelFile:
             "voxels": self.voxels,
             "state_dict": self.state_dict,
             "info": self.info,
-            "sha256": content_checksum(self.state_dict, self.voxels),
             "backbone": inputs.backbone.as_dict() if inputs else None,
             "preprocessing": inputs.preprocessing.as_dict() if inputs else None,
             "subjects": {k: r.as_dict() for k, r in inputs.subjects.items()} if inputs else None,
             "afo_version": self.afo_version or _afo_version(),
         }
+        payload["sha256"] = content_checksum(payload)
+        return payload
 
     @classmethod
     def from_payload(cls, payload: Any, path: str | Path) -> ModelFile:
@@ -400,17 +413,12 @@ class ModelFile:
             raise ModelFileError(
                 f"{path}: not an afo model file (format {found!r}); give a model.pt written by `afo train`"
             )
-        if "sha256" in payload and payload["sha256"] != content_checksum(
-            payload.get("state_dict", {}), payload.get("voxels", {})
-        ):
-            raise ModelFileError(
-                f"{path}: the weights do not match the file's checksum (the file was damaged); delete it and {REBUILD}"
-            )
         version = int(payload.get("version", 0))
         if version > MODEL_VERSION:
             raise ModelFileError(
                 f"{path}: model file version {version} is newer than this afo reads ({MODEL_VERSION}); update afo"
             )
+        _verify_checksum(payload, version, path)
         inputs = None
         if version >= 2 and payload.get("backbone") is not None:
             try:
@@ -445,10 +453,17 @@ class ModelFile:
             )
         return self.inputs
 
-    def build(self) -> EncodingModel:
-        """The model with this file's weights, in eval mode."""
+    def build(self, where: str | Path = "the model file") -> EncodingModel:
+        """The model with this file's weights, in eval mode (``where``: the file, for messages)."""
         model = self.config.build(self.layer_shapes, self.subject_coords)
-        model.load_state_dict(self.state_dict)
+        try:
+            model.load_state_dict(self.state_dict)
+        except RuntimeError as err:  # an edited model_args or layer_shapes in a file whose checksum does not cover them
+            first = str(err).strip().splitlines()[-1].strip()
+            raise ModelFileError(
+                f"{where}: its weights do not fit its model_args / layer_shapes ({first}); the file was edited "
+                f"or damaged: {REBUILD}"
+            ) from err
         return model.eval()
 
 
@@ -464,8 +479,38 @@ def save_model(path: str | Path, model_file: ModelFile) -> None:
         torch.save(model_file.to_payload(), tmp)
 
 
-def content_checksum(state_dict: dict[str, torch.Tensor], voxels: dict[str, torch.Tensor]) -> str:
-    """SHA-256 over the weights and voxel indices, in key order: a damage that keeps the file's size is caught."""
+def content_checksum(payload: Mapping[str, Any]) -> str:
+    """SHA-256 over every entry of a payload but ``sha256`` itself (version 3): weights, voxels, settings, records.
+
+    Anything that changes what the model predicts or reports (an image size, an ROI label, ``out_dim``) is
+    covered, so an edit or damage that keeps the file's size is refused instead of loaded.
+    """
+    digest = hashlib.sha256()
+    _digest_value(digest, {k: v for k, v in payload.items() if k != "sha256"})
+    return digest.hexdigest()
+
+
+def _digest_value(digest: Any, value: Any) -> None:
+    """Feed ``value`` to ``digest`` unambiguously (type tags and lengths): tensors, mappings, sequences, scalars."""
+    if isinstance(value, torch.Tensor):
+        tensor = value.detach().cpu().contiguous()
+        digest.update(f"tensor {tensor.dtype} {tuple(tensor.shape)}:".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())  # raw bytes of any dtype (bf16 too)
+    elif isinstance(value, Mapping):
+        digest.update(f"dict {len(value)}:".encode())
+        for key in sorted(value, key=str):
+            digest.update(f"{key!r}=".encode())
+            _digest_value(digest, value[key])
+    elif isinstance(value, (list, tuple)):  # torch.load may return either for what was saved as one of them
+        digest.update(f"list {len(value)}:".encode())
+        for item in value:
+            _digest_value(digest, item)
+    else:
+        digest.update(f"{type(value).__name__} {value!r};".encode())
+
+
+def weights_checksum(state_dict: Mapping[str, torch.Tensor], voxels: Mapping[str, torch.Tensor]) -> str:
+    """The checksum of version 1-2 files: SHA-256 over the weights and voxel indices only, in key order."""
     digest = hashlib.sha256()
     for mapping in (state_dict, voxels):
         for key in sorted(mapping):
@@ -474,23 +519,76 @@ def content_checksum(state_dict: dict[str, torch.Tensor], voxels: dict[str, torc
     return digest.hexdigest()
 
 
+def _verify_checksum(payload: dict[str, Any], version: int, path: str | Path) -> None:
+    """A version-3 file must match :func:`content_checksum`; older files are checked on their weights and voxel
+    indices only (:func:`weights_checksum`), which is all they recorded."""
+    if version >= 3:
+        if payload.get("sha256") != content_checksum(payload):
+            raise ModelFileError(
+                f"{path}: its content does not match the file's checksum (the file was damaged or edited); "
+                f"delete it and {REBUILD}"
+            )
+    elif "sha256" in payload and payload["sha256"] != weights_checksum(
+        payload.get("state_dict", {}), payload.get("voxels", {})
+    ):
+        raise ModelFileError(
+            f"{path}: the weights do not match the file's checksum (the file was damaged); delete it and {REBUILD}"
+        )
+
+
+# What a file that is not a torch archive usually is, by its first bytes: a download that went wrong.
+_NOT_A_MODEL = (
+    (b"version https://git-lfs", "a Git LFS pointer, not the file itself; fetch it with `git lfs pull`"),
+    (b"<", "an HTML/XML page (a download link that returned a web page); download the file itself"),
+    (b"{", "a JSON text file; give the model.pt itself"),
+    (b"[", "a JSON text file; give the model.pt itself"),
+)
+_TORCH_MAGIC = (b"PK\x03\x04", b"\x80")  # torch.save's zip archive; the legacy (pre-1.6) pickle format
+
+
+def _check_torch_file(path: Path) -> None:
+    """A :class:`ModelFileError` for a file that cannot be a torch archive, saying what it looks like instead."""
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if head.startswith(_TORCH_MAGIC):
+        return
+    what = "an empty file" if not head else "not a model file (it is not a torch archive)"
+    for start, kind in _NOT_A_MODEL:
+        if head.lstrip().startswith(start):
+            what = kind
+            break
+    raise ModelFileError(f"{path}: {what}; give a model.pt written by afo (`afo train`, `afo finetune`, the workflow)")
+
+
 def read_model_file(path: str | Path, map_location: str | torch.device = "cpu") -> ModelFile:
     """A model file's content, weights included (loaded with ``weights_only=True``; checksum verified)."""
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"{path}: no model file here; {REBUILD}")
+    _check_torch_file(path)
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as exc:
-        # A truncated or overwritten zip archive: torch reports it as one of these, without the path.
+    except pickle.UnpicklingError as exc:
+        # torch's message advises weights_only=False, which would run the file's code: never repeat it.
         raise ModelFileError(
-            f"{path}: cannot read this model file ({type(exc).__name__}: {exc}); it is truncated or "
+            f"{path}: holds Python objects other than tensors and plain data, so it is not an afo model file "
+            "(afo reads model files only with torch's safe loader); give a model.pt written by afo"
+        ) from exc
+    except (RuntimeError, EOFError, OSError, KeyError, IndexError, ValueError) as exc:
+        # A truncated or overwritten archive: torch reports it as one of these, without the path.
+        raise ModelFileError(
+            f"{path}: cannot read this model file ({type(exc).__name__}: {_one_line(exc)}); it is truncated or "
             f"damaged — delete it and {REBUILD}"
         ) from exc
     return ModelFile.from_payload(payload, path)
 
 
+def _one_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else ""
+
+
 def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[EncodingModel, ModelFile]:
     """Rebuild a model from a model file: (model in eval mode, the file's content without the weights)."""
     model_file = read_model_file(path, map_location)
-    return model_file.build(), replace(model_file, state_dict={})
+    return model_file.build(path), replace(model_file, state_dict={})
