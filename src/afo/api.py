@@ -21,7 +21,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
@@ -177,7 +177,9 @@ class Model:
             )
         return [f.to(dtype) for f in feats]
 
-    def _batches(self, images: ImageLike | Iterable[ImageLike], batch_size: int, what: str):
+    def _batches(
+        self, images: ImageLike | Iterable[ImageLike], batch_size: int, what: str
+    ) -> Iterator[tuple[int, list[torch.Tensor]]]:
         """(start, core output) per batch of images, with a progress line per batch on the ``afo`` logger."""
         import torch
 
@@ -252,8 +254,8 @@ def load(
     if inputs is None and backbone is not None:
         inputs = legacy_inputs(model_file, backbone, image_size)
     if inputs is None:
-        model_file.require_inputs(path)  # raises the one-line error
-    return Model(path, model, model_file, inputs, resolve_device(device), weights)  # type: ignore[arg-type]
+        inputs = model_file.require_inputs(path)  # raises the one-line error
+    return Model(path, model, model_file, inputs, resolve_device(device), weights)
 
 
 def legacy_inputs(model_file: ModelFile, backbone: Mapping[str, Any], image_size: int | None) -> ModelInputs:
@@ -269,7 +271,10 @@ def legacy_inputs(model_file: ModelFile, backbone: Mapping[str, Any], image_size
         weights_file=backbone.get("pretrained_path") or None,
     )
     mean, std = backbone_normalisation(record)
-    subjects = {k: SubjectRecord(*k.split("/", 1), modality="unknown") for k in model_file.voxels}
+    subjects = {}
+    for key in model_file.voxels:
+        dataset, subject = key.split("/", 1)  # a model's subject keys are dataset/subject
+        subjects[key] = SubjectRecord(dataset, subject, modality="unknown")
     return ModelInputs(record, Preprocessing(int(image_size or record.resolution), mean, std), subjects)
 
 

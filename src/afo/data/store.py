@@ -162,7 +162,7 @@ def resize_image(image: Image.Image | np.ndarray, size: int) -> np.ndarray:
         image = Image.fromarray(image)
     image = to_rgb8(image, getattr(image, "filename", "") or "a stimulus image")
     if image.size != (size, size):
-        image = image.resize((size, size), Image.BICUBIC)
+        image = image.resize((size, size), Image.Resampling.BICUBIC)
     return np.asarray(image, dtype=np.uint8)
 
 
@@ -318,10 +318,10 @@ class SubjectWriter:
             _write_layout(g, layout, self._n_voxels, self.source)
         roi_group = g.create_group("rois")
         for set_name, labels in (rois or {}).items():
-            labels = np.asarray([str(x) for x in labels], dtype=object)
-            if labels.shape != (self._n_voxels,):
-                raise StoreError(f"ROI set {set_name!r} has {labels.shape[0]} labels for {self._n_voxels} voxels")
-            roi_group.create_dataset(set_name, data=labels, dtype=_STR)
+            values = np.asarray([str(x) for x in labels], dtype=object)
+            if values.shape != (self._n_voxels,):
+                raise StoreError(f"ROI set {set_name!r} has {values.shape[0]} labels for {self._n_voxels} voxels")
+            roi_group.create_dataset(set_name, data=values, dtype=_STR)
 
         all_nan, constant, no_train = _voxel_problems(g["responses"], trial_split)
         bad = all_nan | constant | no_train
@@ -497,7 +497,7 @@ class StoreWriter:
     def __enter__(self) -> StoreWriter:
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: object, tb: object) -> None:
         if exc_type is None:
             self.close()
         else:
@@ -515,10 +515,10 @@ def volume_geometry(attrs: Mapping) -> tuple[np.ndarray, tuple[int, int, int]] |
     if isinstance(shape, (str, bytes)):
         shape = json.loads(shape)
     affine = np.asarray(affine, dtype=np.float64).reshape(4, 4)
-    shape = tuple(int(s) for s in np.asarray(shape).reshape(-1))
-    if len(shape) != 3:
-        raise ValueError(f"store attribute volume_shape must hold 3 integers, got {shape}")
-    return affine, shape  # type: ignore[return-value]
+    grid = tuple(int(s) for s in np.asarray(shape).reshape(-1))
+    if len(grid) != 3:
+        raise ValueError(f"store attribute volume_shape must hold 3 integers, got {grid}")
+    return affine, (grid[0], grid[1], grid[2])
 
 
 @dataclass(frozen=True)
@@ -672,5 +672,5 @@ class PreparedStore:
     def __enter__(self) -> PreparedStore:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()

@@ -19,10 +19,10 @@ from __future__ import annotations
 import hashlib
 import json
 import pickle
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import h5py
 import numpy as np
@@ -32,6 +32,9 @@ from afo.errors import UserError
 from afo.io import atomic_path, file_sha256
 from afo.model import EncodingModel
 
+if TYPE_CHECKING:
+    from afo.features import BackboneSpec
+
 MODEL_FORMAT = "afo-encoding-model"
 MODEL_VERSION = 2  # 2: backbone, preprocessing, subjects, afo_version (a self-contained file)
 FEATURE_DTYPE = "float16"  # the workflow caches backbone features in float16 (afo.features) and the model reads them so
@@ -40,6 +43,18 @@ REBUILD = "rerun the workflow rule that trains it (snakemake rebuilds a missing 
 
 class ModelFileError(UserError):
     """A file given as a model file is not one (or a model configuration names an unknown setting)."""
+
+
+def _three_ints(values: Iterable[Any]) -> tuple[int, int, int]:
+    """A layer shape (C, h, w) or volume grid (X, Y, Z) from any three numbers (ValueError for another count)."""
+    a, b, c = (int(v) for v in values)
+    return a, b, c
+
+
+def _three_floats(values: Iterable[Any]) -> tuple[float, float, float]:
+    """A per-channel (R, G, B) mean or std from any three numbers (ValueError for another count)."""
+    a, b, c = (float(v) for v in values)
+    return a, b, c
 
 
 @dataclass(frozen=True)
@@ -128,7 +143,7 @@ class BackboneRecord:
             weights_sha256=d.get("weights_sha256") or None,
         )
 
-    def spec(self, weights_file: str | Path | None = None):
+    def spec(self, weights_file: str | Path | None = None) -> BackboneSpec:
         """The :class:`afo.features.BackboneSpec` that rebuilds this backbone.
 
         ``weights_file`` replaces the recorded path (the file moved, or another machine); either way the file
@@ -232,8 +247,8 @@ class Preprocessing:
     def from_dict(cls, d: Mapping[str, Any]) -> Preprocessing:
         return cls(
             int(d["image_size"]),
-            tuple(float(v) for v in d["mean"]),
-            tuple(float(v) for v in d["std"]),  # type: ignore[arg-type]
+            _three_floats(d["mean"]),
+            _three_floats(d["std"]),
             str(d.get("feature_dtype", FEATURE_DTYPE)),
         )
 
@@ -267,8 +282,8 @@ class SubjectRecord:
             str(d["modality"]),
             {k: list(v) for k, v in (d.get("rois") or {}).items()},
             d.get("affine"),
-            tuple(int(v) for v in shape) if shape else None,
-        )  # type: ignore[arg-type]
+            _three_ints(shape) if shape else None,
+        )
 
 
 @dataclass(frozen=True)
@@ -310,8 +325,9 @@ class ModelInputs:
                         affine=geometry[0].tolist() if geometry else None,
                         volume_shape=geometry[1] if geometry else None,
                     )
-        on_the_fly = backbone is not None and backbone.get("cache", "disk") == "none"
-        backbones = {"(backbone.cache none)": BackboneRecord.from_config(backbone)} if on_the_fly else {}
+        backbones = {}
+        if backbone is not None and backbone.get("cache", "disk") == "none":
+            backbones["(backbone.cache none)"] = BackboneRecord.from_config(backbone)
         for dataset, path in sorted(features.items()):
             with h5py.File(path, "r") as f:
                 backbones[dataset] = BackboneRecord.from_cache_attrs(dict(f.attrs), str(path))
@@ -322,12 +338,12 @@ class ModelInputs:
                 f"({ {d: b.name for d, b in backbones.items()} }, image sizes {sorted(sizes)}); one model "
                 "reads one backbone: compute every dataset's features with the same backbone section"
             )
-        backbone = distinct[0]
-        mean, std = backbone_normalisation(backbone)
-        return cls(backbone, Preprocessing(sizes.pop(), mean, std), records)
+        record = distinct[0]
+        mean, std = backbone_normalisation(record)
+        return cls(record, Preprocessing(sizes.pop(), mean, std), records)
 
 
-def backbone_normalisation(backbone: BackboneRecord) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def backbone_normalisation(backbone: BackboneRecord) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
     """The per-channel mean and std :func:`afo.features.backbone_features` applies for this backbone (timm's)."""
     from afo.features import BackboneSpec, _normalisation, create_backbone
 
@@ -336,7 +352,7 @@ def backbone_normalisation(backbone: BackboneRecord) -> tuple[tuple[float, ...],
         BackboneSpec(backbone.name, backbone.layers, backbone.resolution, model_kwargs=dict(backbone.model_kwargs))
     )
     mean, std = _normalisation(net)
-    return tuple(float(v) for v in mean.flatten()), tuple(float(v) for v in std.flatten())
+    return _three_floats(mean.flatten()), _three_floats(std.flatten())
 
 
 @dataclass
@@ -366,7 +382,7 @@ class ModelFile:
         :meth:`ModelInputs.of` (the workflow always records them)."""
         return cls(
             config=config,
-            layer_shapes=[tuple(int(v) for v in s) for s in model.layer_shapes],
+            layer_shapes=[_three_ints(s) for s in model.layer_shapes],
             subject_coords={k: model._neck(k).coords.detach().cpu() for k in model.subjects},
             voxels={k: torch.as_tensor(v, dtype=torch.long) for k, v in voxels.items()},
             info=dict(info),
@@ -425,7 +441,7 @@ class ModelFile:
                 ) from err
         return cls(
             config=ModelConfig.from_dict(payload["model_args"], where=f"{path}: model_args"),
-            layer_shapes=[tuple(int(v) for v in s) for s in payload["layer_shapes"]],
+            layer_shapes=[_three_ints(s) for s in payload["layer_shapes"]],
             subject_coords=payload["subject_coords"],
             voxels=payload["voxels"],
             info=payload.get("info", {}),
