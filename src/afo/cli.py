@@ -84,7 +84,7 @@ def _prepare(p: argparse.ArgumentParser) -> None:
     def run(args):
         from afo.data.registry import get_adapter
 
-        return get_adapter(args.format)(args.root, args.out, image_size=args.image_size, options=args.options)
+        return get_adapter(args.format).prepare(args.root, args.out, image_size=args.image_size, options=args.options)
 
     p.set_defaults(func=run)
 
@@ -595,20 +595,13 @@ def _check_data(p: argparse.ArgumentParser) -> None:
 
     def run(args):
         from afo.config import load_config
-        from afo.data.check import UnsupportedCheckError, check_dataset
+        from afo.data.check import check_dataset
+        from afo.data.registry import dataset_root
 
         config = load_config(args.config)
         report = {}
         for name, ds in sorted(config["datasets"].items()):
-            if ds["format"] == "synthetic":
-                fmt, root = "folder", Path("resources/synthetic") / ds["part"]
-            else:
-                fmt, root = ds["format"], Path(ds["root"])
-            try:
-                rows = check_dataset(fmt, root, ds["options"], read_data=not args.no_data)
-            except UnsupportedCheckError as err:
-                report[name] = f"not checked: {err}"
-                continue
+            rows = check_dataset(ds["format"], dataset_root(ds), ds["options"], read_data=not args.no_data)
             for row in rows:
                 print(
                     f"{name}/{row['subject']}: "

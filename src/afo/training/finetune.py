@@ -213,7 +213,7 @@ def prepare_for_model(
         store = work / "prepared" / f"{name or dataset.name}.h5"
         if not store.exists():
             store.parent.mkdir(parents=True, exist_ok=True)
-            get_adapter(fmt)(dataset, store, image_size=size, options=options or {})
+            get_adapter(fmt).prepare(dataset, store, image_size=size, options=options or {})
     with PreparedStore(store) as s:
         key = name or s.name
         if s.image_size != size:
