@@ -25,8 +25,8 @@ Layout (format version 1)::
                             no_train -> voxel indices), n_inf_values (+-inf in the input, stored as NaN);
                             volumetric subjects: affine (16 numbers, voxel -> mm) and volume_shape (3)
 
-Writers go through :class:`StoreWriter`, which writes into ``<path>.tmp`` and renames on
-:meth:`StoreWriter.close`, so a killed ``prepare`` never leaves a half-written store behind.
+Writers go through :class:`StoreWriter`, which writes into a hidden temporary sibling (:class:`afo.io.PendingFile`)
+and renames it on :meth:`StoreWriter.close`, so a killed ``prepare`` never leaves a half-written store behind.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from PIL import Image
 from afo.data.noise_ceiling import check_percent, noise_ceiling_from_repeats
 from afo.data.repeats import mean_over_repeats
 from afo.errors import UserError
-from afo.io import reading_hdf5
+from afo.io import PendingFile, reading_hdf5
 from afo.io.rows import RowReader
 
 FORMAT_VERSION = 1
@@ -422,7 +422,8 @@ def _check_split_by_image(trial_image: np.ndarray, trial_split: np.ndarray) -> N
 
 
 class StoreWriter:
-    """Writes a prepared store atomically (``<path>.tmp`` then rename on :meth:`close`).
+    """Writes a prepared store atomically (a hidden temporary sibling, :class:`afo.io.PendingFile`, renamed on
+    :meth:`close`).
 
     Use as a context manager; an exception inside the block removes the temporary file.
     """
@@ -431,8 +432,8 @@ class StoreWriter:
         if modality not in MODALITIES:
             raise StoreError(f"modality {modality!r} is not one of {MODALITIES}")
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = self.path.with_name(self.path.name + ".tmp")
+        self._pending = PendingFile(self.path)
+        self._tmp = self._pending.tmp
         self._file = h5py.File(self._tmp, "w")
         self._file.attrs.update(
             format_version=FORMAT_VERSION, name=name, modality=modality, source=source, image_size=image_size
@@ -487,12 +488,12 @@ class StoreWriter:
         if not len(self._file["subjects"]):
             raise StoreError("a store needs at least one subject")
         self._file.close()
-        os.replace(self._tmp, self.path)
+        self._pending.commit()
 
     def abort(self) -> None:
         if self._file.id.valid:
             self._file.close()
-        self._tmp.unlink(missing_ok=True)
+        self._pending.discard()
 
     def __enter__(self) -> StoreWriter:
         return self
