@@ -138,7 +138,7 @@ class Model:
 
     def preprocess(self, images: ImageLike | Iterable[ImageLike]) -> np.ndarray:
         """Images -> uint8 [B, S, S, 3] as the prepared store holds them (S = the recorded image size)."""
-        from afo.data.store import resize_image
+        from afo.data.media import resize_image
 
         size = self.inputs.preprocessing.image_size
         out = []

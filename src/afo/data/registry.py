@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from afo.data.adapter import DatasetAdapter
-from afo.errors import UserError
+from afo.errors import ConfigError
 
 
-class UnknownFormatError(UserError, ValueError):
+class UnknownFormatError(ConfigError):
     """A dataset's ``format`` names no adapter."""
 
 

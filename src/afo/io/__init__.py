@@ -16,15 +16,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from afo.errors import UserError
-
-
-class CorruptFileError(UserError):
-    """A file afo wrote earlier cannot be read back (truncated, damaged, or not what its name says)."""
-
-
-class MissingFileError(UserError, FileNotFoundError):
-    """A file afo writes in an earlier step is not there; the message names the step that writes it."""
+# The errors of afo's readers, defined with the rest of the vocabulary in afo.errors (imported from here too).
+from afo.errors import CorruptFileError as CorruptFileError
+from afo.errors import MissingFileError as MissingFileError
 
 
 @contextmanager

@@ -221,8 +221,8 @@ def check_weights_file(path: str | Path, expected: str | None, backbone: str) ->
 class Preprocessing:
     """How the workflow turns an image file into backbone input, exactly (``afo.data`` then ``afo.features``):
 
-    1. read as 8-bit RGB (16-bit and float samples scaled, :func:`afo.data.store.to_rgb8`);
-    2. squashed (no crop) to ``image_size`` x ``image_size`` with PIL bicubic (:func:`afo.data.store.resize_image`),
+    1. read as 8-bit RGB (16-bit and float samples scaled, :func:`afo.data.media.to_rgb8`);
+    2. squashed (no crop) to ``image_size`` x ``image_size`` with PIL bicubic (:func:`afo.data.media.resize_image`),
        as the prepared store holds it;
     3. divided by 255, resized to the backbone's resolution with torch bicubic (align_corners False, clamped to
        [0, 1]) when it differs, normalised with ``mean`` / ``std`` per channel (the timm model's);
