@@ -1,9 +1,9 @@
 """afo as a library: load a model file once, then predict brain responses for your own images.
 
     import afo
-    m = afo.load("results/models/afo/model.pt")      # torch and timm load here, not at `import afo`
+    m = afo.load("results/models/afo/stage3/model.pt")   # torch and timm load here, not at `import afo`
     m.subjects                                       # ["synth_fmri/subj01", ...]
-    m.voxels("synth_fmri/subj01")                    # voxel (store index), x, y, z, one column per ROI set
+    m.voxels("synth_fmri/subj01")                    # voxel (store index), x, y, z, roi_<set> per ROI set
     pred = m.predict(["a.png", "b.jpg"], subject="synth_fmri/subj01")   # float32 [2, n_voxels]
     core = m.features(images)                        # trained backbone + conv blocks: list of [B, D, h_l, w_l]
 

@@ -3,7 +3,7 @@
 Files read under ``root`` (the ConnectomeDB layout). Sources in brackets: [W] the HCP wiki page "7T Movie watching
 task clip info, timing, versions shown per individual subject" (two versions of the clips; 147 subjects, scanned
 before 22 August 2014, saw V1; the attachments HCP_7T_Movie_Clip_Timing.csv and HCP_7T_Movie_Info.csv);
-[N] the project's format notes (/work/shared/notes/dataset-formats.md), not re-checked against a download::
+[N] the project's format notes (gathered from the HCP manuals and public loaders), not re-checked against a download::
 
     <subject>/MNINonLinear/Results/tfMRI_MOVIE{1..4}_7T_{AP,PA}/                        [N]
         tfMRI_MOVIE1_7T_AP_Atlas_1.6mm_MSMAll_hp2000_clean.dtseries.nii   CIFTI-2 (T, grayordinates); default
