@@ -33,12 +33,13 @@ test-fast: setup
 	$(BIN)/python -m pytest -m "not slow" $(XDIST)
 
 # Static checks: ruff (lint and format, line length 120: pyproject.toml), snakefmt over the Snakefile and rules,
-# and Snakemake's own linter.
+# Snakemake's own linter, and mypy over the public API and the file contracts ([tool.mypy] in pyproject.toml).
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/snakefmt --check Snakefile workflow/rules
 	$(BIN)/snakemake --lint
+	$(BIN)/mypy
 
 clean:
 	rm -rf results resources logs .snakemake

@@ -1,4 +1,4 @@
-"""A new subject on the frozen core vs the same subject from scratch, at equal steps (issue 13, item 4).
+"""A new subject on the frozen core vs the same subject from scratch, at equal steps.
 
 On the synthetic brain (``afo simulate``, small settings): the last fMRI subject is held out; a model is trained on
 the others (the "released" model); then, for each seed, the holdout subject is fitted

@@ -28,7 +28,7 @@ from afo.data.overlap import DEFAULT_MAX_DISTANCE, DEFAULT_MIN_CORRELATION, alig
 
 
 def store_size(image: np.ndarray, size: int) -> np.ndarray:
-    """As a prepared store keeps it: squashed to size x size (bicubic, like afo.data.store.resize_image)."""
+    """As a prepared store keeps it: squashed to size x size (bicubic, like afo.data.media.resize_image)."""
     return np.asarray(Image.fromarray(image).resize((size, size), Image.BICUBIC))
 
 

@@ -1,6 +1,6 @@
 """Readout benchmark: step time (forward + backward) and peak memory, reference vs efficient.
 
-The realistic size (issue 3) is 8 subjects x 8000 sampled voxels, 12 layers of 16 x 16, D = 256,
+The realistic size is 8 subjects x 8000 sampled voxels, 12 layers of 16 x 16, D = 256,
 batch 128; that is the default on a GPU. On a CPU the default is scaled down (batch 8, 2 subjects,
 4000 voxels) so that both readouts finish in about two minutes on 2 cores; the output says so.
 

@@ -1,4 +1,4 @@
-"""Scale benchmark (issue 10): a training job's memory and data throughput at 1x, 4x and 16x the number of images.
+"""Scale benchmark: a training job's memory and data throughput at 1x, 4x and 16x the number of images.
 
 For each size it writes an NSD-shaped synthetic prepared store and feature cache directly, in the real layouts
 (random arrays through :class:`afo.data.store.StoreWriter`; the cache as ``afo features`` writes it): 8 subjects of

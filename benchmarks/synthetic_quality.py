@@ -1,4 +1,4 @@
-"""Does the encoding model recover what the synthetic brain was built with? (issue: model quality targets)
+"""Does the encoding model recover what the synthetic brain was built with?
 
 Simulates the default synthetic brain, prepares it, caches the demo backbone's features, trains the full
 model and the FrozenRM ablation on the fMRI subjects, and reports, from the test set and the simulator's

@@ -78,6 +78,31 @@ def system_services() -> None:
         )
 
 
+def file_tree(root: Path) -> dict[str, tuple[int, int]]:
+    """Every file below root with its size and modification time (a check must change none of them)."""
+    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def assert_check_counts_store(fmt: str, root: Path, options: dict, store_path: Path) -> None:
+    """A format's ``check`` of ``root`` writes nothing and counts, per subject, what its ``prepare`` wrote to
+    ``store_path`` (with the same options), without NaN voxels; without ``read_data`` it counts none."""
+    from afo.data.check import check_dataset
+    from afo.data.store import SPLIT_CODE, PreparedStore
+
+    before = file_tree(root)
+    rows = check_dataset(fmt, root, options)
+    assert file_tree(root) == before
+    assert all(r["nan_voxels"] == 0 for r in rows)
+    assert all(r["nan_voxels"] is None for r in check_dataset(fmt, root, options, read_data=False))
+    with PreparedStore(store_path) as store:
+        assert [r["subject"] for r in rows] == store.subjects
+        for row in rows:
+            info, split = store.info(row["subject"]), store.trial_split(row["subject"])
+            assert row["trials"] == info.n_trials and row["voxels"] == info.n_voxels
+            assert row["images"] == len(np.unique(store.trial_image(row["subject"])))
+            assert row["splits"] == {name: int((split == code).sum()) for name, code in SPLIT_CODE.items()}
+
+
 @pytest.fixture
 def folder_dataset(tmp_path: Path) -> Path:
     return write_folder_dataset(tmp_path / "tiny")

@@ -1,4 +1,6 @@
-"""check_dataset: per-subject counts of a downloaded dataset, read as the adapters read it, nothing written."""
+"""check_dataset: per-subject counts of a downloaded dataset, read as the adapters read it, nothing written; and the
+adapter contract every registered format fills (afo.data.adapter). Formats with their own test file test their
+check there (nsd, things_eeg2, things_meg)."""
 
 from __future__ import annotations
 
@@ -9,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import write_folder_dataset
+import yaml
+from conftest import file_tree, write_folder_dataset
 from fixtures.formats import (
     HCP_RUNS,
     HCP_SUBJECTS,
@@ -20,22 +23,30 @@ from fixtures.formats import (
     write_things_fmri,
 )
 
-from afo.data.check import UnsupportedCheckError, check_dataset
+from afo.data.adapter import DatasetAdapter
+from afo.data.check import check_dataset
 from afo.data.files import DatasetFileNotFoundError, DatasetFormatError
+from afo.data.registry import FORMATS, UnknownFormatError, dataset_root, get_adapter
 from afo.errors import UserError
 
 
-def _tree(root: Path) -> dict[str, tuple[int, int]]:
-    """Every file below root with its size and modification time: the check must change none of them."""
-    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(root.rglob("*")) if p.is_file()}
+def test_every_format_fills_the_adapter_contract():
+    for fmt in FORMATS:
+        adapter = get_adapter(fmt)
+        assert isinstance(adapter, DatasetAdapter) and adapter.name == fmt
+        assert callable(adapter.prepare) and callable(adapter.check) and dict(adapter.defaults)
+    assert dataset_root({"format": "nsd", "root": "/data/NSD"}) == Path("/data/NSD")
+    schema = yaml.safe_load((Path(__file__).parents[1] / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    formats = schema["properties"]["datasets"]["additionalProperties"]["properties"]["format"]["enum"]
+    assert sorted(formats) == sorted(FORMATS)  # a config may name exactly the registered formats
 
 
 def test_things_fmri_counts_and_nan_voxels(tmp_path):
     root = tmp_path / "things"
     truth = write_things_fmri(root)
-    before = _tree(tmp_path)
+    before = file_tree(tmp_path)
     rows = check_dataset("things_fmri", root, {})
-    assert _tree(tmp_path) == before  # nothing written, not even a scratch file
+    assert file_tree(tmp_path) == before  # nothing written, not even a scratch file
     assert [r["subject"] for r in rows] == ["sub-01", "sub-02"]
     for row, t in zip(rows, truth["subjects"].values()):
         kept = int(t["member"].any(1).sum())
@@ -100,9 +111,9 @@ def test_hcp_counts_per_content_group(tmp_path):
     table = tmp_path / "versions.csv"
     table.write_text("subject,version\n100610,pre\n102311,pre\n102816,post\n")
     opts = {"runs": [1, 2], "chunk_s": 8, "val_fraction": 0.2, "movie_versions": str(table)}
-    before = _tree(tmp_path)
+    before = file_tree(tmp_path)
     rows = check_dataset("hcp_movie", root, opts)
-    assert _tree(tmp_path) == before
+    assert file_tree(tmp_path) == before
     assert {r["subject"] for r in rows} == {"group-Pre_20140821_version", "group-Post_20140821_version"}
     n_trials = sum(n_trs - 4 for _, _, n_trs, _ in HCP_RUNS.values())  # 4-s delay: the first 4 TRs have no frame
     for row in rows:
@@ -115,8 +126,8 @@ def test_hcp_counts_per_content_group(tmp_path):
 
 
 def test_unknown_format_and_missing_root(tmp_path):
-    with pytest.raises(UnsupportedCheckError, match=r"no checker for dataset format 'synthetic'"):
-        check_dataset("synthetic", tmp_path, {})
+    with pytest.raises(UnknownFormatError, match=r"unknown dataset format 'nope'; known formats: \[.*'folder'"):
+        check_dataset("nope", tmp_path, {})
     with pytest.raises(UserError, match=r"nowhere: dataset root not found"):
         check_dataset("bold5000", tmp_path / "nowhere", {})
 
@@ -127,9 +138,9 @@ def test_folder_dataset_counts(tmp_path):
     responses = np.load(root / "subj02" / "responses.npy")
     responses[3, 4] = np.nan
     np.save(root / "subj02" / "responses.npy", responses)
-    before = _tree(tmp_path)
+    before = file_tree(tmp_path)
     rows = check_dataset("folder", root, {})
-    assert _tree(tmp_path) == before
+    assert file_tree(tmp_path) == before
     assert [r["subject"] for r in rows] == ["subj01", "subj02"]
     for row in rows:
         assert row["trials"] == 4 * 3 + 20 and row["images"] == 24 and row["voxels"] == 10
@@ -138,3 +149,12 @@ def test_folder_dataset_counts(tmp_path):
     (root / "subj01" / "coords.npy").unlink()
     with pytest.raises(UserError, match=r"subj01/coords\.npy: missing"):
         check_dataset("folder", root, {})
+
+
+def test_synthetic_is_checked_as_the_folder_the_simulator_wrote(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    entry = {"format": "synthetic", "part": "fmri", "options": {}}
+    assert dataset_root(entry) == Path("resources/synthetic/fmri")
+    write_folder_dataset(dataset_root(entry))
+    rows = check_dataset("synthetic", dataset_root(entry), {})
+    assert rows == check_dataset("folder", dataset_root(entry), {}) and len(rows) == 2

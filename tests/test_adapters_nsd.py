@@ -7,9 +7,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 import scipy.io
+from conftest import assert_check_counts_store
 from fixtures.formats import IMG, NSD_TRIALS, decode_id, write_nsd, write_nsd_fsaverage
 
 from afo.data import nsd
+from afo.data.check import check_dataset
 from afo.data.files import DatasetFormatError
 from afo.data.noise_ceiling import ncsnr_to_nc
 from afo.data.store import PreparedStore
@@ -151,7 +153,7 @@ def test_malformed_inputs(nsd_root, tmp_path):
         f["betas"] = data.transpose(0, 3, 2, 1)  # (750, X, Y, Z): the wrong axis order
     with pytest.raises(DatasetFormatError, match=r"betas_session01\.hdf5.*'betas'.*\(750, Z, Y, X\)"):
         nsd.prepare(bad, tmp_path / "z.h5", image_size=IMG, options={})
-    assert not (tmp_path / "z.h5").exists() and not (tmp_path / "z.h5.tmp").exists()
+    assert not (tmp_path / "z.h5").exists() and not list(tmp_path.glob(".z.h5.*"))  # nor its temporary
 
 
 def test_shared515_definition():
@@ -163,3 +165,17 @@ def test_shared515_definition():
     ids = nsd.test_image_ids(master, subjectim, "shared515")
     assert ids.tolist() == [0, 1, 2, 3]
     assert nsd.test_image_ids(master, subjectim, "shared1000").tolist() == list(range(1000))
+
+
+def test_check_counts_what_prepare_writes(nsd_root, prepared, tmp_path):
+    root, _ = nsd_root
+    assert_check_counts_store("nsd", root, {}, prepared[0])
+    # the stimuli file is checked too, not only opened when prepare gets to the images
+    bad = tmp_path / "bad"
+    write_nsd(bad, n_sessions=1, formats=("nifti",))
+    with h5py.File(bad / "nsddata_stimuli" / "stimuli" / "nsd" / "nsd_stimuli.hdf5", "r+") as f:
+        data = f["imgBrick"][:]
+        del f["imgBrick"]
+        f["imgBrick"] = data.astype(np.float32)
+    with pytest.raises(DatasetFormatError, match=r"nsd_stimuli\.hdf5.*imgBrick.*dtype float32"):
+        check_dataset("nsd", bad, {}, read_data=False)

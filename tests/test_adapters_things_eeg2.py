@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import assert_check_counts_store
 from fixtures.formats import EEG_CHANNELS, IMG, decode_id, write_things_eeg2
 
 from afo.data import things_eeg2
+from afo.data.check import check_dataset
 from afo.data.files import DatasetFormatError
 from afo.data.store import PreparedStore
 
@@ -67,3 +69,13 @@ def test_bigbrain_and_malformed(eeg_root, tmp_path):
         bad.write_bytes(good)
     with pytest.raises(ValueError, match="unknown option"):
         things_eeg2.prepare(root, tmp_path / "x.h5", image_size=IMG, options={"window": [0, 1]})
+
+
+def test_check_counts_what_prepare_writes(eeg_root, tmp_path):
+    root, _ = eeg_root
+    opts = {"tmin": -0.1, "tmax": -0.03, "decim": 2}
+    out = tmp_path / "eeg.h5"
+    things_eeg2.prepare(root, out, image_size=IMG, options=opts)
+    assert_check_counts_store("things_eeg2", root, opts, out)
+    with pytest.raises(ValueError, match="unknown option"):
+        check_dataset("things_eeg2", root, {"window": [0, 1]})

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import assert_check_counts_store
 from fixtures.formats import IMG, MEG_CHANNELS, decode_id, write_things_meg
 
 from afo.data import things_meg
+from afo.data.check import check_dataset
 from afo.data.files import DatasetFormatError
 from afo.data.store import PreparedStore
 
@@ -116,3 +118,13 @@ def test_bigbrain_aligns_presentations_and_fills_gaps(tmp_path):
                     w.append(np.ones((1, 1), np.float32), [0], [split])
                     w.finish(np.zeros((1, 3)))
     assert not list(tmp_path.glob(".*scratch*")) and not (tmp_path / "bad.h5").exists()
+
+
+def test_check_counts_what_prepare_writes(meg_root, tmp_path):
+    root, _ = meg_root
+    opts = {"decim": 2, "tmin": 0.0, "tmax": 0.1}
+    out = tmp_path / "meg.h5"
+    things_meg.prepare(root, out, image_size=IMG, options=opts)
+    assert_check_counts_store("things_meg", root, opts, out)
+    with pytest.raises(ValueError, match=r"channels \['MEG999'\] are not MEG channels"):
+        check_dataset("things_meg", root, {"channels": ["MEG999"]})

@@ -121,7 +121,7 @@ def test_model_file_records_backbone_preprocessing_and_subjects(trained):
 
 @pytest.mark.slow  # a multi-process or workflow run: make test, not make test-fast
 def test_fresh_process_predicts_original_image_files_like_the_workflow(trained, tmp_path):
-    """Done-when of issue 13: no config, the model file alone, the original image files -> r >= 0.999."""
+    """No config, the model file alone, the original image files -> r >= 0.999."""
     workflow = read_predictions(trained / "predictions.h5")
     with PreparedStore(trained / "store.h5") as store:
         names = store.image_names()

@@ -1,5 +1,5 @@
 """The GPU benchmark (benchmarks/gpu.sh) cannot rot: it runs end to end at toy sizes on the CPU, in an environment
-that has only what the GPU machine has (issue 10 item 8), and its committed job list is up to date."""
+that has only what the GPU machine has, and its committed job list is up to date."""
 
 from __future__ import annotations
 

@@ -15,10 +15,10 @@ from PIL import Image
 from afo.cli import main
 from afo.data.files import DatasetFormatError, reading
 from afo.data.folder import FolderDatasetError, prepare
-from afo.data.media import load_image
+from afo.data.media import load_image, resize_image
 from afo.data.noise_ceiling import NoiseCeilingError, check_percent
 from afo.data.options import AdapterOptionError, check_choice, resolve_options
-from afo.data.store import PreparedStore, StoreError, StoreWriter, resize_image
+from afo.data.store import PreparedStore, StoreError, StoreWriter
 from afo.errors import UserError
 
 # ---------------------------------------------------------------------------------------------------- images

@@ -34,3 +34,17 @@ def test_stale_temporaries_of_dead_writers_are_removed_on_the_next_write(tmp_pat
     atomic_write_text(target, "done")
     assert target.read_text() == "done" and not stale.exists() and live.exists() and other.exists()
     assert remove_stale_temporaries(target) == []
+
+
+def test_a_folder_is_written_atomically_too(tmp_path):
+    target = tmp_path / "tree"
+    with pytest.raises(RuntimeError):
+        with atomic_path(target, suffix="") as tmp:
+            (tmp / "sub").mkdir(parents=True)
+            (tmp / "sub" / "f.txt").write_text("half")
+            raise RuntimeError("killed")
+    assert list(tmp_path.iterdir()) == []
+    with atomic_path(target, suffix="") as tmp:
+        tmp.mkdir()
+        (tmp / "f.txt").write_text("done")
+    assert (target / "f.txt").read_text() == "done" and [p.name for p in tmp_path.iterdir()] == ["tree"]

@@ -1,4 +1,4 @@
-"""benchmarks/scale.py at its tiny size: the scale benchmark (issue 10) still runs end to end and reports what
+"""benchmarks/scale.py at its tiny size: the scale benchmark still runs end to end and reports what
 RESULTS.md quotes."""
 
 import json

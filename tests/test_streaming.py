@@ -1,4 +1,4 @@
-"""The streaming data path (issue 10): rows read per batch from the files, sparse dark knowledge, streamed scores
+"""The streaming data path: rows read per batch from the files, sparse dark knowledge, streamed scores
 and prediction files, and the backbone on the fly (backbone.cache: none)."""
 
 import pickle

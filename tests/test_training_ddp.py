@@ -1,4 +1,4 @@
-"""One training job on several devices (issue 10 item 3): DDP with 2 CPU processes over gloo.
+"""One training job on several devices: DDP with 2 CPU processes over gloo.
 
 The run completes, rank 0 alone writes the outputs (one model.pt, one metrics.csv with one row per epoch, one CSV
 log, top-k checkpoints), the validation r is within 0.02 of the one-process run, the two ranks together see

@@ -1,9 +1,9 @@
 """afo as a library: load a model file once, then predict brain responses for your own images.
 
     import afo
-    m = afo.load("results/models/afo/model.pt")      # torch and timm load here, not at `import afo`
+    m = afo.load("results/models/afo/stage3/model.pt")   # torch and timm load here, not at `import afo`
     m.subjects                                       # ["synth_fmri/subj01", ...]
-    m.voxels("synth_fmri/subj01")                    # voxel (store index), x, y, z, one column per ROI set
+    m.voxels("synth_fmri/subj01")                    # voxel (store index), x, y, z, roi_<set> per ROI set
     pred = m.predict(["a.png", "b.jpg"], subject="synth_fmri/subj01")   # float32 [2, n_voxels]
     core = m.features(images)                        # trained backbone + conv blocks: list of [B, D, h_l, w_l]
 
@@ -22,7 +22,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
@@ -213,7 +213,7 @@ class Model:
 
     def preprocess(self, images: ImageLike | Iterable[ImageLike]) -> np.ndarray:
         """Images -> uint8 [B, S, S, 3] as the prepared store holds them (S = the recorded image size)."""
-        from afo.data.store import resize_image
+        from afo.data.media import resize_image
 
         size = self.inputs.preprocessing.image_size
         out = []
@@ -252,7 +252,9 @@ class Model:
             )
         return [f.to(dtype) for f in feats]
 
-    def _batches(self, images: ImageLike | Iterable[ImageLike], batch_size: int, what: str):
+    def _batches(
+        self, images: ImageLike | Iterable[ImageLike], batch_size: int, what: str
+    ) -> Iterator[tuple[int, list[torch.Tensor]]]:
         """(start, core output) per batch of images, with a progress line per batch on the ``afo`` logger."""
         import torch
 
@@ -330,8 +332,8 @@ def load(
     if inputs is None and backbone is not None:
         inputs = legacy_inputs(model_file, backbone, image_size)
     if inputs is None:
-        model_file.require_inputs(path)  # raises the one-line error
-    return Model(path, model, model_file, inputs, resolve_device(device), weights)  # type: ignore[arg-type]
+        inputs = model_file.require_inputs(path)  # raises the one-line error
+    return Model(path, model, model_file, inputs, resolve_device(device), weights)
 
 
 def legacy_inputs(model_file: ModelFile, backbone: Mapping[str, Any], image_size: int | None) -> ModelInputs:
@@ -347,7 +349,10 @@ def legacy_inputs(model_file: ModelFile, backbone: Mapping[str, Any], image_size
         weights_file=backbone.get("pretrained_path") or None,
     )
     mean, std = backbone_normalisation(record)
-    subjects = {k: SubjectRecord(*k.split("/", 1), modality="unknown") for k in model_file.voxels}
+    subjects = {}
+    for key in model_file.voxels:
+        dataset, subject = key.split("/", 1)  # a model's subject keys are dataset/subject
+        subjects[key] = SubjectRecord(dataset, subject, modality="unknown")
     return ModelInputs(record, Preprocessing(int(image_size or record.resolution), mean, std), subjects)
 
 

@@ -84,7 +84,7 @@ def _prepare(p: argparse.ArgumentParser) -> None:
     def run(args):
         from afo.data.registry import get_adapter
 
-        return get_adapter(args.format)(args.root, args.out, image_size=args.image_size, options=args.options)
+        return get_adapter(args.format).prepare(args.root, args.out, image_size=args.image_size, options=args.options)
 
     p.set_defaults(func=run)
 
@@ -604,16 +604,13 @@ def _check_data(p: argparse.ArgumentParser) -> None:
 
     def run(args):
         from afo.config import load_config
-        from afo.data.check import UnsupportedCheckError, check_dataset
+        from afo.data.check import check_dataset
 
         config = load_config(args.config)
         report, failed = {}, []
         for name, ds in sorted(config["datasets"].items()):  # every dataset, whatever failed before it
             try:
-                rows = check_dataset(*_check_target(ds), ds["options"], read_data=not args.no_data)
-            except UnsupportedCheckError as err:
-                report[name] = f"not checked: {err}"
-                continue
+                rows = check_dataset(ds["format"], _check_root(ds), ds["options"], read_data=not args.no_data)
             except UserError as err:
                 report[name] = f"error: {err}"
                 failed.append(name)
@@ -636,19 +633,18 @@ def _check_data(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=run)
 
 
-def _check_target(ds: dict) -> tuple[str, Path]:
-    """(format, root) that check-data opens for a config's dataset entry; a synthetic one is the simulator's folder."""
-    if ds["format"] != "synthetic":
-        return ds["format"], Path(ds["root"])
-    root = Path("resources/synthetic") / ds["part"]
-    if not root.is_dir():
-        from afo.data.files import DatasetFileNotFoundError
+def _check_root(ds: dict) -> Path:
+    """The folder check-data opens for a config's dataset entry; a synthetic one must be simulated first."""
+    from afo.data.files import DatasetFileNotFoundError
+    from afo.data.registry import dataset_root
 
+    root = dataset_root(ds)
+    if ds["format"] == "synthetic" and not root.is_dir():
         raise DatasetFileNotFoundError(
             f"{root}: the synthetic dataset is not simulated yet (it has no root to set); run "
             "`snakemake resources/synthetic` in the workflow folder first"
         )
-    return "folder", root
+    return root
 
 
 def build_parser() -> argparse.ArgumentParser:

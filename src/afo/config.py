@@ -9,13 +9,9 @@ from pathlib import Path
 import jsonschema
 import yaml
 
-from afo.errors import UserError
+from afo.errors import ConfigError
 
 SCHEMA_RELATIVE = Path("workflow") / "schemas" / "config.schema.yaml"
-
-
-class ConfigError(UserError, ValueError):
-    """The configuration breaks the schema; the message names the key and what is allowed."""
 
 
 def find_schema(start: Path | None = None) -> Path:

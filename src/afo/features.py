@@ -35,7 +35,7 @@ from tqdm import tqdm
 from afo.backbone_weights import load_backbone_weights
 from afo.data.store import PreparedStore
 from afo.errors import UserError
-from afo.io import CorruptFileError, MissingFileError, reading_hdf5
+from afo.io import CorruptFileError, MissingFileError, atomic_path, reading_hdf5
 from afo.io.rows import RowReader
 
 FEATURES_FORMAT_VERSION = 1
@@ -142,14 +142,12 @@ def extract_features(
 ) -> dict:
     """Run the frozen backbone over every image of a prepared store and cache the chosen layers (float16).
 
-    Written to ``<out>.tmp`` and renamed at the end, so a killed job leaves no cache that looks complete.
+    Written to a temporary sibling and renamed at the end (:func:`afo.io.atomic_path`), so a killed job leaves no
+    cache that looks complete.
     """
     device = torch.device(device)
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(out_path.name + ".tmp")
     model = create_backbone(spec).to(device)
-    with PreparedStore(store_path) as store, h5py.File(tmp, "w") as cache:
+    with atomic_path(out_path) as tmp, PreparedStore(store_path) as store, h5py.File(tmp, "w") as cache:
         n = store.n_images
         datasets: list[h5py.Dataset] = []
         bar = tqdm(total=n, desc=f"{store.name}: {spec.name} features", unit="img", file=sys.stderr, disable=None)
@@ -176,7 +174,6 @@ def extract_features(
             format_version=FEATURES_FORMAT_VERSION,
         )
         shapes = [tuple(ds.shape[1:]) for ds in datasets]
-    os.replace(tmp, out_path)
     return {"n_images": n, "layer_shapes": shapes, "backbone": spec.name, "pretrained_source": spec.pretrained_source}
 
 

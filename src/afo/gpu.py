@@ -1,14 +1,14 @@
 """GPU dispatch: every GPU job claims its free GPUs (one, or N for a multi-GPU training job) for its lifetime, before CUDA starts.
 
 ``snakemake --cores 8 --resources gpu=4`` caps how many GPU jobs run at once, but Snakemake does not say
-*which* GPU a job should use: without help, all four jobs would land on GPU 0. Each training job therefore
-wraps its work in :func:`claim_gpu`::
+*which* GPU a job should use: without help, all four jobs would land on GPU 0. So every workflow job whose rule
+declares ``resources: gpu=N`` runs its work inside :func:`claim_gpus` (:func:`afo.jobs.run_job` does it), and the
+``afo`` commands that run a model do the same with ``--claim-gpu`` (:func:`claim_gpu`, one GPU)::
 
-    from afo.gpu import claim_gpu, gpu_env_summary
+    from afo.gpu import claim_gpus
 
-    with claim_gpu(job_name=f"{snakemake.rule} {dict(snakemake.wildcards)}") as gpu:
-        log.info("GPU %s: %s", gpu, gpu_env_summary())
-        import torch  # CUDA may start from here on; it sees only the claimed GPU (as cuda:0)
+    with claim_gpus(n_gpus, job_name=f"afo {rule}") as gpus:   # [i, ...], or None: nothing claimed
+        import torch  # CUDA may start from here on; it sees only the claimed GPUs (as cuda:0, cuda:1, ...)
         ...
 
 How a slot is claimed: one lock file per GPU, ``<lock_dir>/gpu<i>.lock``, taken with a non-blocking

@@ -6,13 +6,13 @@ import inspect
 
 import torch
 
-from afo.errors import UserError
+from afo.errors import ConfigError
 
 # Lightning's precision names this project accepts ("16-mixed" = fp16 autocast with a loss scaler).
 PRECISIONS = ("auto", "32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true")
 
 
-class RuntimeSettingError(UserError, ValueError):
+class RuntimeSettingError(ConfigError):
     """A device or precision setting this machine cannot honour; the message names the setting and the fix."""
 
 

@@ -1,23 +1,5 @@
-# Predictions of every model on the val and test images (read by evaluation, decoding and the figures), per-voxel
-# scores (voxels.csv, summary.csv), the ablation table with the recipe comparison as its view, and the checks
-# against the synthetic brain's ground truth.
-
-
-use rule dark_knowledge as predict with:
-    input:
-        model="results/models/{model_dir}/model.pt",
-        stores=stores(),
-        features=feature_caches(),
-        rois=predict_rois,
-    output:
-        "results/models/{model_dir}/predictions.h5",
-    log:
-        "logs/predict/{model_dir}.log",
-    params:
-        splits=["val", "test"],
-        roi=predict_roi,
-        dtype="float32",
-        backbone=online_backbone(),  # backbone.cache none: the job runs the backbone itself
+# Per-voxel scores of every model's predictions (predict.smk): voxels.csv, summary.csv, the ablation table with the
+# recipe comparison as its view, and the checks against the synthetic brain's ground truth.
 
 
 rule evaluate:

@@ -1,6 +1,8 @@
 # All-ROI models trained on every voxel of every training subject: the stage-0 seeds (the first is also the
-# naivemix baseline) and the TopyNeck ablations of the config. Every training rule of the recipe (afo.smk) is
-# this rule with other inputs and params (`use rule ... with:`); each claims compute.train_devices GPUs
+# naivemix baseline) and the TopyNeck ablations of the config; then the All-for-One recipe (paper 3.2): stage 1 per
+# ROI -> dark knowledge (predict.smk) -> stage 2 per ROI (helpers distilled) -> [S2+1] -> stage 3 all-ROI model with
+# ground truth and dark knowledge, soup of its top-k checkpoints. Every training rule is train_stage0
+# with other inputs and params (`use rule ... with:`); each claims compute.train_devices GPUs
 # (gpu=N; default 1) and trains with DDP on them, with N x train_threads threads and N x train_mem_mb memory
 # (each rank is one process with its own data loading). The device count is not a param: it reruns nothing.
 
@@ -45,6 +47,88 @@ use rule train_stage0 as train_ablation with:
         roi=None,
         own_roi=None,
         target_mode="gt",
+        backbone=online_backbone(),  # backbone.cache none: the job runs the backbone itself
+
+
+use rule train_stage0 as train_stage1 with:
+    input:
+        stores=stores(),
+        features=feature_caches(),
+        rois=roi_table,
+        neck=neck_init_input,
+    output:
+        model="results/models/{recipe}/stage1/roi{roi}/model.pt",
+        metrics="results/models/{recipe}/stage1/roi{roi}/metrics.csv",
+    log:
+        "logs/train/{recipe}_stage1_roi{roi}.log",
+    params:
+        model=config["model"],
+        train=stage_params("stage1"),
+        roi="{roi}",
+        own_roi=None,
+        target_mode="gt",
+        backbone=online_backbone(),  # backbone.cache none: the job runs the backbone itself
+
+
+use rule train_stage0 as train_stage2 with:
+    input:
+        stores=stores(),
+        features=feature_caches(),
+        rois=roi_table,
+        dk=stage2_dk_source,
+        neck=neck_init_input,
+    output:
+        model="results/models/{recipe}/{stage2}/roi{roi}/model.pt",
+        metrics="results/models/{recipe}/{stage2}/roi{roi}/metrics.csv",
+    log:
+        "logs/train/{recipe}_{stage2}_roi{roi}.log",
+    params:
+        model=config["model"],
+        train=stage_params("stage2"),
+        roi=None,
+        own_roi="{roi}",
+        target_mode="helpers",
+        backbone=online_backbone(),  # backbone.cache none: the job runs the backbone itself
+
+
+use rule train_stage0 as train_nodk with:
+    input:
+        stores=stores(),
+        features=feature_caches(),
+        rois=roi_table,
+        neck=neck_init_input,
+    output:
+        model="results/models/{recipe}/nodk/roi{roi}/model.pt",
+        metrics="results/models/{recipe}/nodk/roi{roi}/metrics.csv",
+    log:
+        "logs/train/{recipe}_nodk_roi{roi}.log",
+    params:
+        model=config["model"],
+        train=stage_params("stage2"),
+        roi=None,
+        own_roi="{roi}",
+        target_mode="gt",
+        backbone=online_backbone(),  # backbone.cache none: the job runs the backbone itself
+
+
+use rule train_stage0 as train_stage3 with:
+    input:
+        stores=stores(),
+        features=feature_caches(),
+        rois=roi_table,
+        dk=stage3_dk,
+        neck=neck_init_input,
+    output:
+        model="results/models/{recipe}/stage3/model.pt",
+        metrics="results/models/{recipe}/stage3/metrics.csv",
+    log:
+        "logs/train/{recipe}_stage3.log",
+    params:
+        model=config["model"],
+        train=stage_params("stage3"),
+        roi=None,
+        own_roi=None,
+        target_mode="gt+dk",
         backbone=online_backbone(),  # backbone.cache none: the job runs the backbone itself
 
 

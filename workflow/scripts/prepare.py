@@ -7,7 +7,8 @@ def main(smk):
     from afo.data.registry import get_adapter
 
     ds = smk.params.dataset
-    return get_adapter(ds["format"])(ds["root"], smk.output[0], image_size=smk.params.image_size, options=ds["options"])
+    adapter = get_adapter(ds["format"])
+    return adapter.prepare(ds["root"], smk.output[0], image_size=smk.params.image_size, options=ds["options"])
 
 
 run_job(snakemake, lambda: main(snakemake))

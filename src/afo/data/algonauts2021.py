@@ -46,6 +46,7 @@ Big brain (``bigbrain: true``): the subjects are concatenated into one subject (
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
+from afo.data.adapter import CheckRow, DatasetAdapter, check_row
 from afo.data.bigbrain import subject_target
 from afo.data.files import DatasetFileNotFoundError, format_error, load_trusted_pickle, reading
 from afo.data.media import middle_frame
@@ -303,3 +305,20 @@ def prepare(root, out, *, image_size: int, options: dict) -> dict:
                 del train  # one subject's responses in memory at a time
         report["subjects"] = target.reports
     return report
+
+
+def check(root: Path, options: Mapping[str, Any], *, read_data: bool = True) -> list[CheckRow]:
+    """One row per subject, opened as :func:`prepare` opens it; nothing written."""
+    ds = open_dataset(root, dict(options))
+    rows = []
+    for subj in ds.subjects:
+        # the pickles hold everything at once: loading one is the only way to see its shape (one at a time)
+        train, _, _ = subj.load()
+        codes = np.repeat(ds.video_split, train.shape[1])
+        nan = int(np.isnan(train).any(axis=(0, 1)).sum()) if read_data else None
+        rows.append(check_row(ADAPTER, subj.name, codes, len(ds.videos), train.shape[2], nan))
+        del train
+    return rows
+
+
+FORMAT = DatasetAdapter(name=ADAPTER, defaults=DEFAULTS, prepare=prepare, check=check)

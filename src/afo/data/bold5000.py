@@ -40,6 +40,7 @@ with ``rep_``: a name not found as is is looked up again without that prefix.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
+from afo.data.adapter import CheckRow, DatasetAdapter, check_row, nan_columns
 from afo.data.bigbrain import DirectTarget
 from afo.data.files import DatasetFileNotFoundError, DatasetFormatError, format_error, read_lines, reading, require_file
 from afo.data.media import index_images, lazy_images
@@ -392,3 +394,18 @@ def prepare(root, out, *, image_size: int, options: dict) -> dict:
             result["affine_source"] = subj.affine_source
             report["subjects"][subj.name] = result
     return report
+
+
+def check(root: Path, options: Mapping[str, Any], *, read_data: bool = True) -> list[CheckRow]:
+    """One row per subject, opened as :func:`prepare` opens it (sessions streamed with ``read_data``); nothing written."""
+    ds = open_dataset(root, dict(options))
+    rows = []
+    for subj in ds.subjects:
+        paths = ds.trial_paths[subj.name]
+        codes = np.array([ds.split_of[p.name] for p in paths], dtype=np.int64)
+        nan = nan_columns((subj.read_session(s) for s in subj.sessions), len(subj.ijk)) if read_data else None
+        rows.append(check_row(ADAPTER, subj.name, codes, len({p.name for p in paths}), len(subj.ijk), nan))
+    return rows
+
+
+FORMAT = DatasetAdapter(name=ADAPTER, defaults=DEFAULTS, prepare=prepare, check=check)

@@ -16,15 +16,14 @@ from typing import Any
 
 import h5py
 
-from afo.data.store import StoreError
-from afo.errors import UserError
+from afo.errors import InputError, MissingFileError
 
 
-class DatasetFormatError(StoreError):
+class DatasetFormatError(InputError):
     """A downloaded dataset file exists but does not have the published layout (a field is missing or malformed)."""
 
 
-class DatasetFileNotFoundError(UserError, FileNotFoundError):
+class DatasetFileNotFoundError(MissingFileError):
     """A file the published layout promises is not under the dataset root."""
 
 
@@ -126,7 +125,7 @@ def reading(path: str | Path, what: str, expected: str) -> Iterator[None]:
     """
     try:
         yield
-    except (DatasetFormatError, DatasetFileNotFoundError, StoreError):
+    except (DatasetFormatError, DatasetFileNotFoundError, InputError):
         raise
     except Exception as exc:  # classified below; everything not a bad file is re-raised untouched
         if not means_bad_file(exc):

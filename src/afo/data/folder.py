@@ -21,13 +21,16 @@ from __future__ import annotations
 
 import contextlib
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import yaml
 from tqdm import tqdm
 
+from afo.data.adapter import CheckRow, DatasetAdapter, check_row, nan_columns
 from afo.data.bigbrain import BigBrain
 from afo.data.media import load_image
 from afo.data.noise_ceiling import check_percent
@@ -137,7 +140,7 @@ def _read_csv(path: Path, dtype, layout: str) -> pd.DataFrame:
         ) from err
 
 
-def _read_options(options: dict | None, root: Path) -> dict:
+def _read_options(options: Mapping[str, Any] | None, root: Path) -> dict:
     """The dataset's options: the default split's seed (an integer) and bigbrain (a boolean)."""
     opts = resolve_options(f"folder dataset {root}", options, DEFAULTS)
     if isinstance(opts["seed"], bool) or not isinstance(opts["seed"], int):
@@ -271,21 +274,28 @@ def _plan_subject(sub_dir: Path, image_files: set[str], seed: int) -> dict:
     }
 
 
-def prepare(root: str | Path, out: str | Path, *, image_size: int, options: dict | None = None) -> dict:
-    """Read a folder dataset and write its prepared store to ``out``; returns a report per subject."""
-    root = Path(root)
+def _open(root: Path, options: Mapping[str, Any] | None) -> tuple[dict, dict, Path, list[dict]]:
+    """(options, dataset.yaml, images folder, one plan per subject): every subject's small files read and checked
+    (responses memory-mapped), so that a mistake is reported before minutes of work."""
     opts = _read_options(options, root)
-    seed = opts["seed"]
     meta = read_dataset_yaml(root)
     images_dir = root / "images"
     if not images_dir.is_dir():
         raise _fail(images_dir, "missing", "put the stimulus images in images/")
     subjects = find_subjects(root)
     image_files = {p.name for p in images_dir.iterdir() if p.is_file()}
+    return opts, meta, images_dir, [_plan_subject(sub_dir, image_files, opts["seed"]) for sub_dir in subjects]
 
-    # Read and check every subject's small files first: a mistake is reported before minutes of work.
-    plans = [_plan_subject(sub_dir, image_files, seed) for sub_dir in subjects]
 
+def _subject_name(root: Path, sub_dir: Path) -> str:
+    """The store's name of a subject folder: its path below the root, ``/`` replaced by ``_``."""
+    return str(sub_dir.relative_to(root)).replace("/", "_")
+
+
+def prepare(root: str | Path, out: str | Path, *, image_size: int, options: dict | None = None) -> dict:
+    """Read a folder dataset and write its prepared store to ``out``; returns a report per subject."""
+    root = Path(root)
+    opts, meta, images_dir, plans = _open(root, options)
     used = sorted({name for plan in plans for name in plan["trials"]["image"]})
     index = {name: i for i, name in enumerate(used)}
 
@@ -305,7 +315,7 @@ def prepare(root: str | Path, out: str | Path, *, image_size: int, options: dict
         with big:
             for plan in plans:
                 sub_dir, responses, split = plan["dir"], plan["responses"], plan["split"]
-                subject = str(sub_dir.relative_to(root)).replace("/", "_")
+                subject = _subject_name(root, sub_dir)
                 trial_image = plan["trials"]["image"].map(index).to_numpy()
                 # the store reports masked voxels and inf values on stderr (the prepare log), naming this file
                 if opts["bigbrain"]:
@@ -322,3 +332,23 @@ def prepare(root: str | Path, out: str | Path, *, image_size: int, options: dict
         if opts["bigbrain"]:
             report["subjects"] = big.reports  # the one concatenated subject
     return report
+
+
+def check(root: Path, options: Mapping[str, Any], *, read_data: bool = True) -> list[CheckRow]:
+    """One row per subject folder, through the checks :func:`prepare` runs first; nothing written."""
+    _, _, _, plans = _open(root, options)
+    rows = []
+    for plan in plans:
+        responses = plan["responses"]  # memory-mapped [n_trials, n_voxels]
+        nan = None
+        if read_data:
+            chunks = (np.asarray(responses[i : i + 1024]) for i in range(0, responses.shape[0], 1024))
+            nan = nan_columns(chunks, responses.shape[1])
+        subject = _subject_name(root, plan["dir"])
+        rows.append(
+            check_row("folder", subject, plan["split"], plan["trials"]["image"].nunique(), responses.shape[1], nan)
+        )
+    return rows
+
+
+FORMAT = DatasetAdapter(name="folder", defaults=DEFAULTS, prepare=prepare, check=check)

@@ -3,7 +3,7 @@
 Files read under ``root`` (the ConnectomeDB layout). Sources in brackets: [W] the HCP wiki page "7T Movie watching
 task clip info, timing, versions shown per individual subject" (two versions of the clips; 147 subjects, scanned
 before 22 August 2014, saw V1; the attachments HCP_7T_Movie_Clip_Timing.csv and HCP_7T_Movie_Info.csv);
-[N] the project's format notes (/work/shared/notes/dataset-formats.md), not re-checked against a download::
+[N] the project's format notes (gathered from the HCP manuals and public loaders), not re-checked against a download::
 
     <subject>/MNINonLinear/Results/tfMRI_MOVIE{1..4}_7T_{AP,PA}/                        [N]
         tfMRI_MOVIE1_7T_AP_Atlas_1.6mm_MSMAll_hp2000_clean.dtseries.nii   CIFTI-2 (T, grayordinates); default
@@ -67,7 +67,7 @@ import csv
 import io
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,6 +75,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
+from afo.data.adapter import CheckRow, DatasetAdapter, check_row, nan_columns
 from afo.data.bigbrain import DirectTarget
 from afo.data.files import DatasetFileNotFoundError, DatasetFormatError, format_error, reading, require_file
 from afo.data.media import video_duration, video_frames_at
@@ -979,3 +980,28 @@ def prepare(root, out, *, image_size: int, options: dict) -> dict:
         report["subjects_without_runs"] = _write_subjects(target, ds, coords, rois)
         report["subjects"] = target.reports
     return report
+
+
+def check(root: Path, options: Mapping[str, Any], *, read_data: bool = True) -> list[CheckRow]:
+    """One row per subject or group average the store would hold, opened as :func:`prepare` opens it (runs
+    streamed with ``read_data``); nothing written."""
+    ds = open_dataset(root, dict(options))
+    rows = []
+    for name, members, gp in ds.units():
+        plans = [p for p in gp.plans if any(ds.files[s][p.run] is not None for s in members)]
+        if not plans:
+            continue  # prepare leaves such a subject out too (report: subjects_without_runs)
+        codes = np.concatenate([p.split_of_frame for p in plans])
+        images = len(np.unique(np.concatenate([p.image_of_frame for p in plans])))
+        nan = None
+        if read_data:
+            runs = (
+                (ds.space.read(ds.files[s][p.run], p.n_trs) for s in members if ds.files[s][p.run] is not None)
+                for p in plans
+            )
+            nan = nan_columns((x for per_run in runs for x in per_run), ds.n_voxels)
+        rows.append(check_row(ADAPTER, name, codes, images, ds.n_voxels, nan))
+    return rows
+
+
+FORMAT = DatasetAdapter(name=ADAPTER, defaults=DEFAULTS, prepare=prepare, check=check)

@@ -10,9 +10,67 @@ from PIL import Image, UnidentifiedImageError
 
 from afo.data.files import DatasetFileNotFoundError, DatasetFormatError, require_file
 from afo.data.options import progress
-from afo.data.store import to_rgb8
+from afo.errors import InputError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+# Pillow modes whose samples are 16-bit unsigned integers (PNG and TIFF grey images with 16 bits per sample).
+_UINT16_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def to_rgb8(image: Image.Image, source: str) -> Image.Image:
+    """An RGB image with 8 bits per channel, scaled from the file's own sample range, or a :class:`InputError`.
+
+    ``convert("RGB")`` alone clips wider samples to 0-255: a 16-bit image (0-65535) comes out almost white and a
+    float image (0.0-1.0) black. So 16-bit samples are divided by 257 (65535 -> 255), float samples in [0, 1] are
+    multiplied by 255, and what has no unambiguous 8-bit reading (32-bit integers, floats outside [0, 1], several
+    frames) is refused with the file (``source``) named. Pillow itself already reads 16-bit RGB(A) PNGs as 8-bit.
+    """
+    frames = getattr(image, "n_frames", 1)
+    # An MPO (camera JPEG) stores its primary picture first and previews or depth maps after it.
+    if frames > 1 and image.format != "MPO":
+        raise InputError(
+            f"{source}: has {frames} frames (an animated or multi-page image); a stimulus must be one picture. "
+            "Fix: save the frame the subjects saw as a single-frame image (e.g. PNG)"
+        )
+    mode = image.mode
+    if mode in _UINT16_MODES or (mode == "I" and image.format == "PNG"):  # older Pillow reads 16-bit PNGs as "I"
+        samples = np.asarray(image).astype(np.float64)
+        if samples.min(initial=0) < 0 or samples.max(initial=0) > 65535:
+            raise InputError(f"{source}: 16-bit samples outside 0-65535. Fix: save it as an 8- or 16-bit image")
+        return Image.fromarray(np.round(samples / 257.0).astype(np.uint8)).convert("RGB")
+    if mode == "F":
+        samples = np.asarray(image, dtype=np.float64)
+        low, high = (float(samples.min()), float(samples.max())) if samples.size else (0.0, 0.0)
+        if not (np.isfinite(samples).all() and low >= 0.0 and high <= 1.0):
+            raise InputError(
+                f"{source}: floating-point samples span {low:g} to {high:g}; only floats in [0, 1] have an "
+                "unambiguous 8-bit reading. Fix: save it as an 8-bit image (or scale it to [0, 1])"
+            )
+        return Image.fromarray(np.round(samples * 255.0).astype(np.uint8)).convert("RGB")
+    if mode.startswith("I"):
+        raise InputError(
+            f"{source}: {mode!r} samples (32-bit or signed integers) have no unambiguous 8-bit reading. "
+            "Fix: save it as an 8- or 16-bit unsigned image"
+        )
+    return image.convert("RGB")
+
+
+def resize_image(image: Image.Image | np.ndarray, size: int) -> np.ndarray:
+    """Resize a stimulus to ``size`` x ``size`` RGB uint8 (wide or float samples scaled by :func:`to_rgb8`).
+
+    The whole stimulus is kept (no crop): a non-square image is squashed, because a
+    crop would drop the periphery that retinotopic voxels look at.
+    """
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8:
+            raise InputError(f"image array must be uint8, got {image.dtype}")
+        image = Image.fromarray(image)
+    image = to_rgb8(image, getattr(image, "filename", "") or "a stimulus image")
+    if image.size != (size, size):
+        image = image.resize((size, size), Image.Resampling.BICUBIC)
+    return np.asarray(image, dtype=np.uint8)
 
 
 def index_images(folder: Path, desc: str = "indexing images") -> dict[str, Path]:
@@ -41,7 +99,7 @@ def find_images(folder: Path, relative: Mapping[str, str | Path]) -> dict[str, P
 
 
 def load_image(path: str | Path) -> Image.Image:
-    """An RGB 8-bit PIL image, wide or float samples scaled to 0-255 (:func:`afo.data.store.to_rgb8`).
+    """An RGB 8-bit PIL image, wide or float samples scaled to 0-255 (:func:`to_rgb8`).
 
     A missing file, a file PIL cannot read, a multi-frame image or one without an unambiguous 8-bit reading is
     an error that names it.

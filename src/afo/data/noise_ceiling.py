@@ -12,13 +12,13 @@ import warnings
 
 import numpy as np
 
-from afo.errors import UserError
+from afo.errors import InputError
 
 FRACTION_MIN_NONZERO = 5
 """More non-zero values than this, all within [0, 1], read as a fraction (0-1) rather than as percent."""
 
 
-class NoiseCeilingError(UserError, ValueError):
+class NoiseCeilingError(InputError):
     """A given noise ceiling is not in percent (0-100)."""
 
 

@@ -43,13 +43,17 @@ a missing file is an error that names the path looked for.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import h5py
 import nibabel as nib
 import numpy as np
 import scipy.io
 
+from afo.data.adapter import CheckRow, DatasetAdapter, check_row, nan_columns
 from afo.data.bigbrain import DirectTarget
 from afo.data.files import (
     DatasetFileNotFoundError,
@@ -495,19 +499,30 @@ def _sessions(source, opts: dict) -> list[int]:
     return sessions
 
 
-def _images(root: Path, ids: np.ndarray):
+STIMULI_EXPECTED = "dataset imgBrick uint8 (73000, 425, 425, 3)"
+
+
+def stimuli_path(root: Path) -> Path:
+    return root / "nsddata_stimuli" / "stimuli" / "nsd" / "nsd_stimuli.hdf5"
+
+
+def _brick(f: h5py.File, path: Path, ids: np.ndarray) -> h5py.Dataset:
+    """imgBrick of the open stimuli file, checked: uint8 [n, H, W, 3] with a row for every 0-based id in ``ids``."""
+    brick = h5_dataset(f, "imgBrick", STIMULI_EXPECTED)
+    if brick.ndim != 4 or brick.shape[3] != 3 or brick.dtype != np.uint8:
+        raise format_error(path, "imgBrick", f"has shape {brick.shape} and dtype {brick.dtype}", STIMULI_EXPECTED)
+    if ids.size and ids.max() >= brick.shape[0]:
+        raise format_error(
+            path, "imgBrick", f"has {brick.shape[0]} images, the design needs id {ids.max()}", STIMULI_EXPECTED
+        )
+    return brick
+
+
+def _images(root: Path, ids: np.ndarray) -> Iterator[np.ndarray]:
     """Rows of imgBrick for the sorted 0-based 73k ids, read in chunks (bounded memory)."""
-    path = root / "nsddata_stimuli" / "stimuli" / "nsd" / "nsd_stimuli.hdf5"
-    expected = "dataset imgBrick uint8 (73000, 425, 425, 3)"
-    f = open_h5(path, "NSD stimuli", expected)
-    with f:
-        brick = h5_dataset(f, "imgBrick", expected)
-        if brick.ndim != 4 or brick.shape[3] != 3 or brick.dtype != np.uint8:
-            raise format_error(path, "imgBrick", f"has shape {brick.shape} and dtype {brick.dtype}", expected)
-        if ids.size and ids.max() >= brick.shape[0]:
-            raise format_error(
-                path, "imgBrick", f"has {brick.shape[0]} images, the design needs id {ids.max()}", expected
-            )
+    path = stimuli_path(root)
+    with open_h5(path, "NSD stimuli", STIMULI_EXPECTED) as f:
+        brick = _brick(f, path, ids)
         for start in progress(range(0, ids.size, 64), "nsd images", unit="chunk"):
             yield from brick[ids[start : start + 64]]
 
@@ -545,8 +560,22 @@ def coco_sources(root: Path, image_ids: np.ndarray) -> list[str] | None:
     return [coco_source(coco[int(i)]) for i in image_ids]
 
 
-def prepare(root, out, *, image_size: int, options: dict) -> dict:
-    """Prepare NSD under ``root`` into the store ``out``; returns a report per subject."""
+@dataclass
+class Opened:
+    """Everything read before any betas: the subjects' sources (grids, masks), their sessions, the image of
+    each trial, the images in store order and the split of each image."""
+
+    root: Path
+    opts: dict
+    sources: list[VolumeSource | SurfaceSource]
+    sessions: dict[str, list[int]]  # subject -> sessions read
+    trial_ids: dict[str, np.ndarray]  # subject -> 0-based 73k image id of each trial [n_trials]
+    image_ids: np.ndarray  # sorted distinct ids: the store's image order
+    split_of: dict[int, int]  # image id -> split code
+
+
+def open_dataset(root: str | Path, options: Mapping[str, Any] | None) -> Opened:
+    """Read NSD's design and check its files as :func:`prepare` will, without reading betas."""
     root = Path(root)
     opts = resolve_options(ADAPTER, options, DEFAULTS)
     check_choice(ADAPTER, "space", opts["space"], ["func1pt8mm", "func1mm", "fsaverage"])
@@ -565,19 +594,25 @@ def prepare(root, out, *, image_size: int, options: dict) -> dict:
         trial_ids[source.name] = trial_images(master, subjectim, subject, sessions[source.name])
 
     image_ids = np.unique(np.concatenate(list(trial_ids.values())))
-    row_of = {int(i): r for r, i in enumerate(image_ids)}
     test_ids = test_image_ids(master, subjectim, opts["test_images"])
     split_of = split_images(image_ids.tolist(), test_ids.tolist(), opts["val_fraction"], opts["seed"])
+    return Opened(root, opts, sources, sessions, trial_ids, image_ids, split_of)
 
+
+def prepare(root, out, *, image_size: int, options: dict) -> dict:
+    """Prepare NSD under ``root`` into the store ``out``; returns a report per subject."""
+    ds = open_dataset(root, options)
+    root, opts, image_ids = ds.root, ds.opts, ds.image_ids
+    row_of = {int(i): r for r, i in enumerate(image_ids)}
     report: dict[str, Any] = {"dataset": ADAPTER, "n_images": int(image_ids.size), "subjects": {}}
     with StoreWriter(out, name=opts["name"], modality="fmri", source=ADAPTER, image_size=image_size) as writer:
         writer.write_images(
             _images(root, image_ids), [f"nsd{int(i):05d}" for i in image_ids], coco_sources(root, image_ids)
         )
         target = DirectTarget(writer)
-        for source in sources:
+        for source in ds.sources:
             report["subjects"][source.name] = _write_subject(
-                target, source, sessions[source.name], trial_ids[source.name], row_of, split_of, opts
+                target, source, ds.sessions[source.name], ds.trial_ids[source.name], row_of, ds.split_of, opts
             )
     return report
 
@@ -592,17 +627,11 @@ def _write_subject(target, source, sessions, ids, row_of, split_of, opts) -> dic
         rows = ids[n * TRIALS_PER_SESSION : (n + 1) * TRIALS_PER_SESSION]
         w.append(betas, [row_of[int(i)] for i in rows], [split_of[int(i)] for i in rows])
     nc = None
-    if opts["noise_ceiling"] != "repeats":
-        ncsnr = source.ncsnr()
-        if ncsnr is None and opts["noise_ceiling"] == "ncsnr":
-            raise DatasetFileNotFoundError(
-                f"nsd {source.name}: ncsnr not found in {source.betas_dir}; "
-                "set noise_ceiling: repeats to compute it from repeated images"
-            )
-        if ncsnr is not None:
-            test = [i for i in ids.tolist() if split_of[i] == SPLIT_CODE["test"]]
-            _, counts = np.unique(test, return_counts=True) if test else (None, np.array([1]))
-            nc = ncsnr_to_nc(ncsnr, counts)
+    ncsnr = _ncsnr(source, opts)
+    if ncsnr is not None:
+        test = [i for i in ids.tolist() if split_of[i] == SPLIT_CODE["test"]]
+        _, counts = np.unique(test, return_counts=True) if test else (None, np.array([1]))
+        nc = ncsnr_to_nc(ncsnr, counts)
     result = w.finish(
         source.coords(),
         rois=source.rois(),
@@ -621,6 +650,20 @@ def _write_subject(target, source, sessions, ids, row_of, split_of, opts) -> dic
     return result
 
 
+def _ncsnr(source: VolumeSource | SurfaceSource, opts: dict) -> np.ndarray | None:
+    """The subject's ncsnr per kept voxel, None where the noise ceiling comes from repeats (or, with ``auto``,
+    where there is no ncsnr file)."""
+    if opts["noise_ceiling"] == "repeats":
+        return None
+    ncsnr = source.ncsnr()
+    if ncsnr is None and opts["noise_ceiling"] == "ncsnr":
+        raise DatasetFileNotFoundError(
+            f"nsd {source.name}: ncsnr not found in {source.betas_dir}; "
+            "set noise_ceiling: repeats to compute it from repeated images"
+        )
+    return ncsnr
+
+
 def _volume_attrs(source) -> dict:
     """The voxel grid of volume subjects (affine, shape), so NIfTI brain maps can be written in their space."""
     affine, shape = getattr(source, "affine", None), getattr(source, "shape", None)
@@ -630,3 +673,27 @@ def _volume_attrs(source) -> dict:
         "affine": np.asarray(affine, dtype=np.float64).ravel(),
         "volume_shape": np.asarray(shape[:3], dtype=np.int64),
     }
+
+
+def check(root: Path, options: Mapping[str, Any], *, read_data: bool = True) -> list[CheckRow]:
+    """One row per subject, opened as :func:`prepare` opens it (the stimuli file's header, the COCO table, each
+    subject's ROI and ncsnr files; sessions streamed with ``read_data``); nothing written."""
+    ds = open_dataset(root, options)
+    with open_h5(stimuli_path(ds.root), "NSD stimuli", STIMULI_EXPECTED) as f:
+        _brick(f, stimuli_path(ds.root), ds.image_ids)
+    coco_sources(ds.root, ds.image_ids)
+    rows = []
+    for source in ds.sources:
+        ids = ds.trial_ids[source.name]
+        codes = np.array([ds.split_of[int(i)] for i in ids], dtype=np.int64)
+        source.rois()
+        _ncsnr(source, ds.opts)
+        nan = None
+        if read_data:
+            sessions = ds.sessions[source.name]
+            nan = nan_columns((source.read_session(s)[0] for s in sessions), source.n_voxels)
+        rows.append(check_row(ADAPTER, source.name, codes, len(np.unique(ids)), source.n_voxels, nan))
+    return rows
+
+
+FORMAT = DatasetAdapter(name=ADAPTER, defaults=DEFAULTS, prepare=prepare, check=check)

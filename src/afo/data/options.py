@@ -11,10 +11,10 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from afo.errors import UserError
+from afo.errors import ConfigError
 
 
-class AdapterOptionError(UserError, ValueError):
+class AdapterOptionError(ConfigError):
     """A dataset's config entry has an unknown option or a value the adapter cannot use (the fix is in the config)."""
 
 

@@ -115,7 +115,7 @@ def bold5000_source(file_name: str) -> str:
 def _grey(image: np.ndarray, size: int) -> np.ndarray:
     """uint8 [H, W, 3] -> float64 [size, size] grey (ITU-R 601 luma), box-averaged (every pixel counts once)."""
     return np.asarray(
-        Image.fromarray(np.asarray(image, dtype=np.uint8)).convert("L").resize((size, size), Image.BOX),
+        Image.fromarray(np.asarray(image, dtype=np.uint8)).convert("L").resize((size, size), Image.Resampling.BOX),
         dtype=np.float64,
     )
 

@@ -1,25 +1,28 @@
-"""Which module prepares which dataset format.
+"""Which module adapts which dataset format: the config's ``format`` -> its :class:`DatasetAdapter` record.
 
-Each adapter module exposes ``prepare(root, out, *, image_size, options) -> dict`` that reads the files as
-users download them under ``root`` and writes a prepared store (:mod:`afo.data.store`) to ``out``,
-returning a small report (counts, masked voxels). ``options`` is the dataset's config entry minus
-``format`` and ``root``.
+Every adapter fills the contract of :mod:`afo.data.adapter` (``prepare``, ``check``, the options it accepts)
+in one module, which ends with ``FORMAT = DatasetAdapter(...)``. Modules are imported on first use: some
+import heavy readers (nibabel, mne) that other formats do not need.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
 
-from afo.errors import UserError
+from afo.data.adapter import DatasetAdapter
+from afo.errors import ConfigError
 
 
-class UnknownFormatError(UserError, ValueError):
+class UnknownFormatError(ConfigError):
     """A dataset's ``format`` names no adapter."""
 
 
 FORMATS: dict[str, str] = {
     "folder": "afo.data.folder",
+    "synthetic": "afo.data.synthetic",
     "nsd": "afo.data.nsd",
     "bold5000": "afo.data.bold5000",
     "things_fmri": "afo.data.things_fmri",
@@ -30,8 +33,16 @@ FORMATS: dict[str, str] = {
 }
 
 
-def get_adapter(fmt: str) -> Callable[..., dict]:
-    """The ``prepare`` function of a dataset format."""
+def get_adapter(fmt: str) -> DatasetAdapter:
+    """The adapter of a dataset format."""
     if fmt not in FORMATS:
         raise UnknownFormatError(f"unknown dataset format {fmt!r}; known formats: {sorted(FORMATS)}")
-    return importlib.import_module(FORMATS[fmt]).prepare
+    adapter = importlib.import_module(FORMATS[fmt]).FORMAT
+    if not isinstance(adapter, DatasetAdapter) or adapter.name != fmt:  # a module that misses the contract
+        raise TypeError(f"{FORMATS[fmt]}.FORMAT is not the DatasetAdapter of {fmt!r}")
+    return adapter
+
+
+def dataset_root(entry: Mapping[str, Any]) -> Path:
+    """Where the files of a config's dataset entry (``format``, ``root`` or ``part``, ...) are."""
+    return get_adapter(entry["format"]).root_of(entry)

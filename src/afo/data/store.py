@@ -25,8 +25,8 @@ Layout (format version 1)::
                             no_train -> voxel indices), n_inf_values (+-inf in the input, stored as NaN);
                             volumetric subjects: affine (16 numbers, voxel -> mm) and volume_shape (3)
 
-Writers go through :class:`StoreWriter`, which writes into ``<path>.tmp`` and renames on
-:meth:`StoreWriter.close`, so a killed ``prepare`` never leaves a half-written store behind.
+Writers go through :class:`StoreWriter`, which writes into a hidden temporary sibling (:class:`afo.io.PendingFile`)
+and renames it on :meth:`StoreWriter.close`, so a killed ``prepare`` never leaves a half-written store behind.
 """
 
 from __future__ import annotations
@@ -43,10 +43,11 @@ import h5py
 import numpy as np
 from PIL import Image
 
+from afo.data.media import resize_image
 from afo.data.noise_ceiling import check_percent, noise_ceiling_from_repeats
 from afo.data.repeats import mean_over_repeats
-from afo.errors import UserError
-from afo.io import reading_hdf5
+from afo.errors import InputError
+from afo.io import PendingFile, reading_hdf5
 from afo.io.rows import RowReader
 
 FORMAT_VERSION = 1
@@ -57,8 +58,9 @@ MODALITIES = ("fmri", "eeg", "meg")
 _STR = h5py.string_dtype("utf-8")
 
 
-class StoreError(UserError, ValueError):
-    """A prepared store, or the data offered to one, breaks the store's contract."""
+# A prepared store, or the data offered to one, breaks the store's contract: afo.errors.InputError, under the name
+# the store's callers (and users' scripts) know.
+StoreError = InputError
 
 
 LAYOUT_KINDS = ("fsaverage", "cifti")
@@ -106,64 +108,6 @@ class SurfaceLayout:
                 raise StoreError(f"{source}: layout has a vertex beyond {name}'s {self.n_vertices[name]} vertices")
         if (~surface).any() and (self.volume_affine is None or self.volume_shape is None):
             raise StoreError(f"{source}: layout has volume voxels but no volume_affine / volume_shape")
-
-
-# Pillow modes whose samples are 16-bit unsigned integers (PNG and TIFF grey images with 16 bits per sample).
-_UINT16_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
-
-
-def to_rgb8(image: Image.Image, source: str) -> Image.Image:
-    """An RGB image with 8 bits per channel, scaled from the file's own sample range, or a :class:`StoreError`.
-
-    ``convert("RGB")`` alone clips wider samples to 0-255: a 16-bit image (0-65535) comes out almost white and a
-    float image (0.0-1.0) black. So 16-bit samples are divided by 257 (65535 -> 255), float samples in [0, 1] are
-    multiplied by 255, and what has no unambiguous 8-bit reading (32-bit integers, floats outside [0, 1], several
-    frames) is refused with the file (``source``) named. Pillow itself already reads 16-bit RGB(A) PNGs as 8-bit.
-    """
-    frames = getattr(image, "n_frames", 1)
-    # An MPO (camera JPEG) stores its primary picture first and previews or depth maps after it.
-    if frames > 1 and image.format != "MPO":
-        raise StoreError(
-            f"{source}: has {frames} frames (an animated or multi-page image); a stimulus must be one picture. "
-            "Fix: save the frame the subjects saw as a single-frame image (e.g. PNG)"
-        )
-    mode = image.mode
-    if mode in _UINT16_MODES or (mode == "I" and image.format == "PNG"):  # older Pillow reads 16-bit PNGs as "I"
-        samples = np.asarray(image).astype(np.float64)
-        if samples.min(initial=0) < 0 or samples.max(initial=0) > 65535:
-            raise StoreError(f"{source}: 16-bit samples outside 0-65535. Fix: save it as an 8- or 16-bit image")
-        return Image.fromarray(np.round(samples / 257.0).astype(np.uint8)).convert("RGB")
-    if mode == "F":
-        samples = np.asarray(image, dtype=np.float64)
-        low, high = (float(samples.min()), float(samples.max())) if samples.size else (0.0, 0.0)
-        if not (np.isfinite(samples).all() and low >= 0.0 and high <= 1.0):
-            raise StoreError(
-                f"{source}: floating-point samples span {low:g} to {high:g}; only floats in [0, 1] have an "
-                "unambiguous 8-bit reading. Fix: save it as an 8-bit image (or scale it to [0, 1])"
-            )
-        return Image.fromarray(np.round(samples * 255.0).astype(np.uint8)).convert("RGB")
-    if mode.startswith("I"):
-        raise StoreError(
-            f"{source}: {mode!r} samples (32-bit or signed integers) have no unambiguous 8-bit reading. "
-            "Fix: save it as an 8- or 16-bit unsigned image"
-        )
-    return image.convert("RGB")
-
-
-def resize_image(image: Image.Image | np.ndarray, size: int) -> np.ndarray:
-    """Resize a stimulus to ``size`` x ``size`` RGB uint8 (wide or float samples scaled by :func:`to_rgb8`).
-
-    The whole stimulus is kept (no crop): a non-square image is squashed, because a
-    crop would drop the periphery that retinotopic voxels look at.
-    """
-    if isinstance(image, np.ndarray):
-        if image.dtype != np.uint8:
-            raise StoreError(f"image array must be uint8, got {image.dtype}")
-        image = Image.fromarray(image)
-    image = to_rgb8(image, getattr(image, "filename", "") or "a stimulus image")
-    if image.size != (size, size):
-        image = image.resize((size, size), Image.BICUBIC)
-    return np.asarray(image, dtype=np.uint8)
 
 
 def real_float32(responses: np.ndarray, source: str) -> np.ndarray:
@@ -318,10 +262,10 @@ class SubjectWriter:
             _write_layout(g, layout, self._n_voxels, self.source)
         roi_group = g.create_group("rois")
         for set_name, labels in (rois or {}).items():
-            labels = np.asarray([str(x) for x in labels], dtype=object)
-            if labels.shape != (self._n_voxels,):
-                raise StoreError(f"ROI set {set_name!r} has {labels.shape[0]} labels for {self._n_voxels} voxels")
-            roi_group.create_dataset(set_name, data=labels, dtype=_STR)
+            values = np.asarray([str(x) for x in labels], dtype=object)
+            if values.shape != (self._n_voxels,):
+                raise StoreError(f"ROI set {set_name!r} has {values.shape[0]} labels for {self._n_voxels} voxels")
+            roi_group.create_dataset(set_name, data=values, dtype=_STR)
 
         all_nan, constant, no_train = _voxel_problems(g["responses"], trial_split)
         bad = all_nan | constant | no_train
@@ -422,7 +366,8 @@ def _check_split_by_image(trial_image: np.ndarray, trial_split: np.ndarray) -> N
 
 
 class StoreWriter:
-    """Writes a prepared store atomically (``<path>.tmp`` then rename on :meth:`close`).
+    """Writes a prepared store atomically (a hidden temporary sibling, :class:`afo.io.PendingFile`, renamed on
+    :meth:`close`).
 
     Use as a context manager; an exception inside the block removes the temporary file.
     """
@@ -431,8 +376,8 @@ class StoreWriter:
         if modality not in MODALITIES:
             raise StoreError(f"modality {modality!r} is not one of {MODALITIES}")
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = self.path.with_name(self.path.name + ".tmp")
+        self._pending = PendingFile(self.path)
+        self._tmp = self._pending.tmp
         self._file = h5py.File(self._tmp, "w")
         self._file.attrs.update(
             format_version=FORMAT_VERSION, name=name, modality=modality, source=source, image_size=image_size
@@ -487,17 +432,17 @@ class StoreWriter:
         if not len(self._file["subjects"]):
             raise StoreError("a store needs at least one subject")
         self._file.close()
-        os.replace(self._tmp, self.path)
+        self._pending.commit()
 
     def abort(self) -> None:
         if self._file.id.valid:
             self._file.close()
-        self._tmp.unlink(missing_ok=True)
+        self._pending.discard()
 
     def __enter__(self) -> StoreWriter:
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: object, tb: object) -> None:
         if exc_type is None:
             self.close()
         else:
@@ -515,10 +460,10 @@ def volume_geometry(attrs: Mapping) -> tuple[np.ndarray, tuple[int, int, int]] |
     if isinstance(shape, (str, bytes)):
         shape = json.loads(shape)
     affine = np.asarray(affine, dtype=np.float64).reshape(4, 4)
-    shape = tuple(int(s) for s in np.asarray(shape).reshape(-1))
-    if len(shape) != 3:
-        raise ValueError(f"store attribute volume_shape must hold 3 integers, got {shape}")
-    return affine, shape  # type: ignore[return-value]
+    grid = tuple(int(s) for s in np.asarray(shape).reshape(-1))
+    if len(grid) != 3:
+        raise ValueError(f"store attribute volume_shape must hold 3 integers, got {grid}")
+    return affine, (grid[0], grid[1], grid[2])
 
 
 @dataclass(frozen=True)
@@ -672,5 +617,5 @@ class PreparedStore:
     def __enter__(self) -> PreparedStore:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()

@@ -35,11 +35,14 @@ Big brain (``bigbrain: true``): all subjects saw the same images: concatenated i
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from afo.data.adapter import CheckRow, DatasetAdapter, check_row
 from afo.data.bigbrain import subject_target
 from afo.data.files import (
     DatasetFileNotFoundError,
@@ -176,8 +179,21 @@ class Subject:
         return data, names, times
 
 
-def prepare(root, out, *, image_size: int, options: dict) -> dict:
-    """Prepare THINGS-EEG2 under ``root`` into the store ``out``."""
+@dataclass
+class Opened:
+    """Everything read before the EEG files: the subjects (files found), the images in store order (training
+    images first, as image_metadata.npy lists them, then the test images) and the split of each image."""
+
+    opts: dict
+    subjects: list[Subject]
+    image_dir: Path
+    names: list[str]  # training_images/<concept>/<file> ..., test_images/<concept>/<file> ...
+    n_train_img: int
+    split: np.ndarray  # int8 [n_images] split code
+
+
+def open_dataset(root: str | Path, options: Mapping[str, Any] | None) -> Opened:
+    """Find THINGS-EEG2's subjects and images and check them as :func:`prepare` will, without reading EEG."""
     root = Path(root)
     opts = resolve_options(ADAPTER, options, DEFAULTS)
     data_dir, image_dir = _data_dir(root, opts), _image_dir(root, opts)
@@ -201,23 +217,34 @@ def prepare(root, out, *, image_size: int, options: dict) -> dict:
         )
     split_of = split_images(range(len(names)), range(n_train_img, len(names)), opts["val_fraction"], opts["seed"])
     split = np.asarray([split_of[i] for i in range(len(names))], dtype=np.int8)
+    return Opened(opts, subjects, image_dir, names, n_train_img, split)
 
+
+def prepare(root, out, *, image_size: int, options: dict) -> dict:
+    """Prepare THINGS-EEG2 under ``root`` into the store ``out``."""
+    ds = open_dataset(root, options)
+    opts, names, image_dir = ds.opts, ds.names, ds.image_dir
     report: dict[str, Any] = {"dataset": ADAPTER, "n_images": len(names)}
     with StoreWriter(out, name=opts["name"], modality="eeg", source=ADAPTER, image_size=image_size) as writer:
         writer.write_images(
             lazy_images([image_dir / n for n in names], "things_eeg2 images"), names, [things_source(n) for n in names]
         )
         with subject_target(writer, bool(opts["bigbrain"]), name=opts["name"]) as target:
-            for subj in progress(subjects, "things_eeg2 subjects", unit="subject"):
-                _write_subject(target, subj, opts, n_train_img, len(names), split)
+            for subj in progress(ds.subjects, "things_eeg2 subjects", unit="subject"):
+                _write_subject(target, subj, opts, ds.n_train_img, len(names), ds.split)
         report["subjects"] = target.reports
     return report
 
 
-def _write_subject(target, subj: Subject, opts: dict, n_train_img: int, n_images: int, split: np.ndarray) -> None:
-    w, layout = None, None
+def _parts(
+    subj: Subject, opts: dict, n_train_img: int, n_images: int
+) -> Iterator[tuple[int, np.ndarray, list[str], np.ndarray, np.ndarray]]:
+    """(first image, data [images, reps, channels, times], channel names, times [n_times], time bins [n_bins, k])
+    of the training file, then of the test file, checked against image_metadata.npy and each other; one whole
+    file in memory at a time (the release is a single pickle per part)."""
+    first: tuple[list[str], np.ndarray] | None = None
     for part, first_image in (("training", 0), ("test", n_train_img)):
-        data, names, times = subj.load(part)  # one whole file: the release is a single pickle per part
+        data, names, times = subj.load(part)
         expected_images = n_train_img if part == "training" else n_images - n_train_img
         if data.shape[0] != expected_images:
             raise format_error(
@@ -227,16 +254,25 @@ def _write_subject(target, subj: Subject, opts: dict, n_train_img: int, n_images
                 f"{expected_images}, one per {part[:5]} entry of image_metadata.npy",
             )
         bins = time_window(times, opts["tmin"], opts["tmax"], opts["decim"], ADAPTER)
-        if layout is None:
-            layout = (names, times, bins)
-            w = target.subject(subj.name, len(names) * bins.shape[0])
-        elif names != layout[0] or not np.allclose(times, layout[1]):
+        if first is None:
+            first = (names, times)
+        elif names != first[0] or not np.allclose(times, first[1]):
             raise format_error(
                 subj.paths[part],
                 "ch_names/times",
                 "differ from the training file",
                 "the same channels and time points in both files",
             )
+        yield first_image, data, names, times, bins
+        del data
+
+
+def _write_subject(target, subj: Subject, opts: dict, n_train_img: int, n_images: int, split: np.ndarray) -> None:
+    w, layout = None, None
+    for first_image, data, names, times, bins in _parts(subj, opts, n_train_img, n_images):
+        if layout is None:
+            layout = (names, times, bins)
+            w = target.subject(subj.name, len(names) * bins.shape[0])
         n_img, n_rep = data.shape[:2]
         for start in range(0, n_img, CHUNK_IMAGES):
             block = apply_window(data[start : start + CHUNK_IMAGES], bins)  # [img, rep, ch, bins]
@@ -257,3 +293,32 @@ def _write_subject(target, subj: Subject, opts: dict, n_train_img: int, n_images
             "voxel_order": "channel-major: voxel = channel * n_times + time",
         },
     )
+
+
+def check(root: Path, options: Mapping[str, Any], *, read_data: bool = True) -> list[CheckRow]:
+    """One row per subject, read as :func:`prepare` reads it (both EEG files are loaded whole either way: a pickle
+    shows its shape only when loaded; ``read_data`` adds the NaN count); nothing written."""
+    ds = open_dataset(root, options)
+    rows = []
+    for subj in ds.subjects:
+        codes: list[np.ndarray] = []
+        names: list[str] = []
+        n_voxels = 0
+        nan = None  # [n_voxels] bool: a NaN in some trial of either file
+        for first_image, data, names, _, bins in _parts(subj, ds.opts, ds.n_train_img, len(ds.names)):
+            n_img, n_rep = data.shape[:2]
+            codes.append(ds.split[np.repeat(np.arange(first_image, first_image + n_img), n_rep)])
+            n_voxels = len(names) * bins.shape[0]
+            if read_data:
+                for start in range(0, n_img, CHUNK_IMAGES):
+                    block = apply_window(data[start : start + CHUNK_IMAGES], bins).reshape(-1, n_voxels)
+                    hit = np.isnan(block).any(axis=0)
+                    nan = hit if nan is None else nan | hit
+            del data
+        montage_positions(names, ds.opts["montage"], subj.paths["training"])
+        n_nan = int(nan.sum()) if nan is not None else None
+        rows.append(check_row(ADAPTER, subj.name, np.concatenate(codes), len(ds.names), n_voxels, n_nan))
+    return rows
+
+
+FORMAT = DatasetAdapter(name=ADAPTER, defaults=DEFAULTS, prepare=prepare, check=check)

@@ -43,7 +43,7 @@ voxel_x/y/z index that mask's grid in x, y, z order (indices outside the grid ar
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,6 +54,7 @@ import numpy as np
 import pandas as pd
 import tables
 
+from afo.data.adapter import CheckRow, DatasetAdapter, check_row
 from afo.data.bigbrain import DirectTarget
 from afo.data.files import DatasetFileNotFoundError, DatasetFormatError, find_first, format_error, reading, require_file
 from afo.data.media import find_images, lazy_images
@@ -456,3 +457,20 @@ def prepare(root, out, *, image_size: int, options: dict) -> dict:
         for subj in ds.subjects:
             report["subjects"][subj.name] = _write_subject(target, subj, out, row_of, ds.split_of)
     return report
+
+
+def check(root: Path, options: Mapping[str, Any], *, read_data: bool = True) -> list[CheckRow]:
+    """One row per subject, opened as :func:`prepare` opens it; nothing written."""
+    ds = open_dataset(root, dict(options))
+    rows = []
+    for subj in ds.subjects:
+        stims = ds.trial_stimuli(subj)
+        codes = np.array([ds.split_of[s] for s in stims], dtype=np.int64)
+        nan = None
+        if read_data:  # slices of voxel rows, as prepare reads them; voxel_id order is checked on the way
+            nan = sum(int(np.isnan(block).any(axis=0).sum()) for block in voxel_blocks(subj))
+        rows.append(check_row(ADAPTER, subj.name, codes, len(set(stims)), len(subj.rows), nan))
+    return rows
+
+
+FORMAT = DatasetAdapter(name=ADAPTER, defaults=DEFAULTS, prepare=prepare, check=check)

@@ -36,11 +36,14 @@ Big brain (``bigbrain: true``): the participants saw the same images: concatenat
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from afo.data.adapter import CheckRow, DatasetAdapter, check_row, nan_columns
 from afo.data.bigbrain import subject_target
 from afo.data.files import (
     DatasetFileNotFoundError,
@@ -217,16 +220,35 @@ def _resolve_images(folder: Path, paths: list[str]) -> dict[str, Path]:
     return resolved
 
 
-def prepare(root, out, *, image_size: int, options: dict) -> dict:
-    """Prepare THINGS-MEG under ``root`` into the store ``out``."""
+@dataclass
+class Opened:
+    """Everything read before the epochs' data: the participants (epochs headers and metadata), the images in
+    store order with their files, and the split of each image."""
+
+    opts: dict
+    participants: list[Participant]
+    names: list[str]  # metadata image_path, sorted: the store's image order
+    files: dict[str, Path]  # image_path -> image file
+    split_of: dict[str, int]
+
+
+def open_dataset(root: str | Path, options: Mapping[str, Any] | None) -> Opened:
+    """Read THINGS-MEG's epochs headers and metadata and find its images as :func:`prepare` will, without
+    reading epochs."""
     root = Path(root)
     opts = resolve_options(ADAPTER, options, DEFAULTS)
     participants = [Participant(root, n, opts) for n in _subjects(root, opts)]
     names = sorted({p for part in participants for p in part.image_path.tolist()})
     files = _resolve_images(Path(opts["images_dir"]) if opts["images_dir"] else root, names)
-    row_of = {n: r for r, n in enumerate(names)}
     test = {p for part in participants for p in part.image_path[part.types == "test"].tolist()}
-    split_of = split_images(names, test, opts["val_fraction"], opts["seed"])
+    return Opened(opts, participants, names, files, split_images(names, test, opts["val_fraction"], opts["seed"]))
+
+
+def prepare(root, out, *, image_size: int, options: dict) -> dict:
+    """Prepare THINGS-MEG under ``root`` into the store ``out``."""
+    ds = open_dataset(root, options)
+    opts, participants, names, files, split_of = ds.opts, ds.participants, ds.names, ds.files, ds.split_of
+    row_of = {n: r for r, n in enumerate(names)}
 
     report: dict[str, Any] = {
         "dataset": ADAPTER,
@@ -259,3 +281,19 @@ def prepare(root, out, *, image_size: int, options: dict) -> dict:
                 )
         report["subjects"] = target.reports
     return report
+
+
+def check(root: Path, options: Mapping[str, Any], *, read_data: bool = True) -> list[CheckRow]:
+    """One row per participant, opened as :func:`prepare` opens it (sessions streamed with ``read_data``);
+    nothing written."""
+    ds = open_dataset(root, options)
+    rows = []
+    for part in ds.participants:
+        codes = np.array([ds.split_of[p] for p in part.image_path], dtype=np.int64)
+        part.coords()  # the sensor positions prepare needs
+        nan = nan_columns((block for _, block in part.sessions()), part.n_voxels) if read_data else None
+        rows.append(check_row(ADAPTER, part.name, codes, len(set(part.image_path.tolist())), part.n_voxels, nan))
+    return rows
+
+
+FORMAT = DatasetAdapter(name=ADAPTER, defaults=DEFAULTS, prepare=prepare, check=check)

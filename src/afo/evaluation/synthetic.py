@@ -1,4 +1,4 @@
-"""Checks on the synthetic brain, whose ground truth is known (issue 6, item 6).
+"""Checks on the synthetic brain, whose ground truth is known.
 
 For every dataset of ``format: synthetic`` (its simulator folder holds ``<subject>/ground_truth.csv``):
 

@@ -1,28 +1,24 @@
 """Writing files atomically: one home for the tmp-then-rename pattern every output of afo goes through.
 
 A killed job never leaves a file that looks complete under its final name: content goes to a hidden temporary
-file in the same folder (so the rename stays on one file system) and is renamed over the target only once it
-is fully written.
+file (or folder) in the same folder (so the rename stays on one file system) and is renamed over the target only
+once it is fully written. :func:`atomic_path` is the pattern for a block of code; :class:`PendingFile` for a
+writer whose work spans calls (the prepared store's :class:`~afo.data.store.StoreWriter`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from afo.errors import UserError
-
-
-class CorruptFileError(UserError):
-    """A file afo wrote earlier cannot be read back (truncated, damaged, or not what its name says)."""
-
-
-class MissingFileError(UserError, FileNotFoundError):
-    """A file afo writes in an earlier step is not there; the message names the step that writes it."""
+# The errors of afo's readers, defined with the rest of the vocabulary in afo.errors (imported from here too).
+from afo.errors import CorruptFileError as CorruptFileError
+from afo.errors import MissingFileError as MissingFileError
 
 
 @contextmanager
@@ -69,26 +65,50 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
     for tmp in path.parent.glob(f".{path.name}.*"):
         parts = tmp.name[len(path.name) + 2 :].split(".")
         if len(parts) >= 2 and parts[0].isdigit() and not _pid_alive(int(parts[0])):
-            tmp.unlink(missing_ok=True)
+            _remove(tmp)
             removed.append(tmp)
     return removed
 
 
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+class PendingFile:
+    """The temporary sibling ``tmp`` of ``path`` for a writer to fill (a file, or a folder it creates):
+    :meth:`commit` renames it over ``path``, :meth:`discard` removes it. Temporaries of killed writers of the same
+    ``path`` are removed first (:func:`remove_stale_temporaries`).
+
+    A unique name rather than mkstemp, whose 0600 mode would survive the rename. A folder replaces only an empty
+    folder (the rename's rule): a writer that replaces a full one removes it before :meth:`commit`.
+    """
+
+    def __init__(self, path: str | os.PathLike, suffix: str = ".tmp"):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(self.path)
+        self.tmp = temporary_sibling(self.path, suffix)
+
+    def commit(self) -> Path:
+        os.replace(self.tmp, self.path)
+        return self.path
+
+    def discard(self) -> None:
+        _remove(self.tmp)
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]:
-    """Yield a temporary path to write; on success it replaces ``path``, on any error it is removed.
-
-    A unique name rather than mkstemp, whose 0600 mode would survive the rename.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(path)
-    tmp = temporary_sibling(path, suffix)
+    """Yield a temporary path to write; on success it replaces ``path``, on any error it is removed."""
+    pending = PendingFile(path, suffix)
     try:
-        yield tmp
-        os.replace(tmp, path)
+        yield pending.tmp
+        pending.commit()
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        pending.discard()
         raise
 
 

@@ -19,11 +19,25 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 import h5py
 import numpy as np
 
 from afo.io import CorruptFileError, reading_hdf5
+
+
+class _Contiguous(NamedTuple):
+    """A dataset stored in one run of bytes from ``offset``."""
+
+    offset: int
+
+
+class _Chunked(NamedTuple):
+    """A chunked dataset: ``offsets`` [row chunks, column chunks] of each chunk's bytes, ``chunks`` its chunk shape."""
+
+    offsets: np.ndarray
+    chunks: tuple[int, ...]
 
 
 class RowReader:
@@ -39,6 +53,7 @@ class RowReader:
         self._pid: int | None = None
         self._file: h5py.File | None = None
         self._map: np.memmap | None = None
+        self._layout: _Contiguous | _Chunked | None = None
 
     def __getstate__(self) -> dict:
         return {k: getattr(self, k) for k in ("path", "name", "what", "rebuild")}
@@ -78,7 +93,7 @@ class RowReader:
             offset = ds.id.get_offset()
             if offset is None:  # never written: HDF5 returns the fill value, which h5py knows
                 return None
-            self._layout = ("contiguous", int(offset))
+            self._layout = _Contiguous(int(offset))
             end = offset + ds.size * ds.dtype.itemsize
         else:
             chunks = ds.chunks
@@ -89,7 +104,7 @@ class RowReader:
             n_col_chunks = -(-ds.shape[1] // chunks[1]) if ds.ndim >= 2 else 1
             offsets = np.full((n_row_chunks, n_col_chunks), -1, dtype=np.int64)
 
-            def visit(info) -> None:
+            def visit(info: h5py.h5d.StoreInfo) -> None:
                 col = info.chunk_offset[1] // chunks[1] if ds.ndim >= 2 else 0
                 offsets[info.chunk_offset[0] // chunks[0], col] = info.byte_offset
 
@@ -101,7 +116,7 @@ class RowReader:
             if (offsets < 0).any():  # unwritten chunks hold the fill value
                 return None
             chunk_bytes = int(np.prod(chunks, dtype=np.int64)) * ds.dtype.itemsize
-            self._layout = ("chunked", offsets, chunks)
+            self._layout = _Chunked(offsets, tuple(chunks))
             end = int(offsets.max()) + chunk_bytes
         if end > size:
             raise CorruptFileError(
@@ -130,14 +145,16 @@ class RowReader:
             return self._read_h5py(rows)
         out = np.empty((rows.size, *self.shape[1:]), dtype=self.dtype)
         item = self.dtype.itemsize
-        if self._layout[0] == "contiguous":
-            base, row_bytes = self._layout[1], self._row_items * item
+        layout = self._layout
+        if isinstance(layout, _Contiguous):
+            base, row_bytes = layout.offset, self._row_items * item
             for k, i in enumerate(rows.tolist()):
                 out[k] = np.frombuffer(self._map, self.dtype, self._row_items, base + i * row_bytes).reshape(
                     self.shape[1:]
                 )
             return out
-        _, offsets, chunks = self._layout
+        assert isinstance(layout, _Chunked)  # set with the map by _mappable
+        offsets, chunks = layout
         if len(self.shape) == 1:
             for k, i in enumerate(rows.tolist()):
                 c, r = divmod(i, chunks[0])

@@ -14,14 +14,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from afo.errors import UserError
+from afo.errors import InputError
 from afo.io import atomic_write_text
 
 ROI_COLUMNS = ("dataset", "subject", "voxel", "roi")
 LABEL_DTYPES = {"dataset": str, "subject": str, "roi": str, "dataset_roi": str, "roi_set": str, "area": str}
 
 
-class TableError(UserError):
+class TableError(InputError):
     """A table afo reads (ROI assignment, voxels.csv) lacks a column or a value it needs."""
 
 

@@ -85,6 +85,11 @@ class TopyNeck(nn.Module):
             ``coords`` (right only for a model of all of them). Every coordinate must lie inside the frame.
     """
 
+    # Buffers (register_buffer), declared for type checkers.
+    coords: Tensor  # [N, k]
+    coord_offset: Tensor  # [k]
+    coord_scale: Tensor  # scalar
+
     def __init__(
         self,
         coords: Tensor | np.ndarray,

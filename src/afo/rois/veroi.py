@@ -33,14 +33,14 @@ from scipy.cluster import hierarchy
 from sklearn.cluster import KMeans, MiniBatchKMeans
 from sklearn.metrics import adjusted_rand_score
 
-from afo.errors import UserError
+from afo.errors import ConfigError
 
 #: Above this many voxels ``cluster_veroi`` switches to MiniBatchKMeans (unless told otherwise): full
 #: Lloyd k-means with k=1000 on the paper's 436,715 voxels x 256 weights costs ~10^11 flops per iteration.
 MINIBATCH_MIN_VOXELS = 50_000
 
 
-class VeroiConfigError(UserError, ValueError):
+class VeroiConfigError(ConfigError):
     """The configured veROI cut does not fit the data (config keys afo.veroi.n_rois / n_kmeans)."""
 
 

@@ -13,6 +13,7 @@ import pandas as pd
 import yaml
 from PIL import Image
 
+from afo.io import atomic_path
 from afo.simulate.config import ImageSetSpec, SimulationConfig
 from afo.simulate.eeg import check_channels, simulate_eeg_subject
 from afo.simulate.fmri import SubjectData, simulate_fmri_subject
@@ -76,8 +77,8 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copyfile(src, dst)
 
 
-def _replace(tmp: Path, out: Path) -> None:
-    """Move the finished tree into place; an earlier simulation there is replaced, anything else refused."""
+def _clear(out: Path) -> None:
+    """Make way for the finished tree: an earlier simulation at ``out`` is removed, anything else refused."""
     if out.exists():
         if out.is_dir() and ((out / MANIFEST).is_file() or not any(out.iterdir())):
             shutil.rmtree(out)
@@ -85,7 +86,6 @@ def _replace(tmp: Path, out: Path) -> None:
             raise FileExistsError(
                 f"{out}: exists and is not an afo simulation (no {MANIFEST}); choose another --out or remove it"
             )
-    tmp.rename(out)
 
 
 def simulate(out: str | os.PathLike, config: SimulationConfig | None = None) -> dict:
@@ -111,16 +111,9 @@ def simulate(out: str | os.PathLike, config: SimulationConfig | None = None) -> 
     config = config or SimulationConfig()
     out = Path(out)
     start = time.perf_counter()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    try:
+    with atomic_path(out, suffix="") as tmp:  # a folder: built beside out, renamed into place at the end
         report = _simulate_into(tmp, config)
-        _replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        _clear(out)
     report["out"] = str(out)
     report["seconds"] = round(time.perf_counter() - start, 2)
     return report

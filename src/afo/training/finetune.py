@@ -271,7 +271,7 @@ def prepare_for_model(
         made_from["files"] = manifest_digest(dataset)
         if not _up_to_date(store, made_from):
             store.parent.mkdir(parents=True, exist_ok=True)
-            get_adapter(fmt)(dataset, store, image_size=size, options=options or {})
+            get_adapter(fmt).prepare(dataset, store, image_size=size, options=options or {})
             _stamp(store, made_from)
     with PreparedStore(store) as s:
         key = name or s.name

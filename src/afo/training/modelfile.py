@@ -19,10 +19,10 @@ from __future__ import annotations
 import hashlib
 import json
 import pickle
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import h5py
 import numpy as np
@@ -31,6 +31,9 @@ import torch
 from afo.errors import UserError
 from afo.io import atomic_path, file_sha256
 from afo.model import EncodingModel
+
+if TYPE_CHECKING:
+    from afo.features import BackboneSpec
 
 MODEL_FORMAT = "afo-encoding-model"
 # 2: backbone, preprocessing, subjects, afo_version (a self-contained file); 3: the checksum covers every entry
@@ -42,6 +45,18 @@ REBUILD = "rerun the workflow rule that trains it (snakemake rebuilds a missing 
 
 class ModelFileError(UserError):
     """A file given as a model file is not one (or a model configuration names an unknown setting)."""
+
+
+def _three_ints(values: Iterable[Any]) -> tuple[int, int, int]:
+    """A layer shape (C, h, w) or volume grid (X, Y, Z) from any three numbers (ValueError for another count)."""
+    a, b, c = (int(v) for v in values)
+    return a, b, c
+
+
+def _three_floats(values: Iterable[Any]) -> tuple[float, float, float]:
+    """A per-channel (R, G, B) mean or std from any three numbers (ValueError for another count)."""
+    a, b, c = (float(v) for v in values)
+    return a, b, c
 
 
 @dataclass(frozen=True)
@@ -130,7 +145,7 @@ class BackboneRecord:
             weights_sha256=d.get("weights_sha256") or None,
         )
 
-    def spec(self, weights_file: str | Path | None = None):
+    def spec(self, weights_file: str | Path | None = None) -> BackboneSpec:
         """The :class:`afo.features.BackboneSpec` that rebuilds this backbone.
 
         ``weights_file`` replaces the recorded path (the file moved, or another machine); either way the file
@@ -213,8 +228,8 @@ def check_weights_file(path: str | Path, expected: str | None, backbone: str) ->
 class Preprocessing:
     """How the workflow turns an image file into backbone input, exactly (``afo.data`` then ``afo.features``):
 
-    1. read as 8-bit RGB (16-bit and float samples scaled, :func:`afo.data.store.to_rgb8`);
-    2. squashed (no crop) to ``image_size`` x ``image_size`` with PIL bicubic (:func:`afo.data.store.resize_image`),
+    1. read as 8-bit RGB (16-bit and float samples scaled, :func:`afo.data.media.to_rgb8`);
+    2. squashed (no crop) to ``image_size`` x ``image_size`` with PIL bicubic (:func:`afo.data.media.resize_image`),
        as the prepared store holds it;
     3. divided by 255, resized to the backbone's resolution with torch bicubic (align_corners False, clamped to
        [0, 1]) when it differs, normalised with ``mean`` / ``std`` per channel (the timm model's);
@@ -239,8 +254,8 @@ class Preprocessing:
     def from_dict(cls, d: Mapping[str, Any]) -> Preprocessing:
         return cls(
             int(d["image_size"]),
-            tuple(float(v) for v in d["mean"]),
-            tuple(float(v) for v in d["std"]),  # type: ignore[arg-type]
+            _three_floats(d["mean"]),
+            _three_floats(d["std"]),
             str(d.get("feature_dtype", FEATURE_DTYPE)),
         )
 
@@ -277,9 +292,9 @@ class SubjectRecord:
             str(d["modality"]),
             {k: list(v) for k, v in (d.get("rois") or {}).items()},
             d.get("affine"),
-            tuple(int(v) for v in shape) if shape else None,
+            _three_ints(shape) if shape else None,
             int(d["n_voxels"]) if d.get("n_voxels") is not None else None,
-        )  # type: ignore[arg-type]
+        )
 
 
 @dataclass(frozen=True)
@@ -322,8 +337,9 @@ class ModelInputs:
                         volume_shape=geometry[1] if geometry else None,
                         n_voxels=store.info(name).n_voxels,
                     )
-        on_the_fly = backbone is not None and backbone.get("cache", "disk") == "none"
-        backbones = {"(backbone.cache none)": BackboneRecord.from_config(backbone)} if on_the_fly else {}
+        backbones = {}
+        if backbone is not None and backbone.get("cache", "disk") == "none":
+            backbones["(backbone.cache none)"] = BackboneRecord.from_config(backbone)
         for dataset, path in sorted(features.items()):
             with h5py.File(path, "r") as f:
                 backbones[dataset] = BackboneRecord.from_cache_attrs(dict(f.attrs), str(path))
@@ -334,12 +350,12 @@ class ModelInputs:
                 f"({ {d: b.name for d, b in backbones.items()} }, image sizes {sorted(sizes)}); one model "
                 "reads one backbone: compute every dataset's features with the same backbone section"
             )
-        backbone = distinct[0]
-        mean, std = backbone_normalisation(backbone)
-        return cls(backbone, Preprocessing(sizes.pop(), mean, std), records)
+        record = distinct[0]
+        mean, std = backbone_normalisation(record)
+        return cls(record, Preprocessing(sizes.pop(), mean, std), records)
 
 
-def backbone_normalisation(backbone: BackboneRecord) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def backbone_normalisation(backbone: BackboneRecord) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
     """The per-channel mean and std :func:`afo.features.backbone_features` applies for this backbone (timm's)."""
     from afo.features import BackboneSpec, _normalisation, create_backbone
 
@@ -348,7 +364,7 @@ def backbone_normalisation(backbone: BackboneRecord) -> tuple[tuple[float, ...],
         BackboneSpec(backbone.name, backbone.layers, backbone.resolution, model_kwargs=dict(backbone.model_kwargs))
     )
     mean, std = _normalisation(net)
-    return tuple(float(v) for v in mean.flatten()), tuple(float(v) for v in std.flatten())
+    return _three_floats(mean.flatten()), _three_floats(std.flatten())
 
 
 @dataclass
@@ -378,7 +394,7 @@ class ModelFile:
         :meth:`ModelInputs.of` (the workflow always records them)."""
         return cls(
             config=config,
-            layer_shapes=[tuple(int(v) for v in s) for s in model.layer_shapes],
+            layer_shapes=[_three_ints(s) for s in model.layer_shapes],
             subject_coords={k: model._neck(k).coords.detach().cpu() for k in model.subjects},
             voxels={k: torch.as_tensor(v, dtype=torch.long) for k, v in voxels.items()},
             info=dict(info),
@@ -433,7 +449,7 @@ class ModelFile:
                 ) from err
         return cls(
             config=ModelConfig.from_dict(payload["model_args"], where=f"{path}: model_args"),
-            layer_shapes=[tuple(int(v) for v in s) for s in payload["layer_shapes"]],
+            layer_shapes=[_three_ints(s) for s in payload["layer_shapes"]],
             subject_coords=payload["subject_coords"],
             voxels=payload["voxels"],
             info=payload.get("info", {}),
