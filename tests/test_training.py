@@ -164,6 +164,27 @@ def test_stage1_roi_and_predictions(data, tmp_path):
         assert f["ds/subj01/pred"].dtype == np.float32
         exact = f["ds/subj01/pred"][:]
     assert np.allclose(exact, values, atol=1e-2) and not np.array_equal(exact, values)
+    # The command line's store-based form writes the same file (with the feature caches, or the backbone itself).
+    from afo.cli import main
+
+    common = ["predict", "--model", str(tmp_path / "s1" / "model.pt"), "--store", f"ds={data / 'store.h5'}"]
+    assert (
+        main(
+            [
+                *common,
+                "--features",
+                f"ds={data / 'features.h5'}",
+                "--dtype",
+                "float32",
+                "--out",
+                str(tmp_path / "cli.h5"),
+            ]
+        )
+        == 0
+    )
+    with h5py.File(tmp_path / "cli.h5") as f:
+        assert np.array_equal(f["ds/subj01/pred"][:], exact)
+    assert main([*common, "--out", str(tmp_path / "none.h5")]) == 2  # neither features nor a backbone
 
 
 def test_validation_runs_through_a_real_loader_of_every_validation_image(data):

@@ -278,6 +278,12 @@ def _predict(p: argparse.ArgumentParser) -> None:
         "--features", action="append", metavar="NAME=PATH", help="feature cache of dataset NAME (repeat per dataset)"
     )
     p.add_argument(
+        "--backbone-config",
+        type=_json_arg,
+        help='JSON: the config\'s `backbone` section with "cache": "none" instead of --features: the backbone runs '
+        "on the stores' images",
+    )
+    p.add_argument(
         "--splits", default="train,val", help="comma-separated splits whose images are predicted (train, val, test)"
     )
     p.add_argument("--rois", type=Path, help="ROI assignment table; with --roi, predict only that ROI's voxels")
@@ -316,8 +322,11 @@ def _predict(p: argparse.ArgumentParser) -> None:
                     weights=args.weights,
                 ),
             )
-        if not (args.store and args.features):
-            raise CliError("give --images DIR, or --store and --features (the store-based form the workflow uses)")
+        if not (args.store and (args.features or args.backbone_config)):
+            raise CliError(
+                "give --images DIR, or --store and --features (or --backbone-config): the store-based form the "
+                "workflow uses"
+            )
         if args.subject or args.maps or args.weights:
             raise CliError("--subject, --maps and --weights go with --images")
         from afo.training.predict import predict_file
@@ -328,7 +337,7 @@ def _predict(p: argparse.ArgumentParser) -> None:
             lambda: predict_file(
                 args.model,
                 _named_paths(args.store, "--store"),
-                _named_paths(args.features, "--features"),
+                _named_paths(args.features, "--features") if args.features else {},
                 splits,
                 args.out,
                 rois=args.rois,
