@@ -18,6 +18,7 @@ from fixtures.glmsingle import MASK_OPTION, MESH_OPTION, MODEL, RUN_IMAGES, writ
 from afo.data import bids_glmsingle, folder
 from afo.data.check import check_dataset
 from afo.data.files import DatasetFileNotFoundError, DatasetFormatError
+from afo.data.options import AdapterOptionError
 from afo.data.store import PreparedStore
 
 GEOMETRY = ("affine", "volume_shape")  # volume geometry the folder format cannot express
@@ -159,3 +160,11 @@ def test_without_mask_keeps_finite_voxels_in_voxel_units(lab, tmp_path):
     with pytest.warns(UserWarning, match="no option mask"):
         rows = bids_glmsingle.check(root, {})
     assert rows[0]["voxels"] == 4 * 3 * 2 - 1 and rows[0]["nan_voxels"] == 0
+
+
+def test_pickles_are_read_only_from_below_the_root(lab, tmp_path):
+    root, options = lab
+    outside = tmp_path / "elsewhere"
+    shutil.copytree(root / "derivatives" / "GLMsingle" / "sub-01", outside)
+    with pytest.raises(AdapterOptionError, match=r"outside the dataset root .* pickles"):
+        _check(root, {**options, "glmsingle_dir": str(outside)})

@@ -29,8 +29,8 @@ they are, the folder format's split by image (images shown more than once go to 
 repeats; voxels kept in place and masked when NaN. Volumes add the mask's affine and grid (subject attributes
 ``affine``, ``volume_shape``), which the folder format cannot express.
 
-Trusted files: ``.npy`` outputs are pickles and are loaded with ``allow_pickle`` only from the folders the
-config names (README, "Trusted files").
+Trusted files: ``.npy`` outputs are pickles and are loaded with ``allow_pickle`` only from below the root the
+config names (README, "Trusted files"); a ``glmsingle_dir`` outside it holding .npy files is refused.
 """
 
 from __future__ import annotations
@@ -254,6 +254,18 @@ def load_npy_dict(path: Path, what: str, expected: str) -> dict:
     if not isinstance(obj, dict):
         raise DatasetFormatError(f"{path}: holds a {type(obj).__name__}, not a dict; expected {expected}")
     return obj
+
+
+def refuse_pickles_outside(root: Path, folder: Path) -> None:
+    """GLMsingle's .npy outputs are pickles (they can run code when loaded): read them only from below the root
+    the config names (README, trusted files)."""
+    pickles = sorted(folder.glob("*.npy")) if folder.is_dir() else []
+    if pickles and not folder.resolve().is_relative_to(root.resolve()):
+        raise AdapterOptionError(
+            f"{ADAPTER}: option glmsingle_dir {folder} is outside the dataset root {root}, and its .npy outputs "
+            f"(e.g. {pickles[0].name}) are pickles, loaded only from below the root the config names. Fix: move "
+            "GLMsingle's outputs below the root (e.g. <root>/derivatives/GLMsingle/sub-<label>)"
+        )
 
 
 def find_output(folder: Path, stem: str, what: str) -> Path | None:
@@ -577,6 +589,7 @@ def open_subject(root: Path, label: str, task: str, stimuli: Path, opts: dict) -
     for run in runs:
         run.stim_files = read_events(run, stimuli)
     folder = _path(root, opts["glmsingle_dir"], label)
+    refuse_pickles_outside(root, folder)
     betas = open_betas(folder, opts["model"], label)
     names = [name for run in runs for name in run.stim_files]
     if betas.n_trials != len(names):
