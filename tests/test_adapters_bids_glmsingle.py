@@ -168,3 +168,10 @@ def test_pickles_are_read_only_from_below_the_root(lab, tmp_path):
     shutil.copytree(root / "derivatives" / "GLMsingle" / "sub-01", outside)
     with pytest.raises(AdapterOptionError, match=r"outside the dataset root .* pickles"):
         _check(root, {**options, "glmsingle_dir": str(outside)})
+
+
+def test_surface_betas_without_a_mesh(tmp_path):
+    root = tmp_path / "surf"
+    write_bids_glmsingle(root, space="surface", output="npy", subjects=("01",))
+    with pytest.raises(DatasetFormatError, match=r"field 'betasmd' has shape \(10, 1, 1\) x 20 trials.*option mesh"):
+        _check(root, {})

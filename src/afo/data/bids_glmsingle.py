@@ -455,7 +455,7 @@ class Voxels:
 def select_voxels(root: Path, betas: Betas, opts: dict, subject: str) -> Voxels:
     if opts["mesh"] is not None:
         return _surface_voxels(root, betas, opts, subject)
-    if len(betas.grid) != 3:
+    if len(betas.grid) != 3 or betas.grid[1:] == (1, 1):  # GLMsingle writes surface betas as vertices x 1 x 1
         raise format_error(
             betas.path,
             betas.key,
