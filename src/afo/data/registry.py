@@ -30,6 +30,7 @@ FORMATS: dict[str, str] = {
     "algonauts2021": "afo.data.algonauts2021",
     "things_meg": "afo.data.things_meg",
     "things_eeg2": "afo.data.things_eeg2",
+    "algonauts2023": "afo.data.algonauts2023",
 }
 
 
