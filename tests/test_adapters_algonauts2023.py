@@ -155,3 +155,73 @@ def test_cli_prepare_and_check_data(release, tmp_path, capsys):
     with PreparedStore(out) as store:
         assert [r["subject"] for r in rows] == store.subjects
         assert [r["voxels"] for r in rows] == [store.info(s).n_voxels for s in store.subjects]
+
+
+def _challenge_by_hand(measured: np.ndarray, predicted: np.ndarray, nc_fraction: np.ndarray) -> np.ndarray:
+    """The challenge's scoring, written from its description: Pearson r per vertex, r < 0 -> 0, NC 0 -> 1e-14,
+    100 r^2 / NC, clipped at 100."""
+    from scipy.stats import pearsonr
+
+    r = np.array([pearsonr(measured[:, v], predicted[:, v])[0] for v in range(measured.shape[1])])
+    r[r < 0] = 0
+    nc = nc_fraction.copy()
+    nc[nc == 0] = 1e-14
+    return np.minimum(100 * r**2 / nc, 100)
+
+
+def test_challenge_score_in_summary_and_headline(prepared, tmp_path):
+    import pandas as pd
+
+    from afo.evaluation.headline import headline_table
+    from afo.evaluation.scores import challenge_labels, challenge_score, summary_table
+    from afo.metrics import pearson_r
+
+    out, _, truth, _ = prepared
+    rng = np.random.default_rng(4)
+    frames, by_hand = [], {}
+    with PreparedStore(out) as store:
+        for subj, t in truth.items():
+            measured = np.concatenate([t["lh_test"], t["rh_test"]], 1)
+            predicted = measured + rng.normal(0, 1.5, measured.shape)  # some vertices get r < 0
+            nc = np.concatenate([t["lh_nc"], t["rh_nc"]])
+            by_hand[subj] = _challenge_by_hand(measured, predicted, nc)
+            r = pearson_r(predicted, measured)
+            np.testing.assert_allclose(challenge_score(r, store.noise_ceiling(subj)), by_hand[subj], rtol=1e-4)
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "dataset": "alg23",
+                        "subject": subj,
+                        "voxel": np.arange(r.size),
+                        "roi": "",
+                        "r_test": r,
+                        "nc": store.noise_ceiling(subj),
+                        "r_test_norm": np.nan,
+                    }
+                )
+            )
+    assert np.any(np.concatenate(list(by_hand.values())) == 100) and np.any(by_hand["subj01"] == 0)
+    voxels = pd.concat(frames, ignore_index=True)
+    labels = challenge_labels({"alg23": out})
+    summary = summary_table(voxels, challenge=labels).set_index(["subject", "roi"])
+    for subj, scores in by_hand.items():
+        row = summary.loc[(subj, "all")]
+        assert row["challenge_score_median"] == pytest.approx(np.median(scores), rel=1e-4)
+        assert row["challenge_score_mean"] == pytest.approx(np.mean(scores), rel=1e-4)
+        v1v = np.array(truth[subj]["lh_prf-visualrois"] + truth[subj]["rh_prf-visualrois"]) == "V1v"
+        row = summary.loc[(subj, "prf-visualrois/V1v")]
+        assert row["challenge_score_median"] == pytest.approx(np.median(scores[v1v]), rel=1e-4)
+    pooled = np.concatenate(list(by_hand.values()))
+    assert summary.loc[("all", "all"), "challenge_score_median"] == pytest.approx(np.median(pooled), rel=1e-4)
+    assert summary.loc[("all", "all"), "challenge_score_mean"] == pytest.approx(np.mean(pooled), rel=1e-4)
+    # datasets without fsaverage layout or noise ceiling get no score
+    plain = summary_table(voxels.assign(dataset="other"), challenge=labels)
+    assert plain["challenge_score_median"].isna().all()
+
+    comparison = tmp_path / "comparison.csv"
+    pd.DataFrame({"dataset": ["alg23"], "area": ["all"], "afo": [0.3]}).to_csv(comparison, index=False)
+    summary.reset_index().to_csv(tmp_path / "summary.csv", index=False)
+    head = headline_table(comparison, summary=tmp_path / "summary.csv")
+    score = head[head["section"] == "Encoding (Algonauts 2023 score)"]
+    assert score["value"].iloc[0] == pytest.approx(np.median(pooled), rel=1e-4)
+    assert "as published" in score["what"].iloc[1] and "70.85, 63.52, 61.57" in score["what"].iloc[1]

@@ -429,13 +429,14 @@ def _evaluate(p: argparse.ArgumentParser) -> None:
 
     def run(args):
         from afo.data.overlap import left_out_by_dataset
-        from afo.evaluation.scores import left_out_counts, voxel_table, write_tables
+        from afo.evaluation.scores import challenge_labels, left_out_counts, voxel_table, write_tables
 
         models = list(_named_paths(args.model, "--model").items())
         stores = _named_paths(args.store, "--store")
         leave_out = left_out_by_dataset([args.overlap] if args.overlap else [], stores, args.trained_on or [])
         table = voxel_table(models, stores, rois=args.rois, dataset_roi_set=args.dataset_roi_set, leave_out=leave_out)
-        voxels, summary = write_tables(table, args.out_dir, left_out_counts(stores, leave_out))
+        counts = left_out_counts(stores, leave_out)
+        voxels, summary = write_tables(table, args.out_dir, counts, challenge_labels(stores))
         return {"voxels": str(voxels), "summary": str(summary), "mean_r_test": float(table["r_test"].mean())}
 
     p.set_defaults(func=run)
