@@ -225,3 +225,53 @@ def test_challenge_score_in_summary_and_headline(prepared, tmp_path):
     score = head[head["section"] == "Encoding (Algonauts 2023 score)"]
     assert score["value"].iloc[0] == pytest.approx(np.median(pooled), rel=1e-4)
     assert "as published" in score["what"].iloc[1] and "70.85, 63.52, 61.57" in score["what"].iloc[1]
+
+
+def test_fill_uncovered_vertices_with_the_hemisphere_mean():
+    from afo.submission import SubmissionError, fill_uncovered
+
+    predicted = np.array([[1.0, 3.0, 10.0], [2.0, 4.0, 20.0]])
+    full, filled = fill_uncovered(predicted, np.array([0, 2, 4]), [3, 2])  # vertices 1 (lh) and 3 (rh) uncovered
+    np.testing.assert_allclose(full, [[1, 2, 3, 10, 10], [2, 3, 4, 20, 20]])
+    assert filled == 2 and full.dtype == np.float32
+    with pytest.raises(SubmissionError, match="beyond the release's 5 challenge vertices"):
+        fill_uncovered(predicted, np.array([0, 2, 5]), [3, 2])
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_submission_layout(release, prepared, tmp_path):
+    """`afo predict --submission`: a model trained on the store predicts each subject's test images in file-name
+    order, every challenge vertex, float32."""
+    import timm
+    import torch
+    from test_api import BACKBONE, MODEL, TRAIN, _backbone
+
+    from afo.cli import main
+    from afo.features import extract_features
+    from afo.training.fit import TrainSpec, fit
+
+    base, truth = release[0], release[1]
+    out = prepared[0]
+    torch.manual_seed(0)
+    weights = tmp_path / "backbone.pth"
+    backbone = timm.create_model(BACKBONE["name"], num_classes=0, img_size=16, **BACKBONE["model_kwargs"])
+    torch.save(backbone.state_dict(), weights)
+    extract_features(out, tmp_path / "features.h5", _backbone(weights))
+    spec = TrainSpec(
+        stores={"alg23": str(out)}, features={"alg23": str(tmp_path / "features.h5")}, model=MODEL, train=TRAIN
+    )
+    fit(spec, tmp_path / "m")
+    argv = ["predict", "--model", str(tmp_path / "m" / "model.pt"), "--submission", str(tmp_path / "sub")]
+    assert main([*argv, "--release", str(base / "full"), "--device", "cpu"]) == 0
+    for subj, t in truth.items():
+        for h in ("lh", "rh"):
+            pred = np.load(tmp_path / "sub" / subj / f"{h}_pred_test.npy")
+            assert pred.dtype == np.float32 and pred.shape == (len(t["test_ids"]), np.count_nonzero(t["masks"][h]))
+            assert np.isfinite(pred).all()
+    import afo
+
+    files = sorted((base / "full" / "subj02" / "test_split" / "test_images").glob("test-*.png"))
+    expected = afo.load(tmp_path / "m" / "model.pt", device="cpu").predict(files, subject="alg23/subj02")
+    n_lh = np.count_nonzero(truth["subj02"]["masks"]["lh"])
+    np.testing.assert_allclose(np.load(tmp_path / "sub" / "subj02" / "lh_pred_test.npy"), expected[:, :n_lh], rtol=1e-5)
+    assert main([*argv, "--out", str(tmp_path / "x.h5"), "--release", str(base / "full")]) == 2
