@@ -258,7 +258,14 @@ def _train(p: argparse.ArgumentParser) -> None:
 )
 def _predict(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, type=Path, help="model file (model.pt)")
-    p.add_argument("--out", required=True, type=Path, help="prediction file to write (.h5)")
+    p.add_argument("--out", type=Path, help="prediction file to write (.h5); not with --submission")
+    p.add_argument(
+        "--submission",
+        type=Path,
+        help="with --release: write an Algonauts 2023 submission, DIR/subjNN/{lh,rh}_pred_test.npy (docs/datasets.md)",
+    )
+    p.add_argument("--release", type=Path, help="with --submission: the Algonauts 2023 release folder (subjNN/...)")
+    p.add_argument("--dataset", help="with --submission: the model's algonauts2023 dataset, if several have subjNN")
     p.add_argument(
         "--images",
         type=Path,
@@ -300,6 +307,21 @@ def _predict(p: argparse.ArgumentParser) -> None:
     def run(args):
         from afo.runtime import resolve_device
 
+        if args.submission is not None:
+            if args.release is None or args.out or args.images or args.store or args.features:
+                raise CliError(
+                    "--submission DIR goes with --release ROOT only (no --out, --images, --store, --features)"
+                )
+            from afo.submission import write_submission
+
+            return _on_claimed_gpu(
+                args,
+                lambda: write_submission(
+                    args.model, args.release, args.submission, args.dataset, args.batch_size, args.device, args.weights
+                ),
+            )
+        if args.out is None:
+            raise CliError("give --out FILE (or --submission DIR with --release ROOT)")
         if args.images is not None:
             if args.store or args.features or args.rois or args.roi:
                 raise CliError(
@@ -438,13 +460,14 @@ def _evaluate(p: argparse.ArgumentParser) -> None:
 
     def run(args):
         from afo.data.overlap import left_out_by_dataset
-        from afo.evaluation.scores import left_out_counts, voxel_table, write_tables
+        from afo.evaluation.scores import challenge_labels, left_out_counts, voxel_table, write_tables
 
         models = list(_named_paths(args.model, "--model").items())
         stores = _named_paths(args.store, "--store")
         leave_out = left_out_by_dataset([args.overlap] if args.overlap else [], stores, args.trained_on or [])
         table = voxel_table(models, stores, rois=args.rois, dataset_roi_set=args.dataset_roi_set, leave_out=leave_out)
-        voxels, summary = write_tables(table, args.out_dir, left_out_counts(stores, leave_out))
+        counts = left_out_counts(stores, leave_out)
+        voxels, summary = write_tables(table, args.out_dir, counts, challenge_labels(stores))
         return {"voxels": str(voxels), "summary": str(summary), "mean_r_test": float(table["r_test"].mean())}
 
     p.set_defaults(func=run)

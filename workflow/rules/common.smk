@@ -389,3 +389,7 @@ def headline_probe() -> list:
 
 def headline_checks() -> list:
     return ["results/analysis/synthetic_checks.json"] if SYNTHETIC else []
+
+
+def headline_summary() -> list:
+    return ["results/encoding/afo/summary.csv"] if "afo" in EVALUATED else []

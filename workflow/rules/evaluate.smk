@@ -124,6 +124,7 @@ rule headline:
         retrieval=headline_retrieval(),
         probe=headline_probe(),
         checks=headline_checks(),
+        summary=headline_summary(),
     output:
         report("results/headline.html", caption="../report/headline.rst", category="0. At a glance"),
     log:

@@ -7,7 +7,7 @@ from afo.jobs import named_by_stem, run_job
 
 def main(smk):
     from afo.data.overlap import left_out_by_dataset
-    from afo.evaluation.scores import left_out_counts, voxel_table, write_tables
+    from afo.evaluation.scores import challenge_labels, left_out_counts, voxel_table, write_tables
 
     stores = named_by_stem(smk.input.stores)
     leave_out = left_out_by_dataset(smk.input.overlap, stores, smk.params.trained_on)
@@ -19,7 +19,7 @@ def main(smk):
         leave_out=leave_out,
     )
     counts = left_out_counts(stores, leave_out)
-    write_tables(table, Path(smk.output.voxels).parent, counts)
+    write_tables(table, Path(smk.output.voxels).parent, counts, challenge_labels(stores))
     return {
         "voxels": len(table),
         "mean_r_test": float(table["r_test"].mean()),

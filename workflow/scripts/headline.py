@@ -10,6 +10,7 @@ def main(smk):
         smk.input.comparison,
         *(optional_input(smk, k) for k in ("retrieval", "probe", "checks")),
         training=smk.input.training,
+        summary=optional_input(smk, "summary"),
     )
     write_headline(table, smk.output[0])
     return {"rows": len(table)}

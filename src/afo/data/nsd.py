@@ -534,8 +534,6 @@ def stim_info_path(root: Path) -> Path:
 def coco_sources(root: Path, image_ids: np.ndarray) -> list[str] | None:
     """``coco:<cocoId>`` of each 0-based NSD image id from nsd_stim_info_merged.csv; None (with a warning) when
     the file is not there, so shared images are then found by their pixels only."""
-    import pandas as pd
-
     path = stim_info_path(root)
     if not path.is_file():
         warn(
@@ -543,6 +541,13 @@ def coco_sources(root: Path, image_ids: np.ndarray) -> list[str] | None:
             "pixels only, which misses NSD's square crops; download it to match them by COCO id"
         )
         return None
+    return coco_sources_at(path, image_ids)
+
+
+def coco_sources_at(path: Path, image_ids: np.ndarray) -> list[str]:
+    """``coco:<cocoId>`` of each 0-based NSD image id from the nsd_stim_info_merged.csv at ``path``."""
+    import pandas as pd
+
     expected = "a CSV with columns nsdId (0-based image) and cocoId"
     with reading(path, "NSD stimulus information", expected):
         table = pd.read_csv(path, usecols=lambda c: c in ("nsdId", "cocoId"))

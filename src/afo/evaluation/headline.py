@@ -1,7 +1,8 @@
 """The report's front page: the headline numbers of a run at a glance, each pointing to its section.
 
 First, whether every model finished training (the training jobs that stopped at their epoch cap, listed by name);
-then afo against naivemix per dataset (the paper's claim), decoding top-1 against chance, linear probing on holdout
+then afo against naivemix per dataset (the paper's claim), the Algonauts 2023 challenge score of fsaverage datasets
+with a noise ceiling beside the published leaderboard, decoding top-1 against chance, linear probing on holdout
 datasets (Figure 1's claim), and, on a synthetic brain, how well the RetinaMap recovered the true receptive fields.
 """
 
@@ -16,6 +17,14 @@ from afo.evaluation.training import stopped_at_cap
 from afo.io.tables import read_table
 
 COLUMNS = ["section", "what", "value", "reference", "see"]
+# The Algonauts 2023 leaderboard's top three (algonautsproject.com, 2023), computed by the challenge on the release's
+# hidden test responses: what afo's challenge score is read beside, never computed here.
+PUBLISHED_CHALLENGE = (70.85, 63.52, 61.57)
+PUBLISHED_NOTE = (
+    "Algonauts 2023 challenge score as published (algonautsproject.com 2023 leaderboard, top 3: 70.85, 63.52, "
+    "61.57; on the release's hidden test responses of its 8 subjects; the first, the Memory Encoding Model, is an "
+    "ensemble that also takes the previous trials' responses as input, 66.80 for its best single model)"
+)
 
 
 def headline_table(
@@ -24,11 +33,13 @@ def headline_table(
     probe: str | Path | None = None,
     synthetic_checks: str | Path | None = None,
     training: str | Path | None = None,
+    summary: str | Path | None = None,
 ) -> pd.DataFrame:
     """One row per headline number: section, what, value, reference (what it is compared with), see (section).
 
     ``training`` (``results/models/training.csv``): a first row with the number of training jobs that stopped at
-    their epoch cap (0 when every model converged), then one row per such job.
+    their epoch cap (0 when every model converged), then one row per such job. ``summary`` (afo's summary.csv):
+    the challenge score of each dataset that has one, pooled over its subjects, beside the published numbers.
     """
     rows = []
     if training is not None:
@@ -70,6 +81,8 @@ def headline_table(
             )
         else:
             rows.append(["Encoding", f"{r.dataset}: mean test r, afo", d["afo"], None, "1. Encoding"])
+    if summary is not None:
+        rows += challenge_rows(read_table(summary))
     if retrieval is not None:
         ret = read_table(retrieval)
         everything = ret[ret["roi_set"] == "all"]
@@ -109,6 +122,31 @@ def headline_table(
                     ]
                 )
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def challenge_rows(summary: pd.DataFrame) -> list[list]:
+    """Headline rows of the challenge score (median over every vertex of all subjects, mean as reference), then
+    the published numbers, labelled as such; none when no dataset has the score."""
+    if "challenge_score_median" not in summary:
+        return []
+    pooled = summary[(summary["subject"].astype(str) == "all") & (summary["roi"] == "all")]
+    pooled = pooled[pooled["challenge_score_median"].notna()]
+    rows = [
+        [
+            "Encoding (Algonauts 2023 score)",
+            f"{r.dataset}: challenge score of afo on this run's test split, median over the vertices of all subjects "
+            "(reference: their mean)",
+            r.challenge_score_median,
+            r.challenge_score_mean,
+            "1. Encoding",
+        ]
+        for r in pooled.itertuples()
+    ]
+    if rows:
+        rows.append(
+            ["Encoding (Algonauts 2023 score)", PUBLISHED_NOTE, PUBLISHED_CHALLENGE[0], None, "docs/datasets.md"]
+        )
+    return rows
 
 
 def write_headline(table: pd.DataFrame, out: str | Path) -> Path:

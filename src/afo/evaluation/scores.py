@@ -9,6 +9,11 @@ scored) and n_test_left_out (test images left out because another training datas
 r is Pearson's r over the split's images between the prediction and the response averaged over the image's
 repeats; r_test_norm = r_test·|r_test| / (nc / 100), the signed fraction of explainable variance explained
 (empty where the noise ceiling is unknown; a negative r stays negative, so it never counts as explained variance). Bad voxels (all-NaN, constant) get a row with empty scores, never vanish.
+
+Datasets on fsaverage with a noise ceiling (Algonauts 2023, NSD with ``space: fsaverage``) also get the Algonauts
+2023 challenge score in summary.csv (:func:`challenge_score`; ``challenge_score_median``, ``challenge_score_mean``),
+per subject and ROI, and in extra rows per ROI class (``roi`` = ``<class>/<label>``) and pooled over the subjects
+(``subject`` = ``all``); empty for every other dataset.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from afo.metrics import MIN_PAIRS, pearson_r
 from afo.training.modelfile import load_model
 
 KEYS = ("dataset", "subject", "voxel")
+NC_ZERO = 1e-14  # the challenge's stand-in for a zero noise ceiling (as a fraction), so the division is defined
 
 
 def neck_readouts(model_path: str | Path, voxels: Mapping[str, np.ndarray]) -> pd.DataFrame:
@@ -167,6 +173,42 @@ def normalised_score(r: np.ndarray, nc: np.ndarray) -> np.ndarray:
     return np.where(nc > 0, score, np.nan)
 
 
+def challenge_score(r: np.ndarray, nc: np.ndarray) -> np.ndarray:
+    """The Algonauts 2023 score per vertex: 100 · max(r, 0)² / NC, NC the noise ceiling as a fraction (0 -> 1e-14),
+    clipped at 100. ``nc`` is in percent, as stores keep it; NaN where r or the noise ceiling is unknown."""
+    r = np.asarray(r, dtype=np.float64)
+    fraction = np.asarray(nc, dtype=np.float64) / 100.0
+    fraction = np.where(fraction == 0, NC_ZERO, fraction)
+    with np.errstate(invalid="ignore"):
+        return np.minimum(100.0 * np.clip(r, 0.0, None) ** 2 / fraction, 100.0)
+
+
+def challenge_labels(stores: Mapping[str, str | Path]) -> pd.DataFrame:
+    """The voxels the challenge score is for: every voxel of the fsaverage datasets with a noise ceiling, one row
+    with roi ``all`` and one per ROI set it is labelled in (roi ``<set>/<label>``). Columns: dataset, subject,
+    voxel, roi."""
+    frames = []
+    for dataset, path in sorted(stores.items()):
+        with PreparedStore(path) as store:
+            for subject in store.subjects:
+                layout = store.layout(subject)
+                nc = store.noise_ceiling(subject)
+                if layout is None or layout.kind != "fsaverage" or not np.isfinite(nc).any():
+                    continue
+                voxels = np.arange(nc.size)
+                frames.append(pd.DataFrame({"dataset": dataset, "subject": subject, "voxel": voxels, "roi": "all"}))
+                for roi_set in store.info(subject).roi_sets:
+                    labels = np.asarray(store.rois(subject, roi_set), dtype=object)
+                    keep = labels != ""
+                    roi = [f"{roi_set}/{label}" for label in labels[keep]]
+                    frames.append(
+                        pd.DataFrame({"dataset": dataset, "subject": subject, "voxel": voxels[keep], "roi": roi})
+                    )
+    if not frames:
+        return pd.DataFrame(columns=[*KEYS, "roi"])
+    return pd.concat(frames, ignore_index=True)
+
+
 def left_out_counts(
     stores: Mapping[str, str | Path], leave_out: Mapping[str, np.ndarray] | None = None
 ) -> pd.DataFrame:
@@ -189,23 +231,56 @@ def left_out_counts(
     return pd.DataFrame(rows, columns=["dataset", "subject", "n_test_images", "n_test_left_out"])
 
 
-def summary_table(voxels: pd.DataFrame, counts: pd.DataFrame | None = None) -> pd.DataFrame:
-    """summary.csv: per dataset, subject and roi (and 'all'): n_voxels, mean_r_test, median_r_test_norm, and the
-    subject's ``counts`` (n_test_images, n_test_left_out; :func:`left_out_counts`) when given."""
-    frames = [voxels.assign(roi=voxels["roi"].fillna("").astype(str)), voxels.assign(roi="all")]
-    both = pd.concat(frames, ignore_index=True)
-    both = both[both["roi"] != ""]
-    out = (
-        both.groupby(["dataset", "subject", "roi"], sort=True)
-        .agg(n_voxels=("voxel", "size"), mean_r_test=("r_test", "mean"), median_r_test_norm=("r_test_norm", "median"))
+def _aggregate(voxels: pd.DataFrame) -> pd.DataFrame:
+    return (
+        voxels.groupby(["dataset", "subject", "roi"], sort=True)
+        .agg(
+            n_voxels=("voxel", "size"),
+            mean_r_test=("r_test", "mean"),
+            median_r_test_norm=("r_test_norm", "median"),
+            challenge_score_median=("challenge_score", "median"),
+            challenge_score_mean=("challenge_score", "mean"),
+        )
         .reset_index()
     )
+
+
+def summary_table(
+    voxels: pd.DataFrame, counts: pd.DataFrame | None = None, challenge: pd.DataFrame | None = None
+) -> pd.DataFrame:
+    """summary.csv: per dataset, subject and roi (and 'all'): n_voxels, mean_r_test, median_r_test_norm, the
+    challenge score's median and mean, and the subject's ``counts`` (n_test_images, n_test_left_out;
+    :func:`left_out_counts`) when given.
+
+    ``challenge`` (:func:`challenge_labels`): the voxels scored with the challenge score; they add rows per ROI
+    class and, with subject ``all``, pooled over the subjects of their dataset.
+    """
+    voxels = voxels.assign(challenge_score=np.nan)
+    if challenge is not None and not challenge.empty:
+        scored = voxels.merge(challenge[list(KEYS)].drop_duplicates(), on=list(KEYS), how="left", indicator=True)
+        on = (scored["_merge"] == "both").to_numpy()
+        voxels["challenge_score"] = np.where(on, challenge_score(voxels["r_test"], voxels["nc"]), np.nan)
+    frames = [voxels.assign(roi=voxels["roi"].fillna("").astype(str)), voxels.assign(roi="all")]
+    both = pd.concat(frames, ignore_index=True)
+    out = _aggregate(both[both["roi"] != ""])
+    if challenge is not None and not challenge.empty:
+        scores = voxels.drop(columns="roi").merge(challenge, on=list(KEYS))
+        classes = scores[scores["roi"] != "all"]
+        extra = pd.concat([_aggregate(classes), _aggregate(scores.assign(subject="all"))], ignore_index=True)
+        out = pd.concat([out, extra], ignore_index=True)
     if counts is not None:
         out = out.merge(counts.astype({"subject": str}), on=["dataset", "subject"], how="left")
     return out
 
 
-def write_tables(voxels: pd.DataFrame, out_dir: str | Path, counts: pd.DataFrame | None = None) -> tuple[Path, Path]:
-    """Write voxels.csv and summary.csv (with the test-image ``counts`` when given) atomically into ``out_dir``."""
+def write_tables(
+    voxels: pd.DataFrame,
+    out_dir: str | Path,
+    counts: pd.DataFrame | None = None,
+    challenge: pd.DataFrame | None = None,
+) -> tuple[Path, Path]:
+    """Write voxels.csv and summary.csv (with the test-image ``counts`` and the ``challenge`` voxels' scores when
+    given, :func:`summary_table`) atomically into ``out_dir``."""
     out_dir = Path(out_dir)
-    return write_csv(voxels, out_dir / "voxels.csv"), write_csv(summary_table(voxels, counts), out_dir / "summary.csv")
+    summary = summary_table(voxels, counts, challenge)
+    return write_csv(voxels, out_dir / "voxels.csv"), write_csv(summary, out_dir / "summary.csv")
