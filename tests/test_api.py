@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 import stat
 import subprocess
@@ -136,6 +137,8 @@ def test_fresh_process_predicts_original_image_files_like_the_workflow(trained, 
         subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path, timeout=300)
         fresh = np.load(tmp_path / "fresh.npy")
         assert fresh.shape == pred.shape
+        # The same values, not only the same pattern: the same pixels and features, other batches.
+        np.testing.assert_allclose(fresh, pred, rtol=0, atol=1e-5)
         r = np.corrcoef(fresh.ravel(), pred.ravel())[0, 1]
         assert r >= 0.999, (key, r)
         per_voxel = [np.corrcoef(fresh[:, v], pred[:, v])[0, 1] for v in range(pred.shape[1]) if pred[:, v].std() > 0]
@@ -172,6 +175,19 @@ def test_api_inputs_voxels_features(trained):
         m.predict(files, subject="nobody/x")
     with pytest.raises(afo.api.ImageInputError, match=r"\[H, W, 3\]"):
         m.predict(np.zeros((4, 4)), subject="tiny/subj01")
+
+
+def test_predict_shows_progress_only_when_asked(trained, caplog):
+    import afo
+
+    m = afo.load(trained / "m" / "model.pt", device="cpu")
+    files = sorted((trained / "ds" / "images").glob("*.png"))[:5]
+    with caplog.at_level(logging.INFO, logger="afo"):
+        m.predict(files, batch_size=2)
+        assert "images (" not in caplog.text
+        m.predict(files, batch_size=2, progress=True)
+    lines = re.findall(r"model.pt: predict: (\d)/5 images \([\d.]+ img/s\)", caplog.text)
+    assert lines == ["2", "4", "5"]
 
 
 def test_weights_file_missing_or_different_is_one_clear_error(trained, tmp_path):

@@ -56,3 +56,15 @@ def test_jobs_that_only_read_models_start_without_lightning_or_timm():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_afo_predict_starts_without_lightning_pandas_or_scipy():
+    """`afo predict --images` builds only its own arguments and imports only what predicting needs (Lightning,
+    pandas and scipy are seconds of a one-image prediction's start-up)."""
+    code = (
+        "import sys, afo.cli, afo.api, afo.runtime, afo.features, afo.training.modelfile, afo.io.predictions, "
+        "afo.figures.brainmaps; afo.cli.build_parser(afo.cli._command_of(['predict', '--images', 'x'])); "
+        "print(sorted(m for m in ('pytorch_lightning', 'lightning', 'pandas', 'scipy') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

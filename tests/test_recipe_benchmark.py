@@ -76,5 +76,8 @@ def test_report_tables_cells_and_paired_tests(recipe, tmp_path, capsys):
     assert tests.loc[("afo", "naivemix"), "mean_diff"] == pytest.approx(0.15)
     assert tests.loc[("afo", "naivemix"), "frac_a_better"] == 1.0
     assert tests.loc[("afo", "naivemix"), "seeds_a_better"] == "2/2"
+    # All 8 pairs (2 seeds x 4 voxels) favour afo: the exact two-sided signed-rank p is 2 / 2^8 (one-sided, seed
+    # means or unpaired samples would give another number).
+    assert tests.loc[("afo", "naivemix"), "p_wilcoxon"] == pytest.approx(2 / 2**8)
     assert tests.loc[("stage2plus", "stage2"), "mean_diff"] == pytest.approx(0.2)
     assert tests.loc[("stage2", "stage1"), "n_voxels"] == 8

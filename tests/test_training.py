@@ -117,13 +117,30 @@ def test_fit_writes_model_metrics_and_is_deterministic(data, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_backbone_features_untouched_and_conv_trained(data, tmp_path):
+def test_backbone_features_untouched_and_conv_trained(data, tmp_path, monkeypatch):
+    import afo.training.fit as fit_module
     from afo.features import FeatureCache
 
+    initial = {}
+    build_model = fit_module.build_model
+
+    def recording_build_model(spec, job_data):  # the conv blocks as the job initialised them
+        config, model = build_model(spec, job_data)
+        initial.update({k: v.clone() for k, v in model.conv_blocks.state_dict().items()})
+        return config, model
+
+    monkeypatch.setattr(fit_module, "build_model", recording_build_model)
     before = [t.clone() for t in FeatureCache(data / "features.h5").load()]
     fit(_spec(data), tmp_path / "m")
     after = FeatureCache(data / "features.h5").load()
     assert all(torch.equal(x, y) for x, y in zip(before, after))
+    trained, _ = load_model(tmp_path / "m" / "model.pt")
+    weights = {k: v for k, v in trained.conv_blocks.state_dict().items() if k.endswith("conv.weight")}
+    assert len(weights) == 2 * MODEL["n_convs"]  # 2 tapped layers x n_convs units
+    # Every conv unit of every tapped layer moved away from its initialisation.
+    assert all(not torch.allclose(w, initial[k]) for k, w in weights.items()), sorted(
+        k for k, w in weights.items() if torch.allclose(w, initial[k])
+    )
 
 
 def test_stage1_roi_and_predictions(data, tmp_path):

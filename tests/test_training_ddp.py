@@ -1,7 +1,7 @@
 """One training job on several devices: DDP with 2 CPU processes over gloo.
 
 The run completes, rank 0 alone writes the outputs (one model.pt, one metrics.csv with one row per epoch, one CSV
-log, top-k checkpoints), the validation r is within 0.02 of the one-process run, the two ranks together see
+log, top-k checkpoints), the validation r is within 1e-5 of the one-process run, the two ranks together see
 exactly the one-device batches, and a job trained on 2 devices resumes on 1 (the device count is not part of the
 job's settings).
 """
@@ -71,9 +71,10 @@ def test_two_processes_complete_write_once_and_match_one(data, runs):  # noqa: F
     # One row per epoch (not one per rank), and the same number of epochs and steps as on one device.
     assert metrics["two"]["epoch"].tolist() == metrics["one"]["epoch"].tolist() == [0, 1, 2]
     assert two["epochs"] == one["epochs"]
-    # Validation r per epoch and of the final soup: within 0.02 of the one-process run.
-    assert np.abs(metrics["two"]["val_r"].to_numpy() - metrics["one"]["val_r"].to_numpy()).max() < 0.02
-    assert abs(two["val_r"] - one["val_r"]) < 0.02
+    # Validation r per epoch and of the final soup: the one-process run's up to float rounding (measured: 1.5e-8
+    # per epoch, 5e-8 for the soup).
+    assert np.abs(metrics["two"]["val_r"].to_numpy() - metrics["one"]["val_r"].to_numpy()).max() < 1e-5
+    assert abs(two["val_r"] - one["val_r"]) < 1e-5
     work = JobPaths.of(_spec(data, train=DDP_TRAIN), out / "two").work
     assert len(list((work / "logs").glob("version_*"))) == 1  # rank 0's CSV log only
     assert sorted(p.name for p in (work / "topk").iterdir()) == sorted(two_topk(work))

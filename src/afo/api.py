@@ -253,10 +253,13 @@ class Model:
         return [f.to(dtype) for f in feats]
 
     def _batches(
-        self, images: ImageLike | Iterable[ImageLike], batch_size: int, what: str
+        self, images: ImageLike | Iterable[ImageLike], batch_size: int, what: str, progress: bool
     ) -> Iterator[tuple[int, list[torch.Tensor]]]:
-        """(start, core output) per batch of images, with a progress line per batch on the ``afo`` logger."""
+        """(start, core output) per batch of images; with ``progress``, a line per batch on the ``afo`` logger (on
+        stderr unless the program configured logging)."""
         import torch
+
+        from afo.runtime import log_to_stderr_unless_configured
 
         batch_size = _check_batch_size(batch_size)
         items = _as_list(images)
@@ -264,6 +267,8 @@ class Model:
             raise ImageInputError("no images given")
         for index, item in enumerate(items):  # every item, before the first batch is computed
             _check_image(item, index)
+        if progress:
+            log_to_stderr_unless_configured()
         started = time.time()
         for start in range(0, len(items), batch_size):
             batch = items[start : start + batch_size]
@@ -271,31 +276,42 @@ class Model:
                 core = self._model.core(self._backbone_layers(self.preprocess(batch)))
             yield start, core
             done = start + len(batch)
-            log.info("%s: %d/%d images (%.1f img/s)", what, done, len(items), done / max(time.time() - started, 1e-9))
+            if progress:
+                log.info(
+                    "%s: %d/%d images (%.1f img/s)", what, done, len(items), done / max(time.time() - started, 1e-9)
+                )
 
     def predict(
-        self, images: ImageLike | Iterable[ImageLike], subject: str | None = None, batch_size: int = 32
+        self,
+        images: ImageLike | Iterable[ImageLike],
+        subject: str | None = None,
+        batch_size: int = 32,
+        progress: bool = False,
     ) -> np.ndarray | dict[str, np.ndarray]:
         """Predicted responses: float32 [B, n_voxels] of ``subject`` (columns as :meth:`voxels`), or, with
-        ``subject=None``, a dict subject key -> that array for every subject (one backbone pass for all)."""
+        ``subject=None``, a dict subject key -> that array for every subject (one backbone pass for all).
+        ``progress``: a line per batch on stderr (images done, images per second), as ``afo predict`` shows."""
         import torch
 
         wanted = [subject] if subject is not None else self.subjects
         for s in wanted:
             self._check_subject(s)
         out: dict[str, list[np.ndarray]] = {s: [] for s in wanted}
-        for _, core in self._batches(images, batch_size, f"{self.path.name}: predict"):
+        for _, core in self._batches(images, batch_size, f"{self.path.name}: predict", progress):
             for s in wanted:
                 with torch.no_grad():
                     out[s].append(self._model.readout(core, s).cpu().numpy())
         result = {s: np.concatenate(parts).astype(np.float32) for s, parts in out.items()}
         return result[subject] if subject is not None else result
 
-    def features(self, images: ImageLike | Iterable[ImageLike], batch_size: int = 32) -> list[np.ndarray]:
+    def features(
+        self, images: ImageLike | Iterable[ImageLike], batch_size: int = 32, progress: bool = False
+    ) -> list[np.ndarray]:
         """The trained core's features for your own probing: the frozen backbone's layers through the trained conv
-        blocks, one float32 array [B, D, h_l, w_l] per tapped layer (shallowest first; D = the model's out_dim)."""
+        blocks, one float32 array [B, D, h_l, w_l] per tapped layer (shallowest first; D = the model's out_dim).
+        ``progress``: as in :meth:`predict`."""
         parts: list[list[np.ndarray]] = []
-        for _, core in self._batches(images, batch_size, f"{self.path.name}: features"):
+        for _, core in self._batches(images, batch_size, f"{self.path.name}: features", progress):
             if not parts:
                 parts = [[] for _ in core]
             for layer, maps in zip(parts, core):
@@ -371,8 +387,10 @@ def predict_folder(
     batch_size: int = 32,
     device: str = "auto",
     weights: str | Path | None = None,
+    progress: bool = False,
 ) -> dict:
-    """Predict every image of a folder for every subject (or ``subjects``) of a model file.
+    """Predict every image of a folder for every subject (or ``subjects``) of a model file (``progress``: a line
+    per batch on stderr, as :meth:`Model.predict`).
 
     Writes a prediction file (:mod:`afo.io.predictions` layout): ``/<dataset>/<subject>/{images, voxels, pred}``
     with ``images`` = row in the sorted list of the folder's image files, whose names are the file's root
@@ -382,8 +400,10 @@ def predict_folder(
     """
     from afo.figures.brainmaps import write_volume_maps
     from afo.io.predictions import write_predictions
-    from afo.runtime import resolve_device
+    from afo.runtime import log_to_stderr_unless_configured, resolve_device
 
+    if progress:
+        log_to_stderr_unless_configured()  # the line naming the work, then a line per batch
     # Everything that can be checked cheaply is checked before the first image is predicted.
     check_output_file(out, "--out")
     if maps_dir is not None:
@@ -410,7 +430,7 @@ def predict_folder(
         len(wanted),
         model.device,
     )
-    preds = model.predict(files, batch_size=batch_size)
+    preds = model.predict(files, batch_size=batch_size, progress=progress)
     index = np.arange(len(files), dtype=np.int64)
     write_predictions(
         out,

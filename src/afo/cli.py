@@ -328,9 +328,7 @@ def _predict(p: argparse.ArgumentParser) -> None:
                     "--images predicts a folder from the model file alone: drop --store/--features/--rois/--roi"
                 )
             from afo.api import predict_folder
-            from afo.training.monitor import log_to_stderr_unless_configured
 
-            log_to_stderr_unless_configured()  # a progress line per batch
             return _on_claimed_gpu(
                 args,
                 lambda: predict_folder(
@@ -342,6 +340,7 @@ def _predict(p: argparse.ArgumentParser) -> None:
                     batch_size=args.batch_size,
                     device=args.device,
                     weights=args.weights,
+                    progress=True,
                 ),
             )
         if not (args.store and (args.features or args.backbone_config)):
@@ -679,7 +678,9 @@ def _check_root(ds: dict) -> Path:
     return root
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every subcommand, or with ``command`` only that one's arguments (the others are listed by name:
+    some read their defaults from modules that import pandas or scipy, seconds that `afo predict` should not wait)."""
     parser = argparse.ArgumentParser(
         prog="afo",
         description="Retinotopy-inspired brain encoding model and the All-for-One training recipe.",
@@ -687,12 +688,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"afo {__import__('afo').__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (help_text, add_arguments) in COMMANDS.items():
-        add_arguments(sub.add_parser(name, help=help_text, description=help_text))
+        subparser = sub.add_parser(name, help=help_text, description=help_text)
+        if command in (None, name):
+            add_arguments(subparser)
     return parser
 
 
+def _command_of(argv: list[str]) -> str | None:
+    """The subcommand ``argv`` names (its first word when that is one), else None."""
+    first = next((a for a in argv if not a.startswith("-")), None)
+    return first if first in COMMANDS else None
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(_command_of(argv)).parse_args(argv)
     try:
         result = args.func(args)
     except UserError as err:

@@ -125,7 +125,8 @@ def backbone_features(
     mean, std = _normalisation(model)
     if not isinstance(images, torch.Tensor):
         images = torch.from_numpy(np.ascontiguousarray(images))
-    x = images.to(device).permute(0, 3, 1, 2).float().div_(255.0)
+    # Contiguous NCHW: the permuted view is channels-last, which the CPU convolutions run about 25 % slower.
+    x = images.to(device).permute(0, 3, 1, 2).contiguous().float().div_(255.0)
     if x.shape[-1] != spec.resolution or x.shape[-2] != spec.resolution:
         x = F.interpolate(x, size=(spec.resolution, spec.resolution), mode="bicubic", align_corners=False).clamp_(0, 1)
     x = (x - mean.to(device)) / std.to(device)

@@ -1,8 +1,10 @@
-"""Where a job runs: device choice, numeric precision and reproducibility switches."""
+"""Where a job runs: device choice, numeric precision, reproducibility switches and where its log lines go."""
 
 from __future__ import annotations
 
 import inspect
+import logging
+import sys
 
 import torch
 
@@ -76,3 +78,14 @@ def resolve_precision(name: str, device: torch.device | str) -> str:
             f"train.precision: {name} on a GPU without native bfloat16 (it would be emulated, slowly); use auto or 16-mixed"
         )
     return name
+
+
+def log_to_stderr_unless_configured() -> None:
+    """Send afo's INFO lines to stderr (the job's log) when the program configured no logging, as Lightning does
+    for its own logger; a program that configures logging keeps full control."""
+    afo_log = logging.getLogger("afo")
+    if not afo_log.hasHandlers():
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+        afo_log.addHandler(handler)
+        afo_log.setLevel(logging.INFO)

@@ -7,27 +7,16 @@ Lightning's progress bar (on a terminal) and the final report are unchanged.
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from afo.runtime import log_to_stderr_unless_configured  # noqa: F401  (here before: fit and finetune import it)
 from afo.training.lightning import pl, tensorboard_installed
 
 log = logging.getLogger(__name__)
-
-
-def log_to_stderr_unless_configured() -> None:
-    """Send afo's INFO lines to stderr (the job's log) when the program configured no logging, as Lightning does
-    for its own logger; a program that configures logging keeps full control."""
-    afo_log = logging.getLogger("afo")
-    if not afo_log.hasHandlers():
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
-        afo_log.addHandler(handler)
-        afo_log.setLevel(logging.INFO)
 
 
 def _duration(seconds: float) -> str:
