@@ -20,7 +20,7 @@ LAYERS = [
     {"evaluation"},
     {"probing", "decoding"},
     {"figures"},
-    {"jobs", "cli", "api"},
+    {"jobs", "cli", "api", "submission"},
 ]
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}
 
