@@ -6,7 +6,7 @@ from pathlib import Path
 
 from afo.config import ConfigError, train_params, validate_config
 from afo.data.manifest import dataset_files, manifest_digest
-from afo.data.registry import dataset_root
+from afo.data.registry import dataset_root, visual_angle
 from afo.io.tables import roi_labels
 
 validate_config(config, workflow.source_path("../schemas/config.schema.yaml"))
@@ -21,6 +21,8 @@ TRAIN_THREADS = COMPUTE["train_threads"]
 TRAIN_MEM_MB = COMPUTE["train_mem_mb"]
 LAST_STAGE2 = "stage2plus" if AFO["s2_plus_one"] else "stage2"
 SYNTHETIC = {n: str(dataset_root(d)) for n, d in sorted(DATASETS.items()) if d["format"] == "synthetic"}
+# Full stimulus width in degrees per dataset (None = image units): ecc_deg / angle_deg in voxels.csv and figures.
+VISUAL_ANGLES = {n: visual_angle(d) for n, d in sorted(DATASETS.items())}
 # The synthetic checks compare trained models' voxels with the truth: holdout datasets have no such voxels.
 SYNTHETIC_TRAIN = {n: p for n, p in SYNTHETIC.items() if n in TRAIN_DATASETS}
 

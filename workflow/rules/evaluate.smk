@@ -22,6 +22,7 @@ rule evaluate:
     params:
         roi_set=AFO["dataset_roi_set"],
         trained_on=overlap_trained_on(),
+        visual_angles=VISUAL_ANGLES,
     script:
         "../scripts/evaluate.py"
 
