@@ -6,7 +6,8 @@ from pathlib import Path
 
 from afo.config import ConfigError, train_params, validate_config
 from afo.data.manifest import dataset_files, manifest_digest
-from afo.data.registry import dataset_root
+from afo.data.nsd_prf import has_prf_maps
+from afo.data.registry import dataset_root, visual_angle
 from afo.io.tables import roi_labels
 
 validate_config(config, workflow.source_path("../schemas/config.schema.yaml"))
@@ -21,6 +22,15 @@ TRAIN_THREADS = COMPUTE["train_threads"]
 TRAIN_MEM_MB = COMPUTE["train_mem_mb"]
 LAST_STAGE2 = "stage2plus" if AFO["s2_plus_one"] else "stage2"
 SYNTHETIC = {n: str(dataset_root(d)) for n, d in sorted(DATASETS.items()) if d["format"] == "synthetic"}
+# Full stimulus width in degrees per dataset (None = image units): ecc_deg / angle_deg in voxels.csv and figures.
+VISUAL_ANGLES = {n: visual_angle(d) for n, d in sorted(DATASETS.items())}
+# Training NSD datasets (volume spaces) whose download holds pRF maps: the RetinaMap is checked against them.
+PRF_DATASETS = [
+    n
+    for n in TRAIN_DATASETS
+    if DATASETS[n]["format"] == "nsd"
+    and has_prf_maps(DATASETS[n]["root"], DATASETS[n]["options"].get("space", "func1pt8mm"))
+]
 # The synthetic checks compare trained models' voxels with the truth: holdout datasets have no such voxels.
 SYNTHETIC_TRAIN = {n: p for n, p in SYNTHETIC.items() if n in TRAIN_DATASETS}
 
@@ -341,6 +351,11 @@ def probe_tables() -> list:
     return expand("results/probing/{extractor}/{dataset}.csv", extractor=EXTRACTORS, dataset=ALL_DATASETS)
 
 
+def prf_roots() -> dict:
+    """NSD root of each dataset with pRF maps (a param: another download reruns the comparison)."""
+    return {n: str(DATASETS[n]["root"]) for n in PRF_DATASETS}
+
+
 def ground_truth_input() -> list:
     return ["resources/synthetic"] if SYNTHETIC else []
 
@@ -368,6 +383,8 @@ def analysis_targets() -> list:
     for name in config["evaluation"]["figure_models"]:
         out += [f"results/figures/{name}/{kind}" for kind in ("retinamap", "layerselector", "brainmaps")]
         out.append(f"results/brainmaps/{name}")
+        if PRF_DATASETS:
+            out += [f"results/analysis/prf/{name}.csv", f"results/figures/{name}/prf"]
     if SYNTHETIC:
         out += ["results/analysis/synthetic_checks.json", "results/analysis/synthetic_checks.html"]
     if FINETUNE["enabled"]:

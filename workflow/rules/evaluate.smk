@@ -1,5 +1,6 @@
 # Per-voxel scores of every model's predictions (predict.smk): voxels.csv, summary.csv, the ablation table with the
-# recipe comparison as its view, and the checks against the synthetic brain's ground truth.
+# recipe comparison as its view, the RetinaMap against NSD's measured pRF maps, and the checks against the synthetic
+# brain's ground truth.
 
 
 rule evaluate:
@@ -22,6 +23,7 @@ rule evaluate:
     params:
         roi_set=AFO["dataset_roi_set"],
         trained_on=overlap_trained_on(),
+        visual_angles=VISUAL_ANGLES,
     script:
         "../scripts/evaluate.py"
 
@@ -87,6 +89,34 @@ use rule summary_html as comparison_html with:
     params:
         title="Mean test r per dataset and area",
         best_of=EVALUATED,
+
+
+rule prf_comparison:
+    input:
+        voxels="results/encoding/{name}/voxels.csv",
+        stores=stores(PRF_DATASETS),
+    output:
+        voxels="results/analysis/prf/{name}.csv",
+        rois="results/analysis/prf/{name}_rois.csv",
+        figures=report(
+            directory("results/figures/{name}/prf"),
+            patterns=["{figure}.png"],
+            caption="../report/prf.rst",
+            category="5. Probing figures",
+            subcategory="{name}",
+        ),
+    log:
+        "logs/evaluate/prf_{name}.log",
+    conda:
+        "../../envs/afo.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+    params:
+        roots=prf_roots(),
+        min_r2=config["evaluation"]["prf_min_r2"],
+    script:
+        "../scripts/prf_comparison.py"
 
 
 rule synthetic_checks:

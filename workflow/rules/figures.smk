@@ -39,6 +39,7 @@ rule model_figures:
         mem_mb=2000,
     params:
         ground_truth=SYNTHETIC,
+        visual_angles=VISUAL_ANGLES,
     script:
         "../scripts/model_figures.py"
 

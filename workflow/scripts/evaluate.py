@@ -17,6 +17,7 @@ def main(smk):
         rois=smk.input.rois[0],
         dataset_roi_set=smk.params.roi_set,
         leave_out=leave_out,
+        visual_angles=smk.params.visual_angles,
     )
     counts = left_out_counts(stores, leave_out)
     write_tables(table, Path(smk.output.voxels).parent, counts, challenge_labels(stores))

@@ -16,6 +16,7 @@ def main(smk):
         out.brain,
         out.nifti,
         smk.params.ground_truth,
+        smk.params.visual_angles,
     )
 
 

@@ -17,6 +17,12 @@ An adapter is one module of :mod:`afo.data` that reads a dataset as users downlo
   would hold. ``read_data=False`` skips streaming the responses (``nan_voxels`` is then None). ``afo
   check-data`` runs it for every dataset of a config (:func:`afo.data.check.check_dataset`).
 - ``root_of(entry)``: where a config entry's files are (default: its ``root``).
+- ``visual_angle``: the full width of the stimulus in degrees of visual angle, from the dataset's paper (docs/
+  datasets.md gives each source), or a function of the config entry that reads it from the dataset's own files
+  (the folder format's ``dataset.yaml``); None = unknown, RF positions stay in image units. A config entry's own
+  ``visual_angle`` wins (:func:`afo.data.registry.visual_angle`). Only square, centred stimuli have one number:
+  a format whose frames are not square (HCP's movie) or whose channels have no retinotopy (EEG, MEG) leaves it
+  None.
 
 Every problem a user can fix is a :class:`afo.errors.UserError` naming the file, the field and the fix
 (:mod:`afo.data.files` has the helpers). A new format is one module that fills this record, one line in
@@ -60,6 +66,9 @@ def _config_root(entry: Mapping[str, Any]) -> Path:
     return Path(entry["root"])
 
 
+VisualAngle = float | Callable[[Mapping[str, Any]], float | None] | None
+
+
 @dataclass(frozen=True)
 class DatasetAdapter:
     """One dataset format: its name, the options it accepts, how it is prepared and checked (module docstring)."""
@@ -69,6 +78,7 @@ class DatasetAdapter:
     prepare: Prepare
     check: Check
     root_of: Callable[[Mapping[str, Any]], Path] = field(default=_config_root)
+    visual_angle: VisualAngle = None
 
 
 def check_row(

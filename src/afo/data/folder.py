@@ -2,7 +2,7 @@
 
 Layout under ``root``::
 
-    dataset.yaml                     name: <str>; modality: fmri | eeg | meg
+    dataset.yaml                     name: <str>; modality: fmri | eeg | meg; optional visual_angle: <degrees>
     images/                          stimulus images (any format PIL reads; one frame each)
     <subject>/responses.npy          real numbers [n_trials, n_voxels]; NaN allowed (that voxel/trial is masked)
     <subject>/trials.csv             columns: image (file name in images/), split (train | val | test); split optional
@@ -69,7 +69,25 @@ def read_dataset_yaml(root: Path) -> dict:
         raise _fail(path, "field `name` missing or not a string", "add `name: <dataset name>`")
     if meta.get("modality") not in MODALITIES:
         raise _fail(path, f"field `modality` is {meta.get('modality')!r}", f"set it to one of {list(MODALITIES)}")
+    angle = meta.get("visual_angle")
+    if angle is not None and (isinstance(angle, bool) or not isinstance(angle, int | float) or not angle > 0):
+        raise _fail(
+            path,
+            f"field `visual_angle` is {angle!r}",
+            "give the full width of the (square) stimulus in degrees of visual angle, e.g. `visual_angle: 8.4`, "
+            "or leave the field out",
+        )
     return meta
+
+
+def visual_angle_of(entry: Mapping[str, Any]) -> float | None:
+    """``visual_angle`` of the entry's dataset.yaml, None when it has none. A missing dataset.yaml is left to
+    ``prepare`` to report: the workflow asks this before anything runs."""
+    root = Path(entry["root"])
+    if not (root / "dataset.yaml").is_file():
+        return None
+    angle = read_dataset_yaml(root).get("visual_angle")
+    return None if angle is None else float(angle)
 
 
 def find_subjects(root: Path) -> list[Path]:
@@ -351,4 +369,4 @@ def check(root: Path, options: Mapping[str, Any], *, read_data: bool = True) -> 
     return rows
 
 
-FORMAT = DatasetAdapter(name="folder", defaults=DEFAULTS, prepare=prepare, check=check)
+FORMAT = DatasetAdapter(name="folder", defaults=DEFAULTS, prepare=prepare, check=check, visual_angle=visual_angle_of)

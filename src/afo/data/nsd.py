@@ -701,4 +701,7 @@ def check(root: Path, options: Mapping[str, Any], *, read_data: bool = True) -> 
     return rows
 
 
-FORMAT = DatasetAdapter(name=ADAPTER, defaults=DEFAULTS, prepare=prepare, check=check)
+# The images filled an 8.4 deg square at fixation (Allen et al. 2022; docs/datasets.md), as did the pRF stimulus.
+VISUAL_ANGLE = 8.4
+
+FORMAT = DatasetAdapter(name=ADAPTER, defaults=DEFAULTS, prepare=prepare, check=check, visual_angle=VISUAL_ANGLE)

@@ -48,3 +48,20 @@ def get_adapter(fmt: str) -> DatasetAdapter:
 def dataset_root(entry: Mapping[str, Any]) -> Path:
     """Where the files of a config's dataset entry (``format``, ``root`` or ``part``, ...) are."""
     return get_adapter(entry["format"]).root_of(entry)
+
+
+def visual_angle(entry: Mapping[str, Any]) -> float | None:
+    """The full stimulus width in degrees of a config's dataset entry: its own ``visual_angle`` when the key is
+    there (null = image units), else its format's default (:attr:`DatasetAdapter.visual_angle`)."""
+    if "visual_angle" in entry:
+        value = entry["visual_angle"]
+    else:
+        default = get_adapter(entry["format"]).visual_angle
+        value = default(entry) if callable(default) else default
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ConfigError(
+            f"visual_angle of a {entry['format']} dataset must be a positive number of degrees, got {value!r}"
+        )
+    return float(value)

@@ -2,7 +2,8 @@
 
 The workflow's ``simulate`` rule (:mod:`afo.simulate`) writes each simulated dataset as a folder dataset
 (:mod:`afo.data.folder`) under ``resources/synthetic/<part>``; a config entry names that ``part``, not a
-``root``. Everything else is the folder format's.
+``root``. Everything else is the folder format's, but the visual angle: the simulator knows no degrees
+(its stimuli have RF positions in image units only), so none is read from its dataset.yaml.
 """
 
 from __future__ import annotations

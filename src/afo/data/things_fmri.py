@@ -473,4 +473,8 @@ def check(root: Path, options: Mapping[str, Any], *, read_data: bool = True) -> 
     return rows
 
 
-FORMAT = DatasetAdapter(name=ADAPTER, defaults=DEFAULTS, prepare=prepare, check=check)
+# Images were shown at 10 deg of visual angle (THINGS-data, Hebart et al. 2023, as Brain-Score's benchmark of it
+# states; docs/datasets.md).
+VISUAL_ANGLE = 10.0
+
+FORMAT = DatasetAdapter(name=ADAPTER, defaults=DEFAULTS, prepare=prepare, check=check, visual_angle=VISUAL_ANGLE)

@@ -1,7 +1,8 @@
 """Per-voxel scores of a trained model (or of per-ROI models assembled): voxels.csv and summary.csv.
 
 voxels.csv: one row per voxel: dataset, subject, voxel, roi, x, y, z, u_x, u_y, layer, eta_0..eta_{L-1},
-r_val, r_test, nc, r_test_norm (then dataset_roi, the dataset's own label). summary.csv: one row per dataset,
+r_val, r_test, nc, r_test_norm (then dataset_roi, the dataset's own label, and ecc_deg, angle_deg: u in degrees of
+visual angle where the dataset's visual angle is known, :mod:`afo.evaluation.retinotopy`). summary.csv: one row per dataset,
 subject and roi (plus roi = "all"): n_voxels, mean_r_test, median_r_test_norm, n_test_images (the test images
 scored) and n_test_left_out (test images left out because another training dataset trained on them, from
 ``results/data/overlap.csv``: :func:`afo.data.overlap.left_out_images`).
@@ -27,6 +28,7 @@ import torch
 
 from afo.data.store import SPLIT_CODE, PreparedStore
 from afo.evaluation.predictions import PredictionError, assemble, split_predictions
+from afo.evaluation.retinotopy import add_degrees
 from afo.io.tables import read_roi_table, write_csv
 from afo.metrics import MIN_PAIRS, pearson_r
 from afo.training.modelfile import load_model
@@ -96,12 +98,14 @@ def voxel_table(
     rois: str | Path | None = None,
     dataset_roi_set: str = "roi",
     leave_out: Mapping[str, np.ndarray] | None = None,
+    visual_angles: Mapping[str, float | None] | None = None,
 ) -> pd.DataFrame:
     """voxels.csv of a model, or of per-ROI models assembled: ``models`` = [(model file, its prediction file)].
 
     Each voxel's row comes from the one prediction file that holds it (per-ROI models predict their own ROI);
     ``rois`` (the ROI assignment table) fills the roi column, else the dataset's own labels do; ``leave_out``
-    (dataset -> store rows) drops shared images from the test split (see :func:`split_scores`).
+    (dataset -> store rows) drops shared images from the test split (see :func:`split_scores`); ``visual_angles``
+    (dataset -> full stimulus width in degrees, None = unknown) fills ecc_deg and angle_deg.
     """
     scored = split_scores([p for _, p in models], stores, leave_out)
     necks = []
@@ -158,7 +162,7 @@ def voxel_table(
         "r_test_norm",
         "dataset_roi",
     ]
-    table = table[cols]
+    table = add_degrees(table[cols], visual_angles or {})
     table["layer"] = table["layer"].astype("Int64")
     return table
 

@@ -125,6 +125,7 @@ def plot_retina_map(
     path: str | os.PathLike,
     title: str,
     true_u: np.ndarray | None = None,
+    visual_angle: float | None = None,
 ) -> Path:
     """RetinaMap (paper Figure 4): each voxel's RetinaGrid position u, coloured by its selected layer.
 
@@ -136,6 +137,8 @@ def plot_retina_map(
         title: figure title (e.g. dataset / subject / model).
         true_u: optional [N, 2] true receptive-field centres in the same convention (NaN where unknown,
             e.g. for voxels outside the simulated early areas); adds a learned-vs-true panel with Pearson r.
+        visual_angle: the dataset's full stimulus width in degrees, if known: adds axes in degrees of visual
+            angle from fixation (top: x, right = +; right: y, up = +; :mod:`afo.evaluation.retinotopy`).
     """
     u = _as_2d("u", u, 2).astype(np.float64)
     n = u.shape[0]
@@ -165,6 +168,13 @@ def plot_retina_map(
     ax.set_ylabel("u_y  (-1 = top, +1 = bottom)")
     dropped = f", {n - int(ok.sum())} without u" if ok.sum() < n else ""
     ax.set_title(f"RetinaMap: {int(ok.sum())} voxels{dropped}")
+    if visual_angle is not None:
+        half = float(visual_angle) / 2.0
+        top = ax.secondary_xaxis("top", functions=(lambda u: u * half, lambda d: d / half))
+        top.set_xlabel("x (deg of visual angle, + = right)")
+        # y in degrees points up: u_y = -1 (image top) is +visual_angle/2
+        side = ax.secondary_yaxis("right", functions=(lambda u: -u * half, lambda d: -d / half))
+        side.set_ylabel("y (deg, + = up)")
     cbar = fig.colorbar(sc, ax=ax, ticks=np.arange(n_layers), shrink=0.85)
     cbar.set_label("layer (argmax eta, 0 = shallowest)")
 

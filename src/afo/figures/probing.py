@@ -3,9 +3,11 @@
 - RetinaMap (Figure 4): each voxel's RetinaGrid position u coloured by its selected layer (argmax eta); where
   the dataset has a simulated ground truth (``<root>/<subject>/ground_truth.csv`` with u_x, u_y, level), a
   second panel plots the learned u of the early (level 0) voxels against their true receptive-field centres;
+  where the dataset's visual angle is known, axes in degrees of visual angle are added;
 - LayerSelector (Figure 5): the expected layer and each layer's weight over the voxel coordinates;
 - brain maps: test r and ROI label over the voxel coordinates (PNG, every subject) and maps in each dataset's
-  own space (r_test, r_test_norm, roi, u_x, u_y, layer; :mod:`afo.figures.brainmaps`): NIfTI for volumetric
+  own space (r_test, r_test_norm, roi, u_x, u_y, layer, and ecc_deg, angle_deg where voxels.csv has them;
+  :mod:`afo.figures.brainmaps`): NIfTI for volumetric
   subjects, MGH per hemisphere for fsaverage subjects (surface NSD), a CIFTI-2 dscalar for grayordinate
   subjects (HCP);
 - the veROI dendrogram with its cut (Figure 6);
@@ -35,6 +37,7 @@ from afo.io import atomic_write_text
 from afo.io.tables import ordered, read_table, read_voxels
 
 NIFTI_MAPS = ("r_test", "r_test_norm", "roi", "u_x", "u_y", "layer")
+DEGREE_MAPS = ("ecc_deg", "angle_deg")  # only for datasets with a visual angle (finite values in voxels.csv)
 
 
 def file_stem(dataset: str, subject: str) -> str:
@@ -81,9 +84,14 @@ def true_centres(ground_truth_root: str | Path | None, subject: str, voxels: np.
 
 
 def retina_maps(
-    voxels_csv: str | Path, out_dir: str | Path, model: str, ground_truth: Mapping[str, str | Path] | None = None
+    voxels_csv: str | Path,
+    out_dir: str | Path,
+    model: str,
+    ground_truth: Mapping[str, str | Path] | None = None,
+    visual_angles: Mapping[str, float | None] | None = None,
 ) -> list[Path]:
-    """One RetinaMap PNG per subject; ``ground_truth`` = dataset -> folder of ``<subject>/ground_truth.csv``."""
+    """One RetinaMap PNG per subject; ``ground_truth`` = dataset -> folder of ``<subject>/ground_truth.csv``;
+    ``visual_angles`` = dataset -> full stimulus width in degrees (None = unknown)."""
     from afo.figures.plots import plot_retina_map
 
     voxels = read_voxels(voxels_csv)
@@ -104,6 +112,7 @@ def retina_maps(
                 Path(out_dir) / f"{file_stem(dataset, subject)}.png",
                 f"{model}: {dataset} / {subject}",
                 true_u=truth,
+                visual_angle=(visual_angles or {}).get(dataset),
             )
         )
     return out
@@ -190,6 +199,17 @@ def brain_maps(
                     label="ROI (" + ", ".join(f"{k}={v}" for k, v in table.items())[:60] + ")",
                 )
             )
+        # RF position in degrees (datasets with a visual angle): eccentricity and polar angle (cyclic colours)
+        for name, cmap, top, label in (
+            ("ecc_deg", "magma", None, "RF eccentricity (deg)"),
+            ("angle_deg", "twilight", 360.0, "RF polar angle (deg; 0 right, 90 up)"),
+        ):
+            values = frame[name].to_numpy(dtype=np.float64) if name in frame else np.full(len(frame), np.nan)
+            if np.isfinite(values).any():
+                path = png_dir / f"{stem}.{name}.png"
+                pngs.append(
+                    plot_brain_scores(coords, values, path, f"{title}: {label}", cmap, vmin=0.0, vmax=top, label=label)
+                )
         if dataset not in stores:
             notes.append(f"{dataset}/{subject}: no prepared store given, no NIfTI maps")
             continue
@@ -216,6 +236,9 @@ def brain_maps(
             "u_y": frame["u_y"].to_numpy(dtype=np.float64),
             "layer": pd.to_numeric(frame["layer"], errors="coerce").to_numpy(dtype=np.float64),
         }
+        for name in DEGREE_MAPS:
+            if name in frame and np.isfinite(frame[name].to_numpy(dtype=np.float64)).any():
+                maps[name] = frame[name].to_numpy(dtype=np.float64)
         if geometry is not None:
             files = write_volume_maps(nifti_dir / stem, store_coords, *geometry, maps)
         elif layout.kind == "fsaverage":
@@ -299,12 +322,13 @@ def model_figures(
     brain_dir: str | Path,
     nifti_dir: str | Path,
     ground_truth: Mapping[str, str | Path] | None = None,
+    visual_angles: Mapping[str, float | None] | None = None,
 ) -> dict:
     """Every probing figure of one model: RetinaMap, LayerSelector and brain maps per subject (+ NIfTI maps)."""
     for folder in (retina_dir, layers_dir, brain_dir):
         Path(folder).mkdir(parents=True, exist_ok=True)
     return {
-        "retina_map": len(retina_maps(voxels_csv, retina_dir, model, ground_truth)),
+        "retina_map": len(retina_maps(voxels_csv, retina_dir, model, ground_truth, visual_angles)),
         "layer_selector": len(layer_selector_maps(voxels_csv, layers_dir, model)),
         "brain_maps": brain_maps(voxels_csv, stores, brain_dir, nifti_dir, model),
     }
