@@ -25,7 +25,8 @@ torch.cuda.utilization where nvidia-smi is missing). Also the backbone's and the
 (float32, as the features and prediction jobs run).
 
 Projection: benchmarks/jobs_paper.json (written on the CPU side by benchmarks/jobs_paper.py from
-config/paper.yaml) lists the recipe's jobs with their steps and images; hours = steps x step time (cache disk,
+config/paper.yaml) lists the recipe's jobs with their steps and images (a training job's steps from the measured
+passes until early stopping, benchmarks/convergence.py); hours = steps x step time (cache disk,
 precision auto) + images / throughput for the features, prediction and dark-knowledge jobs; compared with the
 paper's ~300 RTX-2080-Ti hours.
 
@@ -471,7 +472,7 @@ def project(jobs: dict, step_s: float, backbone_img_s: float, model_img_s: float
         "total_hours": round(total, 1),
         "train_steps": train_steps,
         "training_hours_per_epoch_of_every_job": round(per_epoch, 3),
-        "epochs_assumed": jobs["epochs_assumed"],
+        "job_length": jobs.get("job_length", f"assumed: {jobs.get('epochs_assumed')} epochs per training job"),
         "paper_gpu_hours": jobs["paper_gpu_hours"],
         "ratio_to_paper": round(total / jobs["paper_gpu_hours"], 3),
     }
@@ -604,7 +605,7 @@ def main(argv: list[str] | None = None) -> int:
             print("projection from the toy sizes (it only shows the arithmetic runs; the numbers mean nothing):")
         print(
             f"projection ({jobs['config']}, cache: disk, {auto}): {proj['train_steps']:,} training steps "
-            f"({jobs['epochs_assumed']} epochs per job, assumed) -> {proj['total_hours']} GPU-hours on this machine "
+            f"(job length {proj['job_length']}) -> {proj['total_hours']} GPU-hours on this machine "
             f"(train {proj['hours']['train']}, features {proj['hours']['features']}, prediction + dark knowledge "
             f"{proj['hours']['predict_and_dark_knowledge']}); {proj['training_hours_per_epoch_of_every_job']} h per epoch "
             f"of every training job; the paper: ~{jobs['paper_gpu_hours']} h on {jobs['paper_gpu']}"

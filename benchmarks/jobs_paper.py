@@ -5,9 +5,15 @@ gives the number of jobs of each rule, exactly as `snakemake -n` would plan them
 each job's work:
 
 - every training job (stage 0, ablations, stage 1, stage 2, noDK, stage 3) draws from the pooled training
-  trials of all training subjects (per-ROI jobs read fewer voxels, not fewer trials), so one epoch is
-  ceil(epoch_fraction x trials / batch_size) steps; the number of epochs depends on early stopping, so it is an
-  assumption (``--epochs``; the GPU side also reports the hours per epoch to rescale);
+  trials of all training subjects (per-ROI jobs read fewer voxels, not fewer trials); early stopping decides how
+  long a job runs, so its length is measured, not assumed: ``--convergence`` names a report of
+  benchmarks/convergence.py, whose ``passes`` column (passes over the training trials until early stopping ended
+  the job, the largest over that report's seeds) for the config's training settings (``--variant``) gives
+  ceil(passes x trials / batch_size) steps per job. Stage-0, stage-1, stage-3 and ablation jobs take the
+  measured stage-0 length, stage-2 and noDK jobs the measured stage-2 length (a stage-2 job with helpers). How
+  many passes a job needs at the paper's data sizes is not known before it runs there; the synthetic brain's
+  count is the measured stand-in (the GPU side also reports the hours per epoch to rescale). ``--epochs N``
+  assumes N epochs per job instead;
 - a features job runs the backbone over every image of its dataset;
 - a prediction or dark-knowledge job runs the model forward over the images of its dataset(s) it predicts
   (prediction: val + test images; dark knowledge: train + val images).
@@ -21,6 +27,7 @@ which has no snakemake, reads it.
 
     python benchmarks/jobs_paper.py                       # writes benchmarks/jobs_paper.json
     python benchmarks/jobs_paper.py --config my.yaml --sizes my_sizes.json --out my_jobs.json
+    python benchmarks/jobs_paper.py --epochs 60           # an assumed length instead of the measured one
 """
 
 from __future__ import annotations
@@ -97,6 +104,24 @@ PAPER_SIZES = {
 }
 
 TRAIN_RULES = ("train_stage0", "train_ablation", "train_stage1", "train_stage2", "train_nodk", "train_stage3")
+# Which measured job (benchmarks/convergence.py's stages) stands in for each training rule's length.
+MEASURED_AS = {"train_stage0": "stage0", "train_ablation": "stage0", "train_stage1": "stage0", "train_stage3": "stage0",
+               "train_stage2": "stage2", "train_nodk": "stage2"}  # fmt: skip
+CONVERGENCE = ROOT / "benchmarks/results/convergence.csv"
+# config/paper.yaml keeps the paper's constant AdaBelief rate: the reference variant measures that optimiser.
+DEFAULT_VARIANT = "ref"
+
+
+def measured_passes(path: Path, variant: str) -> dict[str, float]:
+    """Passes over the training trials until early stopping, per measured stage: the largest over the seeds of
+    ``variant`` in a benchmarks/convergence.py report."""
+    import pandas as pd
+
+    table = pd.read_csv(path)
+    rows = table[table["variant"] == variant]
+    if rows.empty or set(rows["stage"]) != {"stage0", "stage2"}:
+        raise SystemExit(f"{path}: no stage0 and stage2 rows of variant {variant!r}; run benchmarks/convergence.py")
+    return {stage: float(g["passes"].max()) for stage, g in rows.groupby("stage")}
 
 
 def planned_jobs(config: Path) -> dict[str, int]:
@@ -129,8 +154,9 @@ def planned_jobs(config: Path) -> dict[str, int]:
     return jobs
 
 
-def job_list(config_path: Path, sizes: dict, epochs: int) -> dict:
-    """The recipe's work: per rule, jobs and steps / images, from the dry run and the sizes."""
+def job_list(config_path: Path, sizes: dict, passes: dict[str, float] | None, epochs: int | None, source: str) -> dict:
+    """The recipe's work: per rule, jobs and steps / images, from the dry run and the sizes; a training job's length
+    from the measured ``passes`` per stage (or ``epochs`` assumed)."""
     config = yaml.safe_load(config_path.read_text())
     train = config["train"]
     train_sets = sorted(n for n, d in config["datasets"].items() if d.get("role", "train") == "train")
@@ -146,7 +172,11 @@ def job_list(config_path: Path, sizes: dict, epochs: int) -> dict:
     rules = {}
     for rule, n in sorted(jobs.items()):
         if rule in TRAIN_RULES:
-            rules[rule] = {"jobs": n, "kind": "train", "steps_per_job": steps_per_epoch * epochs}
+            if passes is not None:
+                steps = math.ceil(passes[MEASURED_AS[rule]] * trials / int(train["batch_size"]))
+            else:
+                steps = steps_per_epoch * int(epochs or 0)
+            rules[rule] = {"jobs": n, "kind": "train", "steps_per_job": steps}
         elif rule == "features":
             # One job per dataset: together they pass every image of every dataset through the backbone once.
             rules[rule] = {"jobs": n, "kind": "backbone", "images_total": sum(sizes[d]["images"] for d in all_sets)}
@@ -161,9 +191,9 @@ def job_list(config_path: Path, sizes: dict, epochs: int) -> dict:
         "train_datasets": train_sets,
         "train_trials": trials,
         "steps_per_epoch": steps_per_epoch,
+        "job_length": source,
+        "passes_per_job": passes,
         "epochs_assumed": epochs,
-        "epochs_note": "early stopping decides the real count (patience "
-        f"{train['patience']}, at most {train['max_epochs']}); the GPU side also reports hours per epoch",
         "rules": rules,
         "jobs_by_rule": jobs,
         "sizes": sizes,
@@ -176,17 +206,27 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", type=Path, default=ROOT / "config/paper.yaml")
     p.add_argument("--sizes", type=Path, help="JSON: dataset -> {train_trials, val_images, test_images, images}")
-    p.add_argument("--epochs", type=int, default=60, help="epochs per training job (assumed; default 60)")
+    p.add_argument("--convergence", type=Path, default=CONVERGENCE, help="a benchmarks/convergence.py report (CSV)")
+    p.add_argument("--variant", default=DEFAULT_VARIANT, help="its variant with the config's training settings")
+    p.add_argument("--epochs", type=int, help="assume this many epochs per training job instead of the measured length")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks/jobs_paper.json")
     a = p.parse_args(argv)
     sizes = json.loads(a.sizes.read_text()) if a.sizes else PAPER_SIZES
-    result = job_list(a.config, sizes, a.epochs)
+    if a.epochs:
+        passes, source = None, f"assumed: {a.epochs} epochs per training job"
+    else:
+        passes = measured_passes(a.convergence, a.variant)
+        shown = a.convergence.relative_to(ROOT) if a.convergence.resolve().is_relative_to(ROOT) else a.convergence
+        source = (
+            f"measured: passes over the training trials until early stopping, variant {a.variant!r} of {shown} "
+            "(benchmarks/convergence.py, a synthetic brain); stage-0/1/3 and ablation jobs as its stage0, "
+            "stage-2 and noDK jobs as its stage2"
+        )
+    result = job_list(a.config, sizes, passes, a.epochs, source)
     atomic_write_text(a.out, json.dumps(result, indent=2) + "\n")
     train_jobs = sum(r["jobs"] for r in result["rules"].values() if r["kind"] == "train")
     steps = sum(r["jobs"] * r["steps_per_job"] for r in result["rules"].values() if r["kind"] == "train")
-    print(
-        f"{a.out}: {train_jobs} training jobs x {result['steps_per_epoch']} steps/epoch x {a.epochs} epochs = {steps:,} steps"
-    )
+    print(f"{a.out}: {train_jobs} training jobs, {steps:,} steps in all ({source})")
     return 0
 
 
