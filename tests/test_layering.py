@@ -20,7 +20,7 @@ LAYERS = [
     {"evaluation"},
     {"probing", "decoding"},
     {"figures"},
-    {"jobs", "cli", "api", "submission"},
+    {"jobs", "cli", "api", "submission", "sharing", "card"},
 ]
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}
 

@@ -326,24 +326,30 @@ def load(
     backbone: Mapping[str, Any] | None = None,
     image_size: int | None = None,
 ) -> Model:
-    """Load a model file for use on images (see the module docstring).
+    """Load a model for use on images (see the module docstring).
 
     Args:
-        path: a model file (``model.pt``) written by the workflow, ``afo train`` or ``afo finetune``.
+        path: a model file (``model.pt``) written by the workflow, ``afo train`` or ``afo finetune``; a model
+            folder written by ``afo export``; or a hub name ``hf://owner/name[@revision]`` (such a folder on the
+            Hugging Face hub, fetched by huggingface_hub or read from its cache offline: docs/sharing.md).
         device: ``auto`` (the GPU when there is one), ``cpu``, ``cuda`` or ``cuda:N``.
         weights: where the backbone's local weights file is now, if it moved (its SHA-256 must match the record).
         backbone, image_size: only for version-1 model files, which do not record them: the workflow's
             ``backbone`` section and ``prepare.image_size`` the model was trained with.
 
     Raises:
-        afo.training.modelfile.ModelFileError: not a model file, damaged, or a version-1 file without ``backbone``.
+        afo.training.modelfile.ModelFileError: not a model file or folder, damaged, or a version-1 file without
+            ``backbone``.
+        afo.sharing.HubError: a hub name that is neither in huggingface_hub's cache nor downloadable.
         afo.training.modelfile.WeightsFileError: the local weights file is missing or is another file.
     """
     from afo.runtime import resolve_device
+    from afo.sharing import resolve_model
     from afo.training.modelfile import load_model
+    from afo.training.modelfolder import is_model_folder, load_model_folder
 
-    path = Path(path)
-    model, model_file = load_model(path)
+    path = resolve_model(path)
+    model, model_file = load_model_folder(path) if is_model_folder(path) else load_model(path)
     inputs = model_file.inputs
     if inputs is None and backbone is not None:
         inputs = legacy_inputs(model_file, backbone, image_size)

@@ -472,6 +472,41 @@ def _evaluate(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=run)
 
 
+@command(
+    "export", "write a model as a folder a model hub can host: model.safetensors, afo_model.json, README.md (card)"
+)
+def _export(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="model file (model.pt), model folder, or hf://owner/name[@revision]")
+    p.add_argument("--out", required=True, type=Path, help="folder to write (created; its three files replaced)")
+    p.add_argument(
+        "--summary", type=Path, help="the model's evaluation summary (results/encoding/<model>/summary.csv): scores"
+    )
+    p.add_argument(
+        "--config",
+        type=Path,
+        help="the workflow config the model was trained with: datasets' formats, terms and visual angles, the "
+        "recipe (afo section) and the config's hash in the card",
+    )
+    p.add_argument("--name", help="the model's name in the card (default: from its path, e.g. afo/stage3)")
+    p.add_argument(
+        "--backbone-licence", help="licence of the backbone's local weights file (timm's record names it otherwise)"
+    )
+
+    def run(args):
+        from afo.sharing import export_model
+
+        return export_model(
+            args.model,
+            args.out,
+            summary=args.summary,
+            config=args.config,
+            name=args.name,
+            backbone_licence=args.backbone_licence,
+        )
+
+    p.set_defaults(func=run)
+
+
 @command("decode", "rank your own candidate images for your own measured response pattern with a trained model")
 def _decode(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, type=Path, help="model file (e.g. results/models/afo/stage3/model.pt)")

@@ -23,6 +23,10 @@ An adapter is one module of :mod:`afo.data` that reads a dataset as users downlo
   ``visual_angle`` wins (:func:`afo.data.registry.visual_angle`). Only square, centred stimuli have one number:
   a format whose frames are not square (HCP's movie) or whose channels have no retinotopy (EEG, MEG) leaves it
   None.
+- ``terms``: the terms of use that the dataset's data carry, in one line with where they are stated (a data use
+  agreement, a licence, the stimuli's own terms); a model trained on the dataset carries them too, so ``afo export``
+  copies them into the model card (docs/sharing.md gives each source). None = not stated. A folder dataset states
+  its own in ``dataset.yaml`` (``terms:``), which wins.
 
 Every problem a user can fix is a :class:`afo.errors.UserError` naming the file, the field and the fix
 (:mod:`afo.data.files` has the helpers). A new format is one module that fills this record, one line in
@@ -79,6 +83,7 @@ class DatasetAdapter:
     check: Check
     root_of: Callable[[Mapping[str, Any]], Path] = field(default=_config_root)
     visual_angle: VisualAngle = None
+    terms: str | None = None
 
 
 def check_row(

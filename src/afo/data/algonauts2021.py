@@ -321,4 +321,7 @@ def check(root: Path, options: Mapping[str, Any], *, read_data: bool = True) -> 
     return rows
 
 
-FORMAT = DatasetAdapter(name=ADAPTER, defaults=DEFAULTS, prepare=prepare, check=check)
+# The terms of use the data carry (docs/sharing.md gives the source); a model card repeats them.
+TERMS = "Algonauts 2021 challenge data (Cichy et al. 2021): the challenge's terms (research use; cite the challenge paper); stimuli: Moments in Time video clips (research, non-commercial use)"
+
+FORMAT = DatasetAdapter(name=ADAPTER, defaults=DEFAULTS, prepare=prepare, check=check, terms=TERMS)

@@ -391,4 +391,7 @@ def challenge_vertices(root: str | Path, subject: str) -> dict[str, int]:
     return {h: int(s.vertices[h].size) for h in HEMIS}
 
 
-FORMAT = DatasetAdapter(name=ADAPTER, defaults=DEFAULTS, prepare=prepare, check=check)
+# The terms of use the data carry (docs/sharing.md gives the source); a model card repeats them.
+TERMS = "Algonauts 2023 challenge data are NSD data: the Natural Scenes Dataset Terms and Conditions apply (naturalscenesdataset.org); cite Allen et al. 2022 and Gifford et al. 2023; stimuli: MS COCO images (Flickr terms of use; COCO annotations CC BY 4.0)"
+
+FORMAT = DatasetAdapter(name=ADAPTER, defaults=DEFAULTS, prepare=prepare, check=check, terms=TERMS)

@@ -408,4 +408,7 @@ def check(root: Path, options: Mapping[str, Any], *, read_data: bool = True) -> 
     return rows
 
 
-FORMAT = DatasetAdapter(name=ADAPTER, defaults=DEFAULTS, prepare=prepare, check=check)
+# The terms of use the data carry (docs/sharing.md gives the source); a model card repeats them.
+TERMS = "BOLD5000 (Chang et al. 2019): CC0 (OpenNeuro ds001499, figshare); stimuli: MS COCO (Flickr terms of use), ImageNet (non-commercial research, ImageNet terms of access) and SUN images"
+
+FORMAT = DatasetAdapter(name=ADAPTER, defaults=DEFAULTS, prepare=prepare, check=check, terms=TERMS)

@@ -2,7 +2,8 @@
 
 Layout under ``root``::
 
-    dataset.yaml                     name: <str>; modality: fmri | eeg | meg; optional visual_angle: <degrees>
+    dataset.yaml                     name: <str>; modality: fmri | eeg | meg; optional visual_angle: <degrees>;
+                                     optional terms: <str> (the data's terms of use, copied into model cards)
     images/                          stimulus images (any format PIL reads; one frame each)
     <subject>/responses.npy          real numbers [n_trials, n_voxels]; NaN allowed (that voxel/trial is masked)
     <subject>/trials.csv             columns: image (file name in images/), split (train | val | test); split optional
@@ -77,7 +78,23 @@ def read_dataset_yaml(root: Path) -> dict:
             "give the full width of the (square) stimulus in degrees of visual angle, e.g. `visual_angle: 8.4`, "
             "or leave the field out",
         )
+    terms = meta.get("terms")
+    if terms is not None and (not isinstance(terms, str) or not terms.strip()):
+        raise _fail(
+            path,
+            f"field `terms` is {terms!r}",
+            "give the data's terms of use as one string, e.g. `terms: CC BY 4.0 (doi:...)`, or leave the field out",
+        )
     return meta
+
+
+def terms_of(entry: Mapping[str, Any]) -> str | None:
+    """``terms`` of the entry's dataset.yaml (the data's terms of use), None when it states none."""
+    root = Path(entry["root"])
+    if not (root / "dataset.yaml").is_file():
+        return None
+    terms = read_dataset_yaml(root).get("terms")
+    return None if terms is None else str(terms).strip()
 
 
 def visual_angle_of(entry: Mapping[str, Any]) -> float | None:
@@ -369,4 +386,9 @@ def check(root: Path, options: Mapping[str, Any], *, read_data: bool = True) -> 
     return rows
 
 
-FORMAT = DatasetAdapter(name="folder", defaults=DEFAULTS, prepare=prepare, check=check, visual_angle=visual_angle_of)
+# The terms of use the data carry (docs/sharing.md gives the source); a model card repeats them.
+TERMS = "the folder dataset's own: its dataset.yaml `terms:` (not stated when it has none)"
+
+FORMAT = DatasetAdapter(
+    name="folder", defaults=DEFAULTS, prepare=prepare, check=check, visual_angle=visual_angle_of, terms=TERMS
+)

@@ -1004,4 +1004,7 @@ def check(root: Path, options: Mapping[str, Any], *, read_data: bool = True) -> 
     return rows
 
 
-FORMAT = DatasetAdapter(name=ADAPTER, defaults=DEFAULTS, prepare=prepare, check=check)
+# The terms of use the data carry (docs/sharing.md gives the source); a model card repeats them.
+TERMS = "WU-Minn HCP Open Access Data Use Terms, accepted in ConnectomeDB (humanconnectome.org): no attempt to identify participants, no redistribution of the data, acknowledge the HCP in publications; movie clips are copyrighted material shown for research"
+
+FORMAT = DatasetAdapter(name=ADAPTER, defaults=DEFAULTS, prepare=prepare, check=check, terms=TERMS)

@@ -704,4 +704,9 @@ def check(root: Path, options: Mapping[str, Any], *, read_data: bool = True) -> 
 # The images filled an 8.4 deg square at fixation (Allen et al. 2022; docs/datasets.md), as did the pRF stimulus.
 VISUAL_ANGLE = 8.4
 
-FORMAT = DatasetAdapter(name=ADAPTER, defaults=DEFAULTS, prepare=prepare, check=check, visual_angle=VISUAL_ANGLE)
+# The terms of use the data carry (docs/sharing.md gives the source); a model card repeats them.
+TERMS = "Natural Scenes Dataset Terms and Conditions: access after agreeing to the NSD Data Access Agreement (naturalscenesdataset.org); cite Allen et al. 2022; stimuli: MS COCO images (Flickr terms of use; COCO annotations CC BY 4.0)"
+
+FORMAT = DatasetAdapter(
+    name=ADAPTER, defaults=DEFAULTS, prepare=prepare, check=check, visual_angle=VISUAL_ANGLE, terms=TERMS
+)

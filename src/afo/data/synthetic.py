@@ -23,6 +23,9 @@ def root_of(entry: Mapping[str, Any]) -> Path:
     return SIMULATED_ROOT / str(entry["part"])
 
 
+# The terms of use the data carry (docs/sharing.md gives the source); a model card repeats them.
+TERMS = "simulated by afo (afo.simulate): no third-party data, no terms beyond afo's MIT licence"
+
 FORMAT = DatasetAdapter(
-    name="synthetic", defaults=folder.DEFAULTS, prepare=folder.prepare, check=folder.check, root_of=root_of
+    name="synthetic", defaults=folder.DEFAULTS, prepare=folder.prepare, check=folder.check, root_of=root_of, terms=TERMS
 )

@@ -321,4 +321,7 @@ def check(root: Path, options: Mapping[str, Any], *, read_data: bool = True) -> 
     return rows
 
 
-FORMAT = DatasetAdapter(name=ADAPTER, defaults=DEFAULTS, prepare=prepare, check=check)
+# The terms of use the data carry (docs/sharing.md gives the source); a model card repeats them.
+TERMS = "THINGS-EEG2 (Gifford et al. 2022): the licence stated on its OSF project (osf.io/3jk45); cite the paper; stimuli: THINGS object images, for academic non-commercial research only (THINGS database, osf.io/jum2f)"
+
+FORMAT = DatasetAdapter(name=ADAPTER, defaults=DEFAULTS, prepare=prepare, check=check, terms=TERMS)

@@ -477,4 +477,9 @@ def check(root: Path, options: Mapping[str, Any], *, read_data: bool = True) -> 
 # states; docs/datasets.md).
 VISUAL_ANGLE = 10.0
 
-FORMAT = DatasetAdapter(name=ADAPTER, defaults=DEFAULTS, prepare=prepare, check=check, visual_angle=VISUAL_ANGLE)
+# The terms of use the data carry (docs/sharing.md gives the source); a model card repeats them.
+TERMS = "THINGS-data (Hebart et al. 2023): CC0 (OpenNeuro ds004192, figshare); stimuli: THINGS object images, for academic non-commercial research only (THINGS database, osf.io/jum2f)"
+
+FORMAT = DatasetAdapter(
+    name=ADAPTER, defaults=DEFAULTS, prepare=prepare, check=check, visual_angle=VISUAL_ANGLE, terms=TERMS
+)
