@@ -200,6 +200,8 @@ def label_names(values: np.ndarray, ctab: dict[int, str] | None) -> list[str]:
 class VolumeSource:
     """Betas of one subject on a volume grid (func1pt8mm / func1mm), NIfTI or HDF5."""
 
+    n_trials = TRIALS_PER_SESSION  # trials per beta file (another NSD experiment's source sets its own)
+
     def __init__(self, root: Path, subject: int, opts: dict):
         self.root, self.subject, self.opts = root, subject, opts
         subj = f"subj{subject:02d}"
@@ -309,21 +311,21 @@ class VolumeSource:
         return self._read_hdf5(path)
 
     def _check_trials(self, path: Path, n: int) -> None:
-        if n != TRIALS_PER_SESSION:
-            raise format_error(path, "trials", f"has {n} trials", f"{TRIALS_PER_SESSION} trials per NSD session")
+        if n != self.n_trials:
+            raise format_error(path, "trials", f"has {n} trials", f"{self.n_trials} trials per session")
 
     def _read_nifti(self, path: Path) -> tuple[np.ndarray, np.dtype]:
-        expected = f"a 4-D NIfTI (X, Y, Z, 750) on the {self.shape} grid"
+        expected = f"a 4-D NIfTI (X, Y, Z, {self.n_trials}) on the {self.shape} grid"
         with reading(path, "NSD betas", expected):
             img = nib.load(path, keep_file_open=True)  # chunks read forward through one gzip stream
             if img.ndim != 4 or tuple(img.shape[:3]) != self.shape:
                 raise format_error(path, "shape", f"is {img.shape}", expected)
             self._check_trials(path, img.shape[3])
             dtype = img.get_data_dtype()
-            out = np.empty((TRIALS_PER_SESSION, self.n_voxels), dtype=np.float32)
+            out = np.empty((self.n_trials, self.n_voxels), dtype=np.float32)
             i, j, k = self.ijk.T
             # the trial axis is the slowest in the file: each chunk is one contiguous read
-            for t0 in range(0, TRIALS_PER_SESSION, CHUNK_TRIALS):
+            for t0 in range(0, self.n_trials, CHUNK_TRIALS):
                 chunk = np.asarray(img.dataobj[..., t0 : t0 + CHUNK_TRIALS])
                 out[t0 : t0 + chunk.shape[3]] = chunk[i, j, k, :].T
         return out, dtype
@@ -336,9 +338,9 @@ class VolumeSource:
             if ds.ndim != 4 or tuple(ds.shape[1:]) != self.shape[::-1]:
                 raise format_error(path, "betas", f"has shape {ds.shape}", expected)
             self._check_trials(path, ds.shape[0])
-            out = np.empty((TRIALS_PER_SESSION, self.n_voxels), dtype=np.float32)
+            out = np.empty((self.n_trials, self.n_voxels), dtype=np.float32)
             i, j, k = self.ijk.T
-            for t0 in range(0, TRIALS_PER_SESSION, CHUNK_TRIALS):
+            for t0 in range(0, self.n_trials, CHUNK_TRIALS):
                 chunk = ds[t0 : t0 + CHUNK_TRIALS]
                 out[t0 : t0 + len(chunk)] = chunk[:, k, j, i]
             return out, ds.dtype
@@ -346,6 +348,8 @@ class VolumeSource:
 
 class SurfaceSource:
     """Betas of one subject on fsaverage (both hemispheres, left then right)."""
+
+    n_trials = TRIALS_PER_SESSION  # trials per beta file (another NSD experiment's source sets its own)
 
     HEMIS = ("lh", "rh")
 
@@ -444,15 +448,15 @@ class SurfaceSource:
         parts, dtype = [], np.dtype(np.float32)
         for h in self.HEMIS:
             path = require_file(self.session_path(session, h), f"fsaverage betas of session {session}", LAYOUT)
-            expected = f"({self.n_vertices[h]}, 1, 1, 750)"
+            expected = f"({self.n_vertices[h]}, 1, 1, {self.n_trials})"
             with reading(path, "fsaverage betas (MGH)", expected):
                 img = nib.load(path)
-                if img.shape[0] != self.n_vertices[h] or img.shape[-1] != TRIALS_PER_SESSION:
+                if img.shape[0] != self.n_vertices[h] or img.shape[-1] != self.n_trials:
                     raise format_error(path, "shape", f"is {img.shape}", expected)
                 dtype = img.get_data_dtype()
                 idx = np.flatnonzero(self.masks[h])
-                block = np.empty((TRIALS_PER_SESSION, idx.size), dtype=np.float32)
-                for t0 in range(0, TRIALS_PER_SESSION, CHUNK_TRIALS):
+                block = np.empty((self.n_trials, idx.size), dtype=np.float32)
+                for t0 in range(0, self.n_trials, CHUNK_TRIALS):
                     chunk = np.asarray(img.dataobj[..., t0 : t0 + CHUNK_TRIALS]).reshape(self.n_vertices[h], -1)
                     block[t0 : t0 + chunk.shape[1]] = chunk[idx].T
             parts.append(block)

@@ -234,10 +234,14 @@ class SubjectWriter:
         noise_ceiling: np.ndarray | None = None,
         attrs: dict | None = None,
         layout: SurfaceLayout | None = None,
+        test_only: bool = False,
     ) -> dict:
         """Write voxel-level arrays, mask bad voxels, compute the noise ceiling if not given.
 
         ``layout`` places surface and grayordinate voxels in their dataset's own space (see :class:`SurfaceLayout`).
+
+        ``test_only``: a subject with test trials only, scored with the head another store's subject trained
+        (NSD-synthetic for the NSD subjects); it needs no training trial, and no voxel is masked for lacking one.
 
         ``noise_ceiling`` [n_voxels] is in percent (0-100; NaN = unknown) and checked to be so. Bad voxels (no
         finite value, constant, or no finite value on a training trial) and +-inf values are masked, reported
@@ -256,7 +260,7 @@ class SubjectWriter:
         trial_image = g["trial_image"][:]
         trial_split = g["trial_split"][:]
         _check_split_by_image(trial_image, trial_split)
-        _check_splits_present(trial_split, self.source)
+        _check_splits_present(trial_split, self.source, ("test",) if test_only else ("train", "test"))
         g.create_dataset("coords", data=coords)
         if layout is not None:
             _write_layout(g, layout, self._n_voxels, self.source)
@@ -268,6 +272,9 @@ class SubjectWriter:
             roi_group.create_dataset(set_name, data=values, dtype=_STR)
 
         all_nan, constant, no_train = _voxel_problems(g["responses"], trial_split)
+        if test_only:
+            no_train[:] = False  # trained elsewhere: the other store's subject holds its training trials
+            g.attrs["test_only"] = True
         bad = all_nan | constant | no_train
         g.create_dataset("bad_voxel", data=bad)
         g.attrs["n_bad_voxels"] = int(bad.sum())
@@ -342,9 +349,9 @@ def masking_report(source: str, report: dict) -> list[str]:
     return lines
 
 
-def _check_splits_present(trial_split: np.ndarray, source: str) -> None:
+def _check_splits_present(trial_split: np.ndarray, source: str, needed: Sequence[str] = ("train", "test")) -> None:
     """A subject without training trials cannot be fitted and one without test trials cannot be scored."""
-    for name in ("train", "test"):
+    for name in needed:
         if not (trial_split == SPLIT_CODE[name]).any():
             raise StoreError(
                 f"{source}: no {name} trials (splits present: "
