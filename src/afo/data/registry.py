@@ -31,6 +31,7 @@ FORMATS: dict[str, str] = {
     "things_meg": "afo.data.things_meg",
     "things_eeg2": "afo.data.things_eeg2",
     "bids_glmsingle": "afo.data.bids_glmsingle",
+    "nsd_synthetic": "afo.data.nsd_synthetic",
     "algonauts2023": "afo.data.algonauts2023",
 }
 
