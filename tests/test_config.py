@@ -18,7 +18,7 @@ def config():
 def test_default_config_is_valid_and_defaults_are_filled(config):
     config["train"].pop("patience")
     validated = validate_config(config)
-    assert validated["train"]["patience"] == 20  # schema default
+    assert validated["train"]["patience"] == 10  # schema default (early stopping: 10 epochs without an improvement)
     assert validated["afo"]["stages"]["stage3"] == {}
 
 

@@ -103,10 +103,10 @@ ANALYSIS_OF_AFO = {
 @pytest.mark.parametrize(
     "change, expected",
     [
-        # A stage-3 setting reruns stage 3, its prediction file and what reads them.
+        # A stage-3 setting reruns stage 3, its prediction file and what reads them (the training summary too).
         (
             lambda c: c["afo"].setdefault("stages", {}).update(stage3={"lr": 0.02}),
-            {"train_stage3", "predict"} | ANALYSIS_OF_AFO,
+            {"train_stage3", "predict", "training_summary"} | ANALYSIS_OF_AFO,
         ),
         # How jobs use the machine changes no result: nothing reruns.
         (
