@@ -113,6 +113,8 @@ def test_retrieval_tables_and_figures(run):
         assert len(list((run / f"results/figures/afo/{kind}").glob("*.png"))) == 2
     assert len(list((run / "results/figures/afo/brainmaps").glob("*.png"))) == 4
     assert "no volume grid or surface layout" in (run / "results/brainmaps/afo/README.txt").read_text()
+    pages = sorted(p.name for p in (run / "results/viewer/afo").glob("*.html"))
+    assert pages == ["synth_fmri__subj01.html", "synth_fmri__subj02.html"]
 
 
 @pytest.mark.slow
@@ -249,7 +251,7 @@ def test_analysis_targets_follow_the_config(tmp_path):
     assert re.search(r"^probe_report\s+1$", full, re.M) and re.search(r"^decode\s+2$", full, re.M)
     assert re.search(r"^synthetic_checks\s+1$", full, re.M)
     quiet = plan(probing={"enabled": False}, decoding={"models": []}, evaluation={"figure_models": []}).stdout
-    assert not re.search(r"^(probe|probe_report|model_figures|roi_scores)\s", quiet, re.M)
+    assert not re.search(r"^(probe|probe_report|model_figures|viewer|roi_scores)\s", quiet, re.M)
     assert re.search(r"^decode\s+1$", quiet, re.M)  # afo's retrieval.csv still feeds the synthetic-brain checks
     bad = plan(probing={"extractors": {"x": {"source": "model", "model": "stage1"}}})
     assert bad.returncode != 0 and "single models" in bad.stdout + bad.stderr

@@ -92,6 +92,7 @@ ANALYSIS_OF_AFO = {
     "comparison_html",
     "decode",
     "model_figures",
+    "viewer",
     "roi_scores",
     "synthetic_checks",
     "headline",

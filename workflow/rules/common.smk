@@ -360,6 +360,14 @@ def ground_truth_input() -> list:
     return ["resources/synthetic"] if SYNTHETIC else []
 
 
+def viewer_surfaces() -> dict:
+    """dataset -> {lh, rh} fsaverage surface files of its adapter (viewer meshes), for the datasets that have them."""
+    from afo.figures.viewer import fsaverage_surface_files
+
+    found = {n: fsaverage_surface_files(d, dataset_root(d)) for n, d in sorted(DATASETS.items())}
+    return {n: {h: str(p) for h, p in files.items()} for n, files in found.items() if files}
+
+
 def analysis_targets() -> list:
     out = [
         "results/headline.html",
@@ -383,6 +391,7 @@ def analysis_targets() -> list:
     for name in config["evaluation"]["figure_models"]:
         out += [f"results/figures/{name}/{kind}" for kind in ("retinamap", "layerselector", "brainmaps")]
         out.append(f"results/brainmaps/{name}")
+        out.append(f"results/viewer/{name}")
         if PRF_DATASETS:
             out += [f"results/analysis/prf/{name}.csv", f"results/figures/{name}/prf"]
     if SYNTHETIC:

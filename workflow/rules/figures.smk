@@ -1,5 +1,6 @@
 # Probing figures (paper Figures 4-6, 8): RetinaMap, LayerSelector, brain maps (and maps in each subject's own space:
-# NIfTI, MGH on fsaverage, CIFTI dscalar), per-ROI scores, and the veROI dendrogram.
+# NIfTI, MGH on fsaverage, CIFTI dscalar), per-ROI scores, the veROI dendrogram, and
+# interactive viewer pages per subject (plotly, self-contained HTML).
 
 
 rule model_figures:
@@ -85,3 +86,28 @@ rule dendrogram:
         mem_mb=1000,
     script:
         "../scripts/dendrogram.py"
+
+
+rule viewer:
+    input:
+        voxels="results/encoding/{name}/voxels.csv",
+        stores=stores(),
+    output:
+        report(
+            directory("results/viewer/{name}"),
+            patterns=["{subject}.html"],
+            caption="../report/viewer.rst",
+            category="5. Probing figures",
+            subcategory="{name}",
+        ),
+    log:
+        "logs/figures/{name}_viewer.log",
+    conda:
+        "../../envs/afo.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+    params:
+        surfaces=viewer_surfaces(),
+    script:
+        "../scripts/viewer.py"
