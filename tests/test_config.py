@@ -18,7 +18,8 @@ def config():
 def test_default_config_is_valid_and_defaults_are_filled(config):
     config["train"].pop("patience")
     validated = validate_config(config)
-    assert validated["train"]["patience"] == 20  # schema default
+    schema = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    assert validated["train"]["patience"] == schema["properties"]["train"]["properties"]["patience"]["default"]
     assert validated["afo"]["stages"]["stage3"] == {}
 
 
@@ -98,3 +99,15 @@ def test_absurd_veroi_counts_fail_before_planning(config):
     config["afo"]["veroi"] = {"n_kmeans": 64, "n_rois": 100, "threshold": None}
     with pytest.raises(ConfigError, match="n_kmeans"):
         validate_config(config)
+
+
+def test_schema_model_defaults_are_the_models():
+    """The schema keeps its `model` defaults (Snakemake and readers of the schema see them), but the model's
+    constructor is their home: this fails when one drifts from the other."""
+    from afo.model import model_defaults
+
+    schema = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    in_schema = {k: v["default"] for k, v in schema["properties"]["model"]["properties"].items()}
+    # readout_chunk bounds memory and changes no result: the schema has it under `compute`.
+    in_model = {k: v for k, v in model_defaults().items() if k != "readout_chunk"}
+    assert in_schema == in_model
