@@ -1,4 +1,5 @@
 import copy
+import re
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,8 @@ def config():
 def test_default_config_is_valid_and_defaults_are_filled(config):
     config["train"].pop("patience")
     validated = validate_config(config)
-    assert validated["train"]["patience"] == 10  # schema default (early stopping: 10 epochs without an improvement)
+    schema = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    assert validated["train"]["patience"] == schema["properties"]["train"]["properties"]["patience"]["default"]
     assert validated["afo"]["stages"]["stage3"] == {}
 
 
@@ -98,3 +100,47 @@ def test_absurd_veroi_counts_fail_before_planning(config):
     config["afo"]["veroi"] = {"n_kmeans": 64, "n_rois": 100, "threshold": None}
     with pytest.raises(ConfigError, match="n_kmeans"):
         validate_config(config)
+
+
+def test_schema_model_defaults_are_the_models():
+    """The schema keeps its `model` defaults (Snakemake and readers of the schema see them), but the model's
+    constructor is their home: this fails when one drifts from the other."""
+    from afo.model import model_defaults
+
+    schema = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    in_schema = {k: v["default"] for k, v in schema["properties"]["model"]["properties"].items()}
+    # readout_chunk bounds memory and changes no result: the schema has it under `compute`.
+    in_model = {k: v for k, v in model_defaults().items() if k != "readout_chunk"}
+    assert in_schema == in_model
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        # Rules the workflow alone checked once: `afo check-config` now fails on them too, naming key and fix.
+        (lambda c: c["decoding"].update(models=["afo", "afoo"]), r"`decoding.models`: \['afoo'\] not among"),
+        (lambda c: c["evaluation"].update(figure_models=["stage3"]), r"`evaluation.figure_models`: \['stage3'\]"),
+        (
+            lambda c: c["finetune"].update(enabled=True, model="stage1", datasets=["synth_holdout"]),
+            r"`finetune.model`: 'stage1' is not one of the single models",
+        ),
+        (
+            lambda c: c["finetune"].update(enabled=True, model="afo", datasets=[]),
+            r"`finetune.datasets`: name at least one dataset",
+        ),
+        (
+            lambda c: c["finetune"].update(enabled=True, model="afo", datasets=["synth_fmri"]),
+            r"`finetune.datasets`: 'synth_fmri' must be a dataset of `datasets:` with role holdout",
+        ),
+        (
+            lambda c: c["probing"].update(extractors={"mine": {"source": "model", "model": "stage2"}}),
+            r"`probing.extractors.mine.model`: 'stage2' is not one of the single models",
+        ),
+    ],
+)
+def test_check_config_runs_the_workflows_checks(tmp_path, config, capsys, edit, message):
+    validate_config(config)  # the sections the edits touch, with their defaults
+    edit(config)
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    assert main(["check-config", str(tmp_path / "c.yaml")]) == 2
+    assert re.search(message, capsys.readouterr().err)

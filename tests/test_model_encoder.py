@@ -468,3 +468,15 @@ def test_fits_voxels_that_read_known_places():
     target_u = torch.tensor([[(2 * col + 1) / 8 - 1, (2 * row + 1) / 8 - 1] for _, row, col in targets])
     assert (u - target_u).abs().max() * 8 / 2 < 0.5  # within half a pixel
     assert model.layer_weights("s").argmax(-1).tolist() == [1, 1, 1]
+
+
+def test_model_defaults_live_in_the_constructor_and_model_config_reads_them():
+    from dataclasses import fields
+
+    from afo.model import model_defaults
+    from afo.training.modelfile import ModelConfig
+
+    defaults = model_defaults()
+    assert defaults["conv_width"] == 768 and defaults["layer_selector"] == "learned"  # the paper's model
+    # Every setting of the model is a ModelConfig field with the constructor's default, and nothing else is.
+    assert {f.name: f.default for f in fields(ModelConfig)} == defaults

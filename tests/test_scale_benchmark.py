@@ -13,6 +13,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.slow  # a multi-process or workflow run: make test, not make test-fast
 def test_scale_benchmark_tiny(tmp_path):
+    """Also checks the benchmark's memory target, the train phase's anonymous memory (Pss_Anon over the job and
+    its worker) at the largest size within 1.3x of the smallest. It is the ratio this size can check: the inputs
+    are under a MiB, so the data add nothing measurable and both sizes hold the same fixed ~0.5 GiB (interpreter,
+    torch, Lightning, the model, a worker); the ratio is ~1.03 with a few percent of sampling noise, and it fails
+    when a job's memory depends on the size other than through the data. Whether the data stay out of anonymous
+    memory only the full sizes can show (benchmarks/RESULTS.md); ratios between phases or of RssAnon to Pss_Anon
+    measure the process layout, not the job."""
     proc = subprocess.run(
         [
             sys.executable,
@@ -42,6 +49,8 @@ def test_scale_benchmark_tiny(tmp_path):
         assert r["steps"] == 3 and 0 <= r["wait_share"] <= 1 and r["loader"]["warm"]["MiB_per_s"] > 0
         # One prediction pass over every val and test image of each subject.
         assert r["predict_images"] > 0
-    assert summary["anon_ratio_largest_vs_smallest"] > 0
+    ratio = summary["anon_ratio_largest_vs_smallest"]
+    assert ratio == two["peaks_kB"]["train"]["pss_anon"] / one["peaks_kB"]["train"]["pss_anon"]
+    assert 0 < ratio <= 1.3, f"train-phase anonymous memory grew {ratio:.2f}x from 1x to 2x the images"
     assert not (tmp_path / "1x").exists() and not (tmp_path / "2x").exists()  # inputs deleted after each size
     assert "| 2x |" in proc.stdout

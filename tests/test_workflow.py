@@ -63,6 +63,16 @@ def test_end_to_end_outputs(finished_run):
 
 
 @pytest.mark.workflow
+def test_stage0_learns(finished_run):
+    """One number of the run that means something: stage 0 (the naivemix model; tiny.yaml lets it train up to 40
+    epochs, the other stages 2) predicts the fMRI subjects' test images at a mean r of about 0.13 (about 0 after
+    2 epochs); the threshold is half of that."""
+    voxels = pd.read_csv(finished_run / "results/encoding/naivemix/voxels.csv")
+    mean_r = voxels.loc[voxels["dataset"] == "synth_fmri", "r_test"].mean()
+    assert mean_r > 0.07, f"naivemix mean test r on synth_fmri {mean_r:.3f}"
+
+
+@pytest.mark.workflow
 def test_logs_hold_each_jobs_output(finished_run):
     train_log = (finished_run / "logs/train/afo_stage3.log").read_text()
     assert "job train_stage3" in train_log and "done in" in train_log

@@ -87,7 +87,7 @@ def validate_config(config: dict, schema_path: str | Path | None = None) -> dict
     if errors:
         lines = "\n  - ".join(_describe(e) for e in errors)
         raise ConfigError(f"invalid configuration ({len(errors)} problem(s)):\n  - {lines}")
-    _check_semantics(config)
+    check_config(config)
     return config
 
 
@@ -103,8 +103,51 @@ def validate_section(section: dict, definition: str, where: str, schema_path: st
     return section
 
 
-def _check_semantics(config: dict) -> None:
-    """Rules the schema cannot say."""
+NAIVEMIX_MODEL = "results/models/stage0/seed0/model.pt"
+
+
+def last_stage2(config: dict) -> str:
+    """The stage whose per-ROI models stage 3 distils: stage2, or the extra iteration (S2+1) when configured."""
+    return "stage2plus" if config["afo"]["s2_plus_one"] else "stage2"
+
+
+def single_models(config: dict) -> dict[str, str]:
+    """Evaluated models of a run that are one model file each: name (results/encoding/{name}) -> that file."""
+    baselines = config["afo"]["baselines"]
+    single = {"afo": "results/models/afo/stage3/model.pt"}
+    if baselines["naivemix"]:
+        single["naivemix"] = NAIVEMIX_MODEL
+    if baselines["randroi"]:
+        single["randroi"] = "results/models/randroi/stage3/model.pt"
+    for name in config["ablations"]:
+        single[name] = f"results/models/ablation/{name}/model.pt"
+    return single
+
+
+def assembled_models(config: dict) -> dict[str, tuple[str, str]]:
+    """Evaluated models of a run assembled from per-ROI models: name -> (recipe, stage) of those models."""
+    last, baselines = last_stage2(config), config["afo"]["baselines"]
+    assembled = {"stage1": ("afo", "stage1"), "stage2": ("afo", last)}
+    if config["afo"]["s2_plus_one"]:
+        assembled["stage2_once"] = ("afo", "stage2")
+    if baselines["nodk"]:
+        assembled["nodk"] = ("afo", "nodk")
+    if baselines["randroi"]:
+        assembled["randroi_stage1"] = ("randroi", "stage1")
+        assembled["randroi_stage2"] = ("randroi", last)
+    return assembled
+
+
+def check_config(config: dict) -> None:
+    """Every rule a config must meet that the schema cannot say, on a config the schema has validated (defaults
+    filled in). :func:`validate_config` runs it, so the workflow (common.smk) and ``afo check-config`` both do:
+    a mistake fails before anything runs, with a message that names the config key and the fix."""
+    _check_datasets(config)
+    _check_model_names(config)
+    _check_finetune(config)
+
+
+def _check_datasets(config: dict) -> None:
     for name, ds in config["datasets"].items():
         if ds["format"] == "synthetic" and "part" not in ds:
             raise ConfigError(f"config key `datasets.{name}.part`: required for format synthetic (fmri or eeg)")
@@ -133,6 +176,47 @@ def _check_semantics(config: dict) -> None:
             f"config key `afo.veroi.n_rois`: {veroi['n_rois']} veROIs cannot be cut from {veroi['n_kmeans']} k-means "
             "clusters (`afo.veroi.n_kmeans`); lower n_rois or raise n_kmeans (each veROI adds stage-1/2 jobs)"
         )
+
+
+def _check_model_names(config: dict) -> None:
+    """Model names the analysis sections refer to must be evaluated models (a typo fails before anything runs)."""
+    single = single_models(config)
+    evaluated = list(single) + list(assembled_models(config))
+    for key, names in (
+        ("evaluation.figure_models", config["evaluation"]["figure_models"]),
+        ("decoding.models", config["decoding"]["models"]),
+    ):
+        unknown = [n for n in names if n not in evaluated]
+        if unknown:
+            raise ConfigError(f"config key `{key}`: {unknown} not among the evaluated models {evaluated}")
+    for label, spec in config["probing"]["extractors"].items():
+        if spec["source"] == "timm" and not spec.get("name"):
+            raise ConfigError(f"config key `probing.extractors.{label}.name`: source timm needs a timm model name")
+        if spec["source"] == "model" and spec.get("model") not in single:
+            raise ConfigError(
+                f"config key `probing.extractors.{label}.model`: {spec.get('model')!r} is not one of the single models "
+                f"{list(single)} (per-ROI models assembled share no core)"
+            )
+
+
+def _check_finetune(config: dict) -> None:
+    """Fine-tuning fits datasets the recipe did not train on, on the core of a single evaluated model."""
+    finetune, datasets = config["finetune"], config["datasets"]
+    if not finetune["enabled"]:
+        return
+    single = single_models(config)
+    if finetune["model"] not in single:
+        raise ConfigError(
+            f"config key `finetune.model`: {finetune['model']!r} is not one of the single models {list(single)}"
+        )
+    if not finetune["datasets"]:
+        raise ConfigError("config key `finetune.datasets`: name at least one dataset (role holdout) to fit")
+    for name in finetune["datasets"]:
+        if name not in datasets or datasets[name]["role"] == "train":
+            raise ConfigError(
+                f"config key `finetune.datasets`: {name!r} must be a dataset of `datasets:` with role holdout "
+                f"(the model already has the training datasets' subjects)"
+            )
 
 
 def load_config(path: str | Path, schema_path: str | Path | None = None) -> dict:

@@ -4,12 +4,20 @@
 # rule's outputs; how a job uses the machine (config `compute:`) is read by the job and reruns nothing.
 from pathlib import Path
 
-from afo.config import ConfigError, train_params, validate_config
+from afo.config import (
+    NAIVEMIX_MODEL,
+    assembled_models,
+    last_stage2,
+    single_models,
+    train_params,
+    validate_config,
+)
 from afo.data.manifest import dataset_files, manifest_digest
 from afo.data.nsd_prf import has_prf_maps
 from afo.data.registry import dataset_root, visual_angle
 from afo.io.tables import roi_labels
 
+# The schema, then every rule it cannot say (afo.config.check_config, which `afo check-config` runs too).
 validate_config(config, workflow.source_path("../schemas/config.schema.yaml"))
 
 DATASETS = config["datasets"]
@@ -20,7 +28,7 @@ OVERLAP = config["overlap"]
 COMPUTE = config["compute"]
 TRAIN_THREADS = COMPUTE["train_threads"]
 TRAIN_MEM_MB = COMPUTE["train_mem_mb"]
-LAST_STAGE2 = "stage2plus" if AFO["s2_plus_one"] else "stage2"
+LAST_STAGE2 = last_stage2(config)
 SYNTHETIC = {n: str(dataset_root(d)) for n, d in sorted(DATASETS.items()) if d["format"] == "synthetic"}
 # Full stimulus width in degrees per dataset (None = image units): ecc_deg / angle_deg in voxels.csv and figures.
 VISUAL_ANGLES = {n: visual_angle(d) for n, d in sorted(DATASETS.items())}
@@ -131,7 +139,6 @@ def ablation_train(wildcards) -> dict:
 
 
 STAGE0_MODELS = expand("results/models/stage0/seed{seed}/model.pt", seed=range(AFO["stage0_seeds"]))
-NAIVEMIX_MODEL = "results/models/stage0/seed0/model.pt"
 
 
 def neck_init_input(wildcards) -> list:
@@ -182,67 +189,10 @@ def stage3_dk(wildcards) -> list:
 # -- prediction and evaluation -------------------------------------------------------------------------
 
 # Model names of results/encoding/{name}: (recipe, stage) of per-ROI models assembled, or a single model file.
-ASSEMBLED = {"stage1": ("afo", "stage1"), "stage2": ("afo", LAST_STAGE2)}
-if AFO["s2_plus_one"]:
-    ASSEMBLED["stage2_once"] = ("afo", "stage2")
-if AFO["baselines"]["nodk"]:
-    ASSEMBLED["nodk"] = ("afo", "nodk")
-if AFO["baselines"]["randroi"]:
-    ASSEMBLED["randroi_stage1"] = ("randroi", "stage1")
-    ASSEMBLED["randroi_stage2"] = ("randroi", LAST_STAGE2)
-SINGLE = {"afo": "results/models/afo/stage3/model.pt"}
-if AFO["baselines"]["naivemix"]:
-    SINGLE["naivemix"] = NAIVEMIX_MODEL
-if AFO["baselines"]["randroi"]:
-    SINGLE["randroi"] = "results/models/randroi/stage3/model.pt"
-for _name in config["ablations"]:
-    SINGLE[_name] = f"results/models/ablation/{_name}/model.pt"
+ASSEMBLED = assembled_models(config)
+SINGLE = single_models(config)
 EVALUATED = list(SINGLE) + list(ASSEMBLED)
-
-
-def _check_model_names() -> None:
-    """Model names the analysis sections refer to must be evaluated models (a typo fails before anything runs)."""
-    for key, names in (
-        ("evaluation.figure_models", config["evaluation"]["figure_models"]),
-        ("decoding.models", config["decoding"]["models"]),
-    ):
-        unknown = [n for n in names if n not in EVALUATED]
-        if unknown:
-            raise ConfigError(f"config key `{key}`: {unknown} not among the evaluated models {EVALUATED}")
-    for label, spec in config["probing"]["extractors"].items():
-        if spec["source"] == "timm" and not spec.get("name"):
-            raise ConfigError(f"config key `probing.extractors.{label}.name`: source timm needs a timm model name")
-        if spec["source"] == "model" and spec.get("model") not in SINGLE:
-            raise ConfigError(
-                f"config key `probing.extractors.{label}.model`: {spec.get('model')!r} is not one of the single models "
-                f"{list(SINGLE)} (per-ROI models assembled share no core)"
-            )
-
-
-_check_model_names()
-
 FINETUNE = config["finetune"]
-
-
-def _check_finetune() -> None:
-    """Fine-tuning fits datasets the recipe did not train on, on the core of a single evaluated model."""
-    if not FINETUNE["enabled"]:
-        return
-    if FINETUNE["model"] not in SINGLE:
-        raise ConfigError(
-            f"config key `finetune.model`: {FINETUNE['model']!r} is not one of the single models {list(SINGLE)}"
-        )
-    if not FINETUNE["datasets"]:
-        raise ConfigError("config key `finetune.datasets`: name at least one dataset (role holdout) to fit")
-    for name in FINETUNE["datasets"]:
-        if name not in DATASETS or name in TRAIN_DATASETS:
-            raise ConfigError(
-                f"config key `finetune.datasets`: {name!r} must be a dataset of `datasets:` with role holdout "
-                f"(the model already has the training datasets' subjects)"
-            )
-
-
-_check_finetune()
 
 
 wildcard_constraints:

@@ -6,7 +6,7 @@ Files, one question each: ``pe`` (how coordinates are encoded), ``conv`` (the sh
 """
 
 from afo.model.conv import ConvBlock, ConvBlocks, ConvUnit
-from afo.model.encoder import CoreOutput, EncodingModel
+from afo.model.encoder import CoreOutput, EncodingModel, model_defaults
 from afo.model.head import VoxelHead
 from afo.model.neck import (
     LAYER_SELECTOR_ALIASES,
@@ -38,6 +38,7 @@ __all__ = [
     "TopyNeck",
     "UniformLayerSelector",
     "VoxelHead",
+    "model_defaults",
     "bilinear_corners",
     "canonical_layer_selector",
     "efficient_readout",

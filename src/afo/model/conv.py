@@ -63,9 +63,7 @@ class ConvBlock(nn.Module):
     Shapes: ``[B, in_channels, h, w] -> [B, out_dim, h, w]``.
     """
 
-    def __init__(
-        self, in_channels: int, width: int = 768, out_dim: int = 256, n_convs: int = 3, kernel_size: int = 5
-    ) -> None:
+    def __init__(self, in_channels: int, width: int, out_dim: int, n_convs: int, kernel_size: int) -> None:
         super().__init__()
         if n_convs < 1:
             raise ValueError(f"n_convs must be >= 1, got {n_convs}")
@@ -87,9 +85,7 @@ class ConvBlocks(nn.Module):
     Inputs are cast to the blocks' parameter dtype (the feature cache is float16).
     """
 
-    def __init__(
-        self, in_channels: Sequence[int], width: int = 768, out_dim: int = 256, n_convs: int = 3, kernel_size: int = 5
-    ) -> None:
+    def __init__(self, in_channels: Sequence[int], width: int, out_dim: int, n_convs: int, kernel_size: int) -> None:
         super().__init__()
         if len(in_channels) == 0:
             raise ValueError("at least one layer is needed")

@@ -7,7 +7,9 @@ subjects with ``readout()``; ``forward()`` is the two in one.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,6 +34,13 @@ def _module_key(subject: str) -> str:
     """
     key = subject.replace("%", "%25").replace(".", "%2E")
     return "%" + key if not key or key in _MODULE_DICT_ATTRS else key
+
+
+def model_defaults() -> dict[str, Any]:
+    """Each setting of :class:`EncodingModel` (its keyword arguments but ``frames``, which is data, not a
+    setting) and its default, read from the constructor's signature, their one home."""
+    params = inspect.signature(EncodingModel.__init__).parameters.values()
+    return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty and p.name != "frames"}
 
 
 class CoreOutput(list):
@@ -78,6 +87,10 @@ class EncodingModel(nn.Module):
     Shapes:
         ``forward(features, subject, voxel_index)``: features list of ``[B, C_l, h_l, w_l]`` (float16 or
         float32), ``voxel_index`` LongTensor ``[n]`` (None = all ``N_s``) -> ``[B, n]`` float32.
+
+    The defaults of this signature are the model's defaults, written nowhere else (timm manner): the parts
+    (TopyNeck, ConvBlocks, ...) take every setting from here, :func:`model_defaults` reads them for
+    :class:`afo.training.modelfile.ModelConfig`, and a test holds the config schema's ``model`` defaults to them.
     """
 
     def __init__(

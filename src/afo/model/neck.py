@@ -83,6 +83,8 @@ class TopyNeck(nn.Module):
         frame: the subject's :class:`~afo.model.pe.CoordinateFrame` (or a ``(lo [k], hi [k])`` pair), from
             :func:`~afo.model.pe.subject_frame` of *all* the subject's usable voxels. None: the bounding box of
             ``coords`` (right only for a model of all of them). Every coordinate must lie inside the frame.
+
+    No argument has a default: :class:`~afo.model.encoder.EncodingModel`, which builds the necks, holds them.
     """
 
     # Buffers (register_buffer), declared for type checkers.
@@ -95,13 +97,13 @@ class TopyNeck(nn.Module):
         coords: Tensor | np.ndarray,
         n_layers: int,
         dim: int,
-        pe_frequencies: int = 32,
-        pe_max_period: float = 100.0,
-        mlp_width: int = 128,
-        sigma: float = 0.01,
-        retina_mapper: str = "learned",
-        layer_selector: str = "learned",
-        global_pool: bool = True,
+        pe_frequencies: int,
+        pe_max_period: float,
+        mlp_width: int,
+        sigma: float,
+        retina_mapper: str,
+        layer_selector: str,
+        global_pool: bool,
         frame: CoordinateFrame | tuple | None = None,
     ) -> None:
         super().__init__()

@@ -99,7 +99,7 @@ class SinusoidalPE(nn.Module):
         (per axis: ``n_frequencies`` sines, then ``n_frequencies`` cosines).
     """
 
-    def __init__(self, in_dims: int = 3, n_frequencies: int = 32, max_period: float = 100.0) -> None:
+    def __init__(self, in_dims: int, n_frequencies: int, max_period: float) -> None:
         super().__init__()
         if n_frequencies < 1 or max_period <= 0:
             raise ValueError("n_frequencies must be >= 1 and max_period > 0")

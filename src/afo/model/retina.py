@@ -44,7 +44,7 @@ class RetinaMapper(nn.Module):
     Shapes: ``pe [n, in_features] -> u [n, 2]``.
     """
 
-    def __init__(self, in_features: int, width: int = 128, sigma: float = 0.01) -> None:
+    def __init__(self, in_features: int, width: int, sigma: float) -> None:
         super().__init__()
         if sigma < 0:
             raise ValueError(f"sigma must be >= 0, got {sigma}")
@@ -86,7 +86,7 @@ class LayerSelector(nn.Module):
     Shapes: ``pe [n, in_features] -> eta [n, n_layers]`` (rows sum to 1).
     """
 
-    def __init__(self, in_features: int, n_layers: int, width: int = 128, hard: bool = False) -> None:
+    def __init__(self, in_features: int, n_layers: int, width: int, hard: bool = False) -> None:
         super().__init__()
         self.n_layers = n_layers
         self.hard = hard

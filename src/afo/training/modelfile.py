@@ -30,7 +30,7 @@ import torch
 
 from afo.errors import UserError
 from afo.io import atomic_path, file_sha256
-from afo.model import EncodingModel
+from afo.model import EncodingModel, model_defaults
 
 if TYPE_CHECKING:
     from afo.features import BackboneSpec
@@ -59,22 +59,30 @@ def _three_floats(values: Iterable[Any]) -> tuple[float, float, float]:
     return a, b, c
 
 
+# The model's defaults, from its constructor (their one home).
+_DEFAULTS = model_defaults()
+
+
 @dataclass(frozen=True)
 class ModelConfig:
-    """The constructor settings of an :class:`EncodingModel` (the config's ``model`` section); defaults as the model's."""
+    """The constructor settings of an :class:`EncodingModel` (the config's ``model`` section).
 
-    conv_width: int = 768
-    out_dim: int = 256
-    n_convs: int = 3
-    kernel_size: int = 5
-    pe_frequencies: int = 32
-    pe_max_period: float = 100.0
-    mlp_width: int = 128
-    sigma: float = 0.01
-    retina_mapper: str = "learned"
-    layer_selector: str = "learned"
-    global_pool: bool = True
-    readout_chunk: int | None = None
+    Its defaults are read from the model's constructor (:func:`afo.model.model_defaults`), never written here;
+    a test holds these fields to the constructor's arguments.
+    """
+
+    conv_width: int = _DEFAULTS["conv_width"]
+    out_dim: int = _DEFAULTS["out_dim"]
+    n_convs: int = _DEFAULTS["n_convs"]
+    kernel_size: int = _DEFAULTS["kernel_size"]
+    pe_frequencies: int = _DEFAULTS["pe_frequencies"]
+    pe_max_period: float = _DEFAULTS["pe_max_period"]
+    mlp_width: int = _DEFAULTS["mlp_width"]
+    sigma: float = _DEFAULTS["sigma"]
+    retina_mapper: str = _DEFAULTS["retina_mapper"]
+    layer_selector: str = _DEFAULTS["layer_selector"]
+    global_pool: bool = _DEFAULTS["global_pool"]
+    readout_chunk: int | None = _DEFAULTS["readout_chunk"]
 
     @classmethod
     def from_dict(cls, section: dict[str, Any], where: str = "model") -> ModelConfig:
