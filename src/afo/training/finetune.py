@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 FORMAT_AUTO = "auto"
 VAL_FRACTION = 0.1  # of a subject's training images held out for validation when it has none (docs/inputs.md)
 MIN_VAL_IMAGES = 3  # a subject is scored on validation from 3 images (afo.training.datamodule.ValidationChunks)
+MACHINE_KEYS = ("num_workers",)  # train-dict keys from the config's compute section, not from finetune.train
 
 
 class FinetuneError(UserError):
@@ -151,7 +152,8 @@ def finetune(spec: FinetuneSpec, model_out: str | Path, *, lock_timeout: float |
     """Fit the new datasets' subjects on the frozen core of ``spec.model``; write ``model_out`` (base + new subjects)
     and ``metrics.csv`` beside it. The resumable state lives in ``<model_out folder>/work/<digest>/``."""
     log_to_stderr_unless_configured()
-    check_train_overrides(spec.train)
+    # How the job uses the machine (the workflow adds compute.num_workers) is not a training setting to check.
+    check_train_overrides({k: v for k, v in spec.train.items() if k not in MACHINE_KEYS})
     model_out = Path(model_out)
     base = read_model_file(spec.model)
     base.require_inputs(spec.model)  # a version-1 file has no backbone record to fine-tune with
