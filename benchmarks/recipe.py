@@ -139,11 +139,11 @@ VARIANTS = {
        for w, scale in WIDTHS.items()},
 }  # fmt: skip
 MAIN_VARIANTS = ["base", "baselines", "s2plus", "table2"]  # the tables; the width variants only feed the sweep
-# Estimate of a unit's minutes on the shared 2-core machine: data (simulation, backbone features) once per work
-# folder, then each training job at convergence. The 10-epoch jobs took ~40 s on free cores; trained to patience
-# they run several times longer, and the cores are shared: 3 minutes a job is an assumption, not a measurement.
-SETUP_MINUTES = 6.0
-JOB_MINUTES = 3.0
+# Estimate of a unit's minutes on the 2-core machine: data (simulation, backbone features) once per work folder,
+# then each training job at convergence. Measured: the base unit of seed 3 (8 jobs, every one stopped by
+# patience) took 401 s beside one other job; its setup about 1.5 min, a job about 0.65 min.
+SETUP_MINUTES = 1.5
+JOB_MINUTES = 0.65
 
 
 def estimate_minutes(name: str, variant: Variant) -> float:

@@ -9,20 +9,20 @@
 #       --seeds 3 4 5 6 7 --dry-run                         # which units are done, and the estimates
 #   .venv/bin/python benchmarks/recipe.py report --csv benchmarks/results/recipe/report   # tables from raw outputs
 #
-# Minutes per unit are estimates for the shared 2-core machine, not measurements: ~6 min of data per seed, then
-# ~3 min per training job trained to patience (the 10-epoch jobs took ~40 s on free cores), times a guessed cost
-# factor for the wider conv blocks. Replace them with the units' wall_seconds (unit.json) once a few have run.
+# Minutes per unit: the base unit of seed 3 took 401 s (6.7 min: ~1.5 min of data, 8 jobs trained to patience,
+# ~0.65 min each) with one other job beside it; the others are scaled from it by their job count and a guessed cost
+# factor for the wider conv blocks (`recipe.py run --dry-run` prints them). Replace them with the units'
+# wall_seconds (unit.json) as they run.
 #
 # variant    models                                   jobs  ~min/unit  seeds        ~min
-# base       naivemix, S1, S2, afo (S3)                  8         30  3-7 (5)       150
-# baselines  NoDK, randROI S1/S2/S3                     10         31  3-7 (5)       155
-# s2plus     S2+1, S3 after S2+1 (reuses base 0-2)       4         13  3-5 (3)        39
-# table2     FrozenRM, FrozenLS, NoRegLS x2, w/o GP      5         16  3-5 (3)        48
-# width96    naivemix, S1, S2, afo at conv width 96      8         39  3-5 (3)       117
-# width192   the same at conv width 192                  8         85  3-5 (3)       255
-# width24    the same at conv width 24                   8         20  3-5 (3)        60
-# (the sweep's width 48 is the base unit)                                    total ~824 min, ~13.7 h
-# Past the ~12 CPU-hours planned: width24 runs last and is the first to cut (48, 96, 192 are three sizes).
+# base       naivemix, S1, S2, afo (S3)                  8          7  3-7 (5)        33
+# baselines  NoDK, randROI S1/S2/S3                     10          7  3-7 (5)        35
+# s2plus     S2+1, S3 after S2+1 (reuses base 0-2)       4          4  3-5 (3)        11
+# table2     FrozenRM, FrozenLS, NoRegLS x2, w/o GP      5          4  3-5 (3)        13
+# width96    naivemix, S1, S2, afo at conv width 96      8         10  3-5 (3)        30
+# width192   the same at conv width 192                  8         20  3-5 (3)        60
+# width24    the same at conv width 24                   8          5  3-5 (3)        15
+# (the sweep's width 48 is the base unit)                                    total ~197 min, ~3.3 h
 set -euo pipefail
 cd "$(dirname "$0")/.."
 unit() {  # unit VARIANT SEED
