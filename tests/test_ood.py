@@ -1,8 +1,10 @@
 """Out-of-distribution scores: NSD-synthetic predicted with the heads of a tiny model trained on NSD, scored beside
-NSD's own test split (afo.evaluation.ood), and the config rules of test-only holdouts."""
+NSD's own test split (afo.evaluation.ood), in the package and in the workflow, and the config rules of test-only
+holdouts."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -10,8 +12,10 @@ import pandas as pd
 import pytest
 import yaml
 from fixtures.formats import IMG, write_nsd, write_nsd_synthetic
+from test_analysis_workflow import snakemake
 
-from afo.config import ConfigError, check_config, load_config, ood_pairs
+from afo.config import HEADS_OF_DEFAULT, ConfigError, check_config, load_config, ood_pairs
+from afo.data.nsd_synthetic import DEFAULTS
 from afo.evaluation.ood import OOD_COLUMNS, holdout_voxels, ood_table
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,6 +36,7 @@ def test_ood_pairs_and_config_rules():
     assert ood_pairs(cfg) == {"syn": "core"}
     check_config(cfg)
     # heads_of defaults to the adapter's "nsd", which must be a training NSD dataset of the config
+    assert HEADS_OF_DEFAULT == DEFAULTS["heads_of"]
     with pytest.raises(ConfigError, match="heads_of"):
         check_config(_config({"core": nsd, "syn": {**syn, "options": {}}}))
     with pytest.raises(ConfigError, match="only be a holdout"):
@@ -113,3 +118,33 @@ def test_nsd_model_scores_nsd_synthetic(tmp_path):
     for column in ("mean_r_in", "mean_r_out", "median_r_test_norm_in", "median_r_test_norm_out"):
         assert np.isfinite(everything[column]).all(), column
     assert (everything["n_voxels"] > 0).all()
+
+
+@pytest.mark.slow  # the workflow on the NSD fixture up to naivemix's ood table: about 2 minutes on 2 cores
+def test_workflow_ood_table(tmp_path):
+    write_nsd(tmp_path / "raw", n_sessions=1)
+    write_nsd_synthetic(tmp_path / "raw")
+    config = json.loads(json.dumps(SMALL))
+    config["datasets"] = {
+        "core": {"format": "nsd", "root": str(tmp_path / "raw"), "role": "train"},
+        "syn": {
+            "format": "nsd_synthetic",
+            "root": str(tmp_path / "raw"),
+            "role": "holdout",
+            "options": {"heads_of": "core"},
+        },
+    }
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    planned = snakemake(tmp_path, "-n")
+    assert "probing: skipping ['syn']" in planned.stdout + planned.stderr
+    assert "results/probing/vit_random/syn.csv" not in planned.stdout
+    snakemake(tmp_path, "results/encoding/naivemix/ood.html", "results/data/overlap.csv")
+    table = pd.read_csv(tmp_path / "results/encoding/naivemix/ood.csv", dtype={"subject": str, "roi": str})
+    assert list(table.columns) == OOD_COLUMNS
+    everything = table[table["roi"] == "all"].set_index("subject")
+    assert sorted(everything.index) == ["subj01", "subj02"]
+    assert set(everything["dataset_in"]) == {"core"} and set(everything["dataset_out"]) == {"syn"}
+    assert np.isfinite(everything[["mean_r_in", "mean_r_out"]].to_numpy()).all()
+    voxels = pd.read_csv(tmp_path / "results/encoding/naivemix/ood_voxels.csv", dtype={"subject": str})
+    assert set(voxels["dataset"]) == {"syn"} and voxels["r_test"].notna().all()
+    assert "mean_r_out" in (tmp_path / "results/encoding/naivemix/ood.html").read_text()

@@ -141,15 +141,16 @@ def assembled_models(config: dict) -> dict[str, tuple[str, str]]:
 # Formats whose stores hold test trials only: scored with another dataset's heads, never trained, probed or
 # fine-tuned on (no training images).
 TEST_ONLY_FORMATS = ("nsd_synthetic",)
+# The nsd_synthetic adapter's default heads_of (afo.data.nsd_synthetic.DEFAULTS, which this layer cannot import;
+# a test checks that they agree).
+HEADS_OF_DEFAULT = "nsd"
 
 
 def ood_pairs(config: dict) -> dict[str, str]:
     """holdout -> the training dataset whose subjects' heads score it, for the test-only holdouts (NSD-synthetic's
     ``options.heads_of``, default as the adapter's): :mod:`afo.evaluation.ood`."""
-    from afo.data.nsd_synthetic import DEFAULTS
-
     return {
-        name: str((ds.get("options") or {}).get("heads_of", DEFAULTS["heads_of"]))
+        name: str((ds.get("options") or {}).get("heads_of", HEADS_OF_DEFAULT))
         for name, ds in sorted(config["datasets"].items())
         if ds["format"] in TEST_ONLY_FORMATS
     }
