@@ -138,6 +138,24 @@ def assembled_models(config: dict) -> dict[str, tuple[str, str]]:
     return assembled
 
 
+# Formats whose stores hold test trials only: scored with another dataset's heads, never trained, probed or
+# fine-tuned on (no training images).
+TEST_ONLY_FORMATS = ("nsd_synthetic",)
+# The nsd_synthetic adapter's default heads_of (afo.data.nsd_synthetic.DEFAULTS, which this layer cannot import;
+# a test checks that they agree).
+HEADS_OF_DEFAULT = "nsd"
+
+
+def ood_pairs(config: dict) -> dict[str, str]:
+    """holdout -> the training dataset whose subjects' heads score it, for the test-only holdouts (NSD-synthetic's
+    ``options.heads_of``, default as the adapter's): :mod:`afo.evaluation.ood`."""
+    return {
+        name: str((ds.get("options") or {}).get("heads_of", HEADS_OF_DEFAULT))
+        for name, ds in sorted(config["datasets"].items())
+        if ds["format"] in TEST_ONLY_FORMATS
+    }
+
+
 def check_config(config: dict) -> None:
     """Every rule a config must meet that the schema cannot say, on a config the schema has validated (defaults
     filled in). :func:`validate_config` runs it, so the workflow (common.smk) and ``afo check-config`` both do:
@@ -165,6 +183,18 @@ def _check_datasets(config: dict) -> None:
             )
     if not any(ds["role"] == "train" for ds in config["datasets"].values()):
         raise ConfigError("config key `datasets`: at least one dataset needs role: train")
+    for name, heads_of in ood_pairs(config).items():
+        if config["datasets"][name]["role"] != "holdout":
+            raise ConfigError(
+                f"config key `datasets.{name}.role`: format {config['datasets'][name]['format']} has test trials "
+                "only, so it can only be a holdout"
+            )
+        ds = config["datasets"].get(heads_of)
+        if ds is None or ds["role"] != "train" or ds["format"] != "nsd":
+            raise ConfigError(
+                f"config key `datasets.{name}.options.heads_of`: {heads_of!r} must name a dataset of `datasets:` "
+                "with format nsd and role train (its subjects' heads score this holdout)"
+            )
     veroi = config["afo"]["veroi"]
     if (veroi["n_rois"] is None) == (veroi["threshold"] is None):
         raise ConfigError(
@@ -216,6 +246,11 @@ def _check_finetune(config: dict) -> None:
             raise ConfigError(
                 f"config key `finetune.datasets`: {name!r} must be a dataset of `datasets:` with role holdout "
                 f"(the model already has the training datasets' subjects)"
+            )
+        if datasets[name]["format"] in TEST_ONLY_FORMATS:
+            raise ConfigError(
+                f"config key `finetune.datasets`: {name!r} (format {datasets[name]['format']}) has no training "
+                "trials to fine-tune on; it is scored with the heads of its `heads_of` dataset instead"
             )
 
 

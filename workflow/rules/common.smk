@@ -6,8 +6,10 @@ from pathlib import Path
 
 from afo.config import (
     NAIVEMIX_MODEL,
+    TEST_ONLY_FORMATS,
     assembled_models,
     last_stage2,
+    ood_pairs,
     single_models,
     train_params,
     validate_config,
@@ -16,6 +18,7 @@ from afo.data.manifest import dataset_files, manifest_digest
 from afo.data.nsd_prf import has_prf_maps
 from afo.data.registry import dataset_root, visual_angle
 from afo.io.tables import roi_labels
+from snakemake.logging import logger
 
 # The schema, then every rule it cannot say (afo.config.check_config, which `afo check-config` runs too).
 validate_config(config, workflow.source_path("../schemas/config.schema.yaml"))
@@ -41,6 +44,15 @@ PRF_DATASETS = [
 ]
 # The synthetic checks compare trained models' voxels with the truth: holdout datasets have no such voxels.
 SYNTHETIC_TRAIN = {n: p for n, p in SYNTHETIC.items() if n in TRAIN_DATASETS}
+# Test-only holdouts (NSD-synthetic) -> the training NSD dataset whose subjects' heads predict them (out of
+# distribution, results/encoding/{name}/ood.csv); they have no training images to probe.
+OOD = ood_pairs(config)
+PROBED = [n for n in ALL_DATASETS if DATASETS[n]["format"] not in TEST_ONLY_FORMATS]
+if PROBED != ALL_DATASETS and config["probing"]["enabled"]:
+    logger.info(
+        f"probing: skipping {sorted(set(ALL_DATASETS) - set(PROBED))} (test trials only, no training images to "
+        "fit a probe on; scored out of distribution in results/encoding/<model>/ood.csv instead)"
+    )
 
 
 wildcard_constraints:
@@ -49,6 +61,7 @@ wildcard_constraints:
     seed=r"\d+",
     roi=r"[A-Za-z0-9_\-]+",
     stage2="stage2|stage2plus",
+    holdout="|".join(OOD) or "^$",
 
 
 # -- data ----------------------------------------------------------------------------------------------
@@ -250,6 +263,19 @@ def predict_roi(wildcards):
     return last.removeprefix("roi") if last.startswith("roi") else None
 
 
+def ood_heads_of(wildcards) -> str:
+    return OOD[wildcards.holdout]
+
+
+def ood_features(wildcards) -> list:
+    return feature_caches([wildcards.holdout])
+
+
+def ood_predictions(wildcards) -> list:
+    """The holdouts' prediction files beside each model file (rule predict_ood), holdout by holdout."""
+    return [str(Path(m).with_name(f"ood_{h}.h5")) for h in OOD for m in model_files(wildcards.name)]
+
+
 def voxels_tables() -> list:
     return expand("results/encoding/{name}/voxels.csv", name=EVALUATED)
 
@@ -298,7 +324,7 @@ def probe_model(wildcards) -> list:
 
 
 def probe_tables() -> list:
-    return expand("results/probing/{extractor}/{dataset}.csv", extractor=EXTRACTORS, dataset=ALL_DATASETS)
+    return expand("results/probing/{extractor}/{dataset}.csv", extractor=EXTRACTORS, dataset=PROBED)
 
 
 def prf_roots() -> dict:
@@ -330,6 +356,8 @@ def analysis_targets() -> list:
         "results/figures/veroi_dendrogram.png",
     ]
     out += expand("results/encoding/{name}/{table}", name=EVALUATED, table=["summary.csv", "summary.html"])
+    if OOD:
+        out += expand("results/encoding/{name}/{table}", name=EVALUATED, table=["ood.csv", "ood.html"])
     if EXTRACTORS:
         out += ["results/probing/probe.csv", "results/probing/probe_summary.html", "results/probing/probe_violins.png"]
     for name in config["decoding"]["models"]:

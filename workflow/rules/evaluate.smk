@@ -1,6 +1,6 @@
 # Per-voxel scores of every model's predictions (predict.smk): voxels.csv, summary.csv, the ablation table with the
 # recipe comparison as its view, the RetinaMap against NSD's measured pRF maps, and the checks against the synthetic
-# brain's ground truth.
+# brain's ground truth, and the test-only holdouts scored out of distribution.
 
 
 rule evaluate:
@@ -50,6 +50,50 @@ rule summary_html:
         best_of=[],
     script:
         "../scripts/table_html.py"
+
+
+# Test-only holdouts (NSD-synthetic) scored with the heads of the NSD dataset each names, beside that dataset's
+# test scores: in- vs out-of-distribution per subject and ROI.
+rule ood:
+    input:
+        models=evaluation_models,
+        predictions=ood_predictions,
+        voxels="results/encoding/{name}/voxels.csv",
+        rois=evaluation_rois,
+        stores=stores(list(OOD)),
+    output:
+        voxels="results/encoding/{name}/ood_voxels.csv",
+        table="results/encoding/{name}/ood.csv",
+    log:
+        "logs/evaluate/ood_{name}.log",
+    conda:
+        "../../envs/afo.yaml"
+    threads: 1
+    resources:
+        mem_mb=TRAIN_MEM_MB,
+    params:
+        pairs=OOD,
+        roi_set=AFO["dataset_roi_set"],
+        visual_angles=VISUAL_ANGLES,
+    script:
+        "../scripts/ood.py"
+
+
+use rule summary_html as ood_html with:
+    input:
+        "results/encoding/{name}/ood.csv",
+    output:
+        report(
+            "results/encoding/{name}/ood.html",
+            caption="../report/ood.rst",
+            category="1. Encoding",
+            subcategory="{name}",
+        ),
+    log:
+        "logs/evaluate/ood_html_{name}.log",
+    params:
+        title="In- vs out-of-distribution: {name}",
+        best_of=[],
 
 
 rule ablation_table:

@@ -45,3 +45,29 @@ use rule dark_knowledge as predict with:
         roi=predict_roi,
         dtype="float32",
         backbone=online_backbone(),  # backbone.cache none: the job runs the backbone itself
+
+
+# A test-only holdout (NSD-synthetic) predicted with the heads of the training dataset it names (heads_of): its
+# store and features go under that dataset's name, so the model's subjects heads_of/subjNN predict it.
+rule predict_ood:
+    input:
+        model="results/models/{model_dir}/model.pt",
+        store="results/prepared/{holdout}.h5",
+        features=ood_features,
+        rois=predict_rois,
+    output:
+        "results/models/{model_dir}/ood_{holdout}.h5",
+    log:
+        "logs/predict/{model_dir}_ood_{holdout}.log",
+    conda:
+        "../../envs/afo.yaml"
+    threads: TRAIN_THREADS
+    resources:
+        gpu=1,
+        mem_mb=TRAIN_MEM_MB,
+    params:
+        heads_of=ood_heads_of,
+        roi=predict_roi,
+        backbone=online_backbone(),  # backbone.cache none: the job runs the backbone itself
+    script:
+        "../scripts/predict_ood.py"
