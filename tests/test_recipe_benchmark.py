@@ -199,7 +199,8 @@ def test_run_skips_done_units_and_writes_new_ones(recipe, tmp_path, monkeypatch,
     args = ["run", "--variants", "base", "--seeds", "3", "4", "--config", str(config), "--out", str(out)]
     recipe.main([*args, "--results", str(results), "--dry-run"])
     text = capsys.readouterr().out
-    assert "unit base seed 3: done (skipped)" in text and "unit base seed 4: to run, ~30 min" in text
+    minutes = recipe.estimate_minutes("base", recipe.VARIANTS["base"])
+    assert "unit base seed 3: done (skipped)" in text and f"unit base seed 4: to run, ~{minutes:.0f} min" in text
     assert calls == []
     recipe.main([*args, "--results", str(results)])
     assert calls == ["seed4"]  # seed 3's raw output is there: not run again
