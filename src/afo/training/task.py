@@ -117,11 +117,12 @@ class EncodingTask(pl.LightningModule):
         self.model = model
         self.val_subjects = list(val_subjects)
         self._val = ValidationR(self.val_subjects)
-        self.lr, self.weight_decay, self.betas = lr, weight_decay, tuple(betas)
+        self.weight_decay, self.betas = weight_decay, tuple(betas)
         self.lambda_entropy, self.beta = lambda_entropy, smoothl1_beta
         self.target_mode, self.dk_weight = target_mode, dk_weight
         self.own_weight = own_weight
         self.optimizer_name = optimizer
+        # The schedule holds the peak rate; without one, lr is a constant rate (the paper).
         self.schedule = schedule if schedule is not None else LearningRate(peak=lr)
 
     def on_train_batch_start(self, batch: Batch, batch_idx: int) -> None:
