@@ -29,7 +29,9 @@ unit() {  # unit VARIANT SEED
     .venv/bin/python benchmarks/recipe.py run --variants "$1" --seeds "$2"
     if [[ "${COMMIT:-0}" == 1 && -d "benchmarks/results/recipe/$1/seed$2" ]]; then
         git add "benchmarks/results/recipe/$1/seed$2"
-        git commit -m "Recipe unit $1 seed $2: raw output" -- "benchmarks/results/recipe/$1/seed$2"
+        # A unit that was already committed (skipped) has nothing new: commit only what changed.
+        git diff --cached --quiet -- "benchmarks/results/recipe/$1/seed$2" ||
+            git commit -m "Recipe unit $1 seed $2: raw output" -- "benchmarks/results/recipe/$1/seed$2"
     fi
 }
 set -x
