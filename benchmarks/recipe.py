@@ -143,10 +143,15 @@ VARIANTS = {
     "s2plus": Variant(("stage2", "afo"), work="s2plus", s2_plus_one=True, reuse=tuple(REUSABLE),
                       rename={"stage2": "stage2plus", "afo": "afo_s2plus"}, jobs=4),
     "table2": Variant(tuple(ABLATIONS), jobs=len(ABLATIONS)),
+    # The convergence check of config/hetero.yaml (train.max_epochs 300, patience 10): every base model trained
+    # again with twice the epochs and patience; converged = best validation r up by less than CONVERGED_WITHIN.
+    "base2x": Variant(BASE_MODELS, work="base2x", reuse=("data",), sets=("train.max_epochs=600", "train.patience=20"),
+                      jobs=8, scale=1.5),
     **{f"width{w}": Variant(BASE_MODELS, work=f"width{w}", reuse=("data",), jobs=8, scale=scale,
                             sets=(f"model.conv_width={w}", f"model.out_dim={2 * w // 3}"))
        for w, scale in WIDTHS.items()},
 }  # fmt: skip
+CONVERGED_WITHIN = 0.005
 MAIN_VARIANTS = ["base", "baselines", "s2plus", "table2"]  # the tables; the width variants only feed the sweep
 # Estimate of a unit's minutes on the 2-core machine: data (simulation, backbone features) once per work folder,
 # then each training job at convergence. Measured: the base unit of seed 3 (8 jobs, every one stopped by
@@ -474,6 +479,26 @@ def validation_selection(table: pd.DataFrame, models: tuple[str, ...] = BASE_MOD
     return chosen.assign(model=SELECTION)[rows.columns]
 
 
+def convergence_check(results: Path) -> pd.DataFrame:
+    """Per seed with both a ``base`` and a ``base2x`` unit: every training job's best validation r in each, and
+    the gain of twice the epochs and patience (converged when below CONVERGED_WITHIN)."""
+    rows = []
+    for again in sorted(results.glob("base2x/seed*/training.csv")):
+        first = results / "base" / again.parent.name / "training.csv"
+        if not first.is_file():
+            continue
+        a = pd.read_csv(first).set_index("model")
+        b = pd.read_csv(again).set_index("model")
+        for job in a.index.intersection(b.index):
+            gain = float(b.at[job, "val_r"] - a.at[job, "val_r"])
+            rows.append({"seed": int(again.parent.name.removeprefix("seed")), "job": job,
+                         "val_r": a.at[job, "val_r"], "val_r_2x": b.at[job, "val_r"], "gain_2x": gain,
+                         "epochs": a.at[job, "epochs"], "epochs_2x": b.at[job, "epochs"],
+                         "stop_reason_2x": b.at[job, "stop_reason"], "converged": gain < CONVERGED_WITHIN})  # fmt: skip
+    columns = ["seed", "job", "val_r", "val_r_2x", "gain_2x", "epochs", "epochs_2x", "stop_reason_2x", "converged"]
+    return pd.DataFrame(rows, columns=columns)
+
+
 def cell_means(table: pd.DataFrame) -> pd.DataFrame:
     """Mean test r per model and (dataset, group), with 'all' per dataset: columns model, dataset, group, r."""
     rows = []
@@ -708,6 +733,15 @@ def report(args: argparse.Namespace) -> None:
         shown = ["conv_width", "dataset", "group", "n_seeds", "afo - naivemix [95% CI]", "p", "p_holm", "s1_gain"]
         print(s[[*shown, "share kept [95% CI]", "seeds_no_s1_gain"]].to_markdown(index=False, disable_numparse=True))
         print()
+    check = convergence_check(results)
+    if not check.empty:
+        print(
+            f"Convergence check of config/hetero.yaml (base2x: twice the epochs and patience): converged = best "
+            f"validation r up by less than {CONVERGED_WITHIN}; {int(check.converged.sum())} of {len(check)} jobs\n"
+        )
+        formats = {"val_r": ".4f", "val_r_2x": ".4f", "gain_2x": "+.4f"}
+        print(_formatted(check, formats).to_markdown(index=False, disable_numparse=True))
+        print()
     if args.csv:
         out = Path(args.csv)
         out.mkdir(parents=True, exist_ok=True)
@@ -716,6 +750,7 @@ def report(args: argparse.Namespace) -> None:
         tests.to_csv(out / "tests.csv", index=False)
         described.to_csv(out / "voxel_description.csv", index=False)
         sweep.to_csv(out / "sweep.csv", index=False)
+        check.to_csv(out / "convergence_check.csv", index=False)
 
 
 def compare(args: argparse.Namespace) -> None:

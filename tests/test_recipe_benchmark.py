@@ -282,3 +282,23 @@ def test_recollect_adds_r_val_and_the_report_selects_per_voxel_on_it(recipe, tmp
     write_run(out / "seed3", 5, BASE, val=VAL)
     with pytest.raises(SystemExit, match="does not hold the unit's models"):
         recipe.main(["recollect", "--variants", "base", "--seeds", "3", "--out", str(out), "--results", str(results)])
+
+
+def test_convergence_check_doubles_hetero_budget_and_reports_the_gain(recipe, tmp_path, capsys):
+    hetero = yaml.safe_load((ROOT / "config" / "hetero.yaml").read_text())["train"]
+    sets = dict(a.split("=") for a in recipe.VARIANTS["base2x"].sets)
+    assert sets == {"train.max_epochs": str(2 * hetero["max_epochs"]), "train.patience": str(2 * hetero["patience"])}
+    results = tmp_path / "results"
+    write_unit(results, "base", 3, {"afo": [0.5] * 4})
+    write_unit(results, "base2x", 3, {"afo": [0.5] * 4})
+    jobs = ["stage0/seed0", "afo/stage3"]
+    for variant, val_r, epochs in (("base", [0.50, 0.30], [30, 20]), ("base2x", [0.502, 0.31], [45, 60])):
+        stops = ["patience", "patience"]
+        frame = {"model": jobs, "stop_reason": stops, "epochs": epochs, "val_r": val_r}
+        pd.DataFrame(frame).to_csv(results / variant / "seed3" / "training.csv", index=False)
+    check = recipe.convergence_check(results).set_index("job")
+    assert check.loc["stage0/seed0", "gain_2x"] == pytest.approx(0.002) and check.loc["stage0/seed0", "converged"]
+    assert check.loc["afo/stage3", "gain_2x"] == pytest.approx(0.01) and not check.loc["afo/stage3", "converged"]
+    recipe.main(["report", "--results", str(results), "--csv", str(tmp_path / "report")])
+    assert "1 of 2 jobs" in capsys.readouterr().out
+    assert len(pd.read_csv(tmp_path / "report" / "convergence_check.csv")) == 2
