@@ -499,6 +499,47 @@ def convergence_check(results: Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns)
 
 
+def investigations(results: Path, choose_seeds: list[int]) -> pd.DataFrame:
+    """Custom variants (``run --tag``) against the base unit of the same seed: per unit, model and dataset, the
+    difference of the dataset's mean test r (variant - base), with the seed's role (choose | report). Units whose
+    jobs did not all stop by patience, or without a base unit of their seed, are skipped."""
+    known = set(VARIANTS)
+    rows = []
+    for record in sorted(results.glob("*/seed*/unit.json")):
+        unit = json.loads(record.read_text())
+        variant, seed = unit["variant"], int(unit["seed"])
+        base = results / "base" / f"seed{seed}" / "voxels.csv"
+        jobs = pd.read_csv(record.parent / "training.csv")
+        if variant in known or not base.is_file() or jobs.empty or (jobs.stop_reason != "patience").any():
+            continue
+        role = "choose" if seed in choose_seeds or unit.get("role") == "choose" else "report"
+        mine = cell_means(pd.read_csv(record.parent / "voxels.csv", dtype={"subject": str}).assign(group=None))
+        theirs = cell_means(pd.read_csv(base, dtype={"subject": str}).assign(group=None))
+        both = mine.merge(theirs, on=["model", "dataset", "group"], suffixes=("", "_base"))
+        for r in both[both.group == "all"].itertuples():
+            rows.append({"variant": variant, "sets": "; ".join(unit.get("sets") or []), "model": r.model,
+                         "dataset": r.dataset, "seed": seed, "role": role, "r": r.r, "r_base": r.r_base,
+                         "diff": r.r - r.r_base})  # fmt: skip
+    columns = ["variant", "sets", "model", "dataset", "seed", "role", "r", "r_base", "diff"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def investigation_summary(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per variant, model and dataset: the choose seeds' differences as they were (what the choice saw), and
+    over the report seeds the mean difference with its 95% CI and t-test (the seed as the unit)."""
+    out = []
+    for (variant, model, dataset), d in rows.groupby(["variant", "model", "dataset"], sort=True):
+        chosen = d[d.role == "choose"].sort_values("seed")
+        report = d[d.role == "report"]
+        stats = mean_ci(report["diff"].to_numpy())  # NaN where fewer than 2 report seeds
+        out.append({"variant": variant, "sets": d["sets"].iloc[0], "model": model, "dataset": dataset,
+                    "choose_seeds": " ".join(f"{s}: {v:+.4f}" for s, v in zip(chosen.seed, chosen["diff"])),
+                    "n_report_seeds": len(report), "mean": stats["mean"], "ci_low": stats["ci_low"],
+                    "ci_high": stats["ci_high"], "p": stats["p"],
+                    "seeds_better": f"{int((report['diff'] > 0).sum())}/{len(report)}"})  # fmt: skip
+    return pd.DataFrame(out)
+
+
 def cell_means(table: pd.DataFrame) -> pd.DataFrame:
     """Mean test r per model and (dataset, group), with 'all' per dataset: columns model, dataset, group, r."""
     rows = []
@@ -733,6 +774,21 @@ def report(args: argparse.Namespace) -> None:
         shown = ["conv_width", "dataset", "group", "n_seeds", "afo - naivemix [95% CI]", "p", "p_holm", "s1_gain"]
         print(s[[*shown, "share kept [95% CI]", "seeds_no_s1_gain"]].to_markdown(index=False, disable_numparse=True))
         print()
+    probes = investigation_summary(investigations(results, args.choose_seeds))
+    if not probes.empty:
+        print(
+            "Investigation variants (run --tag) against the base unit of the same seed: difference of the dataset's "
+            "mean test r (variant - base) per model; on the choose seeds as they were, over the report seeds as "
+            "mean [95% CI], paired t-test (not Holm-adjusted: each investigation is its own question)\n"
+        )
+        t = probes.copy()
+        t["report: diff [95% CI]"] = [
+            _ci(*v) if n else "n/a" for *v, n in zip(t["mean"], t["ci_low"], t["ci_high"], t["n_report_seeds"])
+        ]
+        t = _formatted(t, {"p": ".2g"})
+        shown = ["variant", "sets", "model", "dataset", "choose_seeds", "n_report_seeds", "report: diff [95% CI]", "p"]
+        print(t[[*shown, "seeds_better"]].to_markdown(index=False, disable_numparse=True))
+        print()
     check = convergence_check(results)
     if not check.empty:
         print(
@@ -751,6 +807,7 @@ def report(args: argparse.Namespace) -> None:
         described.to_csv(out / "voxel_description.csv", index=False)
         sweep.to_csv(out / "sweep.csv", index=False)
         check.to_csv(out / "convergence_check.csv", index=False)
+        probes.to_csv(out / "investigations.csv", index=False)
 
 
 def compare(args: argparse.Namespace) -> None:

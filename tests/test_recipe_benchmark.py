@@ -302,3 +302,18 @@ def test_convergence_check_doubles_hetero_budget_and_reports_the_gain(recipe, tm
     recipe.main(["report", "--results", str(results), "--csv", str(tmp_path / "report")])
     assert "1 of 2 jobs" in capsys.readouterr().out
     assert len(pd.read_csv(tmp_path / "report" / "convergence_check.csv")) == 2
+
+
+def test_investigation_variants_against_the_base_of_their_seed(recipe, tmp_path, capsys):
+    results = tmp_path / "results"
+    for seed, d in ((0, 0.05), (3, 0.01), (4, 0.03)):
+        write_unit(results, "base", seed, {"afo": [0.5] * 4}, role="choose" if seed == 0 else "report")
+        write_unit(results, "probe", seed, {"afo": [0.5 + d] * 4}, role="choose" if seed == 0 else "report")
+    write_unit(results, "probe", 5, {"afo": [0.9] * 4})  # no base unit of seed 5: nothing to compare with
+    rows = recipe.investigations(results, [0, 1, 2])
+    assert sorted(rows.seed) == [0, 3, 4] and set(rows.loc[rows.seed == 0, "role"]) == {"choose"}
+    summary = recipe.investigation_summary(rows).iloc[0]
+    assert summary["choose_seeds"] == "0: +0.0500" and summary["n_report_seeds"] == 2
+    assert summary["mean"] == pytest.approx(0.02) and summary["seeds_better"] == "2/2"
+    recipe.main(["report", "--results", str(results)])
+    assert "Investigation variants (run --tag)" in capsys.readouterr().out
