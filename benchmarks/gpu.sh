@@ -5,7 +5,7 @@
 #   2. benchmarks/gpu_bench.py: timed training steps of one paper-size model in bf16 and fp16, with the backbone
 #      features from a file (cache: disk) and with a DINOv2-ViT-B/14-shaped backbone in the step (cache: none);
 #      images/s, peak GPU memory, GPU utilisation, and the projected GPU-hours of config/paper.yaml's recipe from
-#      the committed job list benchmarks/jobs_paper.json.
+#      the committed job list benchmarks/results/jobs_paper.json.
 # Sized to stay under 5 minutes on one modern GPU (25 steps per configuration; not yet run on a GPU). Nothing is downloaded or installed: afo is
 # used from src/, AdaBelief from the pure-Python wheels in benchmarks/wheels/ when it is not installed.
 #

@@ -24,7 +24,7 @@ step time (median), images/s, the share of wall time waiting for data, peak GPU 
 torch.cuda.utilization where nvidia-smi is missing). Also the backbone's and the model's forward throughput
 (float32, as the features and prediction jobs run).
 
-Projection: benchmarks/jobs_paper.json (written on the CPU side by benchmarks/jobs_paper.py from
+Projection: benchmarks/results/jobs_paper.json (written on the CPU side by benchmarks/jobs_paper.py from
 config/paper.yaml) lists the recipe's jobs with their steps and images (a training job's steps from the measured
 passes until early stopping, benchmarks/convergence.py); hours = steps x step time (cache disk,
 precision auto) + images / throughput for the features, prediction and dark-knowledge jobs; compared with the
@@ -451,7 +451,7 @@ def time_forward(fn, batch: int, device: torch.device, repeats: int) -> float:
 
 
 def project(jobs: dict, step_s: float, backbone_img_s: float, model_img_s: float) -> dict:
-    """GPU-hours of the recipe in ``jobs`` (benchmarks/jobs_paper.json) at the measured speeds."""
+    """GPU-hours of the recipe in ``jobs`` (benchmarks/results/jobs_paper.json) at the measured speeds."""
     train = [r for r in jobs["rules"].values() if r["kind"] == "train"]
     train_steps = sum(r["jobs"] * r["steps_per_job"] for r in train)
     hours = {
@@ -487,7 +487,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tiny", action="store_true", help="toy sizes on any device (the CPU test)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument(
-        "--jobs", type=Path, default=HERE / "jobs_paper.json", help="the job list (benchmarks/jobs_paper.py)"
+        "--jobs",
+        type=Path,
+        default=HERE / "results" / "jobs_paper.json",
+        help="the job list (benchmarks/jobs_paper.py)",
     )
     p.add_argument("--out", type=Path, help="write the results here as JSON")
     p.add_argument("--steps", type=int, help="timed steps per configuration")

@@ -22,10 +22,10 @@ Dataset sizes: the afo stores of config/paper.yaml cannot be opened here (no dat
 from each dataset's published design (docs/datasets.md; Table 1 of the paper), for the options paper.yaml uses
 (NSD: all sessions; HCP: group average per movie version; ALG, MEG, EEG: one "big brain" per dataset).
 Replace them with counts of your stores (``afo check-data CONFIG`` prints trials and images per subject) in a
-JSON file given with ``--sizes``. The output (benchmarks/jobs_paper.json) is committed so that the GPU machine,
+JSON file given with ``--sizes``. The output (benchmarks/results/jobs_paper.json) is committed so that the GPU machine,
 which has no snakemake, reads it.
 
-    python benchmarks/jobs_paper.py                       # writes benchmarks/jobs_paper.json
+    python benchmarks/jobs_paper.py                       # writes benchmarks/results/jobs_paper.json
     python benchmarks/jobs_paper.py --config my.yaml --sizes my_sizes.json --out my_jobs.json
     python benchmarks/jobs_paper.py --epochs 60           # an assumed length instead of the measured one
 """
@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--convergence", type=Path, default=CONVERGENCE, help="a benchmarks/convergence.py report (CSV)")
     p.add_argument("--variant", default=DEFAULT_VARIANT, help="its variant with the config's training settings")
     p.add_argument("--epochs", type=int, help="assume this many epochs per training job instead of the measured length")
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks/jobs_paper.json")
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/jobs_paper.json")
     a = p.parse_args(argv)
     sizes = json.loads(a.sizes.read_text()) if a.sizes else PAPER_SIZES
     if a.epochs:

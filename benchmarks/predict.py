@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", type=Path, help="a model file (default: train a demo-shaped one under --work)")
     p.add_argument("--work", type=Path, default=Path("/tmp/afo-predict-bench"), help="scratch folder (reused)")
     p.add_argument("--repeats", type=int, default=5, help="runs of each timing (the median is reported)")
-    p.add_argument("--out", type=Path, default=HERE / "predict.json", help="raw results (JSON)")
+    p.add_argument("--out", type=Path, default=HERE / "results" / "predict.json", help="raw results (JSON)")
     args = p.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
     machine = _machine()

@@ -87,7 +87,7 @@ def test_gpu_sh_tiny_runs_with_only_the_gpu_machines_packages(tmp_path):
     for r in runs.values():
         assert "error" not in r and r["steps_timed"] == 2 and r["images_per_s"] > 0 and 0 <= r["data_wait_share"] <= 1
     proj = results["projection"]["cache_disk/32-true"]
-    jobs = json.loads((ROOT / "benchmarks/jobs_paper.json").read_text())
+    jobs = json.loads((ROOT / "benchmarks/results/jobs_paper.json").read_text())
     assert proj["train_steps"] == sum(
         r["jobs"] * r["steps_per_job"] for r in jobs["rules"].values() if r["kind"] == "train"
     )
@@ -105,9 +105,12 @@ def test_committed_job_list_matches_the_paper_config(tmp_path):
         capture_output=True,
         timeout=300,
     )
-    fresh, committed = json.loads(out.read_text()), json.loads((ROOT / "benchmarks/jobs_paper.json").read_text())
+    fresh, committed = (
+        json.loads(out.read_text()),
+        json.loads((ROOT / "benchmarks/results/jobs_paper.json").read_text()),
+    )
     assert fresh == committed, (
-        "benchmarks/jobs_paper.json is stale: rerun python benchmarks/jobs_paper.py and commit it"
+        "benchmarks/results/jobs_paper.json is stale: rerun python benchmarks/jobs_paper.py and commit it"
     )
     paper = committed["rules"]
     # The paper recipe: 10 stage-0 seeds, 5 ablations, 17 veROIs x (stage 1 and 2 of afo and randROI, noDK), 2 stage 3.
