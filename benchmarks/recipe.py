@@ -8,7 +8,7 @@ capacity sweep). For every unit the real workflow runs (snakemake, this reposito
 encoding tables of the unit's models are asked for (``results/encoding/<model>/voxels.csv``).
 
 When a unit finishes, its small raw output is written to ``<results>/<variant>/seed<N>/`` (meant to be committed):
-``voxels.csv`` (model, dataset, subject, voxel, roi, area, group, r_test), ``training.csv`` (how every training
+``voxels.csv`` (model, dataset, subject, voxel, roi, area, group, r_test, r_val), ``training.csv`` (how every training
 job behind the unit's models ended, results/models/training.csv's columns) and ``unit.json`` (settings, seconds,
 role; written last, so a unit counts as done only once all three are there). A later ``run`` skips done units, so
 the tables fill in over several sessions. ``report`` reads only these raw outputs:
@@ -19,7 +19,9 @@ the tables fill in over several sessions. ``report`` reads only these raw output
 - Table 3 (recipe): naivemix, S1, S2, S2+1, S3 after S2+1, afo (= S3), NoDK, randROI S1/S2/S3; Table 2
   (TopyNeck): FullTopyNeck (= naivemix, the all-ROI stage-0 model), FrozenRM, FrozenLS, NoRegLS (lambda_entropy
   0), NoRegLS-hard (one layer per voxel), w/o GlobalPool. Each cell: mean test r over the dataset's (or its
-  early/mid/late group's) voxels, then mean +- sd (ddof=1) over seeds.
+  early/mid/late group's) voxels, then mean +- sd (ddof=1) over seeds. Table 3 also has ``select_val``: per voxel,
+  the base unit's model (naivemix, S1, S2, S3) with the highest validation r, the better predictor a user could
+  assemble without test data, compared with the single stage-3 model.
 - Seed-level tests (the seed is the unit of replication: voxels of one brain are not independent): for each
   pair (PAIRS), the per-seed difference of the cell means, their mean with a 95% t confidence interval, a
   paired t-test across seeds (one-sample t-test of the differences), n seeds, and the Holm-adjusted p over
@@ -34,6 +36,7 @@ Usage::
     python benchmarks/recipe.py run --variants base baselines --seeds 3 4 5 6 7   # skips units already done
     python benchmarks/recipe.py run --variants base --seeds 3 --dry-run           # the plan: done / to run, minutes
     python benchmarks/recipe.py report                                            # Markdown on stdout
+    python benchmarks/recipe.py recollect --variants base --seeds 3 4             # rewrite voxels.csv (new columns)
 
 An investigation variant: ``run --tag <name> --set key.sub=value --models ... --reuse-from --reuse data stage0``
 (``--set`` takes a YAML value), run on the choice seeds.
@@ -58,14 +61,20 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 
 # Table rows: (label, model name in the raw outputs) in the paper's order.
+# The better predictor a user could assemble from the base unit's models without test data: per voxel, the model
+# with the highest validation r (afo.evaluation never sees it; only this report builds it from the raw outputs).
+SELECTION = "select_val"
 TABLE3 = [("NaiveMix", "naivemix"), ("S1", "stage1"), ("S2", "stage2"), ("S2+1", "stage2plus"), ("afo (S3)", "afo"),
           ("S3 after S2+1", "afo_s2plus"), ("NoDK", "nodk"), ("randROI S1", "randroi_stage1"), ("randROI S2", "randroi_stage2"),
-          ("randROI S3", "randroi")]  # fmt: skip
+          ("randROI S3", "randroi"), ("per voxel, best val r of NaiveMix/S1/S2/S3", SELECTION)]  # fmt: skip
 TABLE2 = [("FullTopyNeck", "naivemix"), ("FrozenRM", "frozenrm"), ("FrozenLS", "frozenls"), ("NoRegLS (lambda 0)", "noregls"),
           ("NoRegLS (hard)", "hardls"), ("w/o GlobalPool", "noglobalpool")]  # fmt: skip
 ABLATIONS = [model for _, model in TABLE2[1:]]
 PAIRS = [
     ("afo", "naivemix"),
+    ("afo", "stage1"),  # the single stage-3 model against the assembled per-ROI models
+    ("afo", "stage2"),
+    (SELECTION, "afo"),
     ("stage2", "stage1"),
     ("stage2plus", "stage2"),
     ("randroi_stage2", "randroi_stage1"),
@@ -134,10 +143,15 @@ VARIANTS = {
     "s2plus": Variant(("stage2", "afo"), work="s2plus", s2_plus_one=True, reuse=tuple(REUSABLE),
                       rename={"stage2": "stage2plus", "afo": "afo_s2plus"}, jobs=4),
     "table2": Variant(tuple(ABLATIONS), jobs=len(ABLATIONS)),
+    # The convergence check of config/hetero.yaml (train.max_epochs 300, patience 10): every base model trained
+    # again with twice the epochs and patience; converged = best validation r up by less than CONVERGED_WITHIN.
+    "base2x": Variant(BASE_MODELS, work="base2x", reuse=("data",), sets=("train.max_epochs=600", "train.patience=20"),
+                      jobs=8, scale=1.5),
     **{f"width{w}": Variant(BASE_MODELS, work=f"width{w}", reuse=("data",), jobs=8, scale=scale,
                             sets=(f"model.conv_width={w}", f"model.out_dim={2 * w // 3}"))
        for w, scale in WIDTHS.items()},
 }  # fmt: skip
+CONVERGED_WITHIN = 0.005
 MAIN_VARIANTS = ["base", "baselines", "s2plus", "table2"]  # the tables; the width variants only feed the sweep
 # Estimate of a unit's minutes on the 2-core machine: data (simulation, backbone features) once per work folder,
 # then each training job at convergence. Measured: the base unit of seed 3 (8 jobs, every one stopped by
@@ -226,18 +240,31 @@ def training_jobs(work: Path, models: list[str]) -> pd.DataFrame:
     return training_table(files, root=root)
 
 
+VOXEL_COLUMNS = ["model", "dataset", "subject", "voxel", "roi", "area", "group", "r_test", "r_val"]
+
+
+def unit_voxels(table: pd.DataFrame) -> pd.DataFrame:
+    """A unit's voxels.csv rows: the columns of VOXEL_COLUMNS the work folder's tables have."""
+    return table[[c for c in VOXEL_COLUMNS if c in table.columns]]
+
+
+def variant_table(work: Path, variant: Variant) -> pd.DataFrame:
+    """load_seed's rows of the variant's models, named as in the tables."""
+    table = load_seed(work)
+    table = table[table.model.isin(variant.models)].copy()
+    table["model"] = table["model"].map(lambda m: variant.rename.get(m, m))
+    return table
+
+
 def collect_unit(work: Path, name: str, variant: Variant, seed: int, dest: Path, meta: dict) -> None:
     """Write a finished unit's raw output to ``dest``: the per-voxel test r of its models (named as in the
     tables), how their training jobs ended, and unit.json last."""
     from afo.io.tables import write_csv
 
-    table = load_seed(work)
-    table = table[table.model.isin(variant.models)].copy()
-    table["model"] = table["model"].map(lambda m: variant.rename.get(m, m))
+    table = variant_table(work, variant)
     models = sorted(table.model.unique())
     dest.mkdir(parents=True, exist_ok=True)
-    columns = ["model", "dataset", "subject", "voxel", "roi", "area", "group", "r_test"]
-    write_csv(table[[c for c in columns if c in table.columns]], dest / "voxels.csv")
+    write_csv(unit_voxels(table), dest / "voxels.csv")
     jobs = training_jobs(work, models)
     write_csv(jobs, dest / "training.csv")
     config = yaml.safe_load((work / "config.yaml").read_text())
@@ -255,6 +282,40 @@ def collect_unit(work: Path, name: str, variant: Variant, seed: int, dest: Path,
         **meta,
     }
     (dest / "unit.json").write_text(json.dumps(record, indent=1) + "\n")
+
+
+def work_folder(out: str | Path, variant: Variant, seed: int) -> Path:
+    root = Path(out) / variant.work if variant.work else Path(out)
+    return (root / f"seed{seed}").resolve()
+
+
+def recollect(args: argparse.Namespace) -> None:
+    """Rewrite the voxels.csv of done units from their work folders (units written before a column was added,
+    e.g. r_val); training.csv and unit.json stay. Refuses a unit whose work folder gives other test r."""
+    results = Path(args.results)
+    for name, variant, seed in plan(args):
+        dest = unit_dir(results, name, seed)
+        work = work_folder(args.out, variant, seed)
+        if not unit_done(results, name, seed):
+            print(f"[recipe] unit {name} seed {seed}: not done, nothing to rewrite")
+            continue
+        if not (work / "results" / "encoding").is_dir():
+            raise SystemExit(f"unit {name} seed {seed}: no work folder {work} to rewrite it from")
+        old = pd.read_csv(dest / "voxels.csv", dtype={"subject": str, "area": str, "group": str})
+        new = unit_voxels(variant_table(work, variant))
+        keys = ["model", "dataset", "subject", "voxel"]
+        both = old.merge(new, on=keys, suffixes=("", "_new"), how="outer", indicator=True)
+        same = (both["_merge"] == "both").all() and np.allclose(
+            both["r_test"], both["r_test_new"], equal_nan=True, atol=1e-6
+        )
+        if not same:
+            raise SystemExit(
+                f"unit {name} seed {seed}: {work} does not hold the unit's models (other voxels or test r)"
+            )
+        from afo.io.tables import write_csv
+
+        write_csv(new, dest / "voxels.csv")
+        print(f"[recipe] unit {name} seed {seed}: voxels.csv rewritten ({', '.join(new.columns)})")
 
 
 def _git_commit() -> str:
@@ -299,8 +360,7 @@ def run(args: argparse.Namespace) -> None:
                 f"--set afo.veroi.* makes new veROIs: the base run's {sorted(stale)} would be stale; "
                 "reuse only data and stage0 (--reuse data stage0)"
             )
-        root = Path(args.out) / variant.work if variant.work else Path(args.out)
-        work = (root / f"seed{seed}").resolve()
+        work = work_folder(args.out, variant, seed)
         work.mkdir(parents=True, exist_ok=True)
         config = seed_config(base, seed, variant.sets, variant.s2_plus_one)
         (work / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
@@ -355,7 +415,7 @@ def _truth_areas(work: Path) -> pd.DataFrame:
 
 
 def load_seed(work: Path) -> pd.DataFrame:
-    """Long table: model, dataset, subject, voxel, roi, area, group, r_test of one work folder's models."""
+    """Long table: model, dataset, subject, voxel, roi, area, group, r_test, r_val of one work folder's models."""
     from afo.io.tables import read_voxels
 
     config = yaml.safe_load((work / "config.yaml").read_text())
@@ -364,7 +424,7 @@ def load_seed(work: Path) -> pd.DataFrame:
     frames = []
     for voxels in sorted((work / "results" / "encoding").glob("*/voxels.csv")):
         v = read_voxels(voxels)
-        v = v[[c for c in ("dataset", "subject", "voxel", "roi", "r_test") if c in v.columns]]
+        v = v[[c for c in ("dataset", "subject", "voxel", "roi", "r_test", "r_val") if c in v.columns]]
         frames.append(v.assign(model=voxels.parent.name))
     table = pd.concat(frames, ignore_index=True)
     table["subject"] = table["subject"].astype(str)
@@ -400,6 +460,43 @@ def read_units(results: Path, choose_seeds: list[int]) -> tuple[pd.DataFrame, pd
     columns = ["variant", "seed", "conv_width", "jobs", "wall_seconds", "use", "left_out"]
     voxels = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["model", "seed", "r_test"])
     return pd.DataFrame(units, columns=columns), voxels
+
+
+def validation_selection(table: pd.DataFrame, models: tuple[str, ...] = BASE_MODELS) -> pd.DataFrame:
+    """Rows of model SELECTION: per seed and voxel, the test r of whichever of ``models`` (one unit's, the base
+    variant's) has the highest validation r there; voxels without a validation r for every model are left out.
+    Empty when the raw outputs have no r_val (units written before it was recorded)."""
+    if "r_val" not in table:
+        return table.iloc[0:0]
+    keys = ["variant", "seed", "dataset", "subject", "voxel"]
+    rows = table[(table.variant == "base") & table.model.isin(models)]
+    val = rows.pivot_table(index=keys, columns="model", values="r_val", aggfunc="first").reindex(columns=list(models))
+    val = val[val.notna().all(axis=1)]
+    if val.empty:
+        return table.iloc[0:0]
+    best = val.idxmax(axis=1).rename("model").reset_index()
+    chosen = best.merge(rows, on=[*keys, "model"], how="left")
+    return chosen.assign(model=SELECTION)[rows.columns]
+
+
+def convergence_check(results: Path) -> pd.DataFrame:
+    """Per seed with both a ``base`` and a ``base2x`` unit: every training job's best validation r in each, and
+    the gain of twice the epochs and patience (converged when below CONVERGED_WITHIN)."""
+    rows = []
+    for again in sorted(results.glob("base2x/seed*/training.csv")):
+        first = results / "base" / again.parent.name / "training.csv"
+        if not first.is_file():
+            continue
+        a = pd.read_csv(first).set_index("model")
+        b = pd.read_csv(again).set_index("model")
+        for job in a.index.intersection(b.index):
+            gain = float(b.at[job, "val_r"] - a.at[job, "val_r"])
+            rows.append({"seed": int(again.parent.name.removeprefix("seed")), "job": job,
+                         "val_r": a.at[job, "val_r"], "val_r_2x": b.at[job, "val_r"], "gain_2x": gain,
+                         "epochs": a.at[job, "epochs"], "epochs_2x": b.at[job, "epochs"],
+                         "stop_reason_2x": b.at[job, "stop_reason"], "converged": gain < CONVERGED_WITHIN})  # fmt: skip
+    columns = ["seed", "job", "val_r", "val_r_2x", "gain_2x", "epochs", "epochs_2x", "stop_reason_2x", "converged"]
+    return pd.DataFrame(rows, columns=columns)
 
 
 def cell_means(table: pd.DataFrame) -> pd.DataFrame:
@@ -559,6 +656,8 @@ def report(args: argparse.Namespace) -> None:
     if units.empty:
         raise SystemExit(f"no finished units under {results} (benchmarks/recipe.py run writes them)")
     main = table[table.variant.isin(MAIN_VARIANTS)] if not table.empty else table
+    if not main.empty:
+        main = pd.concat([main, validation_selection(main)], ignore_index=True)
     cells = seed_cells(main)
     used = units[units.use]
     report_seeds = sorted(used.seed.unique().tolist())
@@ -634,6 +733,15 @@ def report(args: argparse.Namespace) -> None:
         shown = ["conv_width", "dataset", "group", "n_seeds", "afo - naivemix [95% CI]", "p", "p_holm", "s1_gain"]
         print(s[[*shown, "share kept [95% CI]", "seeds_no_s1_gain"]].to_markdown(index=False, disable_numparse=True))
         print()
+    check = convergence_check(results)
+    if not check.empty:
+        print(
+            f"Convergence check of config/hetero.yaml (base2x: twice the epochs and patience): converged = best "
+            f"validation r up by less than {CONVERGED_WITHIN}; {int(check.converged.sum())} of {len(check)} jobs\n"
+        )
+        formats = {"val_r": ".4f", "val_r_2x": ".4f", "gain_2x": "+.4f"}
+        print(_formatted(check, formats).to_markdown(index=False, disable_numparse=True))
+        print()
     if args.csv:
         out = Path(args.csv)
         out.mkdir(parents=True, exist_ok=True)
@@ -642,6 +750,7 @@ def report(args: argparse.Namespace) -> None:
         tests.to_csv(out / "tests.csv", index=False)
         described.to_csv(out / "voxel_description.csv", index=False)
         sweep.to_csv(out / "sweep.csv", index=False)
+        check.to_csv(out / "convergence_check.csv", index=False)
 
 
 def compare(args: argparse.Namespace) -> None:
@@ -706,8 +815,14 @@ def main(argv: list[str] | None = None) -> None:
     c.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     c.add_argument("--models", nargs="+", default=["naivemix", "stage1", "stage2", "afo"])
     c.add_argument("--detail", nargs="*", default=["nsd"], help="datasets shown per group, not only 'all'")
+    w = sub.add_parser("recollect", help="rewrite done units' voxels.csv from their work folders (new columns)")
+    w.add_argument("--out", default=str(ROOT / "benchmarks" / "out" / "recipe"))
+    w.add_argument("--results", default=results)
+    w.add_argument("--variants", nargs="+", default=MAIN_VARIANTS, help=f"of {sorted(VARIANTS)}")
+    w.add_argument("--seeds", type=int, nargs="+", default=REPORT_SEEDS)
     args = parser.parse_args(argv)
-    {"run": run, "report": report, "compare": compare}[args.command](args)
+    args.tag = getattr(args, "tag", "")
+    {"run": run, "report": report, "compare": compare, "recollect": recollect}[args.command](args)
 
 
 if __name__ == "__main__":

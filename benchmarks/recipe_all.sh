@@ -19,10 +19,11 @@
 # baselines  NoDK, randROI S1/S2/S3                     10          7  3-7 (5)        35
 # s2plus     S2+1, S3 after S2+1 (reuses base 0-2)       4          4  3-5 (3)        11
 # table2     FrozenRM, FrozenLS, NoRegLS x2, w/o GP      5          4  3-5 (3)        13
+# base2x     the base models, 2x epochs and patience     8         10  3 (1)          10
 # width96    naivemix, S1, S2, afo at conv width 96      8         10  3-5 (3)        30
 # width192   the same at conv width 192                  8         20  3-5 (3)        60
 # width24    the same at conv width 24                   8          5  3-5 (3)        15
-# (the sweep's width 48 is the base unit)                                    total ~197 min, ~3.3 h
+# (the sweep's width 48 is the base unit)                                    total ~207 min, ~3.5 h
 set -euo pipefail
 cd "$(dirname "$0")/.."
 unit() {  # unit VARIANT SEED
@@ -39,6 +40,7 @@ for seed in 3 4 5 6 7; do unit base "$seed"; done      # Table 3 core rows; ever
 for seed in 3 4 5 6 7; do unit baselines "$seed"; done # NoDK, randROI S1-S3
 for seed in 3 4 5; do unit s2plus "$seed"; done        # S2+1 and the S3 after it
 for seed in 3 4 5; do unit table2 "$seed"; done        # Table 2 ablations (FullTopyNeck = naivemix of base)
+unit base2x 3                                          # the config's convergence check (recipe.py report prints it)
 for width in 96 192 24; do                             # the capacity sweep
     for seed in 3 4 5; do unit "width$width" "$seed"; done
 done

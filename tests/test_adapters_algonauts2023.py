@@ -225,6 +225,11 @@ def test_challenge_score_in_summary_and_headline(prepared, tmp_path):
     score = head[head["section"] == "Encoding (Algonauts 2023 score)"]
     assert score["value"].iloc[0] == pytest.approx(np.median(pooled), rel=1e-4)
     assert "as published" in score["what"].iloc[1] and "70.85, 63.52, 61.57" in score["what"].iloc[1]
+    # the front page says where the test trials came from (summary.csv's per-subject test_split)
+    for split, words in (("release", "on the release's test responses"), ("held_out", "not comparable with the")):
+        summary.reset_index().assign(test_split=split).to_csv(tmp_path / "summary.csv", index=False)
+        head = headline_table(comparison, summary=tmp_path / "summary.csv")
+        assert words in head.loc[head["section"] == "Encoding (Algonauts 2023 score)", "what"].iloc[0]
 
 
 def test_fill_uncovered_vertices_with_the_hemisphere_mean():
@@ -275,3 +280,40 @@ def test_submission_layout(release, prepared, tmp_path):
     n_lh = np.count_nonzero(truth["subj02"]["masks"]["lh"])
     np.testing.assert_allclose(np.load(tmp_path / "sub" / "subj02" / "lh_pred_test.npy"), expected[:, :n_lh], rtol=1e-5)
     assert main([*argv, "--out", str(tmp_path / "x.h5"), "--release", str(base / "full")]) == 2
+
+
+@pytest.mark.slow  # the whole recipe on the tiny release up to the front page: about 2 minutes on 2 cores
+def test_workflow_runs_to_the_challenge_score_on_the_front_page(release, tmp_path):
+    import json
+
+    import pandas as pd
+    import yaml
+    from fixtures.workflow import TINY, snakemake
+
+    base = release[0]
+    config = json.loads(json.dumps(TINY))
+    config["datasets"] = {
+        "alg23": {
+            "format": "algonauts2023",
+            "root": str(base / "full"),
+            "role": "train",
+            "options": _options(base, val_fraction=0.2),
+        }
+    }  # the release has ~20 training images per subject: a fifth as validation gives each subject 3 or more
+    config["evaluation"]["area_groups"] = {"prf-visualrois/V1v": "early", "streams/ventral": "late"}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    snakemake(tmp_path, "results/headline.html")
+
+    summary = pd.read_csv(tmp_path / "results/encoding/afo/summary.csv", dtype={"subject": str})
+    per_subject = summary[(summary["roi"] == "all") & (summary["subject"] != "all")]
+    assert sorted(per_subject["subject"]) == ["subj01", "subj02"]
+    assert set(per_subject["test_split"]) == {"release"}
+    assert per_subject["challenge_score_median"].between(0, 100).all()
+    classes = set(summary.loc[summary["subject"] == "subj01", "roi"])
+    assert {"prf-visualrois/V1v", "streams/ventral"} <= classes
+    pooled = summary[(summary["roi"] == "all") & (summary["subject"] == "all")].iloc[0]
+    page = (tmp_path / "results/headline.html").read_text()
+    assert "alg23: challenge score of afo on the release&#x27;s test responses" in page or (
+        "alg23: challenge score of afo on the release's test responses" in page
+    )
+    assert "70.85" in page and f"{pooled['challenge_score_median']:.3f}" in page

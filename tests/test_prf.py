@@ -101,3 +101,53 @@ def test_trained_retinamap_recovers_measured_retinotopy(simulated_nsd):
         flipped = roi_summary(table.assign(prf_angle_deg=swapped), min_r2=10).set_index("roi")
         assert flipped.loc["all", "median_abs_angle_diff"] > 45, flipped
         assert (flipped.loc[quadrants, "circ_r_angle"] < 0).all(), flipped
+
+
+@pytest.mark.slow  # the workflow on the simulated NSD download up to naivemix's pRF comparison: about 2 minutes
+def test_workflow_writes_the_prf_comparison(simulated_nsd):
+    import json
+
+    import pandas as pd
+    import yaml
+    from test_analysis_workflow import SMALL, snakemake
+
+    from afo.data.nsd_prf import prf_table
+
+    tmp, truth = simulated_nsd
+    work = tmp / "workflow"
+    work.mkdir()
+    config = json.loads(json.dumps(SMALL))
+    options = {"subjects": [1], "noise_ceiling": "repeats", "roi_sets": ["prf-visualrois"]}
+    config["datasets"] = {"nsd": {"format": "nsd", "root": str(tmp / "nsd"), "role": "train", "options": options}}
+    config["afo"]["stage0_seeds"] = 1
+    config["evaluation"]["prf_min_r2"] = 10
+    (work / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    # the default targets hold the comparison of every figure model, because the NSD download has pRF maps
+    planned = snakemake(work, "-n")
+    assert "results/analysis/prf/afo.csv" in planned.stdout
+    snakemake(work, "results/analysis/prf/naivemix.csv", "results/figures/naivemix/prf")
+
+    table = pd.read_csv(work / "results/analysis/prf/naivemix.csv", dtype={"subject": str})
+    measured = prf_table(tmp / "nsd", work / "results/prepared/nsd.h5").set_index("voxel")
+    assert set(table["dataset"]) == {"nsd"} and set(table["subject"]) == {"subj01"}
+    assert len(table) == len(truth)
+    by_voxel = table.set_index("voxel").sort_index()
+    np.testing.assert_allclose(by_voxel["prf_ecc_deg"], measured.loc[by_voxel.index, "prf_ecc_deg"], rtol=1e-5)
+    # the model's side is the model's own voxels.csv in degrees (NSD's 8.4 degree default)
+    voxels = pd.read_csv(work / "results/encoding/naivemix/voxels.csv", dtype={"subject": str})
+    model = voxels[voxels["dataset"] == "nsd"].set_index("voxel").sort_index()
+    np.testing.assert_allclose(by_voxel["ecc_deg"], model.loc[by_voxel.index, "ecc_deg"], rtol=1e-5)
+    assert (by_voxel["ecc_deg"] <= 8.4 / 2 * np.sqrt(2) + 1e-6).all()
+
+    rois = pd.read_csv(work / "results/analysis/prf/naivemix_rois.csv").set_index("roi")
+    early = table["prf_r2"] >= 10
+    assert rois.loc["all", "n_voxels"] == early.sum() > 100
+    assert {"V1v", "V1d", "V2v", "V2d"} <= set(rois.index)
+    # a stage-0 model of the workflow at 32 px recovers the measured retinotopy (0.91 / 7 degrees when written)
+    assert rois.loc["all", "r_ecc"] >= 0.8, rois
+    assert rois.loc["all", "median_abs_angle_diff"] < 30, rois
+    assert (rois.loc[["V1v", "V1d", "V2v", "V2d", "V3v", "V3d"], "circ_r_angle"] >= 0.8).all(), rois
+    figures = {p.name for p in (work / "results/figures/naivemix/prf").glob("*.png")}
+    assert {f"nsd__{roi}.png" for roi in ("V1v", "V1d", "V2v", "V2d")} <= figures, figures
+    log = (work / "logs/evaluate/prf_naivemix.log").read_text()
+    assert "Traceback" not in log

@@ -52,7 +52,9 @@ def write_model(path: Path, stop_reason: str) -> None:
     torch.save({"info": info}, path)
 
 
-def write_run(work: Path, seed: int, models: dict[str, list[float]], capped: tuple[str, ...] = ()) -> None:
+def write_run(
+    work: Path, seed: int, models: dict[str, list[float]], capped: tuple[str, ...] = (), val: dict | None = None
+) -> None:
     config = {
         "datasets": {"nsd": {"format": "synthetic", "part": "nsd", "role": "train"}},
         "evaluation": {"area_groups": GROUPS},
@@ -69,6 +71,8 @@ def write_run(work: Path, seed: int, models: dict[str, list[float]], capped: tup
         out.parent.mkdir(parents=True, exist_ok=True)
         r_test = np.asarray(r) + seed * 0.01
         voxels = {"dataset": "nsd", "subject": "subj01", "voxel": range(4), "roi": [0, 0, 1, 1], "r_test": r_test}
+        if val is not None:
+            voxels["r_val"] = val[model]
         pd.DataFrame(voxels).to_csv(out, index=False)
     for rel in JOB_DIRS:
         write_model(work / "results/models" / rel / "model.pt", "max_epochs" if rel in capped else "patience")
@@ -153,9 +157,12 @@ def test_report_seed_level_tests_and_refused_units(recipe, tmp_path, capsys):
     assert row["mean"] == pytest.approx(0.02)
     assert row["ci_low"] == pytest.approx(0.02 - 0.0196324316)
     assert row["p"] == pytest.approx(0.0474206556, rel=1e-6)
-    # The family: afo - naivemix and (no stage2 here) nothing else, per nsd all/early/late: 3 equal p, Holm x3.
-    assert len(tests) == 3 and "3 comparisons" in text
-    assert row["p_holm"] == pytest.approx(3 * 0.0474206556, rel=1e-6)
+    # The family: afo - naivemix and afo - stage1 (no stage2 here), per nsd all/early/late = 6. afo - stage1 has
+    # afo - naivemix's differences on all voxels (same p) and +-0.1 more per group (two tiny p): after those two,
+    # Holm multiplies the four equal p by 4.
+    assert len(tests) == 6 and "6 comparisons" in text
+    assert tests.loc[("afo", "stage1", "nsd", "all"), "p"] == pytest.approx(row["p"])
+    assert row["p_holm"] == pytest.approx(4 * 0.0474206556, rel=1e-6)
     units = pd.read_csv(tmp_path / "report" / "units.csv")
     assert units.use.sum() == 5
 
@@ -232,3 +239,66 @@ def test_capacity_sweep_afo_minus_naivemix_and_share_kept(recipe, tmp_path, caps
     assert w48["ci_low"] == pytest.approx(0.07 - 12.7062047 * 0.01, rel=1e-6)
     # the width variants are not in Tables 2 and 3: afo there is the base's only (0.57, not 0.57 and 0.65 mixed)
     assert "| afo (S3) | 0.570 ± 0.014 (n=2) |" in text
+
+
+# validation r per voxel: voxel 0 best on naivemix, 1 on stage1, 2 on stage2, 3 on afo
+VAL = {
+    "naivemix": [0.9, 0.1, 0.1, 0.1],
+    "stage1": [0.1, 0.9, 0.1, 0.1],
+    "stage2": [0.1, 0.1, 0.9, 0.1],
+    "afo": [0.1, 0.1, 0.1, 0.9],
+    "frozenrm": [1.0, 1.0, 1.0, 1.0],  # not a base model: never chosen
+}
+
+
+def test_recollect_adds_r_val_and_the_report_selects_per_voxel_on_it(recipe, tmp_path, capsys):
+    results, out = tmp_path / "results", tmp_path / "out"
+    for seed in (3, 4):
+        write_run(out / f"seed{seed}", seed, BASE)  # an older work folder: no r_val
+        recipe.collect_unit(
+            out / f"seed{seed}", "base", recipe.VARIANTS["base"], seed, results / "base" / f"seed{seed}", {}
+        )
+    assert "r_val" not in pd.read_csv(results / "base" / "seed3" / "voxels.csv")
+    for seed in (3, 4):
+        write_run(out / f"seed{seed}", seed, BASE, val=VAL)
+    recipe.main(["recollect", "--variants", "base", "--seeds", "3", "4", "--out", str(out), "--results", str(results)])
+    voxels = pd.read_csv(results / "base" / "seed3" / "voxels.csv")
+    assert list(voxels.columns) == recipe.VOXEL_COLUMNS
+    assert voxels.set_index(["model", "voxel"]).loc[("stage2", 2), "r_val"] == 0.9
+
+    units, table = recipe.read_units(results, [0, 1, 2])
+    chosen = recipe.validation_selection(table).set_index(["seed", "voxel"])["r_test"]
+    # per voxel the test r of the model best on validation: naivemix, stage1, stage2, afo (+ seed * 0.01)
+    expected = [BASE["naivemix"][0], BASE["stage1"][1], BASE["stage2"][2], BASE["afo"][3]]
+    np.testing.assert_allclose(chosen.loc[3].to_numpy(), np.asarray(expected) + 0.03)
+    np.testing.assert_allclose(chosen.loc[4].to_numpy(), np.asarray(expected) + 0.04)
+    recipe.main(["report", "--results", str(results), "--csv", str(tmp_path / "report")])
+    text = capsys.readouterr().out
+    assert "| per voxel, best val r of NaiveMix/S1/S2/S3 | 0.460 ± 0.007 (n=2) |" in text
+    tests = pd.read_csv(tmp_path / "report" / "tests.csv").set_index(["a", "b", "dataset", "group"])
+    assert tests.loc[("select_val", "afo", "nsd", "all"), "mean"] == pytest.approx(0.425 - 0.5)  # per seed
+
+    # a work folder with other test r than the committed unit is refused
+    write_run(out / "seed3", 5, BASE, val=VAL)
+    with pytest.raises(SystemExit, match="does not hold the unit's models"):
+        recipe.main(["recollect", "--variants", "base", "--seeds", "3", "--out", str(out), "--results", str(results)])
+
+
+def test_convergence_check_doubles_hetero_budget_and_reports_the_gain(recipe, tmp_path, capsys):
+    hetero = yaml.safe_load((ROOT / "config" / "hetero.yaml").read_text())["train"]
+    sets = dict(a.split("=") for a in recipe.VARIANTS["base2x"].sets)
+    assert sets == {"train.max_epochs": str(2 * hetero["max_epochs"]), "train.patience": str(2 * hetero["patience"])}
+    results = tmp_path / "results"
+    write_unit(results, "base", 3, {"afo": [0.5] * 4})
+    write_unit(results, "base2x", 3, {"afo": [0.5] * 4})
+    jobs = ["stage0/seed0", "afo/stage3"]
+    for variant, val_r, epochs in (("base", [0.50, 0.30], [30, 20]), ("base2x", [0.502, 0.31], [45, 60])):
+        stops = ["patience", "patience"]
+        frame = {"model": jobs, "stop_reason": stops, "epochs": epochs, "val_r": val_r}
+        pd.DataFrame(frame).to_csv(results / variant / "seed3" / "training.csv", index=False)
+    check = recipe.convergence_check(results).set_index("job")
+    assert check.loc["stage0/seed0", "gain_2x"] == pytest.approx(0.002) and check.loc["stage0/seed0", "converged"]
+    assert check.loc["afo/stage3", "gain_2x"] == pytest.approx(0.01) and not check.loc["afo/stage3", "converged"]
+    recipe.main(["report", "--results", str(results), "--csv", str(tmp_path / "report")])
+    assert "1 of 2 jobs" in capsys.readouterr().out
+    assert len(pd.read_csv(tmp_path / "report" / "convergence_check.csv")) == 2

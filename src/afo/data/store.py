@@ -22,7 +22,9 @@ Layout (format version 1)::
         attrs: kind (fsaverage | cifti), n_vertices (json: structure -> vertices of the whole surface),
                volume_affine (16 numbers) and volume_shape (3) of a CIFTI file's volume part (absent without one)
     subject attrs: nc_source (given|repeats|none), n_bad_voxels, bad_voxel_reasons (json: all_nan, constant,
-                            no_train -> voxel indices), n_inf_values (+-inf in the input, stored as NaN);
+                            no_train -> voxel indices), n_inf_values (+-inf in the input, stored as NaN),
+                            test_split (optional: where the test trials come from when an adapter chose between
+                            sources, e.g. Algonauts 2023's ``release`` | ``held_out``; absent = the dataset's own);
                             volumetric subjects: affine (16 numbers, voxel -> mm) and volume_shape (3)
 
 Writers go through :class:`StoreWriter`, which writes into a hidden temporary sibling (:class:`afo.io.PendingFile`)

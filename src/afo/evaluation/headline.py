@@ -134,8 +134,8 @@ def challenge_rows(summary: pd.DataFrame) -> list[list]:
     rows = [
         [
             "Encoding (Algonauts 2023 score)",
-            f"{r.dataset}: challenge score of afo on this run's test split, median over the vertices of all subjects "
-            "(reference: their mean)",
+            f"{r.dataset}: challenge score of afo {test_split_words(summary, r.dataset)}, median over the vertices of "
+            "all subjects (reference: their mean)",
             r.challenge_score_median,
             r.challenge_score_mean,
             "1. Encoding",
@@ -147,6 +147,24 @@ def challenge_rows(summary: pd.DataFrame) -> list[list]:
             ["Encoding (Algonauts 2023 score)", PUBLISHED_NOTE, PUBLISHED_CHALLENGE[0], None, "docs/datasets.md"]
         )
     return rows
+
+
+TEST_SPLIT_WORDS = {
+    "release": "on the release's test responses",
+    "held_out": "on images held out of the release's training images (the release has no test responses; its test "
+    "images are prediction-only), not comparable with the leaderboard",
+}
+
+
+def test_split_words(summary: pd.DataFrame, dataset: str) -> str:
+    """Where a dataset's test trials came from, in words, from summary.csv's per-subject ``test_split``."""
+    if "test_split" not in summary:
+        return "on this run's test split"
+    kinds = summary.loc[(summary["dataset"] == dataset) & summary["test_split"].notna(), "test_split"]
+    found = sorted(set(kinds.astype(str)))
+    if not found or found == ["dataset"]:
+        return "on the dataset's test split"
+    return "; ".join(TEST_SPLIT_WORDS.get(k, f"on test split {k!r}") for k in found)
 
 
 def write_headline(table: pd.DataFrame, out: str | Path) -> Path:

@@ -216,7 +216,9 @@ def challenge_labels(stores: Mapping[str, str | Path]) -> pd.DataFrame:
 def left_out_counts(
     stores: Mapping[str, str | Path], leave_out: Mapping[str, np.ndarray] | None = None
 ) -> pd.DataFrame:
-    """Per dataset and subject: n_test_images (test images scored) and n_test_left_out (shared ones left out)."""
+    """Per dataset and subject: n_test_images (test images scored), n_test_left_out (shared ones left out) and
+    test_split (where the test trials come from: the subject attr ``test_split`` of an adapter that chose between
+    sources, e.g. Algonauts 2023's ``release`` | ``held_out``; ``dataset`` = the dataset's own test split)."""
     rows = []
     for dataset, path in sorted(stores.items()):
         dropped = np.asarray((leave_out or {}).get(dataset, []), dtype=np.int64)
@@ -230,9 +232,10 @@ def left_out_counts(
                         "subject": subject,
                         "n_test_images": int(test.size) - n_out,
                         "n_test_left_out": n_out,
+                        "test_split": str(store.subject_attrs(subject).get("test_split", "dataset")),
                     }
                 )
-    return pd.DataFrame(rows, columns=["dataset", "subject", "n_test_images", "n_test_left_out"])
+    return pd.DataFrame(rows, columns=["dataset", "subject", "n_test_images", "n_test_left_out", "test_split"])
 
 
 def _aggregate(voxels: pd.DataFrame) -> pd.DataFrame:
