@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from afo.evaluation.scores import voxel_table
+from afo.evaluation.scores import voxel_table, with_roi_all
 
 OOD_COLUMNS = [
     "dataset_in",
@@ -71,10 +71,7 @@ def ood_table(in_voxels: pd.DataFrame, out_voxels: pd.DataFrame, pairs: Mapping[
             outside.astype({"subject": str}), on=keys, suffixes=("_in", "_out")
         )
         both = both[np.isfinite(both["r_test_in"]) & np.isfinite(both["r_test_out"])]
-        both = pd.concat(
-            [both.assign(roi=both["roi"].fillna("").astype(str)), both.assign(roi="all")], ignore_index=True
-        )
-        both = both[both["roi"] != ""]
+        both = with_roi_all(both)
         table = (
             both.groupby(["subject", "roi"], sort=True)
             .agg(

@@ -238,6 +238,14 @@ def left_out_counts(
     return pd.DataFrame(rows, columns=["dataset", "subject", "n_test_images", "n_test_left_out", "test_split"])
 
 
+def with_roi_all(voxels: pd.DataFrame) -> pd.DataFrame:
+    """Each voxel twice: under its ROI (voxels without one dropped) and under roi "all", so one groupby over
+    ``roi`` gives the per-ROI rows and the whole-dataset row together."""
+    labelled = voxels.assign(roi=voxels["roi"].fillna("").astype(str))
+    both = pd.concat([labelled, voxels.assign(roi="all")], ignore_index=True)
+    return both[both["roi"] != ""]
+
+
 def _aggregate(voxels: pd.DataFrame) -> pd.DataFrame:
     return (
         voxels.groupby(["dataset", "subject", "roi"], sort=True)
@@ -267,9 +275,7 @@ def summary_table(
         scored = voxels.merge(challenge[list(KEYS)].drop_duplicates(), on=list(KEYS), how="left", indicator=True)
         on = (scored["_merge"] == "both").to_numpy()
         voxels["challenge_score"] = np.where(on, challenge_score(voxels["r_test"], voxels["nc"]), np.nan)
-    frames = [voxels.assign(roi=voxels["roi"].fillna("").astype(str)), voxels.assign(roi="all")]
-    both = pd.concat(frames, ignore_index=True)
-    out = _aggregate(both[both["roi"] != ""])
+    out = _aggregate(with_roi_all(voxels))
     if challenge is not None and not challenge.empty:
         scores = voxels.drop(columns="roi").merge(challenge, on=list(KEYS))
         classes = scores[scores["roi"] != "all"]
