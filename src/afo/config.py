@@ -156,6 +156,12 @@ def ood_pairs(config: dict) -> dict[str, str]:
     }
 
 
+def ood_prediction_path(model: str | Path, holdout: str) -> Path:
+    """Where a model's predictions of a holdout store live: ``ood_<holdout>.h5`` beside the model file (the
+    workflow's rule predict_ood writes it, rule ood reads it)."""
+    return Path(model).with_name(f"ood_{holdout}.h5")
+
+
 def check_config(config: dict) -> None:
     """Every rule a config must meet that the schema cannot say, on a config the schema has validated (defaults
     filled in). :func:`validate_config` runs it, so the workflow (common.smk) and ``afo check-config`` both do:

@@ -10,6 +10,7 @@ from afo.config import (
     assembled_models,
     last_stage2,
     ood_pairs,
+    ood_prediction_path,
     single_models,
     train_params,
     validate_config,
@@ -273,7 +274,7 @@ def ood_features(wildcards) -> list:
 
 def ood_predictions(wildcards) -> list:
     """The holdouts' prediction files beside each model file (rule predict_ood), holdout by holdout."""
-    return [str(Path(m).with_name(f"ood_{h}.h5")) for h in OOD for m in model_files(wildcards.name)]
+    return [str(ood_prediction_path(m, h)) for h in OOD for m in model_files(wildcards.name)]
 
 
 def voxels_tables() -> list:

@@ -1,21 +1,20 @@
 """Rule ood: a model's scores on the test-only holdouts (with the heads of the dataset each names) beside its
 in-distribution test scores: ood_voxels.csv and ood.csv."""
 
-from pathlib import Path
-
 from afo.jobs import named_by_stem, run_job
 
 
 def main(smk):
     import pandas as pd
 
+    from afo.config import ood_prediction_path
     from afo.evaluation.ood import holdout_voxels, ood_table
     from afo.io.tables import write_csv
 
     stores = named_by_stem(smk.input.stores)
     frames = [
         holdout_voxels(
-            [(m, Path(m).with_name(f"ood_{holdout}.h5")) for m in smk.input.models],
+            [(m, ood_prediction_path(m, holdout)) for m in smk.input.models],
             holdout,
             stores[holdout],
             heads_of,
