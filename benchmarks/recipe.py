@@ -877,8 +877,8 @@ def main(argv: list[str] | None = None) -> None:
     w.add_argument("--results", default=results)
     w.add_argument("--variants", nargs="+", default=MAIN_VARIANTS, help=f"of {sorted(VARIANTS)}")
     w.add_argument("--seeds", type=int, nargs="+", default=REPORT_SEEDS)
+    w.set_defaults(tag="")  # plan() reads it: recollect rewrites the named variants only
     args = parser.parse_args(argv)
-    args.tag = getattr(args, "tag", "")
     {"run": run, "report": report, "compare": compare, "recollect": recollect}[args.command](args)
 
 
