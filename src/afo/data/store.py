@@ -24,7 +24,8 @@ Layout (format version 1)::
     subject attrs: nc_source (given|repeats|none), n_bad_voxels, bad_voxel_reasons (json: all_nan, constant,
                             no_train -> voxel indices), n_inf_values (+-inf in the input, stored as NaN),
                             test_split (optional: where the test trials come from when an adapter chose between
-                            sources, e.g. Algonauts 2023's ``release`` | ``held_out``; absent = the dataset's own);
+                            sources, e.g. Algonauts 2023's ``release`` | ``held_out``; absent = the dataset's own),
+                            test_only (True for a subject with test trials only, scored with another store's heads);
                             volumetric subjects: affine (16 numbers, voxel -> mm) and volume_shape (3)
 
 Writers go through :class:`StoreWriter`, which writes into a hidden temporary sibling (:class:`afo.io.PendingFile`)
